@@ -1,0 +1,32 @@
+# chatsite: `make run` serves the app with the built-in model; `make test` runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench-stream clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py ensure_builtin_model
+	@echo "chatsite on http://$(HOST):$(PORT)/  (Ctrl-C to stop)"
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench-stream: install
+	$(PY) bench/stream.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,94 @@
+"""The chat websocket: one socket per open conversation page.
+
+    ws/conversations/<id>/   refused for anonymous users and for anyone but the owner
+
+Client frames (JSON):
+    {"type": "send", "content": "..."}     a user message (at most CHAT_MAX_MESSAGE_CHARS)
+    {"type": "stop"}                       stop the reply being written
+Server frames (JSON):
+    {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered
+    {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset`
+    {"type": "done", "message_id", "status", "html"}   the reply's final rendering
+    {"type": "error", "code", "message"}               a refusal; the socket stays open
+
+The consumer only parses frames, calls the generation service and forwards the
+conversation group's frames; the reply itself lives in conversations.replies.
+"""
+
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from conversations import replies
+from conversations.models import Conversation
+from conversations.replies import ChatError
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    conversation_id = None
+
+    async def connect(self):
+        user = self.scope["user"]
+        pk = self.scope["url_route"]["kwargs"]["pk"]
+        owned = await database_sync_to_async(Conversation.objects.for_user(user).filter(pk=pk).exists)()
+        if not owned:
+            await self.close(code=4404)
+            return
+        self.conversation_id = pk
+        await self.channel_layer.group_add(f"conversation-{pk}", self.channel_name)
+        replies.watch(pk)
+        await self.accept()
+        frame = replies.snapshot(pk)
+        if frame is not None:
+            await self.send_json(frame)
+
+    async def disconnect(self, code):
+        if self.conversation_id is not None:
+            await self.channel_layer.group_discard(f"conversation-{self.conversation_id}", self.channel_name)
+            replies.unwatch(self.conversation_id)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            await self._handle(_parse(text_data))
+        except ChatError as exc:
+            await self.send_json(exc.frame())
+
+    async def _handle(self, frame):
+        kind = frame.get("type")
+        user = self.scope["user"]
+        if kind == "send":
+            await replies.begin(user, self.conversation_id, _content(frame))
+        elif kind == "stop":
+            await replies.stop(user, self.conversation_id)
+        else:
+            raise ChatError("unknown_type", f"Unknown frame type {kind!r}; expected 'send' or 'stop'.")
+
+    async def chat_frame(self, event):
+        await self.send_json(event["frame"])
+
+    async def reply_stop(self, event):
+        replies.cancel_local(event["message_id"])
+
+
+def _parse(text_data):
+    if text_data is None:
+        raise ChatError("bad_frame", "Frames must be JSON text, not binary.")
+    try:
+        frame = json.loads(text_data)
+    except ValueError:
+        raise ChatError("bad_json", "The frame is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise ChatError("bad_frame", "The frame must be a JSON object with a 'type'.")
+    return frame
+
+
+def _content(frame):
+    content = frame.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ChatError("empty_message", "The message is empty.")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ChatError("message_too_long", f"The message has {len(content)} characters; the limit is {limit}.")
+    return content

@@ -1,0 +1,189 @@
+"""Conversations and their messages: who owns what, and every state change of a reply.
+
+A reply's life (see ../shared/ARCHITECTURE.md): the user message is saved first
+(`Conversation.add_user_message`), then an assistant row is created as `streaming`
+(`Conversation.start_reply`); the generation task saves partial text as it goes
+(`Message.save_partial`) and ends it exactly once (`Message.finish`). Rows left
+`streaming` by a dead process are marked `interrupted` at start-up.
+"""
+
+from django.conf import settings
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from modelhub.models import ModelSpec
+
+DEFAULT_TITLE = "New conversation"
+
+
+class ConversationQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Only the conversations this user owns; everything user-facing goes through here."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(owner=user)
+
+
+class Conversation(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, default=DEFAULT_TITLE)
+    model = models.ForeignKey(ModelSpec, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    system_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self):
+        return self.title
+
+    def get_absolute_url(self):
+        return reverse("conversations:detail", args=[self.pk])
+
+    @property
+    def group_name(self):
+        """The channel-layer group every watcher of this conversation joins."""
+        return f"conversation-{self.pk}"
+
+    def rename(self, title):
+        self.title = title.strip()[:200] or DEFAULT_TITLE
+        self.save(update_fields=["title"])
+
+    def history(self):
+        """The chat messages a model sees: system prompt, then every finished turn in order.
+
+        Failed replies are left out (they are not the assistant's words); stopped,
+        interrupted and complete ones are kept as the user saw them.
+        """
+        messages = []
+        system = self.system_prompt or (self.model.system_prompt if self.model else "")
+        if system:
+            messages.append({"role": "system", "content": system})
+        for message in self.messages.exclude(status=Message.Status.ERROR).exclude(content=""):
+            messages.append({"role": message.role, "content": message.content})
+        return messages
+
+    @transaction.atomic
+    def add_user_message(self, content):
+        """Save the user's message before any generation starts."""
+        message = self.messages.create(role=Message.Role.USER, content=content, status=Message.Status.COMPLETE)
+        self.updated_at = message.created_at
+        fields = ["updated_at"]
+        if self.title == DEFAULT_TITLE:
+            self.title = _title_from(content)
+            fields.append("title")
+        self.save(update_fields=fields)
+        return message
+
+    @transaction.atomic
+    def start_reply(self, spec, options):
+        """Create the assistant row, `streaming`, that a generation task will fill.
+
+        Refuses (returns None) while another reply of this conversation streams:
+        one reply at a time keeps the history the model sees well defined.
+        """
+        Conversation.objects.select_for_update().filter(pk=self.pk).first()
+        if self.messages.filter(status=Message.Status.STREAMING).exists():
+            return None
+        return self.messages.create(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model_name=spec.name,
+            generation_options=options,
+        )
+
+    def streaming_reply(self):
+        return self.messages.filter(status=Message.Status.STREAMING).last()
+
+
+def _title_from(content):
+    words = " ".join(content.split())
+    if len(words) <= 60:
+        return words or DEFAULT_TITLE
+    return words[:60].rsplit(" ", 1)[0] + "…"
+
+
+class MessageQuerySet(models.QuerySet):
+    def mark_interrupted(self):
+        """Rows still `streaming` belong to a process that is gone: say so, keep their text."""
+        return self.filter(status=Message.Status.STREAMING).update(
+            status=Message.Status.INTERRUPTED, finished_at=timezone.now()
+        )
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"
+        INTERRUPTED = "interrupted"
+        ERROR = "error"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    error = models.TextField(blank=True)
+    notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply, e.g. history truncation.")
+    model_name = models.CharField(max_length=100, blank=True)
+    generation_options = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    time_to_first_token = models.FloatField(null=True, blank=True, help_text="seconds")
+    duration = models.FloatField(null=True, blank=True, help_text="seconds")
+    finish_reason = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.role} #{self.pk} ({self.status})"
+
+    @property
+    def tokens_per_second(self):
+        if self.completion_tokens and self.duration and self.time_to_first_token is not None:
+            decode_time = self.duration - self.time_to_first_token
+            if decode_time > 0 and self.completion_tokens > 1:
+                return (self.completion_tokens - 1) / decode_time
+        return None
+
+    def save_partial(self, content, notice=""):
+        """Flush the text streamed so far, so a crash loses at most a few seconds."""
+        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(content=content, notice=notice)
+
+    def finish(self, status, content, usage=None, error="", notice=""):
+        """End a streaming reply exactly once with its final text, status and usage."""
+        fields = {
+            "status": status,
+            "content": content,
+            "error": error,
+            "notice": notice,
+            "finished_at": timezone.now(),
+        }
+        if usage is not None:
+            fields.update(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                time_to_first_token=usage.time_to_first_token,
+                duration=usage.duration,
+                finish_reason=usage.finish_reason,
+            )
+        with transaction.atomic():
+            updated = Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(**fields)
+            if updated:
+                Conversation.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
+        self.refresh_from_db()
+        return bool(updated)

@@ -1,0 +1,204 @@
+"""The generation service: one asyncio task per assistant reply, not tied to any socket.
+
+    consumer --begin()--> [save user message, create streaming reply] --> ReplyTask
+    ReplyTask: modelhub request -> chunks -> channel-layer group -> every watcher
+               partial text saved every CHAT_FLUSH_SECONDS, final text/status/usage once
+
+The task owns the reply, so a reload, a second tab or a dropped socket changes
+nothing about it. Stop travels through the conversation's channel-layer group, so
+every consumer of that conversation, in any process, hears it, and the process
+running the reply cancels it.
+
+A reply left with no watcher in this process (all tabs closed) keeps going for
+CHAT_ORPHAN_GRACE_SECONDS, so a reload picks it up; after that it is stopped and
+saved as `interrupted` with the text it had.
+"""
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from conversations.models import Conversation, Message
+from modelhub import api
+from modelhub.options import ModelhubError
+
+log = logging.getLogger(__name__)
+
+_replies = {}  # message id -> ReplyTask, for replies running in this process
+_watchers = Counter()  # conversation id -> open sockets in this process
+
+
+class ChatError(Exception):
+    """A user-facing refusal: becomes one error frame {"type": "error", "code", "message"}."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def frame(self):
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+def utf16_length(text):
+    """Length as the browser counts it (UTF-16 code units): chunk offsets use this unit."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def message_frame(message, text=None):
+    """A whole message rendered by the same template the page uses."""
+    if text is not None:
+        message.content = text
+    html = render_to_string("conversations/_message.html", {"message": message})
+    return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
+
+
+async def publish(conversation_id, frame):
+    await get_channel_layer().group_send(f"conversation-{conversation_id}", {"type": "chat.frame", "frame": frame})
+
+
+@database_sync_to_async
+def _begin_turn(user, conversation_id, content):
+    conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
+    if conversation is None:
+        raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
+    if conversation.streaming_reply() is not None:
+        raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
+    user_message = conversation.add_user_message(content)
+    try:
+        spec = conversation.model if conversation.model and conversation.model.enabled else api.get_spec()
+    except ModelhubError as exc:
+        spec, error = None, exc
+    if spec is None:
+        reply = conversation.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        reply.finish(Message.Status.ERROR, "", error=error.message)
+        return conversation, user_message, reply, None
+    reply = conversation.start_reply(spec, spec.default_options().as_dict())
+    if reply is None:
+        raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
+    return conversation, user_message, reply, spec
+
+
+async def begin(user, conversation_id, content):
+    """Save the user message, create the reply and start its task. Raises ChatError."""
+    conversation, user_message, reply, spec = await _begin_turn(user, conversation_id, content)
+    await publish(conversation_id, await sync_to_async(message_frame)(user_message))
+    await publish(conversation_id, await sync_to_async(message_frame)(reply))
+    if spec is not None:
+        history = await database_sync_to_async(conversation.history)()
+        task = ReplyTask(reply, spec, history)
+        _replies[reply.pk] = task
+        task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
+    return reply
+
+
+async def stop(user, conversation_id):
+    """Ask the streaming reply of this conversation, wherever it runs, to stop."""
+    reply = await database_sync_to_async(
+        lambda: Message.objects.filter(
+            conversation__in=Conversation.objects.for_user(user).filter(pk=conversation_id),
+            status=Message.Status.STREAMING,
+        ).last()
+    )()
+    if reply is None:
+        raise ChatError("nothing_to_stop", "No reply is being written.")
+    await get_channel_layer().group_send(f"conversation-{conversation_id}", {"type": "reply.stop", "message_id": reply.pk})
+
+
+def cancel_local(message_id, reason="stopped"):
+    """Cancel the reply if it runs in this process (every consumer calls this on a stop frame)."""
+    task = _replies.get(message_id)
+    if task is not None and task.request is not None:
+        task.stop_reason = reason
+        task.request.cancel()
+
+
+def snapshot(conversation_id):
+    """The frame that brings a new watcher up to date with a reply streaming here, if any."""
+    for task in _replies.values():
+        if task.reply.conversation_id == conversation_id:
+            return {**message_frame(task.reply, task.text), "offset": utf16_length(task.text)}
+    return None
+
+
+def watch(conversation_id):
+    _watchers[conversation_id] += 1
+
+
+def unwatch(conversation_id):
+    _watchers[conversation_id] -= 1
+    if _watchers[conversation_id] > 0:
+        return
+    del _watchers[conversation_id]
+    for task in list(_replies.values()):
+        if task.reply.conversation_id == conversation_id:
+            asyncio.get_running_loop().call_later(settings.CHAT_ORPHAN_GRACE_SECONDS, task.stop_if_orphaned)
+
+
+class ReplyTask:
+    def __init__(self, reply, spec, history):
+        self.reply = reply
+        self.spec = spec
+        self.history = history
+        self.text = ""
+        self.notice = ""
+        self.request = None
+        self.task = None
+        self.stop_reason = "stopped"
+
+    def stop_if_orphaned(self):
+        if _watchers[self.reply.conversation_id] == 0:
+            cancel_local(self.reply.pk, reason="interrupted")
+
+    async def run(self):
+        try:
+            await self._generate()
+        except asyncio.CancelledError:  # server shutting down: keep what exists
+            if self.request is not None:
+                self.request.cancel()
+            await self._finish(Message.Status.INTERRUPTED, error="The server stopped while this reply was written.")
+            raise
+        finally:
+            _replies.pop(self.reply.pk, None)
+
+    async def _generate(self):
+        conversation_id = self.reply.conversation_id
+        try:
+            self.request = api.start(self.spec, self.history, loop=asyncio.get_running_loop())
+            last_flush = time.monotonic()
+            async for text in self.request.chunks():
+                offset = utf16_length(self.text)
+                self.text += text
+                frame = {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text}
+                await publish(conversation_id, frame)
+                if time.monotonic() - last_flush >= settings.CHAT_FLUSH_SECONDS:
+                    await database_sync_to_async(self.reply.save_partial)(self.text)
+                    last_flush = time.monotonic()
+        except ModelhubError as exc:
+            log.warning("reply %s failed: %s", self.reply.pk, exc.message)
+            await publish(conversation_id, {"type": "error", "code": exc.code, "message": exc.message})
+            await self._finish(Message.Status.ERROR, error=exc.message)
+            return
+        usage = self.request.usage
+        if usage.truncated_messages:
+            self.notice = (
+                f"The {usage.truncated_messages} oldest message(s) did not fit the model's context "
+                "window and were left out of this reply's prompt."
+            )
+        status = Message.Status.COMPLETE
+        if usage.finish_reason == "cancelled":
+            status = Message.Status.INTERRUPTED if self.stop_reason == "interrupted" else Message.Status.STOPPED
+        await self._finish(status, usage=usage)
+
+    async def _finish(self, status, usage=None, error=""):
+        reply = self.reply
+        await database_sync_to_async(reply.finish)(status, self.text, usage=usage, error=error, notice=self.notice)
+        frame = await sync_to_async(message_frame)(reply)
+        await publish(reply.conversation_id, {**frame, "type": "done"})

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from conversations import views
+
+app_name = "conversations"
+urlpatterns = [
+    path("", views.conversation_list, name="list"),
+    path("c/new/", views.conversation_new, name="new"),
+    path("c/<int:pk>/", views.conversation_detail, name="detail"),
+    path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
+    path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
+]

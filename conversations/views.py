@@ -1,0 +1,72 @@
+"""Conversation pages. Every view reaches conversations through `_get_conversation_for_user`
+(404 for anyone else's) or `Conversation.objects.for_user`."""
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from django_htmx.http import HttpResponseClientRedirect
+
+from conversations.forms import RenameForm
+from conversations.models import Conversation
+from modelhub.models import ModelSpec
+
+
+def _get_conversation_for_user(request, pk):
+    return get_object_or_404(Conversation.objects.for_user(request.user).select_related("model"), pk=pk)
+
+
+def _sidebar(request, current=None):
+    return {
+        "conversations": Conversation.objects.for_user(request.user)[:200],
+        "current": current,
+        "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+
+
+@login_required
+@require_GET
+def conversation_list(request):
+    return render(request, "conversations/list.html", _sidebar(request))
+
+
+@login_required
+@require_POST
+def conversation_new(request):
+    conversation = Conversation.objects.create(owner=request.user, model=ModelSpec.objects.default())
+    return redirect(conversation)
+
+
+@login_required
+@require_GET
+def conversation_detail(request, pk):
+    conversation = _get_conversation_for_user(request, pk)
+    context = _sidebar(request, conversation)
+    context["messages_list"] = conversation.messages.all()
+    context["rename_form"] = RenameForm(initial={"title": conversation.title})
+    return render(request, "conversations/detail.html", context)
+
+
+@login_required
+@require_POST
+def conversation_rename(request, pk):
+    conversation = _get_conversation_for_user(request, pk)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        conversation.rename(form.cleaned_data["title"])
+    context = {"conversation": conversation, "current": conversation, "rename_form": form}
+    if request.htmx:
+        return render(request, "conversations/detail.html#title", context)
+    return redirect(conversation)
+
+
+@login_required
+@require_POST
+def conversation_delete(request, pk):
+    conversation = _get_conversation_for_user(request, pk)
+    conversation.delete()
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("conversations:list"))
+    return redirect("conversations:list")

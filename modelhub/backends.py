@@ -1,0 +1,84 @@
+"""The one narrow interface every model backend implements, and its two implementations.
+
+    backend.generate(messages, options, emit, is_cancelled) -> Usage
+
+`messages` is a list of {"role", "content"} dicts, `emit(text)` receives chunks as
+they are produced and `is_cancelled()` is polled between decode steps. A backend
+runs only in its worker thread (see engine.py), never on an event loop.
+"""
+
+import time
+
+from modelhub.options import Usage
+
+
+class TransformersBackend:
+    """A Hugging Face causal LM, loaded by modelhub.loading."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    @property
+    def context_length(self):
+        return self.loaded.context_length
+
+    def generate(self, messages, options, emit, is_cancelled):
+        from modelhub.generation import stream_reply
+
+        return stream_reply(self.loaded, messages, options, emit, is_cancelled)
+
+    def close(self):
+        import gc
+
+        device = self.loaded.device
+        self.loaded = None
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+class ScriptedBackend:
+    """Replies from a script instead of a model: for tests of the web layer, and demos.
+
+    Each reply is the list of chunks in `chunks` (or, by default, the last user
+    message echoed back word by word), one chunk every `delay` seconds. A chunk
+    that is an Exception instance is raised at that point, as a failing model would.
+    """
+
+    context_length = 4096
+
+    def __init__(self, chunks=None, delay=0.0):
+        self.chunks = chunks
+        self.delay = delay
+        self.calls = []
+
+    def generate(self, messages, options, emit, is_cancelled):
+        self.calls.append({"messages": messages, "options": options})
+        started = time.monotonic()
+        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
+        chunks = self.chunks
+        if chunks is None:
+            words = messages[-1]["content"].split()
+            chunks = [("" if i == 0 else " ") + w for i, w in enumerate(words)]
+        for chunk in chunks[: options.max_new_tokens]:
+            if self.delay:
+                time.sleep(self.delay)
+            if is_cancelled():
+                usage.finish_reason = "cancelled"
+                break
+            if isinstance(chunk, Exception):
+                raise chunk
+            if usage.time_to_first_token is None:
+                usage.time_to_first_token = time.monotonic() - started
+            usage.completion_tokens += 1
+            emit(chunk)
+        else:
+            usage.finish_reason = "stop" if len(chunks) <= options.max_new_tokens else "length"
+        usage.duration = time.monotonic() - started
+        return usage
+
+    def close(self):
+        pass
+

@@ -1,0 +1,181 @@
+"""One worker thread per loaded model, and the requests that flow through it.
+
+Every request for a model goes through that model's queue and its single worker
+thread: the worker owns the model (and the GPU), loads it before serving the
+first request, and serialises access to it. This is the one place where later
+work batches requests step by step. Callers get a `Request`: they read its text
+chunks (plain or async iteration), may cancel it, and read its `usage` at the end.
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from modelhub.options import ModelhubError, ModelLoadError, Usage
+
+log = logging.getLogger(__name__)
+
+_CHUNK, _END, _ERROR = "chunk", "end", "error"
+
+
+class Request:
+    """A single reply being generated. Thread-safe producer side, one consumer."""
+
+    def __init__(self, messages, options, loop=None):
+        self.messages = messages
+        self.options = options
+        self.usage = None
+        self.error = None
+        self._cancel = threading.Event()
+        self._loop = loop
+        self._items = asyncio.Queue() if loop else queue.Queue()
+
+    # --- caller side ---------------------------------------------------------
+
+    def cancel(self):
+        """Ask the worker to drop this request at its next decode step."""
+        self._cancel.set()
+
+    def is_cancelled(self):
+        return self._cancel.is_set()
+
+    def __iter__(self):
+        """Text chunks, blocking; raises ModelhubError if generation failed."""
+        while True:
+            item = self._items.get()
+            text = self._consume(item)
+            if text is None:
+                return
+            yield text
+
+    async def chunks(self):
+        """Text as it arrives, without blocking the event loop.
+
+        Chunks that arrived together are joined, so a slow consumer sends fewer,
+        larger frames instead of falling behind.
+        """
+        while True:
+            items = [await self._items.get()]
+            while not self._items.empty():
+                items.append(self._items.get_nowait())
+            text = [value for kind, value in items if kind == _CHUNK]
+            if text:
+                yield "".join(text)
+            if items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows it
+                self._consume(items[-1])
+                return
+
+    def _consume(self, item):
+        kind, value = item
+        if kind == _CHUNK:
+            return value
+        if kind == _END:
+            self.usage = value
+            return None
+        self.error = value
+        raise value
+
+    # --- worker side ---------------------------------------------------------
+
+    def _put(self, item):
+        if self._loop is None:
+            self._items.put(item)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is gone: nobody reads this any more
+            self._cancel.set()
+
+    def emit(self, text):
+        self._put((_CHUNK, text))
+
+    def finish(self, usage):
+        self._put((_END, usage))
+
+    def fail(self, error):
+        self._put((_ERROR, error))
+
+
+class Worker:
+    """Owns one model: loads it in its own thread, then serves queued requests in order."""
+
+    def __init__(self, name, load_backend):
+        self.name = name
+        self.backend = None
+        self.state = "loading"
+        self.error = ""
+        self.last_used = time.monotonic()
+        self._load_backend = load_backend
+        self._queue = queue.Queue()
+        self._state_lock = threading.Lock()  # no request slips in after the queue is drained
+        self._thread = threading.Thread(target=self._run, name=f"modelhub-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, request):
+        with self._state_lock:
+            if self.state in ("failed", "closed"):
+                raise ModelLoadError(self.error or f"model {self.name!r} is not loaded")
+            self.last_used = time.monotonic()
+            self._queue.put(request)
+        return request
+
+    def close(self, timeout=30):
+        """Finish the request in progress, fail the queued ones, free the model."""
+        with self._state_lock:
+            self.state = "closed"
+            self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self):
+        try:
+            self.backend = self._load_backend()
+            self.state = "ready"
+        except ModelhubError as exc:
+            self._fail_all(exc)
+            return
+        except Exception as exc:  # a broken model folder must not kill the server
+            log.exception("loading %s failed", self.name)
+            self._fail_all(ModelLoadError(f"loading {self.name!r} failed: {exc}"))
+            return
+        while True:
+            request = self._queue.get()
+            if request is None:
+                break
+            self._serve(request)
+        self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
+        self.backend.close()
+        self.backend = None
+
+    def _serve(self, request):
+        self.last_used = time.monotonic()
+        if request.is_cancelled():
+            request.finish(Usage(finish_reason="cancelled"))
+            return
+        try:
+            usage = self.backend.generate(request.messages, request.options, request.emit, request.is_cancelled)
+        except ModelhubError as exc:
+            request.fail(exc)
+        except Exception as exc:  # isolate the failure to this request; the message is stored
+            log.exception("generation failed on %s", self.name)
+            request.fail(ModelhubError(f"generation failed: {exc}", code="generation_failed"))
+        else:
+            request.finish(usage)
+        self.last_used = time.monotonic()
+
+    def _fail_all(self, error):
+        with self._state_lock:
+            self.state = "failed"
+            self.error = error.message
+        self._drain(error)
+
+    def _drain(self, error):
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.fail(error)

@@ -1,0 +1,134 @@
+"""How a reply is generated with transformers: chat template -> generate -> streamer.
+
+A causal LM produces the reply one token at a time, each conditioned on the prompt
+and everything generated so far. We format the conversation with the tokenizer's
+own chat template, cut the oldest turns when it would not fit the context window
+(saying how many were cut), and let `model.generate` decode with a streamer that
+hands text to the caller as soon as whole words form, and a stopping criterion
+that checks the caller's cancel flag at every decode step.
+"""
+
+import time
+
+from modelhub.options import GenerationOptions, PromptTooLong, Usage
+
+
+def render_prompt(tokenizer, messages):
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return list(ids)
+
+
+def build_prompt(tokenizer, messages, context_length, max_new_tokens):
+    """Token ids of the longest suffix of the history that fits, and how many messages were cut.
+
+    The system prompt is always kept, and so is the last message; the kept history
+    starts with a user turn, as strict chat templates require.
+    """
+    budget = context_length - max_new_tokens
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system) :]
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
+    starts = [s for s in starts if s <= len(turns) - 1]
+
+    def fits(start):
+        ids = render_prompt(tokenizer, system + turns[start:])
+        return ids if len(ids) <= budget else None
+
+    ids = fits(starts[0])
+    if ids is not None:
+        return ids, starts[0]
+    # Fit is monotonic in the start: binary search for the earliest start that fits.
+    lo, hi, best = 1, len(starts) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = fits(starts[mid])
+        if candidate is None:
+            lo = mid + 1
+        else:
+            best, hi = (candidate, starts[mid]), mid - 1
+    if best is None:
+        raise PromptTooLong(
+            f"the last message does not fit the model's context window of {context_length} tokens "
+            f"with room for {max_new_tokens} new tokens; shorten it or lower max_new_tokens"
+        )
+    return best
+
+
+def sampling_kwargs(options: GenerationOptions):
+    if options.temperature == 0:
+        return {"do_sample": False}
+    return {
+        "do_sample": True,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k or None,
+    }
+
+
+def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled):
+    """Generate one reply; call emit(text) for each chunk; return its Usage.
+
+    Runs in the model's worker thread. `is_cancelled()` is checked at every decode
+    step, so a stop takes effect within one step.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+    started = time.monotonic()
+    usage = Usage()
+    prompt_ids, cut = build_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
+    usage.prompt_tokens = len(prompt_ids)
+    usage.truncated_messages = cut
+
+    class ChunkStreamer(TextStreamer):
+        def put(self, value):
+            if not self.next_tokens_are_prompt:
+                usage.completion_tokens += value.numel()
+                if usage.time_to_first_token is None:
+                    usage.time_to_first_token = time.monotonic() - started
+            super().put(value)
+
+        def on_finalized_text(self, text, stream_end=False):
+            if text:
+                emit(text)
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), is_cancelled(), dtype=torch.bool, device=input_ids.device)
+
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    input_ids = torch.tensor([prompt_ids], device=loaded.device)
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=options.max_new_tokens,
+            repetition_penalty=options.repetition_penalty,
+            streamer=ChunkStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
+            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            eos_token_id=loaded.tokenizer.eos_token_id,
+            **sampling_kwargs(options),
+        )
+    new_tokens = output[0, len(prompt_ids) :].tolist()
+    usage.completion_tokens = len(new_tokens)
+    usage.duration = time.monotonic() - started
+    if is_cancelled():
+        usage.finish_reason = "cancelled"
+    elif new_tokens and new_tokens[-1] == loaded.tokenizer.eos_token_id:
+        usage.finish_reason = "stop"
+    else:
+        usage.finish_reason = "length"
+    return usage
+
+
+def generate_text(model, tokenizer, messages, max_new_tokens=64):
+    """Greedy reply as one string (for samples and quick checks, not for serving)."""
+    from modelhub.loading import LoadedModel
+
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    loaded = LoadedModel(model, tokenizer, str(model.device), str(model.dtype), context)
+    chunks = []
+    stream_reply(loaded, messages, GenerationOptions(temperature=0, max_new_tokens=max_new_tokens), chunks.append, lambda: False)
+    return "".join(chunks).strip()

@@ -1,0 +1,75 @@
+"""Chat from the terminal through the same modelhub path the web app uses.
+
+    python manage.py chat "Hello"
+    python manage.py chat --model chitchat --temperature 0 "Hello"
+    python manage.py chat            # interactive: one line per turn, Ctrl-D to quit
+"""
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from modelhub import api
+from modelhub.options import ModelhubError
+
+
+class Command(BaseCommand):
+    help = "Stream a reply from a registered model to the terminal."
+
+    def add_arguments(self, parser):
+        parser.add_argument("prompt", nargs="?", help="the message; omit for an interactive session")
+        parser.add_argument("--model", help="model name (default: the default model)")
+        parser.add_argument("--system", default="", help="system prompt")
+        parser.add_argument("--temperature", type=float)
+        parser.add_argument("--max-new-tokens", type=int)
+        parser.add_argument("--seed", type=int)
+
+    def handle(self, *args, **options):
+        try:
+            spec = api.get_spec(options["model"])
+            overrides = {
+                key: options[key] for key in ("temperature", "max_new_tokens", "seed") if options[key] is not None
+            }
+            api.options_for(spec, overrides)
+        except ModelhubError as exc:
+            raise CommandError(exc.message) from exc
+        history = [{"role": "system", "content": options["system"]}] if options["system"] else []
+        prompts = [options["prompt"]] if options["prompt"] else self._lines()
+        for prompt in prompts:
+            history.append({"role": "user", "content": prompt})
+            reply = self._reply(spec, history, overrides)
+            history.append({"role": "assistant", "content": reply})
+
+    def _lines(self):
+        while True:
+            self.stdout.write("> ", ending="")
+            self.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                return
+            if line.strip():
+                yield line.strip()
+
+    def _reply(self, spec, history, overrides):
+        request = api.start(spec, history, overrides)
+        parts = []
+        try:
+            for text in request:
+                parts.append(text)
+                self.stdout.write(text, ending="")
+                self.stdout.flush()
+        except ModelhubError as exc:
+            raise CommandError(exc.message) from exc
+        except KeyboardInterrupt:
+            request.cancel()
+            list(request)  # let the worker finish the cancelled request
+        usage = request.usage
+        self.stdout.write("")
+        if usage and usage.truncated_messages:
+            self.stderr.write(f"[{usage.truncated_messages} oldest message(s) left out to fit the context window]")
+        if usage:
+            self.stderr.write(
+                f"[{usage.completion_tokens} tokens, first after {usage.time_to_first_token or 0:.2f}s, "
+                f"{usage.duration:.2f}s, {usage.finish_reason}]"
+            )
+        return "".join(parts)

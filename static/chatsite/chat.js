@@ -1,0 +1,106 @@
+// The chat page: one websocket per conversation (see conversations/consumers.py for frames).
+// Messages arrive rendered by the server's template; chunks are appended as plain text.
+(function () {
+  "use strict";
+  const list = document.getElementById("messages");
+  if (!list) return;
+  const form = document.getElementById("composer");
+  const input = document.getElementById("composer-input");
+  const sendButton = document.getElementById("send-button");
+  const stopButton = document.getElementById("stop-button");
+  const errorBox = document.getElementById("chat-error");
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + list.dataset.socket;
+  let socket = null;
+  let retry = 0;
+
+  function showError(text) {
+    errorBox.textContent = text;
+    errorBox.hidden = !text;
+  }
+
+  function streaming() {
+    return list.querySelector('[data-status="streaming"]') !== null;
+  }
+
+  function updateButtons() {
+    const busy = streaming();
+    stopButton.disabled = !busy;
+    sendButton.disabled = busy || !socket || socket.readyState !== WebSocket.OPEN;
+  }
+
+  function scrollDown() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function upsert(html) {
+    const template = document.createElement("template");
+    template.innerHTML = html.trim();
+    const node = template.content.firstElementChild;
+    const existing = document.getElementById(node.id);
+    if (existing) existing.replaceWith(node);
+    else list.appendChild(node);
+    scrollDown();
+  }
+
+  function appendChunk(frame) {
+    const text = document.querySelector("#message-" + frame.message_id + " .message-text");
+    if (!text) return;
+    const have = text.textContent.length;
+    // Offsets are UTF-16 positions: skip what a snapshot already showed.
+    if (frame.offset + frame.text.length <= have) return;
+    text.append(frame.text.slice(Math.max(0, have - frame.offset)));
+    scrollDown();
+  }
+
+  function onFrame(event) {
+    const frame = JSON.parse(event.data);
+    if (frame.type === "message" || frame.type === "done") upsert(frame.html);
+    else if (frame.type === "chunk") appendChunk(frame);
+    else if (frame.type === "error") showError(frame.message);
+    updateButtons();
+  }
+
+  function connect() {
+    socket = new WebSocket(url);
+    socket.addEventListener("open", function () {
+      retry = 0;
+      showError("");
+      updateButtons();
+    });
+    socket.addEventListener("message", onFrame);
+    socket.addEventListener("close", function (event) {
+      updateButtons();
+      if (event.code === 4404 || event.code === 4403) {
+        showError("This conversation is not available.");
+        return;
+      }
+      showError("Connection lost; reconnecting…");
+      retry = Math.min(retry + 1, 5);
+      setTimeout(connect, 500 * 2 ** retry);
+    });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const content = input.value;
+    if (!content.trim() || !socket || socket.readyState !== WebSocket.OPEN) return;
+    showError("");
+    socket.send(JSON.stringify({ type: "send", content: content }));
+    input.value = "";
+  });
+
+  input.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  stopButton.addEventListener("click", function () {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
+  });
+
+  scrollDown();
+  connect();
+  updateButtons();
+})();

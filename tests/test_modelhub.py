@@ -1,0 +1,165 @@
+"""modelhub on a real tiny model: tokenizer -> chat template -> generate -> streamer."""
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modelhub import api
+from modelhub.backends import ScriptedBackend
+from modelhub.generation import build_prompt, stream_reply
+from modelhub.loading import load
+from modelhub.models import ModelSpec
+from modelhub.options import GenerationOptions, InvalidOptions, ModelhubError, ModelLoadError, PromptTooLong
+from modelhub.registry import registry
+
+HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
+
+
+def test_a_streamed_greedy_reply_matches_plain_generate_token_for_token(tiny_spec, tiny_model_dir):
+    request = api.start(tiny_spec, HELLO, {"temperature": 0, "max_new_tokens": 24})
+    chunks = list(request)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    expected = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    new_tokens = expected[0, ids.shape[1] :]
+
+    assert len(chunks) > 1
+    assert "".join(chunks) == tokenizer.decode(new_tokens, skip_special_tokens=True)
+    assert request.usage.prompt_tokens == ids.shape[1]
+    assert request.usage.completion_tokens == len(new_tokens)
+    assert request.usage.finish_reason in {"stop", "length"}
+    assert 0 < request.usage.time_to_first_token <= request.usage.duration
+
+
+def test_cancel_stops_generation_within_one_decode_step(tiny_model_dir):
+    loaded = load(str(tiny_model_dir), dtype="float32", device="cpu")
+    checks = []
+
+    def cancelled_after_five_steps():
+        checks.append(1)
+        return len(checks) > 5
+
+    options = GenerationOptions(temperature=0.8, max_new_tokens=200, seed=1)
+    usage = stream_reply(loaded, HELLO, options, lambda text: None, cancelled_after_five_steps)
+
+    assert usage.finish_reason == "cancelled"
+    assert usage.completion_tokens == 6  # the step that saw the flag still emitted its token
+
+
+def test_a_cancelled_request_ends_early_and_says_so(tiny_spec):
+    request = api.start(tiny_spec, HELLO, {"temperature": 0.8, "max_new_tokens": 200, "seed": 1})
+    iterator = iter(request)
+    next(iterator)
+    request.cancel()
+    list(iterator)
+    assert request.usage.finish_reason == "cancelled"
+    assert request.usage.completion_tokens < 200
+
+
+def test_requests_for_one_model_share_one_worker_and_one_load(tiny_spec):
+    first = registry.worker(tiny_spec)
+    second = registry.worker(tiny_spec)
+    assert first is second
+    results = []
+
+    def chat():
+        results.append("".join(api.start(tiny_spec, HELLO, {"temperature": 0, "max_new_tokens": 8})))
+
+    threads = [threading.Thread(target=chat) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and len(results) == 3
+
+
+def test_a_long_history_is_cut_from_the_oldest_turns_keeping_the_system_prompt(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    system = {"role": "system", "content": "be nice"}
+    turns = []
+    for i in range(30):
+        turns.append({"role": "user", "content": f"question {i} about hiking and books"})
+        turns.append({"role": "assistant", "content": f"answer {i} about the weekend"})
+    turns.append({"role": "user", "content": "last question"})
+
+    ids, cut = build_prompt(tokenizer, [system, *turns], context_length=120, max_new_tokens=20)
+
+    assert cut > 0 and cut % 2 == 0  # whole exchanges, so the kept history starts with a user turn
+    assert len(ids) <= 100
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|system|>be nice<|end|><|user|>")
+    assert "last question" in text
+    kept = tokenizer.apply_chat_template([system, *turns[cut:]], add_generation_prompt=True, tokenize=False)
+    assert text == kept
+
+
+def test_a_last_message_longer_than_the_context_is_a_clear_error(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(PromptTooLong, match="context window of 64 tokens"):
+        build_prompt(tokenizer, [{"role": "user", "content": "hello there " * 100}], 64, 16)
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"temperature": -1}, "temperature must be between 0 and 2"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be between 1"),
+        ({"top_p": 0}, "top_p must be in"),
+        ({"temperature": "hot"}, "temperature must be a number"),
+        ({"beam_width": 3}, "unknown option"),
+    ],
+)
+def test_bad_generation_options_are_refused_before_anything_runs(tiny_spec, overrides, problem):
+    with pytest.raises(InvalidOptions, match=problem):
+        api.start(tiny_spec, HELLO, overrides)
+    assert registry.status() == {}
+
+
+def test_a_missing_model_folder_fails_its_requests_with_a_load_error(db, tmp_path):
+    spec = ModelSpec.objects.create(name="missing", source=str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        list(api.start(spec, HELLO))
+    assert registry.status()["missing"]["state"] == "failed"
+
+
+def test_a_failing_request_does_not_break_the_next_one(db):
+    spec = ModelSpec.objects.create(name="flaky", backend="scripted", source="-")
+    backend = ScriptedBackend(chunks=["a", RuntimeError("CUDA fell over")])
+    registry.install("flaky", backend)
+    with pytest.raises(ModelhubError, match="generation failed: CUDA fell over") as failure:
+        list(api.start(spec, HELLO))
+    assert failure.value.code == "generation_failed"
+    backend.chunks = ["still", " here"]
+    assert "".join(api.start(spec, HELLO)) == "still here"
+
+
+def test_unknown_and_default_models_are_resolved_by_name(tiny_spec):
+    assert api.get_spec() == tiny_spec
+    assert api.get_spec("tiny") == tiny_spec
+    with pytest.raises(ModelhubError, match="no enabled model named 'gpt-9'"):
+        api.get_spec("gpt-9")
+
+
+def test_generation_options_merge_casts_and_validates():
+    options = GenerationOptions().merged({"temperature": "0", "max_new_tokens": "12"}).validated(100)
+    assert options.temperature == 0.0 and options.max_new_tokens == 12
+    with pytest.raises(InvalidOptions):
+        GenerationOptions(max_new_tokens=500).validated(100)
+
+
+async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first(db):
+    import asyncio
+
+    spec = await ModelSpec.objects.acreate(name="failing", backend="scripted", source="-")
+    registry.install("failing", ScriptedBackend(chunks=["kept ", "too ", RuntimeError("boom")]))
+    request = api.start(spec, HELLO, loop=asyncio.get_running_loop())
+    await asyncio.sleep(0.2)  # let every item arrive, so they are read together
+    received = []
+    with pytest.raises(ModelhubError, match="boom"):
+        async for text in request.chunks():
+            received.append(text)
+    assert received == ["kept too "]

@@ -3,12 +3,16 @@
     ws/conversations/<id>/   refused for anonymous users and for anyone but the owner
 
 Client frames (JSON):
-    {"type": "send", "content": "..."}     a user message (at most CHAT_MAX_MESSAGE_CHARS)
+    {"type": "send", "content": "..."[, "options": {...}]}
+                                           a user message (at most CHAT_MAX_MESSAGE_CHARS), with
+                                           optional generation options (temperature, top_p, top_k,
+                                           max_new_tokens, repetition_penalty, seed, ignore_eos)
     {"type": "stop"}                       stop the reply being written
 Server frames (JSON):
     {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered
     {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset`
     {"type": "done", "message_id", "status", "html"}   the reply's final rendering
+    {"type": "title", "title"}                         the conversation's (new) title
     {"type": "error", "code", "message"}               a refusal; the socket stays open
 
 The consumer only parses frames, calls the generation service and forwards the
@@ -59,7 +63,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         kind = frame.get("type")
         user = self.scope["user"]
         if kind == "send":
-            await replies.begin(user, self.conversation_id, _content(frame))
+            options = frame.get("options") or {}
+            if not isinstance(options, dict):
+                raise ChatError("invalid_options", "'options' must be a JSON object.")
+            await replies.begin(user, self.conversation_id, _content(frame), options)
         elif kind == "stop":
             await replies.stop(user, self.conversation_id)
         else:

@@ -27,7 +27,7 @@ from django.template.loader import render_to_string
 
 from conversations.models import Conversation, Message
 from modelhub import api
-from modelhub.options import ModelhubError
+from modelhub.options import InvalidOptions, ModelhubError
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +65,33 @@ async def publish(conversation_id, frame):
 
 
 @database_sync_to_async
-def _begin_turn(user, conversation_id, content):
+def _begin_turn(user, conversation_id, content, overrides):
     conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
     if conversation.streaming_reply() is not None:
         raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
-    user_message = conversation.add_user_message(content)
     try:
         spec = conversation.model if conversation.model and conversation.model.enabled else api.get_spec()
-    except ModelhubError as exc:
-        spec, error = None, exc
-    if spec is None:
+        options = api.options_for(spec, overrides)
+    except InvalidOptions as exc:  # the user's input is refused before anything is saved
+        raise ChatError(exc.code, exc.message) from exc
+    except ModelhubError as exc:  # no model at all: keep the question, store the failure
+        user_message = conversation.add_user_message(content)
         reply = conversation.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
-        reply.finish(Message.Status.ERROR, "", error=error.message)
+        reply.finish(Message.Status.ERROR, "", error=exc.message)
         return conversation, user_message, reply, None
-    reply = conversation.start_reply(spec, spec.default_options().as_dict())
+    user_message = conversation.add_user_message(content)
+    reply = conversation.start_reply(spec, options.as_dict())
     if reply is None:
         raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
     return conversation, user_message, reply, spec
 
 
-async def begin(user, conversation_id, content):
+async def begin(user, conversation_id, content, overrides=None):
     """Save the user message, create the reply and start its task. Raises ChatError."""
-    conversation, user_message, reply, spec = await _begin_turn(user, conversation_id, content)
+    conversation, user_message, reply, spec = await _begin_turn(user, conversation_id, content, overrides or {})
+    await publish(conversation_id, {"type": "title", "title": conversation.title})
     await publish(conversation_id, await sync_to_async(message_frame)(user_message))
     await publish(conversation_id, await sync_to_async(message_frame)(reply))
     if spec is not None:
@@ -171,7 +174,8 @@ class ReplyTask:
     async def _generate(self):
         conversation_id = self.reply.conversation_id
         try:
-            self.request = api.start(self.spec, self.history, loop=asyncio.get_running_loop())
+            overrides = self.reply.generation_options
+            self.request = api.start(self.spec, self.history, overrides, loop=asyncio.get_running_loop())
             last_flush = time.monotonic()
             async for text in self.request.chunks():
                 offset = utf16_length(self.text)

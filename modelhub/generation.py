@@ -104,6 +104,7 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
             repetition_penalty=options.repetition_penalty,
             streamer=ChunkStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
             stopping_criteria=StoppingCriteriaList([Cancelled()]),

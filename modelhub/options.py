@@ -44,6 +44,7 @@ class GenerationOptions:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
     def validated(self, max_new_tokens_limit):
         problems = []
@@ -69,18 +70,30 @@ class GenerationOptions:
             raise InvalidOptions(f"unknown option(s): {', '.join(sorted(unknown))}")
         clean = {}
         for key, value in overrides.items():
-            caster = int if key in {"top_k", "max_new_tokens", "seed"} else float
-            if value is None and key == "seed":
+            if key == "ignore_eos":
+                if not isinstance(value, bool):
+                    raise InvalidOptions("ignore_eos must be true or false")
+                clean[key] = value
+            elif key == "seed" and value is None:
                 clean[key] = None
-                continue
-            try:
-                clean[key] = caster(value)
-            except (TypeError, ValueError):
-                raise InvalidOptions(f"{key} must be a number") from None
+            else:
+                clean[key] = _number(key, value, int if key in {"top_k", "max_new_tokens", "seed"} else float)
         return replace(self, **clean)
 
     def as_dict(self):
         return asdict(self)
+
+
+def _number(key, value, caster):
+    if isinstance(value, bool):
+        raise InvalidOptions(f"{key} must be a number")
+    try:
+        number = caster(value)
+    except (TypeError, ValueError):
+        raise InvalidOptions(f"{key} must be a number") from None
+    if caster is int and number != float(value):
+        raise InvalidOptions(f"{key} must be a whole number")
+    return number
 
 
 @dataclass

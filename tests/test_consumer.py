@@ -70,6 +70,7 @@ async def test_a_reply_streams_in_several_chunks_and_is_saved_with_its_usage(own
     assert reply.completion_tokens == 5 and reply.finish_reason == "stop"
     assert reply.time_to_first_token is not None and reply.duration >= reply.time_to_first_token
     assert frames[-1]["message_id"] == reply.pk and "Hello there, friend." in frames[-1]["html"]
+    assert {"type": "title", "title": "Hi!"} in frames
     await socket.disconnect()
 
 
@@ -93,6 +94,34 @@ async def test_the_user_message_is_saved_before_generation_starts(owner, convers
     await frames_until(socket, "done")
     seen = backend.calls[0]["messages"]
     assert seen[-1] == {"role": "user", "content": "remember me"}
+    await socket.disconnect()
+
+
+async def test_options_sent_with_a_message_are_used_and_recorded(owner, conversation):
+    _, backend = await scripted(["a", " b", " c"])
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi", "options": {"temperature": 0, "max_new_tokens": 2}})
+    await frames_until(socket, "done")
+    options = backend.calls[0]["options"]
+    assert options.temperature == 0 and options.max_new_tokens == 2
+    _, reply = await messages_of(conversation)
+    assert reply.content == "a b" and reply.generation_options["max_new_tokens"] == 2
+    assert reply.finish_reason == "length"
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [({"temperature": -1}, "temperature must be between 0 and 2"), ({"max_new_tokens": 10**6}, "max_new_tokens"),
+     ({"top_p": "wide"}, "top_p must be a number"), ("hot", "must be a JSON object")],
+)
+async def test_bad_options_are_refused_and_nothing_is_saved(owner, conversation, options, problem):
+    await scripted(["x"])
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi", "options": options})
+    error = await socket.receive_json_from(timeout=5)
+    assert error["code"] == "invalid_options" and problem in error["message"]
+    assert await messages_of(conversation) == []
     await socket.disconnect()
 
 

@@ -144,11 +144,21 @@ def test_unknown_and_default_models_are_resolved_by_name(tiny_spec):
         api.get_spec("gpt-9")
 
 
+def test_ignore_eos_generates_exactly_max_new_tokens(tiny_spec):
+    request = api.start(tiny_spec, HELLO, {"temperature": 0, "max_new_tokens": 40, "ignore_eos": True})
+    list(request)
+    assert request.usage.completion_tokens == 40 and request.usage.finish_reason == "length"
+
+
 def test_generation_options_merge_casts_and_validates():
     options = GenerationOptions().merged({"temperature": "0", "max_new_tokens": "12"}).validated(100)
     assert options.temperature == 0.0 and options.max_new_tokens == 12
     with pytest.raises(InvalidOptions):
         GenerationOptions(max_new_tokens=500).validated(100)
+    with pytest.raises(InvalidOptions, match="whole number"):
+        GenerationOptions().merged({"max_new_tokens": 1.5})
+    with pytest.raises(InvalidOptions, match="ignore_eos must be true or false"):
+        GenerationOptions().merged({"ignore_eos": "yes"})
 
 
 async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first(db):

@@ -52,11 +52,20 @@
     scrollDown();
   }
 
+  function setTitle(title) {
+    const field = document.querySelector("#title input[name=title]");
+    if (field && document.activeElement !== field) field.value = title;
+    const link = document.querySelector(".conversation-list .current a");
+    if (link) link.textContent = title;
+    document.title = title + " · chatsite";
+  }
+
   function onFrame(event) {
     const frame = JSON.parse(event.data);
     if (frame.type === "message" || frame.type === "done") upsert(frame.html);
     else if (frame.type === "chunk") appendChunk(frame);
     else if (frame.type === "error") showError(frame.message);
+    else if (frame.type === "title") setTitle(frame.title);
     updateButtons();
   }
 

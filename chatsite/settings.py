@@ -123,8 +123,10 @@ CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum
 CHAT_FLUSH_SECONDS = env_float("CHAT_FLUSH_SECONDS", 2.0, minimum=0.1)
 
 # --- modelhub ---------------------------------------------------------------
+# Device for models whose own device is "auto": auto picks a CUDA GPU when there is one.
 MODELHUB_DEVICE = env_choice("MODELHUB_DEVICE", "auto", ["auto", "cpu", "cuda", "mps"])
 MODELHUB_DEFAULT_MODEL = env_str("MODELHUB_DEFAULT_MODEL", "")
 MODELHUB_MAX_NEW_TOKENS_LIMIT = env_int("MODELHUB_MAX_NEW_TOKENS_LIMIT", 2048, minimum=1)
+# CPU threads torch may use for generation (0: torch's default, one per core).
 MODELHUB_TORCH_THREADS = env_int("MODELHUB_TORCH_THREADS", 0, minimum=0)
 MODELHUB_BUILTIN_DIR = BASE_DIR / "modelhub" / "builtin"

@@ -8,6 +8,8 @@ outage, not a slowdown. `unload` frees it explicitly.
 
 import threading
 
+from django.conf import settings
+
 from modelhub.backends import ScriptedBackend, TransformersBackend
 from modelhub.engine import Worker
 
@@ -55,11 +57,17 @@ def _loader(spec):
     if spec.backend == spec.Backend.SCRIPTED:
         return ScriptedBackend
     source = str(spec.local_path or spec.source)
-    revision, dtype, device, context = spec.revision, spec.dtype, spec.device, spec.context_length
+    revision, dtype, context = spec.revision, spec.dtype, spec.context_length
+    device = spec.device if spec.device not in ("", "auto") else settings.MODELHUB_DEVICE
+    threads = settings.MODELHUB_TORCH_THREADS
 
     def load():
         from modelhub import loading
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return TransformersBackend(loading.load(source, revision, dtype, device, context))
 
     return load

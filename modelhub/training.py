@@ -218,6 +218,48 @@ class TrainResult:
     history: list
 
 
+@dataclass
+class PreparedData:
+    tokenizer: object
+    train_ids: list
+    val_ids: list
+    val_bytes: int
+    block: int
+
+
+def prepare_data(config: TrainConfig, log=print):
+    """Split conversations, train the tokenizer on the training split, encode both splits."""
+    conversations = with_system_prompts(load_chitchat(config.limit_conversations), config.seed)
+    train_convs = [c for c in conversations if not is_validation(c[0], config.val_fraction)]
+    val_convs = [c for c in conversations if is_validation(c[0], config.val_fraction)]
+    if not val_convs:  # tiny slices in tests: still hold one conversation out
+        val_convs, train_convs = train_convs[-1:], train_convs[:-1]
+    log(f"conversations: {len(train_convs)} train, {len(val_convs)} held out")
+    tokenizer = train_tokenizer((m["content"] for _, msgs in train_convs for m in msgs), config.vocab_size)
+    train_ids, _ = encode_conversations(tokenizer, train_convs)
+    val_ids, val_bytes = encode_conversations(tokenizer, val_convs)
+    log(f"tokens: {len(train_ids)} train, {len(val_ids)} held out ({val_bytes} bytes)")
+    block = min(config.block_size, len(val_ids) - 1, len(train_ids) - 2)
+    return PreparedData(tokenizer, train_ids, val_ids, val_bytes, block)
+
+
+class EarlyStopping:
+    """Keeps the best held-out checkpoint; says stop after `patience` evaluations without a new best."""
+
+    def __init__(self, patience):
+        self.patience = patience
+        self.best_bpb, self.best_step, self.best_state = float("inf"), 0, None
+        self.bad_evals = 0
+
+    def update(self, model, step, bpb):
+        if bpb < self.best_bpb:
+            self.best_bpb, self.best_step, self.bad_evals = bpb, step, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.patience
+
+
 def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
     """Train tokenizer and model, keep the best held-out checkpoint, save it to output_dir."""
     import torch
@@ -225,25 +267,40 @@ def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-
-    conversations = with_system_prompts(load_chitchat(config.limit_conversations), config.seed)
-    train_convs = [c for c in conversations if not is_validation(c[0], config.val_fraction)]
-    val_convs = [c for c in conversations if is_validation(c[0], config.val_fraction)]
-    if not val_convs:  # tiny slices in tests: still hold one conversation out
-        val_convs, train_convs = train_convs[-1:], train_convs[:-1]
-    log(f"conversations: {len(train_convs)} train, {len(val_convs)} held out")
-
-    texts = (m["content"] for _, msgs in train_convs for m in msgs)
-    tokenizer = train_tokenizer(texts, config.vocab_size)
-    train_ids, _ = encode_conversations(tokenizer, train_convs)
-    val_ids, val_bytes = encode_conversations(tokenizer, val_convs)
-    block = min(config.block_size, len(val_ids) - 1, len(train_ids) - 2)
-    log(f"tokens: {len(train_ids)} train, {len(val_ids)} held out ({val_bytes} bytes)")
-
-    model = build_model(tokenizer, config)
+    data = prepare_data(config, log)
+    model = build_model(data.tokenizer, config)
     params = sum(p.numel() for p in model.parameters())
     log(f"model: Llama, {params / 1e6:.2f}M parameters")
+
+    def val_bpb(max_blocks):
+        nll, n = evaluate_nll(model, data.val_ids, data.block, max_blocks)
+        return bits_per_byte(nll, n, len(data.val_ids), data.val_bytes), nll / n
+
+    start = time.monotonic()
+    stopper, history, step, stopped_early = _train_loop(model, data, config, val_bpb, progress, log)
+    seconds = time.monotonic() - start
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+    bpb, loss = val_bpb(0)
+    save_model(model, data.tokenizer, output_dir, config, bpb)
+    return TrainResult(
+        params=params,
+        train_tokens=len(data.train_ids),
+        val_tokens=len(data.val_ids),
+        val_bytes=data.val_bytes,
+        steps=step,
+        seconds=round(seconds, 1),
+        best_step=stopper.best_step,
+        val_bpb=round(bpb, 4),
+        val_loss=round(loss, 4),
+        stopped_early=stopped_early,
+        history=history,
+    )
+
+
+def _train_loop(model, data, config, val_bpb, progress, log):
+    import torch
+
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -251,21 +308,13 @@ def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
         lr=config.learning_rate,
         betas=(0.9, 0.95),
     )
-
-    def val_bpb(max_blocks):
-        nll, n = evaluate_nll(model, val_ids, block, max_blocks)
-        return bits_per_byte(nll, n, len(val_ids), val_bytes), nll / n
-
-    batches = _batches(train_ids, block, config.batch_size, rng)
+    batches = _batches(data.train_ids, data.block, config.batch_size, random.Random(config.seed))
+    stopper, history, step, total_steps = EarlyStopping(config.patience), [], 0, config.max_steps
     start = time.monotonic()
-    total_steps = config.max_steps
-    best = (float("inf"), 0, None)  # (bpb, step, state)
-    history, bad_evals, step, stopped_early = [], 0, 0, False
     model.train()
     while step < total_steps:
-        lr = _learning_rate(config, step, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = _learning_rate(config, step, total_steps)
         batch = next(batches)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
@@ -274,8 +323,7 @@ def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        if step == 20:
-            # Fit the cosine schedule to the time budget once the step time is known.
+        if step == 20:  # fit the cosine schedule to the time budget once the step time is known
             per_step = (time.monotonic() - start) / step
             total_steps = max(step + 1, min(config.max_steps, int(config.minutes * 60 / per_step)))
             log(f"{per_step:.3f}s per step: planning {total_steps} steps")
@@ -284,33 +332,11 @@ def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
         if step % config.eval_every == 0 or step == total_steps:
             bpb, _ = val_bpb(config.eval_blocks)
             history.append({"step": step, "train_loss": round(loss.item(), 4), "val_bpb": round(bpb, 4)})
-            if bpb < best[0]:
-                best = (bpb, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
-                bad_evals = 0
-            else:
-                bad_evals += 1
-                if bad_evals >= config.patience:
-                    stopped_early = True
-                    log(f"held-out loss stopped improving: stopping at step {step}")
-                    break
-    seconds = time.monotonic() - start
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    bpb, loss = val_bpb(0)
-    save_model(model, tokenizer, output_dir, config, bpb)
-    return TrainResult(
-        params=params,
-        train_tokens=len(train_ids),
-        val_tokens=len(val_ids),
-        val_bytes=val_bytes,
-        steps=step,
-        seconds=round(seconds, 1),
-        best_step=best[1],
-        val_bpb=round(bpb, 4),
-        val_loss=round(loss, 4),
-        stopped_early=stopped_early,
-        history=history,
-    )
+            log(f"step {step}: train loss {loss.item():.3f}, held-out {bpb:.3f} bits per byte")
+            if stopper.update(model, step, bpb):
+                log(f"held-out loss stopped improving: stopping at step {step}")
+                return stopper, history, step, True
+    return stopper, history, step, False
 
 
 def _learning_rate(config, step, total_steps):

@@ -173,3 +173,12 @@ async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first
         async for text in request.chunks():
             received.append(text)
     assert received == ["kept too "]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_load_error(tiny_spec, settings):
+    settings.MODELHUB_DEVICE = "cuda"
+    tiny_spec.device = "auto"
+    tiny_spec.save()
+    with pytest.raises(ModelLoadError, match="no CUDA GPU is available"):
+        list(api.start(tiny_spec, HELLO))

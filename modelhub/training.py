@@ -61,6 +61,7 @@ class TrainConfig:
     limit_conversations: int = 0
     threads: int = 0
     seed: int = 1234
+    init_from: str = ""  # continue training a saved model (its tokenizer is kept)
 
 
 # --- data -------------------------------------------------------------------
@@ -227,15 +228,16 @@ class PreparedData:
     block: int
 
 
-def prepare_data(config: TrainConfig, log=print):
-    """Split conversations, train the tokenizer on the training split, encode both splits."""
+def prepare_data(config: TrainConfig, log=print, tokenizer=None):
+    """Split conversations, train the tokenizer on the training split (unless given), encode both."""
     conversations = with_system_prompts(load_chitchat(config.limit_conversations), config.seed)
     train_convs = [c for c in conversations if not is_validation(c[0], config.val_fraction)]
     val_convs = [c for c in conversations if is_validation(c[0], config.val_fraction)]
     if not val_convs:  # tiny slices in tests: still hold one conversation out
         val_convs, train_convs = train_convs[-1:], train_convs[:-1]
     log(f"conversations: {len(train_convs)} train, {len(val_convs)} held out")
-    tokenizer = train_tokenizer((m["content"] for _, msgs in train_convs for m in msgs), config.vocab_size)
+    if tokenizer is None:
+        tokenizer = train_tokenizer((m["content"] for _, msgs in train_convs for m in msgs), config.vocab_size)
     train_ids, _ = encode_conversations(tokenizer, train_convs)
     val_ids, val_bytes = encode_conversations(tokenizer, val_convs)
     log(f"tokens: {len(train_ids)} train, {len(val_ids)} held out ({val_bytes} bytes)")
@@ -267,8 +269,15 @@ def train(config: TrainConfig, output_dir: Path, progress=None, log=print):
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    data = prepare_data(config, log)
-    model = build_model(data.tokenizer, config)
+    if config.init_from:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        data = prepare_data(config, log, AutoTokenizer.from_pretrained(config.init_from))
+        model = AutoModelForCausalLM.from_pretrained(config.init_from, dtype=torch.float32)
+        log(f"continuing from {config.init_from}")
+    else:
+        data = prepare_data(config, log)
+        model = build_model(data.tokenizer, config)
     params = sum(p.numel() for p in model.parameters())
     log(f"model: Llama, {params / 1e6:.2f}M parameters")
 

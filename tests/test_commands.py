@@ -105,3 +105,20 @@ def test_the_held_out_split_is_stable_and_by_conversation():
     first = [i for i in ids if is_validation(i, 0.05)]
     assert first == [i for i in ids if is_validation(i, 0.05)]
     assert 60 < len(first) < 140
+
+
+@pytest.mark.slow
+def test_training_can_continue_from_a_saved_model_keeping_its_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from modelhub.training import TrainConfig, train
+
+    tiny = dict(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, block_size=32,
+                batch_size=2, eval_every=5, eval_blocks=2, limit_conversations=30, warmup_steps=2)
+    first = train(TrainConfig(max_steps=10, **tiny), tmp_path / "first", log=lambda *_: None)
+    second = train(TrainConfig(max_steps=10, init_from=str(tmp_path / "first"), **tiny), tmp_path / "second",
+                   log=lambda *_: None)
+    assert second.history[0]["val_bpb"] < first.history[0]["val_bpb"]  # it starts where the first left off
+    before = AutoTokenizer.from_pretrained(tmp_path / "first")
+    after = AutoTokenizer.from_pretrained(tmp_path / "second")
+    assert before.get_vocab() == after.get_vocab()

@@ -126,7 +126,7 @@ def main():
 
         from conversations.models import Conversation, Message
         from modelhub.generation import render_prompt
-        from modelhub.loading import load
+        from modelhub.loading import LoadSettings, load
         from modelhub.models import ModelSpec
 
         spec = ModelSpec.objects.create(
@@ -137,7 +137,7 @@ def main():
         client.force_login(user)
         cookie = client.cookies["sessionid"].value
 
-        loaded = load(args.model_dir, dtype="float32", device="auto")
+        loaded = load(LoadSettings(args.model_dir, dtype="float32", device="auto"))
         prompt_ids = render_prompt(loaded.tokenizer, [{"role": "user", "content": PROMPT}])
         port = free_port()
         server = start_server(port)

@@ -1,37 +1,117 @@
 """Turn a model source (local folder or Hub repo id) into a tokenizer and a causal LM.
 
-torch and transformers are imported here, inside functions, so that Django
-start-up, migrations and page views never pay for them: a model is loaded on
-first use, by the registry, in a worker thread.
+Read top to bottom: where the files are, what they are (a causal LM with a
+tokenizer and a chat template), how the weights are loaded (dtype, device,
+optional bitsandbytes quantization), and how LoRA adapters are attached to a
+loaded base. torch, transformers and peft are imported inside functions, so
+Django start-up, migrations and page views never pay for them: a model is
+loaded on first use, by the registry, in its worker thread. Every failure
+becomes a ModelLoadError whose message says what is wrong and what to do.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelhub.options import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    source: str
+    revision: str = ""
+    dtype: str = "auto"
+    device: str = "auto"
+    quantization: str = "none"  # none, 8bit, nf4, fp4
+    double_quant: bool = False
+    compute_dtype: str = "auto"
+    chat_template: str = ""
+    context_length: int | None = None
 
 
 @dataclass
 class LoadedModel:
-    model: object  # a transformers PreTrainedModel, in eval mode
+    model: object  # a transformers PreTrainedModel (a peft PeftModel once an adapter is attached)
     tokenizer: object
     device: str
     dtype: str
     context_length: int
+    quantization: str = "none"
+    adapters: dict = field(default_factory=dict)  # adapter name -> folder
+
+    @property
+    def memory_bytes(self):
+        base = self.model.get_base_model() if self.adapters else self.model
+        return int(base.get_memory_footprint())
+
+
+# --- where and what -----------------------------------------------------------
+
+
+def _looks_like_path(source):
+    return source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
+
+
+def _hub_kwargs(settings):
+    return {"revision": settings.revision or None}
+
+
+def _explain_missing(source, exc):
+    from huggingface_hub import constants
+
+    if _looks_like_path(source):
+        if not Path(source).expanduser().exists():
+            return ModelLoadError(f"the folder {source} does not exist")
+        return ModelLoadError(f"could not read a model from {source}: {exc}")
+    if constants.HF_HUB_OFFLINE:
+        return ModelLoadError(
+            f"{source} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+            f"download it first (`hf download {source}`) or unset HF_HUB_OFFLINE"
+        )
+    return ModelLoadError(f"could not fetch {source} from the Hugging Face Hub: {exc}")
+
+
+def inspect_source(settings: LoadSettings):
+    """Check, without loading weights, that the source is a causal LM with a usable tokenizer.
+
+    Returns a short description; raises ModelLoadError naming the problem.
+    """
+    config, tokenizer = _config_and_tokenizer(settings)
+    return f"{config.model_type} ({', '.join(config.architectures or [])}), vocabulary {len(tokenizer)}"
+
+
+def _config_and_tokenizer(settings):
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(settings.source, **_hub_kwargs(settings))
+    except (OSError, ValueError) as exc:
+        raise _explain_missing(settings.source, exc) from exc
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        kind = ", ".join(config.architectures or [config.model_type])
+        raise ModelLoadError(f"{settings.source} is a {kind} model, not a causal language model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(settings.source, **_hub_kwargs(settings))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{settings.source} has no usable tokenizer: {exc}") from exc
+    if not (settings.chat_template or tokenizer.chat_template):
+        raise ModelLoadError(f"{settings.source} has no chat template: set a chat template override for it")
+    return config, tokenizer
+
+
+# --- how ----------------------------------------------------------------------
 
 
 def resolve_device(requested):
     import torch
 
     if requested in ("", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {requested!r} was asked for, but no CUDA GPU is available")
     return requested
@@ -41,38 +121,94 @@ def resolve_dtype(requested, device):
     import torch
 
     if requested in _DTYPES:
-        return getattr(torch, _DTYPES[requested])
+        return getattr(torch, requested)
     # auto: half precision on a GPU, full precision on a CPU (bf16 matmuls are slow on most CPUs)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
-def load(source, revision="", dtype="auto", device="auto", context_length=None):
-    """Load tokenizer and model; every failure becomes a ModelLoadError with a readable message."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    kwargs = {"revision": revision or None}
+def quantization_config(settings: LoadSettings, device):
+    """A BitsAndBytesConfig, or None. bitsandbytes >= 0.47 runs 8-bit and 4-bit on x86-64 CPUs too."""
+    if settings.quantization in ("", "none"):
+        return None
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ModelLoadError(f"bitsandbytes quantization runs on CPU and CUDA devices, not on {device!r}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
-    except OSError as exc:
-        raise ModelLoadError(f"could not load {source!r}: {exc}") from exc
-    except ValueError as exc:  # e.g. a config that is not a causal LM
-        raise ModelLoadError(f"{source!r} is not a causal language model: {exc}") from exc
-    if tokenizer.chat_template is None:
-        raise ModelLoadError(f"{source!r} has no chat template; set one before chatting with it")
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ModelLoadError(f"quantization needs bitsandbytes: {exc}") from exc
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if settings.quantization not in ("nf4", "fp4"):
+        raise ModelLoadError(f"unknown quantization {settings.quantization!r}")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.quantization,
+        bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=resolve_dtype(settings.compute_dtype, device),
+    )
+
+
+def load(settings: LoadSettings):
+    """Load tokenizer and weights; the model comes back in eval mode on its device."""
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = _config_and_tokenizer(settings)
+    device = resolve_device(settings.device)
+    torch_dtype = resolve_dtype(settings.dtype, device)
+    quantization = quantization_config(settings, device)
+    if settings.chat_template:
+        tokenizer.chat_template = settings.chat_template
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
-    limit = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
-    log.info("loaded %s on %s as %s (context %d)", source, device, torch_dtype, limit)
-    return LoadedModel(model, tokenizer, device, str(torch_dtype).removeprefix("torch."), int(limit))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.source,
+            dtype=torch_dtype,
+            device_map={"": device},  # weights go straight to the device (quantized ones cannot move later)
+            quantization_config=quantization,
+            **_hub_kwargs(settings),
+        )
+    except Exception as exc:  # corrupt safetensors, bitsandbytes refusing a layout, out of memory...
+        raise ModelLoadError(f"could not load the weights of {settings.source}: {exc}") from exc
+    model.eval()
+    limit = settings.context_length or getattr(model.config, "max_position_embeddings", None) or 2048
+    log.info("loaded %s on %s as %s (quantization %s)", settings.source, device, torch_dtype, settings.quantization)
+    return LoadedModel(
+        model, tokenizer, device, str(torch_dtype).removeprefix("torch."), int(limit), settings.quantization
+    )
+
+
+# --- adapters -----------------------------------------------------------------
+
+
+def attach_adapter(loaded: LoadedModel, name, path):
+    """Load a LoRA adapter onto the shared base; the base weights are neither copied nor reloaded."""
+    from peft import PeftModel
+
+    folder = Path(path)
+    if not (folder / "adapter_config.json").exists():
+        raise ModelLoadError(f"adapter {name!r}: {folder} has no adapter_config.json")
+    try:
+        if loaded.adapters:
+            loaded.model.load_adapter(str(folder), adapter_name=name)
+        else:
+            loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+            loaded.model.eval()
+    except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, missing target modules
+        raise ModelLoadError(f"adapter {name!r} does not fit this base model: {exc}") from exc
+    loaded.adapters[name] = str(folder)
+
+
+def detach_adapter(loaded: LoadedModel, name):
+    if name in loaded.adapters:
+        loaded.model.delete_adapter(name)
+        del loaded.adapters[name]
 
 
 def load_local_for_generation(path: Path):
     """Load a saved folder in float32 on CPU (used to show samples after training)."""
-    loaded = load(str(path), dtype="float32", device="cpu")
+    loaded = load(LoadSettings(source=str(path), dtype="float32", device="cpu"))
     return loaded.model, loaded.tokenizer

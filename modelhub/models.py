@@ -14,6 +14,11 @@ class ModelSpecQuerySet(models.QuerySet):
     def enabled(self):
         return self.filter(enabled=True)
 
+    def visible_to(self, user):
+        """Enabled models this user may chat with: staff-only models need a staff account."""
+        models_ = self.enabled()
+        return models_ if user.is_staff else models_.filter(visibility=ModelSpec.Visibility.ALL)
+
     def default(self):
         """The default model: the row marked default, else MODELHUB_DEFAULT_MODEL, else the first enabled."""
         enabled = self.enabled()
@@ -35,6 +40,16 @@ class ModelSpec(models.Model):
         BFLOAT16 = "bfloat16"
         FLOAT16 = "float16"
 
+    class Quantization(models.TextChoices):
+        NONE = "none", "none"
+        INT8 = "8bit", "8-bit (LLM.int8)"
+        NF4 = "nf4", "4-bit NF4"
+        FP4 = "fp4", "4-bit FP4"
+
+    class Visibility(models.TextChoices):
+        ALL = "all", "all users"
+        STAFF = "staff", "staff only"
+
     name = models.SlugField(max_length=100, unique=True, help_text="Short name used by the CLI and the API.")
     display_name = models.CharField(max_length=200, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.TRANSFORMERS)
@@ -45,6 +60,16 @@ class ModelSpec(models.Model):
     revision = models.CharField(max_length=100, blank=True, help_text="Hub branch, tag or commit.")
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.AUTO)
     device = models.CharField(max_length=20, default="auto", help_text="auto, cpu, cuda or cuda:N")
+    quantization = models.CharField(
+        max_length=8, choices=Quantization.choices, default=Quantization.NONE,
+        help_text="bitsandbytes quantization of the Linear layers (CPU and CUDA).",
+    )
+    double_quant = models.BooleanField(default=False, help_text="4-bit only: also quantize the quantization constants.")
+    compute_dtype = models.CharField(
+        max_length=10, choices=DType.choices, default=DType.AUTO, help_text="4-bit only: dtype of the matmuls."
+    )
+    chat_template = models.TextField(blank=True, help_text="Jinja chat template overriding the tokenizer's.")
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens of prompt + reply; empty reads it from the model config."
     )
@@ -71,6 +96,8 @@ class ModelSpec(models.Model):
     def clean(self):
         if self.context_length and self.max_new_tokens >= self.context_length:
             raise ValidationError({"max_new_tokens": "Must be smaller than the context length."})
+        if self.quantization in (self.Quantization.NONE, self.Quantization.INT8) and self.double_quant:
+            raise ValidationError({"double_quant": "Double quantization applies to 4-bit models only."})
 
     def save(self, *args, **kwargs):
         with transaction.atomic():
@@ -86,6 +113,22 @@ class ModelSpec(models.Model):
             path = settings.BASE_DIR / path
         return path if path.is_dir() else None
 
+    def load_settings(self):
+        """Everything the loader needs, as plain values (the worker thread never touches the ORM)."""
+        from modelhub.loading import LoadSettings
+
+        return LoadSettings(
+            source=str(self.local_path or self.source),
+            revision=self.revision,
+            dtype=self.dtype,
+            device=self.device if self.device not in ("", "auto") else settings.MODELHUB_DEVICE,
+            quantization=self.quantization,
+            double_quant=self.double_quant,
+            compute_dtype=self.compute_dtype,
+            chat_template=self.chat_template,
+            context_length=self.context_length,
+        )
+
     def default_options(self):
         return GenerationOptions(
             temperature=self.temperature,
@@ -94,3 +137,34 @@ class ModelSpec(models.Model):
             max_new_tokens=self.max_new_tokens,
             repetition_penalty=self.repetition_penalty,
         )
+
+
+class AdapterQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True, base__enabled=True)
+
+
+class Adapter(models.Model):
+    """A LoRA adapter (a peft folder) served on top of its base model without reloading it."""
+
+    name = models.SlugField(max_length=100)
+    base = models.ForeignKey(ModelSpec, on_delete=models.CASCADE, related_name="adapters")
+    path = models.CharField(max_length=500, help_text="A folder with adapter_config.json and the adapter weights.")
+    enabled = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+    provenance = models.JSONField(default=dict, blank=True, help_text="How it was made: data, base revision, metrics.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AdapterQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["base__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["base", "name"], name="unique_adapter_name_per_base")]
+
+    def __str__(self):
+        return f"{self.base.name} + {self.name}"
+
+    @property
+    def local_path(self):
+        path = Path(self.path).expanduser()
+        return path if path.is_absolute() else settings.BASE_DIR / path

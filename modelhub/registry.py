@@ -56,9 +56,7 @@ def _loader(spec):
     """A zero-argument function that builds the backend; it runs in the worker thread."""
     if spec.backend == spec.Backend.SCRIPTED:
         return ScriptedBackend
-    source = str(spec.local_path or spec.source)
-    revision, dtype, context = spec.revision, spec.dtype, spec.context_length
-    device = spec.device if spec.device not in ("", "auto") else settings.MODELHUB_DEVICE
+    load_settings = spec.load_settings()
     threads = settings.MODELHUB_TORCH_THREADS
 
     def load():
@@ -68,7 +66,7 @@ def _loader(spec):
             import torch
 
             torch.set_num_threads(threads)
-        return TransformersBackend(loading.load(source, revision, dtype, device, context))
+        return TransformersBackend(loading.load(load_settings))
 
     return load
 

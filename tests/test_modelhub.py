@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modelhub import api
 from modelhub.backends import ScriptedBackend
 from modelhub.generation import build_prompt, stream_reply
-from modelhub.loading import load
+from modelhub.loading import LoadSettings, load
 from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, InvalidOptions, ModelhubError, ModelLoadError, PromptTooLong
 from modelhub.registry import registry
@@ -36,7 +36,7 @@ def test_a_streamed_greedy_reply_matches_plain_generate_token_for_token(tiny_spe
 
 
 def test_cancel_stops_generation_within_one_decode_step(tiny_model_dir):
-    loaded = load(str(tiny_model_dir), dtype="float32", device="cpu")
+    loaded = load(LoadSettings(str(tiny_model_dir), dtype="float32", device="cpu"))
     checks = []
 
     def cancelled_after_five_steps():
@@ -121,7 +121,7 @@ def test_bad_generation_options_are_refused_before_anything_runs(tiny_spec, over
 
 def test_a_missing_model_folder_fails_its_requests_with_a_load_error(db, tmp_path):
     spec = ModelSpec.objects.create(name="missing", source=str(tmp_path / "nope"), device="cpu")
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(ModelLoadError, match="nope does not exist"):
         list(api.start(spec, HELLO))
     assert registry.status()["missing"]["state"] == "failed"
 

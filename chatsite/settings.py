@@ -129,4 +129,10 @@ MODELHUB_DEFAULT_MODEL = env_str("MODELHUB_DEFAULT_MODEL", "")
 MODELHUB_MAX_NEW_TOKENS_LIMIT = env_int("MODELHUB_MAX_NEW_TOKENS_LIMIT", 2048, minimum=1)
 # CPU threads torch may use for generation (0: torch's default, one per core).
 MODELHUB_TORCH_THREADS = env_int("MODELHUB_TORCH_THREADS", 0, minimum=0)
+# Memory budget: how many models may be loaded at once, and how many GB of weights
+# (0: no limit); past either, the least recently used idle model is unloaded.
+MODELHUB_MAX_LOADED_MODELS = env_int("MODELHUB_MAX_LOADED_MODELS", 2, minimum=1)
+MODELHUB_MAX_MEMORY_GB = env_float("MODELHUB_MAX_MEMORY_GB", 0.0, minimum=0)
+# Unload a model that served nothing for this many seconds (0: never).
+MODELHUB_IDLE_UNLOAD_SECONDS = env_float("MODELHUB_IDLE_UNLOAD_SECONDS", 3600.0, minimum=0)
 MODELHUB_BUILTIN_DIR = BASE_DIR / "modelhub" / "builtin"

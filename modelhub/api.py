@@ -7,13 +7,15 @@
     request.usage  # prompt/completion tokens, time to first token, duration, finish reason
 
 From async code pass `loop=asyncio.get_running_loop()` and iterate `request.chunks()`.
+With `adapter=api.get_adapter(spec, "name")` the reply comes from that LoRA adapter on
+the shared base model.
 Nothing here imports torch; the model loads in its worker thread on first use.
 """
 
 from django.conf import settings
 
 from modelhub.engine import Request
-from modelhub.models import ModelSpec
+from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelNotFound
 from modelhub.registry import registry
 
@@ -32,7 +34,18 @@ def options_for(spec, overrides=None):
     return spec.default_options().merged(overrides or {}).validated(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
 
 
-def start(spec, messages, overrides=None, loop=None):
-    """Queue a reply on the spec's worker and return its Request at once."""
-    request = Request(list(messages), options_for(spec, overrides), loop=loop)
+def get_adapter(spec, name):
+    """The enabled adapter of this base model with this name."""
+    adapter = Adapter.objects.enabled().filter(base=spec, name=name).first()
+    if adapter is None:
+        raise ModelNotFound(f"model {spec.name!r} has no enabled adapter named {name!r}")
+    return adapter
+
+
+def start(spec, messages, overrides=None, loop=None, adapter=None):
+    """Queue a reply on the spec's worker (with an Adapter of that spec, or none) and return its Request."""
+    if adapter is not None and adapter.base_id != spec.pk:
+        raise ModelNotFound(f"adapter {adapter.name!r} belongs to {adapter.base.name!r}, not {spec.name!r}")
+    pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
+    request = Request(list(messages), options_for(spec, overrides), loop=loop, adapter=pair)
     return registry.worker(spec).submit(request)

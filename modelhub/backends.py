@@ -1,9 +1,10 @@
 """The one narrow interface every model backend implements, and its two implementations.
 
-    backend.generate(messages, options, emit, is_cancelled) -> Usage
+    backend.generate(messages, options, emit, is_cancelled, adapter=None) -> Usage
 
 `messages` is a list of {"role", "content"} dicts, `emit(text)` receives chunks as
-they are produced and `is_cancelled()` is polled between decode steps. A backend
+they are produced, `is_cancelled()` is polled between decode steps and `adapter`
+is a (name, folder) LoRA adapter to apply, or None for the base model. A backend
 runs only in its worker thread (see engine.py), never on an event loop.
 """
 
@@ -22,10 +23,27 @@ class TransformersBackend:
     def context_length(self):
         return self.loaded.context_length
 
-    def generate(self, messages, options, emit, is_cancelled):
+    def generate(self, messages, options, emit, is_cancelled, adapter=None):
         from modelhub.generation import stream_reply
+        from modelhub.loading import attach_adapter
 
-        return stream_reply(self.loaded, messages, options, emit, is_cancelled)
+        name = None
+        if adapter is not None:
+            name, folder = adapter
+            if self.loaded.adapters.get(name) != folder:
+                attach_adapter(self.loaded, name, folder)  # once; later requests only name it
+        return stream_reply(self.loaded, messages, options, emit, is_cancelled, adapter=name)
+
+    def describe(self):
+        loaded = self.loaded
+        return {
+            "device": loaded.device,
+            "dtype": loaded.dtype,
+            "quantization": loaded.quantization,
+            "memory_bytes": loaded.memory_bytes,
+            "context_length": loaded.context_length,
+            "adapters": sorted(loaded.adapters),
+        }
 
     def close(self):
         import gc
@@ -54,8 +72,8 @@ class ScriptedBackend:
         self.delay = delay
         self.calls = []
 
-    def generate(self, messages, options, emit, is_cancelled):
-        self.calls.append({"messages": messages, "options": options})
+    def generate(self, messages, options, emit, is_cancelled, adapter=None):
+        self.calls.append({"messages": messages, "options": options, "adapter": adapter})
         started = time.monotonic()
         usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
         chunks = self.chunks

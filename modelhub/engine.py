@@ -23,9 +23,10 @@ _CHUNK, _END, _ERROR = "chunk", "end", "error"
 class Request:
     """A single reply being generated. Thread-safe producer side, one consumer."""
 
-    def __init__(self, messages, options, loop=None):
+    def __init__(self, messages, options, loop=None, adapter=None):
         self.messages = messages
         self.options = options
+        self.adapter = adapter  # (name, folder) of a LoRA adapter on this model, or None for the base
         self.usage = None
         self.error = None
         self._cancel = threading.Event()
@@ -101,12 +102,16 @@ class Request:
 class Worker:
     """Owns one model: loads it in its own thread, then serves queued requests in order."""
 
-    def __init__(self, name, load_backend):
+    def __init__(self, name, load_backend, on_ready=None):
         self.name = name
         self.backend = None
         self.state = "loading"
         self.error = ""
+        self.busy = False
+        self.load_seconds = None
         self.last_used = time.monotonic()
+        self.last_used_at = time.time()
+        self._on_ready = on_ready
         self._load_backend = load_backend
         self._queue = queue.Queue()
         self._state_lock = threading.Lock()  # no request slips in after the queue is drained
@@ -129,10 +134,27 @@ class Worker:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    @property
+    def idle(self):
+        return self.state == "ready" and not self.busy and self._queue.empty()
+
+    def describe(self):
+        """Runtime status for admins: state, where and how it is loaded, memory, adapters."""
+        info = {"state": self.state, "error": self.error, "last_used_at": self.last_used_at}
+        info["load_seconds"] = self.load_seconds
+        backend = self.backend
+        if backend is not None and hasattr(backend, "describe"):
+            info.update(backend.describe())
+        return info
+
     def _run(self):
+        started = time.monotonic()
         try:
             self.backend = self._load_backend()
+            self.load_seconds = round(time.monotonic() - started, 2)
             self.state = "ready"
+            if self._on_ready:
+                self._on_ready(self)
         except ModelhubError as exc:
             self._fail_all(exc)
             return
@@ -150,12 +172,22 @@ class Worker:
         self.backend = None
 
     def _serve(self, request):
-        self.last_used = time.monotonic()
+        self.busy = True
+        self.last_used, self.last_used_at = time.monotonic(), time.time()
+        try:
+            self._generate(request)
+        finally:
+            self.busy = False
+            self.last_used, self.last_used_at = time.monotonic(), time.time()
+
+    def _generate(self, request):
         if request.is_cancelled():
             request.finish(Usage(finish_reason="cancelled"))
             return
         try:
-            usage = self.backend.generate(request.messages, request.options, request.emit, request.is_cancelled)
+            usage = self.backend.generate(
+                request.messages, request.options, request.emit, request.is_cancelled, adapter=request.adapter
+            )
         except ModelhubError as exc:
             request.fail(exc)
         except Exception as exc:  # isolate the failure to this request; the message is stored
@@ -163,7 +195,6 @@ class Worker:
             request.fail(ModelhubError(f"generation failed: {exc}", code="generation_failed"))
         else:
             request.finish(usage)
-        self.last_used = time.monotonic()
 
     def _fail_all(self, error):
         with self._state_lock:

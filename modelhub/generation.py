@@ -65,14 +65,16 @@ def sampling_kwargs(options: GenerationOptions):
     }
 
 
-def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled):
+def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled, adapter=None):
     """Generate one reply; call emit(text) for each chunk; return its Usage.
 
     Runs in the model's worker thread. `is_cancelled()` is checked at every decode
-    step, so a stop takes effect within one step.
+    step, so a stop takes effect within one step. Once adapters are attached the
+    model is a peft model, and each request names its adapter (or "__base__"):
+    no set_adapter, so nothing about the shared model changes between requests.
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     started = time.monotonic()
     usage = Usage()
@@ -80,17 +82,10 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
     usage.prompt_tokens = len(prompt_ids)
     usage.truncated_messages = cut
 
-    class ChunkStreamer(TextStreamer):
-        def put(self, value):
-            if not self.next_tokens_are_prompt:
-                usage.completion_tokens += value.numel()
-                if usage.time_to_first_token is None:
-                    usage.time_to_first_token = time.monotonic() - started
-            super().put(value)
-
-        def on_finalized_text(self, text, stream_end=False):
-            if text:
-                emit(text)
+    def on_tokens(count):
+        usage.completion_tokens += count
+        if usage.time_to_first_token is None:
+            usage.time_to_first_token = time.monotonic() - started
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -98,6 +93,7 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
 
     if options.seed is not None:
         torch.manual_seed(options.seed)
+    extra = {"adapter_names": [adapter or "__base__"]} if loaded.is_peft else {}
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     with torch.inference_mode():
         output = loaded.model.generate(
@@ -106,11 +102,12 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
             max_new_tokens=options.max_new_tokens,
             min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
             repetition_penalty=options.repetition_penalty,
-            streamer=ChunkStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
+            streamer=IncrementalStreamer(loaded.tokenizer, emit, on_tokens),
             stopping_criteria=StoppingCriteriaList([Cancelled()]),
             pad_token_id=loaded.tokenizer.pad_token_id,
             eos_token_id=loaded.tokenizer.eos_token_id,
             **sampling_kwargs(options),
+            **extra,
         )
     new_tokens = output[0, len(prompt_ids) :].tolist()
     usage.completion_tokens = len(new_tokens)
@@ -122,6 +119,46 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
     else:
         usage.finish_reason = "length"
     return usage
+
+
+class IncrementalStreamer:
+    """A `generate` streamer that emits text token by token, as soon as it is stable.
+
+    Decoding a token alone can be wrong (a leading space, half of a UTF-8 character),
+    so each step decodes a short window of recent tokens and emits what it adds to
+    the text already emitted, holding back while the text ends in an incomplete
+    character (the incremental detokenization used by TGI and vLLM).
+    """
+
+    def __init__(self, tokenizer, emit, on_tokens):
+        self.tokenizer = tokenizer
+        self.emit = emit
+        self.on_tokens = on_tokens
+        self.tokens = []
+        self.prefix = 0  # window start: tokens before it are settled
+        self.read = 0  # tokens up to here have been emitted
+        self.prompt_seen = False
+
+    def _decode(self, tokens):
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        ids = value.reshape(-1).tolist()
+        self.on_tokens(len(ids))
+        self.tokens.extend(ids)
+        before = self._decode(self.tokens[self.prefix : self.read])
+        after = self._decode(self.tokens[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.emit(after[len(before) :])
+            self.prefix, self.read = self.read, len(self.tokens)
+
+    def end(self):
+        rest = self._decode(self.tokens[self.prefix :])[len(self._decode(self.tokens[self.prefix : self.read])) :]
+        if rest:
+            self.emit(rest)
 
 
 def generate_text(model, tokenizer, messages, max_new_tokens=64):

@@ -44,8 +44,15 @@ class LoadedModel:
     adapters: dict = field(default_factory=dict)  # adapter name -> folder
 
     @property
+    def is_peft(self):
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    @property
     def memory_bytes(self):
-        base = self.model.get_base_model() if self.adapters else self.model
+        """Parameters and buffers, the adapters' included (they are small)."""
+        base = self.model.get_base_model() if self.is_peft else self.model
         return int(base.get_memory_footprint())
 
 
@@ -191,8 +198,13 @@ def attach_adapter(loaded: LoadedModel, name, path):
     folder = Path(path)
     if not (folder / "adapter_config.json").exists():
         raise ModelLoadError(f"adapter {name!r}: {folder} has no adapter_config.json")
+    # Check before peft touches the model: a failed injection would leave stray layers in the base.
+    problem = adapter_misfit(loaded.model, folder)
+    if problem:
+        raise ModelLoadError(f"adapter {name!r} does not fit this base model: {problem}")
+    detach_adapter(loaded, name)  # a changed folder replaces the adapter of that name
     try:
-        if loaded.adapters:
+        if loaded.is_peft:
             loaded.model.load_adapter(str(folder), adapter_name=name)
         else:
             loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
@@ -200,6 +212,42 @@ def attach_adapter(loaded: LoadedModel, name, path):
     except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, missing target modules
         raise ModelLoadError(f"adapter {name!r} does not fit this base model: {exc}") from exc
     loaded.adapters[name] = str(folder)
+
+
+def adapter_misfit(model, folder):
+    """Why this LoRA folder cannot apply to `model` (missing target modules, wrong shapes), or ""."""
+    import re
+
+    from peft import PeftConfig
+    from safetensors import safe_open
+
+    config = PeftConfig.from_pretrained(str(folder))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = dict(base.named_modules())
+    targets = config.target_modules
+    if isinstance(targets, str):
+        matched = [n for n in modules if re.fullmatch(targets, n)]
+    else:
+        matched = [n for n in modules if n.rsplit(".", 1)[-1] in set(targets or ())]
+    if not matched:
+        return f"none of its target modules {sorted(targets) if not isinstance(targets, str) else targets} exist"
+    weights = folder / "adapter_model.safetensors"
+    if not weights.exists():
+        return ""  # a .bin adapter: peft will check the shapes itself
+    with safe_open(str(weights), framework="pt") as tensors:
+        for key in tensors.keys():
+            found = re.match(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$", key)
+            if not found:
+                continue
+            module = modules.get(found.group(1))
+            if module is None:
+                return f"the base has no module {found.group(1)}"
+            shape = tensors.get_slice(key).get_shape()
+            want = getattr(module, "in_features", None) if found.group(2) == "A" else getattr(module, "out_features", None)
+            have = shape[1] if found.group(2) == "A" else shape[0]
+            if want is not None and want != have:
+                return f"{found.group(1)} has {want} features where the adapter expects {have}"
+    return ""
 
 
 def detach_adapter(loaded: LoadedModel, name):

@@ -3,36 +3,56 @@
 A model is loaded on first use, in its own worker thread, so the caller never
 waits on a load and a second request for a model that is still loading queues
 behind it instead of loading it twice: a duplicate load of a big model is an
-outage, not a slowdown. `unload` frees it explicitly.
+outage, not a slowdown. Loading one model never holds the lock that requests for
+another model need.
+
+Memory is bounded two ways (settings): at most MODELHUB_MAX_LOADED_MODELS models,
+and at most MODELHUB_MAX_MEMORY_GB of weights. When a model must load past either
+bound, the least recently used idle model is unloaded. A reaper thread unloads
+models idle for MODELHUB_IDLE_UNLOAD_SECONDS. `unload` frees one explicitly.
 """
 
+import logging
 import threading
+import time
+from collections import Counter
 
 from django.conf import settings
 
 from modelhub.backends import ScriptedBackend, TransformersBackend
 from modelhub.engine import Worker
 
+log = logging.getLogger(__name__)
+
 
 class Registry:
     def __init__(self):
         self._lock = threading.Lock()
         self._workers = {}
+        self.load_counts = Counter()  # name -> how many times its weights were loaded
+        self._reaper = None
 
     def worker(self, spec):
         """The worker serving this spec, started (and its model loading) if needed."""
         with self._lock:
             worker = self._workers.get(spec.name)
-            if worker is None or worker.state in ("failed", "closed"):
-                worker = Worker(spec.name, _loader(spec))
-                self._workers[spec.name] = worker
-            return worker
+            if worker is not None and worker.state not in ("failed", "closed"):
+                return worker
+            evicted = []
+            while len(self._workers) >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
+                evicted.append(victim)
+            worker = Worker(spec.name, _loader(spec), on_ready=self._after_load)
+            self._workers[spec.name] = worker
+            self.load_counts[spec.name] += 1
+            self._start_reaper()
+        _close_all(evicted)
+        return worker
 
-    def install(self, name, backend):
-        """Serve `name` with an already built backend (a scripted one in tests, say)."""
+    def install(self, name, backend=None, load=None):
+        """Serve `name` with a built backend, or with what `load()` builds (scripted ones in tests)."""
         with self._lock:
             old = self._workers.pop(name, None)
-            self._workers[name] = Worker(name, lambda: backend)
+            self._workers[name] = Worker(name, load or (lambda: backend))
         if old is not None:
             old.close()
 
@@ -40,6 +60,7 @@ class Registry:
         with self._lock:
             worker = self._workers.pop(name, None)
         if worker is not None:
+            log.info("unloading %s", name)
             worker.close()
         return worker is not None
 
@@ -47,9 +68,60 @@ class Registry:
         for name in list(self._workers):
             self.unload(name)
 
-    def status(self):
+    def unload_idle(self, max_idle_seconds):
+        """Unload every model that has served nothing for max_idle_seconds; returns their names."""
+        now = time.monotonic()
         with self._lock:
-            return {name: {"state": w.state, "error": w.error} for name, w in self._workers.items()}
+            names = [n for n, w in self._workers.items() if w.idle and now - w.last_used >= max_idle_seconds]
+            closing = [self._workers.pop(n) for n in names]
+        _close_all(closing)
+        return names
+
+    def status(self):
+        """name -> runtime description (state, device, dtype, quantization, memory, adapters...)."""
+        with self._lock:
+            workers = dict(self._workers)
+        return {name: worker.describe() for name, worker in workers.items()}
+
+    # --- memory budget ---------------------------------------------------------
+
+    def _pop_lru_idle(self, exclude=None):
+        """Remove and return the least recently used idle worker, or None (lock held)."""
+        idle = [w for name, w in self._workers.items() if name != exclude and w.idle]
+        if not idle:
+            return None
+        victim = min(idle, key=lambda w: w.last_used)
+        log.info("unloading %s (least recently used) to stay within the memory budget", victim.name)
+        return self._workers.pop(victim.name)
+
+    def _after_load(self, worker):
+        """Runs in the new worker's thread once its model is loaded: enforce the memory budget."""
+        budget = settings.MODELHUB_MAX_MEMORY_GB * 1e9
+        evicted = []
+        with self._lock:
+            while budget and self._memory_bytes() > budget and (victim := self._pop_lru_idle(exclude=worker.name)):
+                evicted.append(victim)
+        _close_all(evicted)
+
+    def _memory_bytes(self):
+        return sum(w.describe().get("memory_bytes", 0) for w in self._workers.values())
+
+    def _start_reaper(self):
+        idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
+        if idle and self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, args=(idle,), name="modelhub-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self, idle):
+        while True:
+            time.sleep(max(0.05, min(60.0, idle / 4)))
+            for name in self.unload_idle(idle):
+                log.info("unloaded %s after %ss idle", name, idle)
+
+
+def _close_all(workers):
+    for worker in workers:
+        worker.close()
 
 
 def _loader(spec):

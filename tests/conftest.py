@@ -25,6 +25,7 @@ def _fresh_registry(settings):
     settings.CHAT_FLUSH_SECONDS = 0.1
     yield
     registry.unload_all()
+    registry.load_counts.clear()
 
 
 @pytest.fixture
@@ -74,8 +75,8 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = train_tokenizer(TINY_CORPUS, vocab_size=300)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,  # bitsandbytes' 4-bit CPU kernels need rows of at least one 64-value block
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,

@@ -99,8 +99,16 @@ def _config_and_tokenizer(settings):
         config = AutoConfig.from_pretrained(settings.source, **_hub_kwargs(settings))
     except (OSError, ValueError) as exc:
         raise _explain_missing(settings.source, exc) from exc
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        kind = ", ".join(config.architectures or [config.model_type])
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    architectures = config.architectures or []
+    # A saved BertModel has a causal-capable model_type but is an encoder: trust the saved class first.
+    is_causal = (
+        any(a in causal_classes for a in architectures)
+        if architectures
+        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
+    if not is_causal:
+        kind = ", ".join(architectures or [config.model_type])
         raise ModelLoadError(f"{settings.source} is a {kind} model, not a causal language model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(settings.source, **_hub_kwargs(settings))
@@ -212,6 +220,29 @@ def attach_adapter(loaded: LoadedModel, name, path):
     except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, missing target modules
         raise ModelLoadError(f"adapter {name!r} does not fit this base model: {exc}") from exc
     loaded.adapters[name] = str(folder)
+
+
+def check_adapter(settings: LoadSettings, folder):
+    """Check that a LoRA folder fits a base model without loading the base's weights.
+
+    The base is built on the meta device from its config: module names and shapes,
+    no memory. Raises ModelLoadError naming the problem.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").exists():
+        raise ModelLoadError(f"{folder} has no adapter_config.json: it is not a peft adapter folder")
+    try:
+        config = AutoConfig.from_pretrained(settings.source, **_hub_kwargs(settings))
+    except (OSError, ValueError) as exc:
+        raise _explain_missing(settings.source, exc) from exc
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    problem = adapter_misfit(skeleton, folder)
+    if problem:
+        raise ModelLoadError(f"this adapter does not fit {settings.source}: {problem}")
 
 
 def adapter_misfit(model, folder):

@@ -113,6 +113,18 @@ class ModelSpec(models.Model):
             path = settings.BASE_DIR / path
         return path if path.is_dir() else None
 
+    def check_source(self):
+        """Raise ValidationError unless the source is a loadable causal LM with a chat template."""
+        from modelhub.loading import inspect_source
+        from modelhub.options import ModelhubError
+
+        if self.backend != self.Backend.TRANSFORMERS:
+            return ""
+        try:
+            return inspect_source(self.load_settings())
+        except ModelhubError as exc:
+            raise ValidationError({"source": exc.message}) from exc
+
     def load_settings(self):
         """Everything the loader needs, as plain values (the worker thread never touches the ORM)."""
         from modelhub.loading import LoadSettings
@@ -168,3 +180,13 @@ class Adapter(models.Model):
     def local_path(self):
         path = Path(self.path).expanduser()
         return path if path.is_absolute() else settings.BASE_DIR / path
+
+    def check_fits_base(self):
+        """Raise ValidationError unless the folder is a peft adapter that fits the base's modules."""
+        from modelhub.loading import check_adapter
+        from modelhub.options import ModelhubError
+
+        try:
+            check_adapter(self.base.load_settings(), self.local_path)
+        except ModelhubError as exc:
+            raise ValidationError({"path": exc.message}) from exc

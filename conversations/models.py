@@ -12,7 +12,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from modelhub.models import ModelSpec
+from modelhub.models import Adapter, ModelSpec
 
 DEFAULT_TITLE = "New conversation"
 
@@ -29,6 +29,7 @@ class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default=DEFAULT_TITLE)
     model = models.ForeignKey(ModelSpec, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    adapter = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     system_prompt = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -53,6 +54,22 @@ class Conversation(models.Model):
     def rename(self, title):
         self.title = title.strip()[:200] or DEFAULT_TITLE
         self.save(update_fields=["title"])
+
+    def choose_model(self, spec, adapter=None):
+        """Switch the model (and LoRA adapter) that answers from the next message on."""
+        if adapter is not None and adapter.base_id != spec.pk:
+            raise ValueError("the adapter belongs to another model")
+        self.model, self.adapter = spec, adapter
+        self.save(update_fields=["model", "adapter"])
+
+    def model_for(self, user):
+        """The model and adapter that answer next: the chosen ones while this user may use them."""
+        usable = ModelSpec.objects.visible_to(user)
+        spec = usable.filter(pk=self.model_id).first() if self.model_id else None
+        if spec is None:
+            return usable.default(), None
+        adapter = Adapter.objects.enabled().filter(pk=self.adapter_id, base=spec).first() if self.adapter_id else None
+        return spec, adapter
 
     def history(self):
         """The chat messages a model sees: system prompt, then every finished turn in order.
@@ -81,7 +98,7 @@ class Conversation(models.Model):
         return message
 
     @transaction.atomic
-    def start_reply(self, spec, options):
+    def start_reply(self, spec, options, adapter=None):
         """Create the assistant row, `streaming`, that a generation task will fill.
 
         Refuses (returns None) while another reply of this conversation streams:
@@ -94,6 +111,7 @@ class Conversation(models.Model):
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
             model_name=spec.name,
+            adapter_name=adapter.name if adapter else "",
             generation_options=options,
         )
 
@@ -135,6 +153,7 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply, e.g. history truncation.")
     model_name = models.CharField(max_length=100, blank=True)
+    adapter_name = models.CharField(max_length=100, blank=True)
     generation_options = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -27,7 +27,7 @@ from django.template.loader import render_to_string
 
 from conversations.models import Conversation, Message
 from modelhub import api
-from modelhub.options import InvalidOptions, ModelhubError
+from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def _begin_turn(user, conversation_id, content, overrides):
     if conversation.streaming_reply() is not None:
         raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
     try:
-        spec = conversation.model if conversation.model and conversation.model.enabled else api.get_spec()
+        spec, adapter = conversation.model_for(user)
+        if spec is None:
+            raise ModelNotFound("no model is registered that you may use")
         options = api.options_for(spec, overrides)
     except InvalidOptions as exc:  # the user's input is refused before anything is saved
         raise ChatError(exc.code, exc.message) from exc
@@ -82,21 +84,21 @@ def _begin_turn(user, conversation_id, content, overrides):
         reply.finish(Message.Status.ERROR, "", error=exc.message)
         return conversation, user_message, reply, None
     user_message = conversation.add_user_message(content)
-    reply = conversation.start_reply(spec, options.as_dict())
+    reply = conversation.start_reply(spec, options.as_dict(), adapter)
     if reply is None:
         raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
-    return conversation, user_message, reply, spec
+    return conversation, user_message, reply, (spec, adapter)
 
 
 async def begin(user, conversation_id, content, overrides=None):
     """Save the user message, create the reply and start its task. Raises ChatError."""
-    conversation, user_message, reply, spec = await _begin_turn(user, conversation_id, content, overrides or {})
+    conversation, user_message, reply, model = await _begin_turn(user, conversation_id, content, overrides or {})
     await publish(conversation_id, {"type": "title", "title": conversation.title})
     await publish(conversation_id, await sync_to_async(message_frame)(user_message))
     await publish(conversation_id, await sync_to_async(message_frame)(reply))
-    if spec is not None:
+    if model is not None:
         history = await database_sync_to_async(conversation.history)()
-        task = ReplyTask(reply, spec, history)
+        task = ReplyTask(reply, *model, history)
         _replies[reply.pk] = task
         task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
     return reply
@@ -146,9 +148,10 @@ def unwatch(conversation_id):
 
 
 class ReplyTask:
-    def __init__(self, reply, spec, history):
+    def __init__(self, reply, spec, adapter, history):
         self.reply = reply
         self.spec = spec
+        self.adapter = adapter
         self.history = history
         self.text = ""
         self.notice = ""
@@ -175,7 +178,9 @@ class ReplyTask:
         conversation_id = self.reply.conversation_id
         try:
             overrides = self.reply.generation_options
-            self.request = api.start(self.spec, self.history, overrides, loop=asyncio.get_running_loop())
+            self.request = api.start(
+                self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter
+            )
             last_flush = time.monotonic()
             async for text in self.request.chunks():
                 offset = utf16_length(self.text)

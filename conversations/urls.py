@@ -9,4 +9,5 @@ urlpatterns = [
     path("c/<int:pk>/", views.conversation_detail, name="detail"),
     path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
+    path("c/<int:pk>/model/", views.conversation_model, name="model"),
 ]

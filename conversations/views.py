@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations.forms import RenameForm
+from conversations.forms import ModelChoiceForm, RenameForm
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
 
@@ -35,7 +35,11 @@ def conversation_list(request):
 @login_required
 @require_POST
 def conversation_new(request):
-    conversation = Conversation.objects.create(owner=request.user, model=ModelSpec.objects.default())
+    spec, adapter = ModelSpec.objects.visible_to(request.user).default(), None
+    form = ModelChoiceForm(request.user, request.POST)
+    if form.is_valid():
+        spec, adapter = form.chosen()
+    conversation = Conversation.objects.create(owner=request.user, model=spec, adapter=adapter)
     return redirect(conversation)
 
 
@@ -46,7 +50,26 @@ def conversation_detail(request, pk):
     context = _sidebar(request, conversation)
     context["messages_list"] = conversation.messages.all()
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
+    context["model_form"] = _model_form(request, conversation)
     return render(request, "conversations/detail.html", context)
+
+
+def _model_form(request, conversation, data=None):
+    spec, adapter = conversation.model_for(request.user)
+    return ModelChoiceForm(request.user, data, initial={"choice": ModelChoiceForm.key_for(spec, adapter)})
+
+
+@login_required
+@require_POST
+def conversation_model(request, pk):
+    conversation = _get_conversation_for_user(request, pk)
+    form = _model_form(request, conversation, request.POST)
+    if form.is_valid():
+        conversation.choose_model(*form.chosen())
+    context = {"current": conversation, "model_form": form}
+    if request.htmx:
+        return render(request, "conversations/detail.html#model", context, status=200 if form.is_valid() else 400)
+    return redirect(conversation)
 
 
 @login_required

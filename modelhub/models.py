@@ -21,7 +21,7 @@ class ModelSpecQuerySet(models.QuerySet):
 
     def default(self):
         """The default model: the row marked default, else MODELHUB_DEFAULT_MODEL, else the first enabled."""
-        enabled = self.enabled()
+        enabled = self.enabled()  # within this queryset: visible_to(user).default() respects visibility
         return (
             enabled.filter(is_default=True).first()
             or enabled.filter(name=settings.MODELHUB_DEFAULT_MODEL).first()

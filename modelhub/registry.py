@@ -9,7 +9,8 @@ another model need.
 Memory is bounded two ways (settings): at most MODELHUB_MAX_LOADED_MODELS models,
 and at most MODELHUB_MAX_MEMORY_GB of weights. When a model must load past either
 bound, the least recently used idle model is unloaded. A reaper thread unloads
-models idle for MODELHUB_IDLE_UNLOAD_SECONDS. `unload` frees one explicitly.
+models idle for MODELHUB_IDLE_UNLOAD_SECONDS and models an admin disabled.
+`unload` frees one explicitly.
 """
 
 import logging
@@ -106,17 +107,37 @@ class Registry:
     def _memory_bytes(self):
         return sum(w.describe().get("memory_bytes", 0) for w in self._workers.values())
 
+    def unload_disabled(self):
+        """Unload models an admin disabled (from another process, say); returns their names."""
+        from django.db import close_old_connections
+
+        from modelhub.models import ModelSpec
+
+        names = list(self._workers)
+        try:
+            disabled = set(ModelSpec.objects.filter(name__in=names, enabled=False).values_list("name", flat=True))
+        finally:
+            close_old_connections()
+        for name in disabled:
+            self.unload(name)
+        return sorted(disabled)
+
     def _start_reaper(self):
-        idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
-        if idle and self._reaper is None:
-            self._reaper = threading.Thread(target=self._reap, args=(idle,), name="modelhub-reaper", daemon=True)
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="modelhub-reaper", daemon=True)
             self._reaper.start()
 
-    def _reap(self, idle):
+    def _reap(self):
         while True:
-            time.sleep(max(0.05, min(60.0, idle / 4)))
-            for name in self.unload_idle(idle):
-                log.info("unloaded %s after %ss idle", name, idle)
+            idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
+            time.sleep(max(0.05, min(30.0, idle / 4)) if idle else 30.0)
+            try:
+                if idle:
+                    for name in self.unload_idle(idle):
+                        log.info("unloaded %s after %ss idle", name, idle)
+                self.unload_disabled()
+            except Exception:  # the reaper must outlive a database hiccup
+                log.exception("modelhub reaper cycle failed")
 
 
 def _close_all(workers):

@@ -1,10 +1,14 @@
 """Shared fixtures. Users are named by role: `owner` owns the conversation under test,
 `other_user` must never see it, `staff` may use the admin."""
 
-import pytest
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; set before huggingface_hub loads
+
+import pytest  # noqa: E402
 from django.contrib.auth import get_user_model
 
-from conversations.models import Conversation
+from conversations.models import Conversation  # noqa: E402
 from modelhub.backends import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry

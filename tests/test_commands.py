@@ -122,3 +122,40 @@ def test_training_can_continue_from_a_saved_model_keeping_its_tokenizer(tmp_path
     before = AutoTokenizer.from_pretrained(tmp_path / "first")
     after = AutoTokenizer.from_pretrained(tmp_path / "second")
     assert before.get_vocab() == after.get_vocab()
+
+
+def test_modelhub_add_checks_the_source_then_lists_it(db, tiny_model_dir, tmp_path):
+    out, _ = run("modelhub", "add", "tiny2", str(tiny_model_dir), "--quantization", "8bit", "--default")
+    assert "checked: llama (LlamaForCausalLM)" in out
+    with pytest.raises(CommandError, match="does not exist"):
+        run("modelhub", "add", "ghost", str(tmp_path / "ghost"))
+    listing, _ = run("modelhub", "list")
+    assert "tiny2" in listing and "[8bit, auto, auto]" in listing and "default" in listing
+    assert "ghost" not in listing
+
+
+def test_modelhub_load_reports_where_and_how_big(db, tiny_spec):
+    out, _ = run("modelhub", "load", "tiny")
+    assert re.search(r"tiny: loaded on cpu, float32, none, [\d.]+ MiB", out)
+
+
+def test_modelhub_unload_disables_the_model_and_servers_drop_it(db, tiny_spec):
+    from modelhub.registry import registry
+
+    registry.worker(tiny_spec)
+    run("modelhub", "unload", "tiny")
+    tiny_spec.refresh_from_db()
+    assert not tiny_spec.enabled and "tiny" not in registry.status()
+    registry.worker(tiny_spec)  # as if another process still had it loaded
+    assert registry.unload_disabled() == ["tiny"]
+
+
+def test_modelhub_test_streams_with_an_adapter(db, tiny_spec, tiny_model_dir, tmp_path):
+    from tests.test_modelhub_serving import make_adapter
+
+    make_adapter(tiny_model_dir, tmp_path / "a", 7)
+    run("modelhub", "add-adapter", "tiny", "style", str(tmp_path / "a"))
+    out, err = run("modelhub", "test", "tiny", "hello", "--adapter", "style", "--max-new-tokens", "8")
+    assert out.strip() and re.search(r"\[\d+ tokens in [\d.]+s", err)
+    with pytest.raises(CommandError, match="no enabled adapter named 'nope'"):
+        run("modelhub", "test", "tiny", "--adapter", "nope")

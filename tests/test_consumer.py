@@ -97,6 +97,22 @@ async def test_the_user_message_is_saved_before_generation_starts(owner, convers
     await socket.disconnect()
 
 
+async def test_the_conversations_adapter_answers_and_is_recorded(owner, conversation):
+    from modelhub.models import Adapter
+
+    spec, backend = await scripted(["styled"])
+    style = await Adapter.objects.acreate(name="style", base=spec, path="/adapters/style")
+    await sync_to_async(conversation.choose_model)(spec, style)
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi"})
+    frames = await frames_until(socket, "done")
+    assert backend.calls[0]["adapter"] == ("style", "/adapters/style")
+    _, reply = await messages_of(conversation)
+    assert (reply.model_name, reply.adapter_name) == ("scripted", "style")
+    assert "scripted + style" in frames[-1]["html"]
+    await socket.disconnect()
+
+
 async def test_options_sent_with_a_message_are_used_and_recorded(owner, conversation):
     _, backend = await scripted(["a", " b", " c"])
     socket, _, _ = await open_socket(owner, conversation)

@@ -197,3 +197,23 @@ def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, ti
     assert registry.status()["slow"]["state"] == "loading"
     release.set()
     assert "".join(waiting) == "late"
+
+
+def test_a_hub_model_missing_from_the_cache_while_offline_is_a_clear_error(db, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    spec = ModelSpec.objects.create(name="hub", source="example-org/never-downloaded-model", device="cpu")
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        reply(spec)
+    assert registry.status()["hub"]["state"] == "failed"
+
+
+def test_corrupt_weights_are_a_clear_load_error(db, tiny_model_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    spec = ModelSpec.objects.create(name="corrupt", source=str(tmp_path / "corrupt"), device="cpu")
+    with pytest.raises(ModelLoadError, match="could not load the weights of"):
+        reply(spec)

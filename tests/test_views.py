@@ -89,3 +89,57 @@ def test_posts_without_a_csrf_token_are_refused(owner, conversation, name):
     assert Conversation.objects.filter(owner=owner).count() == 1
     conversation.refresh_from_db()
     assert conversation.title != "x"
+
+
+@pytest.fixture
+def models_and_adapter(db):
+    from modelhub.models import Adapter, ModelSpec
+
+    public = ModelSpec.objects.create(name="public", source="-", backend="scripted", is_default=True)
+    secret = ModelSpec.objects.create(name="secret", source="-", backend="scripted", visibility="staff")
+    style = Adapter.objects.create(name="style", base=public, path="/nowhere")
+    return public, secret, style
+
+
+def test_the_model_picker_lists_visible_models_and_their_adapters(owner_client, conversation, models_and_adapter):
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+    assert "public + style" in page and ">public<" in page
+    assert "secret" not in page
+
+
+def test_choosing_a_model_and_adapter_through_htmx(owner_client, conversation, models_and_adapter):
+    public, _, style = models_and_adapter
+    url = reverse("conversations:model", args=[conversation.pk])
+    response = owner_client.post(url, {"choice": f"m{public.pk}-a{style.pk}"}, headers={"HX-Request": "true"})
+    assert response.status_code == 200 and response.content.decode().lstrip().startswith('<form id="model"')
+    conversation.refresh_from_db()
+    assert (conversation.model, conversation.adapter) == (public, style)
+
+
+def test_a_staff_only_model_cannot_be_chosen_by_a_regular_user(owner_client, conversation, models_and_adapter):
+    _, secret, _ = models_and_adapter
+    url = reverse("conversations:model", args=[conversation.pk])
+    response = owner_client.post(url, {"choice": f"m{secret.pk}"}, headers={"HX-Request": "true"})
+    assert response.status_code == 400
+    conversation.refresh_from_db()
+    assert conversation.model != secret
+
+
+def test_a_model_left_staff_only_falls_back_to_the_default_for_regular_users(owner, conversation, models_and_adapter):
+    public, secret, _ = models_and_adapter
+    conversation.choose_model(secret)
+    assert conversation.model_for(owner) == (public, None)
+
+
+def test_new_chat_with_a_chosen_model(owner_client, owner, models_and_adapter):
+    public, _, style = models_and_adapter
+    owner_client.post(reverse("conversations:new"), {"choice": f"m{public.pk}-a{style.pk}"})
+    conversation = Conversation.objects.get(owner=owner)
+    assert (conversation.model, conversation.adapter) == (public, style)
+
+
+def test_choosing_a_model_for_someone_elses_conversation_is_a_404(client, other_user, conversation, models_and_adapter):
+    public, _, _ = models_and_adapter
+    client.force_login(other_user)
+    response = client.post(reverse("conversations:model", args=[conversation.pk]), {"choice": f"m{public.pk}"})
+    assert response.status_code == 404

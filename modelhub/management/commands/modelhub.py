@@ -1,0 +1,133 @@
+"""Manage models from the terminal, as the admin does from the browser.
+
+    python manage.py modelhub list
+    python manage.py modelhub add NAME SOURCE [--quantization nf4] [--default] ...
+    python manage.py modelhub add-adapter BASE NAME FOLDER
+    python manage.py modelhub load NAME        # load it here: proves it loads, shows memory
+    python manage.py modelhub unload NAME      # disable it: servers stop serving and unload it
+    python manage.py modelhub test NAME ["prompt"] [--adapter A]
+
+A running server holds its own loaded models; this command works on the shared
+database and on its own process. Hub downloads show their progress bars here.
+"""
+
+import time
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from modelhub import api
+from modelhub.admin import describe_runtime
+from modelhub.models import Adapter, ModelSpec
+from modelhub.options import ModelhubError
+from modelhub.registry import registry
+
+
+class Command(BaseCommand):
+    help = "List, add, load, unload and try models (the admin's model management on the command line)."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("list", help="registered models and adapters")
+        add = sub.add_parser("add", help="register a local folder or Hub repo id")
+        add.add_argument("name")
+        add.add_argument("source")
+        add.add_argument("--display-name", default="")
+        add.add_argument("--revision", default="")
+        add.add_argument("--dtype", default="auto", choices=ModelSpec.DType.values)
+        add.add_argument("--device", default="auto")
+        add.add_argument("--quantization", default="none", choices=ModelSpec.Quantization.values)
+        add.add_argument("--double-quant", action="store_true")
+        add.add_argument("--compute-dtype", default="auto", choices=ModelSpec.DType.values)
+        add.add_argument("--context-length", type=int)
+        add.add_argument("--chat-template-file", help="a Jinja file overriding the tokenizer's chat template")
+        add.add_argument("--staff-only", action="store_true")
+        add.add_argument("--default", action="store_true")
+        adapter = sub.add_parser("add-adapter", help="register a LoRA adapter folder for a base model")
+        adapter.add_argument("base")
+        adapter.add_argument("name")
+        adapter.add_argument("folder")
+        adapter.add_argument("--description", default="")
+        for action in ("load", "unload"):
+            sub.add_parser(action).add_argument("name")
+        test = sub.add_parser("test", help="stream a short reply")
+        test.add_argument("name")
+        test.add_argument("prompt", nargs="?", default="Hello! How are you today?")
+        test.add_argument("--adapter")
+        test.add_argument("--max-new-tokens", type=int, default=64)
+
+    def handle(self, *args, action, **options):
+        try:
+            getattr(self, f"do_{action.replace('-', '_')}")(**options)
+        except ModelhubError as exc:
+            raise CommandError(exc.message) from exc
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
+
+    def do_list(self, **options):
+        for spec in ModelSpec.objects.prefetch_related("adapters"):
+            flags = [f for f, on in [("default", spec.is_default), ("disabled", not spec.enabled),
+                                     ("staff only", spec.visibility == "staff")] if on]
+            self.stdout.write(
+                f"{spec.name:20} {spec.source}  [{spec.quantization}, {spec.dtype}, {spec.device}]"
+                + (f"  ({', '.join(flags)})" if flags else "")
+            )
+            for adapter in spec.adapters.all():
+                state = "" if adapter.enabled else " (disabled)"
+                self.stdout.write(f"{'':20}   + adapter {adapter.name}: {adapter.path}{state}")
+
+    def do_add(self, name, source, **options):
+        template = ""
+        if options["chat_template_file"]:
+            with open(options["chat_template_file"]) as handle:
+                template = handle.read()
+        spec = ModelSpec(
+            name=name, source=source, display_name=options["display_name"], revision=options["revision"],
+            dtype=options["dtype"], device=options["device"], quantization=options["quantization"],
+            double_quant=options["double_quant"], compute_dtype=options["compute_dtype"],
+            context_length=options["context_length"], chat_template=template, is_default=options["default"],
+            visibility=ModelSpec.Visibility.STAFF if options["staff_only"] else ModelSpec.Visibility.ALL,
+        )
+        spec.full_clean()
+        self.stdout.write(f"checked: {spec.check_source()}")
+        spec.save()
+        self.stdout.write(f"Added {spec.name}.")
+
+    def do_add_adapter(self, base, name, folder, description, **options):
+        adapter = Adapter(base=api.get_spec(base), name=name, path=folder, description=description)
+        adapter.full_clean()
+        adapter.check_fits_base()
+        adapter.save()
+        self.stdout.write(f"Added adapter {name} to {base}.")
+
+    def do_load(self, name, **options):
+        spec = ModelSpec.objects.filter(name=name).first()
+        if spec is None:
+            raise CommandError(f"no model named {name!r}")
+        spec.enabled = True
+        spec.save(update_fields=["enabled"])
+        started = time.monotonic()
+        worker = registry.worker(spec)
+        while worker.state == "loading":
+            time.sleep(0.1)
+        if worker.state == "failed":
+            raise CommandError(worker.error)
+        self.stdout.write(f"{name}: {describe_runtime(name)} (loaded in {time.monotonic() - started:.1f}s)")
+
+    def do_unload(self, name, **options):
+        updated = ModelSpec.objects.filter(name=name).update(enabled=False)
+        if not updated:
+            raise CommandError(f"no model named {name!r}")
+        registry.unload(name)
+        self.stdout.write(f"Disabled {name}: users can no longer pick it and running servers unload it.")
+
+    def do_test(self, name, prompt, adapter, max_new_tokens, **options):
+        spec = api.get_spec(name)
+        chosen = api.get_adapter(spec, adapter) if adapter else None
+        request = api.start(spec, [{"role": "user", "content": prompt}], {"max_new_tokens": max_new_tokens}, adapter=chosen)
+        for text in request:
+            self.stdout.write(text, ending="")
+            self.stdout.flush()
+        usage = request.usage
+        self.stdout.write("")
+        self.stderr.write(f"[{usage.completion_tokens} tokens in {usage.duration:.2f}s, {usage.finish_reason}]")

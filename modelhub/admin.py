@@ -54,6 +54,8 @@ def describe_runtime(name):
         return "not loaded"
     if info["state"] == "failed":
         return f"failed: {info['error']}"
+    if info["state"] == "loading":
+        return f"loading ({info['loading_for_seconds']:.0f}s so far)"
     if info["state"] != "ready":
         return info["state"]
     memory = info.get("memory_bytes")
@@ -64,7 +66,7 @@ def describe_runtime(name):
     if info.get("adapters"):
         text += ", adapters: " + ", ".join(info["adapters"])
     idle = time.time() - info["last_used_at"]
-    return f"{text}, last used {idle:.0f}s ago"
+    return f"{text}, loaded in {info['load_seconds']}s, last used {idle:.0f}s ago"
 
 
 @admin.register(ModelSpec)

@@ -111,6 +111,7 @@ class Worker:
         self.load_seconds = None
         self.last_used = time.monotonic()
         self.last_used_at = time.time()
+        self._created = time.monotonic()
         self._on_ready = on_ready
         self._load_backend = load_backend
         self._queue = queue.Queue()
@@ -142,16 +143,17 @@ class Worker:
         """Runtime status for admins: state, where and how it is loaded, memory, adapters."""
         info = {"state": self.state, "error": self.error, "last_used_at": self.last_used_at}
         info["load_seconds"] = self.load_seconds
+        if self.state == "loading":
+            info["loading_for_seconds"] = round(time.monotonic() - self._created, 1)
         backend = self.backend
         if backend is not None and hasattr(backend, "describe"):
             info.update(backend.describe())
         return info
 
     def _run(self):
-        started = time.monotonic()
         try:
             self.backend = self._load_backend()
-            self.load_seconds = round(time.monotonic() - started, 2)
+            self.load_seconds = round(time.monotonic() - self._created, 2)
             self.state = "ready"
             if self._on_ready:
                 self._on_ready(self)

@@ -195,6 +195,9 @@ def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, ti
     text, _ = reply(tiny_spec)
     assert text is not None and time.monotonic() - started < 5
     assert registry.status()["slow"]["state"] == "loading"
+    from modelhub.admin import describe_runtime
+
+    assert describe_runtime("slow").startswith("loading (")
     release.set()
     assert "".join(waiting) == "late"
 

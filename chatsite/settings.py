@@ -119,6 +119,9 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Seconds a reply keeps generating after its last watcher left (a reload comes back
 # within this time); then it is stopped and saved as "stopped".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)
+# Least seconds between two chunk frames of one reply: 0 sends every token as it comes
+# (in-process layer); through Redis each frame costs about a millisecond, so coalesce.
+CHAT_STREAM_INTERVAL_SECONDS = env_float("CHAT_STREAM_INTERVAL_SECONDS", 0.05 if REDIS_URL else 0.0, minimum=0)
 # Seconds between saves of a streaming reply's partial text.
 CHAT_FLUSH_SECONDS = env_float("CHAT_FLUSH_SECONDS", 2.0, minimum=0.1)
 

@@ -182,7 +182,7 @@ class ReplyTask:
                 self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter
             )
             last_flush = time.monotonic()
-            async for text in self.request.chunks():
+            async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
                 offset = utf16_length(self.text)
                 self.text += text
                 frame = {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text}

@@ -51,18 +51,25 @@ class Request:
                 return
             yield text
 
-    async def chunks(self):
+    async def chunks(self, min_interval=0.0):
         """Text as it arrives, without blocking the event loop.
 
         Chunks that arrived together are joined, so a slow consumer sends fewer,
-        larger frames instead of falling behind.
+        larger frames instead of falling behind; with `min_interval` (seconds) at
+        most one piece is yielded per interval (for a remote channel layer).
         """
+        loop = asyncio.get_running_loop()
+        last = float("-inf")
         while True:
             items = [await self._items.get()]
+            wait = last + min_interval - loop.time()
+            if wait > 0 and items[0][0] == _CHUNK:
+                await asyncio.sleep(wait)
             while not self._items.empty():
                 items.append(self._items.get_nowait())
             text = [value for kind, value in items if kind == _CHUNK]
             if text:
+                last = loop.time()
                 yield "".join(text)
             if items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows it
                 self._consume(items[-1])

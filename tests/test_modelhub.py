@@ -182,3 +182,16 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_load_error(tiny_spec, settings
     tiny_spec.save()
     with pytest.raises(ModelLoadError, match="no CUDA GPU is available"):
         list(api.start(tiny_spec, HELLO))
+
+
+async def test_a_minimum_interval_coalesces_chunks_into_fewer_frames(db):
+    import asyncio
+
+    spec = await ModelSpec.objects.acreate(name="chatty", backend="scripted", source="-")
+    registry.install("chatty", ScriptedBackend(chunks=[f"t{i} " for i in range(20)], delay=0.01))
+    loop = asyncio.get_running_loop()
+    every = [text async for text in api.start(spec, HELLO, loop=loop).chunks()]
+    coalesced = [text async for text in api.start(spec, HELLO, loop=loop).chunks(min_interval=0.05)]
+    assert "".join(every) == "".join(coalesced) == "".join(f"t{i} " for i in range(20))
+    assert len(every) >= 15 and len(coalesced) <= 8
+    assert coalesced[0] == "t0 "  # the first chunk is not held back

@@ -55,7 +55,8 @@ def describe_runtime(name):
     if info["state"] == "failed":
         return f"failed: {info['error']}"
     if info["state"] == "loading":
-        return f"loading ({info['loading_for_seconds']:.0f}s so far)"
+        progress = f", {info['progress']}" if info.get("progress") else ""
+        return f"loading ({info['loading_for_seconds']:.0f}s so far{progress})"
     if info["state"] != "ready":
         return info["state"]
     memory = info.get("memory_bytes")

@@ -110,11 +110,13 @@ class Worker:
     """Owns one model: loads it in its own thread, then serves queued requests in order."""
 
     def __init__(self, name, load_backend, on_ready=None):
+        """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress."""
         self.name = name
         self.backend = None
         self.state = "loading"
         self.error = ""
         self.busy = False
+        self.progress = ""
         self.load_seconds = None
         self.last_used = time.monotonic()
         self.last_used_at = time.time()
@@ -152,6 +154,7 @@ class Worker:
         info["load_seconds"] = self.load_seconds
         if self.state == "loading":
             info["loading_for_seconds"] = round(time.monotonic() - self._created, 1)
+            info["progress"] = self.progress
         backend = self.backend
         if backend is not None and hasattr(backend, "describe"):
             info.update(backend.describe())
@@ -159,7 +162,7 @@ class Worker:
 
     def _run(self):
         try:
-            self.backend = self._load_backend()
+            self.backend = self._load_backend(self._report_progress)
             self.load_seconds = round(time.monotonic() - self._created, 2)
             self.state = "ready"
             if self._on_ready:
@@ -179,6 +182,9 @@ class Worker:
         self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
         self.backend.close()
         self.backend = None
+
+    def _report_progress(self, text):
+        self.progress = text
 
     def _serve(self, request):
         self.busy = True

@@ -82,6 +82,51 @@ def _explain_missing(source, exc):
     return ModelLoadError(f"could not fetch {source} from the Hugging Face Hub: {exc}")
 
 
+# What a Hub download fetches: configs, tokenizers, safetensors weights (not .bin, GGUF, ONNX...).
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"]
+
+
+def fetch(settings: LoadSettings, progress=None):
+    """The local folder to load from: the source itself, or the Hub snapshot in the local cache.
+
+    A Hub download reports `progress(text)` as bytes arrive (the admin's runtime
+    column shows it) and draws the usual progress bars on a terminal.
+    """
+    if _looks_like_path(settings.source):
+        return settings.source
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(
+            settings.source,
+            revision=settings.revision or None,
+            allow_patterns=HUB_FILES,
+            local_files_only=constants.HF_HUB_OFFLINE,
+            tqdm_class=progress_bar_class(progress) if progress else None,
+        )
+    except Exception as exc:  # offline and not cached, unknown repo, network down
+        raise _explain_missing(settings.source, exc) from exc
+
+
+def progress_bar_class(progress):
+    """A tqdm class that also reports its state as one line of text to `progress`."""
+    from tqdm.auto import tqdm
+
+    class ReportingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            # Kept here too: a disabled tqdm (no terminal) keeps neither its label nor its count.
+            self.label, self.done, self.total = kwargs.get("desc") or "downloading", 0, kwargs.get("total")
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            self.done += n or 0
+            total = f"/{self.total / 2**20:.1f}" if self.total else ""
+            progress(f"{self.label}: {self.done / 2**20:.1f}{total} MiB")
+            return super().update(n)
+
+    return ReportingBar
+
+
 def inspect_source(settings: LoadSettings):
     """Check, without loading weights, that the source is a causal LM with a usable tokenizer.
 
@@ -166,10 +211,15 @@ def quantization_config(settings: LoadSettings, device):
     )
 
 
-def load(settings: LoadSettings):
+def load(settings: LoadSettings, progress=None):
     """Load tokenizer and weights; the model comes back in eval mode on its device."""
+    from dataclasses import replace
+
     from transformers import AutoModelForCausalLM
 
+    settings = replace(settings, source=fetch(settings, progress), revision="")
+    if progress:
+        progress("loading weights")
     _, tokenizer = _config_and_tokenizer(settings)
     device = resolve_device(settings.device)
     torch_dtype = resolve_dtype(settings.dtype, device)

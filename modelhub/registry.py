@@ -53,7 +53,7 @@ class Registry:
         """Serve `name` with a built backend, or with what `load()` builds (scripted ones in tests)."""
         with self._lock:
             old = self._workers.pop(name, None)
-            self._workers[name] = Worker(name, load or (lambda: backend))
+            self._workers[name] = Worker(name, load or (lambda progress: backend))
         if old is not None:
             old.close()
 
@@ -148,18 +148,18 @@ def _close_all(workers):
 def _loader(spec):
     """A zero-argument function that builds the backend; it runs in the worker thread."""
     if spec.backend == spec.Backend.SCRIPTED:
-        return ScriptedBackend
+        return lambda progress: ScriptedBackend()
     load_settings = spec.load_settings()
     threads = settings.MODELHUB_TORCH_THREADS
 
-    def load():
+    def load(progress):
         from modelhub import loading
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        return TransformersBackend(loading.load(load_settings))
+        return TransformersBackend(loading.load(load_settings, progress))
 
     return load
 

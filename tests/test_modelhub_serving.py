@@ -185,7 +185,8 @@ def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, ti
     release = threading.Event()
     slow = ModelSpec.objects.create(name="slow", source="-", backend="scripted")
 
-    def slow_load():
+    def slow_load(progress):
+        progress("downloading: 1.0/4.0 MiB")
         release.wait(10)
         return ScriptedBackend(chunks=["late"])
 
@@ -198,6 +199,7 @@ def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, ti
     from modelhub.admin import describe_runtime
 
     assert describe_runtime("slow").startswith("loading (")
+    assert describe_runtime("slow").endswith("downloading: 1.0/4.0 MiB)")
     release.set()
     assert "".join(waiting) == "late"
 
@@ -220,3 +222,13 @@ def test_corrupt_weights_are_a_clear_load_error(db, tiny_model_dir, tmp_path):
     spec = ModelSpec.objects.create(name="corrupt", source=str(tmp_path / "corrupt"), device="cpu")
     with pytest.raises(ModelLoadError, match="could not load the weights of"):
         reply(spec)
+
+
+def test_download_progress_bars_report_their_state_as_text():
+    from modelhub.loading import progress_bar_class
+
+    seen = []
+    bar = progress_bar_class(seen.append)(total=4 * 2**20, desc="Downloading bytes", disable=True)
+    bar.update(2**20)
+    bar.update(2**20)
+    assert seen[-1] == "Downloading bytes: 2.0/4.0 MiB"

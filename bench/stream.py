@@ -117,6 +117,27 @@ async def websocket_round(port, cookie, conversation_id, new_tokens):
                 return time.perf_counter() - started, first, frame["message_id"]
 
 
+def measure(args, loaded, prompt_ids, port, cookie, user, spec):
+    """Alternate raw and websocket rounds; returns tokens/s lists and client times to first chunk."""
+    from conversations.models import Conversation, Message
+
+    raw_round(loaded, prompt_ids, 8)  # warm-up both paths (the server loads on first use)
+    warm = Conversation.objects.create(owner=user, model=spec)
+    asyncio.run(websocket_round(port, cookie, warm.pk, 8))
+    raw, ws, ttft = [], [], []
+    for index in range(args.rounds):
+        raw.append(raw_round(loaded, prompt_ids, args.new_tokens)[0])
+        conversation = Conversation.objects.create(owner=user, model=spec)
+        elapsed, first, message_id = asyncio.run(websocket_round(port, cookie, conversation.pk, args.new_tokens))
+        reply = Message.objects.get(pk=message_id)
+        assert reply.completion_tokens == args.new_tokens, reply.completion_tokens
+        assert reply.prompt_tokens == len(prompt_ids)
+        ws.append(args.new_tokens / elapsed)
+        ttft.append(first)
+        print(f"round {index + 1}: raw {raw[-1]:.1f} tok/s, websocket {ws[-1]:.1f} tok/s")
+    return raw, ws, ttft
+
+
 def main():
     args = parse_args()
     with tempfile.TemporaryDirectory() as var_dir:
@@ -124,43 +145,28 @@ def main():
         from django.contrib.auth import get_user_model
         from django.test import Client
 
-        from conversations.models import Conversation, Message
         from modelhub.generation import render_prompt
         from modelhub.loading import LoadSettings, load
         from modelhub.models import ModelSpec
 
-        spec = ModelSpec.objects.create(
-            name="bench", source=args.model_dir, dtype="float32", device="auto", is_default=True
-        )
+        spec = ModelSpec.objects.create(name="bench", source=args.model_dir, dtype="float32", device="auto")
         user = get_user_model().objects.create_user("bench", password="bench-pass-123")
         client = Client()
         client.force_login(user)
-        cookie = client.cookies["sessionid"].value
-
         loaded = load(LoadSettings(args.model_dir, dtype="float32", device="auto"))
         prompt_ids = render_prompt(loaded.tokenizer, [{"role": "user", "content": PROMPT}])
         port = free_port()
         server = start_server(port)
-        raw, ws, ttft = [], [], []
         try:
-            raw_round(loaded, prompt_ids, 8)  # warm-up both paths (the server loads on first use)
-            warm = Conversation.objects.create(owner=user, model=spec)
-            asyncio.run(websocket_round(port, cookie, warm.pk, 8))
-            for index in range(args.rounds):
-                raw.append(raw_round(loaded, prompt_ids, args.new_tokens)[0])
-                conversation = Conversation.objects.create(owner=user, model=spec)
-                elapsed, first, message_id = asyncio.run(
-                    websocket_round(port, cookie, conversation.pk, args.new_tokens)
-                )
-                reply = Message.objects.get(pk=message_id)
-                assert reply.completion_tokens == args.new_tokens, reply.completion_tokens
-                assert reply.prompt_tokens == len(prompt_ids)
-                ws.append(args.new_tokens / elapsed)
-                ttft.append(first)
-                print(f"round {index + 1}: raw {raw[-1]:.1f} tok/s, websocket {ws[-1]:.1f} tok/s")
+            raw, ws, ttft = measure(args, loaded, prompt_ids, port, client.cookies["sessionid"].value, user, spec)
         finally:
             server.terminate()
             server.wait(10)
+    write_result(args, loaded, prompt_ids, raw, ws, ttft)
+
+
+def write_result(args, loaded, prompt_ids, raw, ws, ttft):
+    import torch
 
     ratio = statistics.median(ws) / statistics.median(raw)
     result = {
@@ -176,7 +182,7 @@ def main():
         "raw_median": round(statistics.median(raw), 2),
         "websocket_median": round(statistics.median(ws), 2),
         "stream_overhead_ratio": round(ratio, 4),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

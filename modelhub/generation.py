@@ -74,7 +74,6 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
     no set_adapter, so nothing about the shared model changes between requests.
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
 
     started = time.monotonic()
     usage = Usage()
@@ -86,10 +85,6 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
         usage.completion_tokens += count
         if usage.time_to_first_token is None:
             usage.time_to_first_token = time.monotonic() - started
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), is_cancelled(), dtype=torch.bool, device=input_ids.device)
 
     if options.seed is not None:
         torch.manual_seed(options.seed)
@@ -103,7 +98,7 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
             min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
             repetition_penalty=options.repetition_penalty,
             streamer=IncrementalStreamer(loaded.tokenizer, emit, on_tokens),
-            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            stopping_criteria=_cancel_criteria(is_cancelled),
             pad_token_id=loaded.tokenizer.pad_token_id,
             eos_token_id=loaded.tokenizer.eos_token_id,
             **sampling_kwargs(options),
@@ -119,6 +114,18 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
     else:
         usage.finish_reason = "length"
     return usage
+
+
+def _cancel_criteria(is_cancelled):
+    """Stopping criteria that end generation at the first decode step after a cancel."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), is_cancelled(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 class IncrementalStreamer:

@@ -115,6 +115,12 @@ class Conversation(models.Model):
             generation_options=options,
         )
 
+    def add_failed_reply(self, error):
+        """An assistant row that says why no reply could be generated (no usable model, say)."""
+        reply = self.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        reply.finish(Message.Status.ERROR, "", error=error)
+        return reply
+
     def streaming_reply(self):
         return self.messages.filter(status=Message.Status.STREAMING).last()
 

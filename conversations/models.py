@@ -24,6 +24,14 @@ class ConversationQuerySet(models.QuerySet):
             return self.none()
         return self.filter(owner=user)
 
+    def search(self, query):
+        """Conversations whose title or any message contains the words of `query`."""
+        results = self
+        for word in query.split()[:8]:
+            matching = Message.objects.filter(content__icontains=word).values("conversation_id")
+            results = results.filter(models.Q(title__icontains=word) | models.Q(pk__in=matching))
+        return results
+
 
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
@@ -31,6 +39,7 @@ class Conversation(models.Model):
     model = models.ForeignKey(ModelSpec, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     adapter = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     system_prompt = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True, help_text="Generation options overriding the model's.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -50,6 +59,12 @@ class Conversation(models.Model):
     def group_name(self):
         """The channel-layer group every watcher of this conversation joins."""
         return f"conversation-{self.pk}"
+
+    def update_settings(self, system_prompt, options):
+        """Save the system prompt and generation options (validated by the caller's form)."""
+        self.system_prompt = system_prompt
+        self.options = {key: value for key, value in options.items() if value is not None}
+        self.save(update_fields=["system_prompt", "options"])
 
     def rename(self, title):
         self.title = title.strip()[:200] or DEFAULT_TITLE

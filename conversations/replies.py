@@ -75,7 +75,7 @@ def _begin_turn(user, conversation_id, content, overrides):
         spec, adapter = conversation.model_for(user)
         if spec is None:
             raise ModelNotFound("no model is registered that you may use")
-        options = api.options_for(spec, overrides)
+        options = api.options_for(spec, {**conversation.options, **overrides})
     except InvalidOptions as exc:  # the user's input is refused before anything is saved
         raise ChatError(exc.code, exc.message) from exc
     except ModelhubError as exc:  # no model at all: keep the question, store the failure

@@ -10,4 +10,5 @@ urlpatterns = [
     path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
     path("c/<int:pk>/model/", views.conversation_model, name="model"),
+    path("c/<int:pk>/settings/", views.conversation_settings, name="settings"),
 ]

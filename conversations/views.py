@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations.forms import ModelChoiceForm, RenameForm
+from conversations.forms import ModelChoiceForm, RenameForm, SettingsForm
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
 
@@ -19,8 +19,13 @@ def _get_conversation_for_user(request, pk):
 
 
 def _sidebar(request, current=None):
+    query = request.GET.get("q", "").strip()
+    conversations = Conversation.objects.for_user(request.user)
+    if query:
+        conversations = conversations.search(query)
     return {
-        "conversations": Conversation.objects.for_user(request.user)[:200],
+        "conversations": conversations[:200],
+        "query": query,
         "current": current,
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
@@ -29,7 +34,8 @@ def _sidebar(request, current=None):
 @login_required
 @require_GET
 def conversation_list(request):
-    return render(request, "conversations/list.html", _sidebar(request))
+    template = "conversations/list.html#conversation-list" if request.htmx else "conversations/list.html"
+    return render(request, template, _sidebar(request))
 
 
 @login_required
@@ -51,7 +57,28 @@ def conversation_detail(request, pk):
     context["messages_list"] = conversation.messages.all()
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = _model_form(request, conversation)
+    context["settings_form"] = _settings_form(request, conversation)
     return render(request, "conversations/detail.html", context)
+
+
+def _settings_form(request, conversation, data=None):
+    spec, _ = conversation.model_for(request.user)
+    initial = {"system_prompt": conversation.system_prompt, **conversation.options}
+    return SettingsForm(spec, data, initial=initial)
+
+
+@login_required
+@require_POST
+def conversation_settings(request, pk):
+    conversation = _get_conversation_for_user(request, pk)
+    form = _settings_form(request, conversation, request.POST)
+    saved = form.is_valid()
+    if saved:
+        conversation.update_settings(form.cleaned_data["system_prompt"], form.overrides())
+    context = {"current": conversation, "settings_form": form, "saved": saved}
+    if request.htmx:
+        return render(request, "conversations/detail.html#settings", context, status=200 if saved else 400)
+    return redirect(conversation)
 
 
 def _model_form(request, conversation, data=None):

@@ -113,6 +113,18 @@ async def test_the_conversations_adapter_answers_and_is_recorded(owner, conversa
     await socket.disconnect()
 
 
+async def test_the_conversations_settings_shape_the_prompt_and_options(owner, conversation):
+    _, backend = await scripted(["ok"])
+    await sync_to_async(conversation.update_settings)("Answer in French.", {"temperature": 0.1, "max_new_tokens": 5})
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hello", "options": {"max_new_tokens": 3}})
+    await frames_until(socket, "done")
+    call = backend.calls[0]
+    assert call["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert call["options"].temperature == 0.1 and call["options"].max_new_tokens == 3
+    await socket.disconnect()
+
+
 async def test_options_sent_with_a_message_are_used_and_recorded(owner, conversation):
     _, backend = await scripted(["a", " b", " c"])
     socket, _, _ = await open_socket(owner, conversation)

@@ -143,3 +143,43 @@ def test_choosing_a_model_for_someone_elses_conversation_is_a_404(client, other_
     client.force_login(other_user)
     response = client.post(reverse("conversations:model", args=[conversation.pk]), {"choice": f"m{public.pk}"})
     assert response.status_code == 404
+
+
+def test_search_finds_titles_and_message_text_of_own_conversations_only(owner_client, owner, other_user):
+    tea = Conversation.objects.create(owner=owner, title="About tea")
+    Conversation.objects.create(owner=owner, title="Other").add_user_message("I love green tea in the morning")
+    Conversation.objects.create(owner=owner, title="Coffee")
+    Conversation.objects.create(owner=other_user, title="tea secrets")
+    page = owner_client.get("/", {"q": "tea"}).content.decode()
+    assert "About tea" in page and "Other" in page
+    assert "Coffee" not in page and "tea secrets" not in page
+    fragment = owner_client.get("/", {"q": "green morning"}, headers={"HX-Request": "true"}).content.decode()
+    assert fragment.lstrip().startswith('<ul class="conversation-list"') and "Other" in fragment
+    assert tea.title not in fragment
+
+
+def test_settings_are_validated_on_the_server_and_saved(owner_client, conversation, models_and_adapter):
+    public, _, _ = models_and_adapter
+    public.context_length = 512
+    public.save()
+    conversation.choose_model(public)
+    url = reverse("conversations:settings", args=[conversation.pk])
+    bad = owner_client.post(url, {"system_prompt": "", "temperature": "-1", "top_p": "", "max_new_tokens": "4096"},
+                            headers={"HX-Request": "true"})
+    assert bad.status_code == 400
+    html = bad.content.decode()
+    assert "Ensure this value is greater than or equal to 0" in html
+    assert "context is 512 tokens" in html
+    good = owner_client.post(url, {"system_prompt": "Be terse.", "temperature": "0.2", "top_p": "", "max_new_tokens": "64"},
+                             headers={"HX-Request": "true"})
+    assert good.status_code == 200 and "Saved." in good.content.decode()
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Be terse."
+    assert conversation.options == {"temperature": 0.2, "max_new_tokens": 64}
+
+
+def test_the_settings_panel_shows_the_models_defaults(owner_client, conversation, models_and_adapter):
+    public, _, _ = models_and_adapter
+    conversation.choose_model(public)
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+    assert f'placeholder="model default: {public.temperature}"' in page

@@ -7,12 +7,16 @@ Client frames (JSON):
                                            a user message (at most CHAT_MAX_MESSAGE_CHARS), with
                                            optional generation options (temperature, top_p, top_k,
                                            max_new_tokens, repetition_penalty, seed, ignore_eos)
+    {"type": "edit", "message_id", "content"[, "options"]}   a new version of a question (new branch)
+    {"type": "regenerate", "message_id"[, "options"]}       another answer (a sibling of that one)
+    {"type": "continue", "message_id"[, "options"]}         more of an answer cut by the token limit
     {"type": "stop"}                       stop the reply being written
 Server frames (JSON):
     {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered
     {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset`
     {"type": "done", "message_id", "status", "html"}   the reply's final rendering
     {"type": "title", "title"}                         the conversation's (new) title
+    {"type": "path", "html"}                           the whole active branch, after a branch change
     {"type": "error", "code", "message"}               a refusal; the socket stays open
 
 The consumer only parses frames, calls the generation service and forwards the
@@ -27,7 +31,9 @@ from django.conf import settings
 
 from conversations import replies
 from conversations.models import Conversation
-from conversations.replies import ChatError
+from conversations.replies import ChatError, Turn
+
+TURNS = ("send", "edit", "regenerate", "continue")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -62,15 +68,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _handle(self, frame):
         kind = frame.get("type")
         user = self.scope["user"]
-        if kind == "send":
+        if kind == "stop":
+            await replies.stop(user, self.conversation_id)
+        elif kind in TURNS:
             options = frame.get("options") or {}
             if not isinstance(options, dict):
                 raise ChatError("invalid_options", "'options' must be a JSON object.")
-            await replies.begin(user, self.conversation_id, _content(frame), options)
-        elif kind == "stop":
-            await replies.stop(user, self.conversation_id)
+            content = _content(frame) if kind in ("send", "edit") else ""
+            message_id = _message_id(frame) if kind != "send" else None
+            await replies.begin(user, self.conversation_id, Turn(kind, content, message_id, options))
         else:
-            raise ChatError("unknown_type", f"Unknown frame type {kind!r}; expected 'send' or 'stop'.")
+            raise ChatError("unknown_type", f"Unknown frame type {kind!r}; expected one of {', '.join(TURNS)}, stop.")
 
     async def chat_frame(self, event):
         await self.send_json(event["frame"])
@@ -89,6 +97,13 @@ def _parse(text_data):
     if not isinstance(frame, dict):
         raise ChatError("bad_frame", "The frame must be a JSON object with a 'type'.")
     return frame
+
+
+def _message_id(frame):
+    message_id = frame.get("message_id")
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise ChatError("unknown_message", "The frame needs the integer 'message_id' of the message to act on.")
+    return message_id
 
 
 def _content(frame):

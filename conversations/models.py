@@ -12,6 +12,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations import tree
 from modelhub.models import Adapter, ModelSpec
 
 DEFAULT_TITLE = "New conversation"
@@ -40,6 +41,10 @@ class Conversation(models.Model):
     adapter = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     system_prompt = models.TextField(blank=True)
     options = models.JSONField(default=dict, blank=True, help_text="Generation options overriding the model's.")
+    leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The last message of the active branch.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -86,53 +91,97 @@ class Conversation(models.Model):
         adapter = Adapter.objects.enabled().filter(pk=self.adapter_id, base=spec).first() if self.adapter_id else None
         return spec, adapter
 
-    def history(self):
-        """The chat messages a model sees: system prompt, then every finished turn in order.
+    def active_path(self):
+        """The messages of the active branch, oldest first, with their sibling positions."""
+        messages = list(self.messages.all())
+        return tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
+
+    def history(self, upto=None):
+        """The chat messages a model sees: system prompt, then the active branch's turns.
 
         Failed replies are left out (they are not the assistant's words); stopped,
-        interrupted and complete ones are kept as the user saw them.
+        interrupted and complete ones are kept as the user saw them. With `upto`,
+        the branch ends at that message.
         """
         messages = []
         system = self.system_prompt or (self.model.system_prompt if self.model else "")
         if system:
             messages.append({"role": "system", "content": system})
-        for message in self.messages.exclude(status=Message.Status.ERROR).exclude(content=""):
-            messages.append({"role": message.role, "content": message.content})
+        path = tree.path_to(upto.pk if upto else self.leaf_id, list(self.messages.all()))
+        for message in path:
+            if message.status != Message.Status.ERROR and message.content:
+                messages.append({"role": message.role, "content": message.content})
         return messages
 
-    @transaction.atomic
-    def add_user_message(self, content):
-        """Save the user's message before any generation starts."""
-        message = self.messages.create(role=Message.Role.USER, content=content, status=Message.Status.COMPLETE)
+    def _grow(self, message):
+        """Make `message` the end of the active branch."""
+        self.leaf = message
         self.updated_at = message.created_at
-        fields = ["updated_at"]
-        if self.title == DEFAULT_TITLE:
-            self.title = _title_from(content)
-            fields.append("title")
-        self.save(update_fields=fields)
+        self.save(update_fields=["leaf", "updated_at"])
         return message
 
     @transaction.atomic
-    def start_reply(self, spec, options, adapter=None):
+    def add_user_message(self, content, parent=None):
+        """Save the user's message (after the active branch, or as a sibling edit) before any generation."""
+        parent_id = parent.pk if parent else self.leaf_id
+        message = self.messages.create(
+            role=Message.Role.USER, content=content, status=Message.Status.COMPLETE, parent_id=parent_id
+        )
+        if self.title == DEFAULT_TITLE:
+            self.title = _title_from(content)
+            self.save(update_fields=["title"])
+        return self._grow(message)
+
+    def edit(self, message, content):
+        """A new version of a question: a sibling of `message`, on a new active branch."""
+        if message.role != Message.Role.USER or message.conversation_id != self.pk:
+            raise ValueError("only this conversation's own questions can be edited")
+        parent = self.messages.filter(pk=message.parent_id).first()
+        return self.add_user_message(content, parent=parent) if parent else self._edit_root(content)
+
+    def _edit_root(self, content):
+        message = self.messages.create(role=Message.Role.USER, content=content, status=Message.Status.COMPLETE)
+        return self._grow(message)
+
+    def switch_to(self, message):
+        """Show `message`'s branch: the active path runs through it to its newest leaf."""
+        return self._grow(tree.newest_leaf_under(message, list(self.messages.all())))
+
+    @transaction.atomic
+    def start_reply(self, spec, options, adapter=None, parent=None):
         """Create the assistant row, `streaming`, that a generation task will fill.
 
-        Refuses (returns None) while another reply of this conversation streams:
-        one reply at a time keeps the history the model sees well defined.
+        Its parent is the end of the active branch (or `parent`, to regenerate an
+        answer as a sibling). Refuses (returns None) while another reply of this
+        conversation streams: one reply at a time keeps the history well defined.
         """
         Conversation.objects.select_for_update().filter(pk=self.pk).first()
         if self.messages.filter(status=Message.Status.STREAMING).exists():
             return None
-        return self.messages.create(
+        reply = self.messages.create(
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
+            parent_id=parent.pk if parent else self.leaf_id,
             model_name=spec.name,
             adapter_name=adapter.name if adapter else "",
             generation_options=options,
         )
+        return self._grow(reply)
+
+    @transaction.atomic
+    def resume_reply(self, reply, spec, options):
+        """Continue an answer that hit the token limit: the same row streams again."""
+        Conversation.objects.select_for_update().filter(pk=self.pk).first()
+        if self.messages.filter(status=Message.Status.STREAMING).exists():
+            return None
+        reply.status, reply.finish_reason, reply.generation_options = Message.Status.STREAMING, "", options
+        reply.save(update_fields=["status", "finish_reason", "generation_options"])
+        return reply
 
     def add_failed_reply(self, error):
         """An assistant row that says why no reply could be generated (no usable model, say)."""
-        reply = self.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        reply = self.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent=self.leaf)
+        self._grow(reply)
         reply.finish(Message.Status.ERROR, "", error=error)
         return reply
 
@@ -168,6 +217,7 @@ class Message(models.Model):
         ERROR = "error"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -64,42 +65,84 @@ async def publish(conversation_id, frame):
     await get_channel_layer().group_send(f"conversation-{conversation_id}", {"type": "chat.frame", "frame": frame})
 
 
+BUSY = "A reply is still being written; stop it or wait for it to finish."
+
+
+@dataclass
+class Turn:
+    """What the user asked for: a new message, an edited question, another answer, or more of one."""
+
+    kind: str  # send, edit, regenerate, continue
+    content: str = ""
+    message_id: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+
 @database_sync_to_async
-def _begin_turn(user, conversation_id, content, overrides):
+def _prepare(user, conversation_id, turn):
+    """Save what the turn adds and the streaming reply row; everything a reply task needs."""
     conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
     if conversation.streaming_reply() is not None:
-        raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
+        raise ChatError("busy", BUSY)
+    target = None
+    if turn.kind != "send":
+        role = Message.Role.USER if turn.kind == "edit" else Message.Role.ASSISTANT
+        target = conversation.messages.filter(pk=turn.message_id, role=role).first()
+        if target is None:
+            raise ChatError("unknown_message", f"There is no {role} message {turn.message_id!r} here to {turn.kind}.")
+        if turn.kind == "continue" and target.finish_reason != "length":
+            raise ChatError("cannot_continue", "Only an answer cut by the token limit can be continued.")
     try:
         spec, adapter = conversation.model_for(user)
         if spec is None:
             raise ModelNotFound("no model is registered that you may use")
-        options = api.options_for(spec, {**conversation.options, **overrides})
+        options = api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()
     except InvalidOptions as exc:  # the user's input is refused before anything is saved
         raise ChatError(exc.code, exc.message) from exc
     except ModelhubError as exc:  # no model at all: keep the question, store the failure
-        user_message = conversation.add_user_message(content)
+        if turn.kind != "send":
+            raise ChatError(exc.code, exc.message) from exc
+        user_message = conversation.add_user_message(turn.content)
         return conversation, user_message, conversation.add_failed_reply(exc.message), None
-    user_message = conversation.add_user_message(content)
-    reply = conversation.start_reply(spec, options.as_dict(), adapter)
+    user_message = None
+    if turn.kind == "send":
+        user_message = conversation.add_user_message(turn.content)
+    elif turn.kind == "edit":
+        user_message = conversation.edit(target, turn.content)
+    if turn.kind == "continue":
+        reply = conversation.resume_reply(target, spec, options)
+    else:
+        parent = target.parent if turn.kind == "regenerate" else None
+        reply = conversation.start_reply(spec, options, adapter, parent=parent)
     if reply is None:
-        raise ChatError("busy", "A reply is still being written; stop it or wait for it to finish.")
-    return conversation, user_message, reply, (spec, adapter)
+        raise ChatError("busy", BUSY)
+    return conversation, user_message, reply, (spec, adapter, conversation.history(upto=reply))
 
 
-async def begin(user, conversation_id, content, overrides=None):
-    """Save the user message, create the reply and start its task. Raises ChatError."""
-    conversation, user_message, reply, model = await _begin_turn(user, conversation_id, content, overrides or {})
+async def begin(user, conversation_id, turn):
+    """Save the turn, create (or reopen) the reply and start its task. Raises ChatError."""
+    conversation, user_message, reply, model = await _prepare(user, conversation_id, turn)
     await publish(conversation_id, {"type": "title", "title": conversation.title})
-    await publish(conversation_id, await sync_to_async(message_frame)(user_message))
-    await publish(conversation_id, await sync_to_async(message_frame)(reply))
+    if turn.kind in ("edit", "regenerate"):  # a new branch: every watcher redraws the active path
+        await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
+    else:
+        for message in (user_message, reply):
+            if message is not None:
+                await publish(conversation_id, await sync_to_async(message_frame)(message))
     if model is not None:
-        history = await database_sync_to_async(conversation.history)()
-        task = ReplyTask(reply, *model, history)
+        task = ReplyTask(reply, *model)
         _replies[reply.pk] = task
         task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
     return reply
+
+
+def path_frame(conversation):
+    """The whole active branch, rendered, for watchers to redraw after a branch change."""
+    conversation.refresh_from_db(fields=["leaf"])
+    html = render_to_string("conversations/_path.html", {"messages_list": conversation.active_path()})
+    return {"type": "path", "html": html}
 
 
 async def stop(user, conversation_id):
@@ -150,7 +193,7 @@ class ReplyTask:
         self.spec = spec
         self.adapter = adapter
         self.history = history
-        self.text = ""
+        self.text = reply.content  # empty, or the answer being continued
         self.notice = ""
         self.request = None
         self.task = None

@@ -11,4 +11,5 @@ urlpatterns = [
     path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
     path("c/<int:pk>/model/", views.conversation_model, name="model"),
     path("c/<int:pk>/settings/", views.conversation_settings, name="settings"),
+    path("c/<int:pk>/switch/<int:message_id>/", views.conversation_switch, name="switch"),
 ]

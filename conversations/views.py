@@ -1,14 +1,17 @@
 """Conversation pages. Every view reaches conversations through `_get_conversation_for_user`
 (404 for anyone else's) or `Conversation.objects.for_user`."""
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from django_htmx.http import HttpResponseClientRedirect
 
+from conversations import replies
 from conversations.forms import ModelChoiceForm, RenameForm, SettingsForm
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
@@ -54,7 +57,7 @@ def conversation_new(request):
 def conversation_detail(request, pk):
     conversation = _get_conversation_for_user(request, pk)
     context = _sidebar(request, conversation)
-    context["messages_list"] = conversation.messages.all()
+    context["messages_list"] = conversation.active_path()
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = _model_form(request, conversation)
     context["settings_form"] = _settings_form(request, conversation)
@@ -120,3 +123,18 @@ def conversation_delete(request, pk):
     if request.htmx:
         return HttpResponseClientRedirect(reverse("conversations:list"))
     return redirect("conversations:list")
+
+
+@login_required
+@require_POST
+def conversation_switch(request, pk, message_id):
+    """Show another version of a message: its branch becomes the active path."""
+    conversation = _get_conversation_for_user(request, pk)
+    message = get_object_or_404(conversation.messages, pk=message_id)
+    if conversation.streaming_reply() is not None:
+        return HttpResponse("Wait for the reply being written, or stop it.", status=409)
+    conversation.switch_to(message)
+    async_to_sync(replies.publish)(conversation.pk, replies.path_frame(conversation))
+    if request.htmx:
+        return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
+    return redirect(conversation)

@@ -14,7 +14,13 @@ from modelhub.options import GenerationOptions, PromptTooLong, Usage
 
 
 def render_prompt(tokenizer, messages):
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    """Prompt token ids; a history that ends with an assistant turn is continued, not answered."""
+    if messages and messages[-1]["role"] == "assistant":
+        ids = tokenizer.apply_chat_template(
+            messages, continue_final_message=True, tokenize=True, return_dict=False
+        )
+    else:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     return list(ids)
 
 

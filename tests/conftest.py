@@ -63,6 +63,16 @@ def install_scripted(chunks=None, delay=0.0, name="scripted"):
     return spec, backend
 
 
+def add_reply(conversation, content, status="complete", spec=None, **usage):
+    """An assistant answer at the end of the active branch, made through the model methods."""
+    from modelhub.options import Usage
+
+    spec = spec or ModelSpec.objects.get_or_create(name="m", defaults={"source": "-", "backend": "scripted"})[0]
+    reply = conversation.start_reply(spec, {})
+    reply.finish(status, content, usage=Usage(**usage) if usage else None)
+    return reply
+
+
 @pytest.fixture
 def conversation(owner):
     return Conversation.objects.create(owner=owner)

@@ -10,7 +10,7 @@ from django.test import Client
 
 from chatsite.asgi import application
 from conversations.models import Conversation, Message
-from tests.conftest import install_scripted
+from tests.conftest import add_reply, install_scripted
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -309,7 +309,7 @@ async def test_an_over_long_history_is_truncated_visibly(owner, tiny_spec):
         conversation = Conversation.objects.create(owner=owner, model=tiny_spec)
         for i in range(20):
             conversation.add_user_message(f"question {i} about hiking and books")
-            conversation.messages.create(role="assistant", content=f"answer {i} about the weekend")
+            add_reply(conversation, f"answer {i} about the weekend", spec=tiny_spec)
         return conversation
 
     conversation = await long_conversation()

@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 import pytest
 
 from conversations.markdown import ALLOWED_TAGS, render_markdown
+from tests.conftest import add_reply
 
 
 class Elements(HTMLParser):
@@ -70,7 +71,7 @@ def test_common_markdown_renders():
 
 def test_the_page_renders_finished_replies_as_markdown_and_user_text_as_text(owner_client, conversation):
     conversation.add_user_message("**not bold** <b>raw</b>")
-    conversation.messages.create(role="assistant", content="**bold** <script>x()</script>", status="complete")
+    add_reply(conversation, "**bold** <script>x()</script>")
     page = owner_client.get(conversation.get_absolute_url()).content.decode()
     assert "**not bold** &lt;b&gt;raw&lt;/b&gt;" in page
     assert "<strong>bold</strong>" in page and "<script>x()" not in page

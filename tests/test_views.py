@@ -5,6 +5,7 @@ from django.test import Client
 from django.urls import reverse
 
 from conversations.models import Conversation
+from tests.conftest import add_reply
 
 
 def test_pages_require_login(client, conversation):
@@ -27,7 +28,7 @@ def test_the_list_shows_only_the_users_own_conversations(owner_client, owner, ot
 
 
 def test_new_makes_a_conversation_for_the_user_with_the_default_model(owner_client, owner):
-    from tests.conftest import install_scripted
+    from tests.conftest import add_reply, install_scripted
 
     spec, _ = install_scripted()
     response = owner_client.post(reverse("conversations:new"))
@@ -38,7 +39,7 @@ def test_new_makes_a_conversation_for_the_user_with_the_default_model(owner_clie
 
 def test_the_detail_page_shows_history_escaped_with_statuses(owner_client, conversation):
     conversation.add_user_message("<script>alert(1)</script>")
-    conversation.messages.create(role="assistant", content="partial", status="stopped", model_name="m")
+    add_reply(conversation, "partial", status="stopped")
     page = owner_client.get(conversation.get_absolute_url()).content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert "Stopped" in page

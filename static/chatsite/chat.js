@@ -57,9 +57,74 @@
     const existing = document.getElementById(node.id);
     if (existing) existing.replaceWith(node);
     else list.appendChild(node);
-    addCopyButtons(node);
+    activate(node);
     scrollDown();
   }
+
+  function activate(root) {
+    addCopyButtons(root);
+    if (window.htmx) window.htmx.process(root);
+  }
+
+  function redrawPath(html) {
+    list.innerHTML = html;
+    activate(list);
+    scrollDown();
+  }
+
+  function send(frame) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      showError("Not connected; retrying…");
+      return false;
+    }
+    showError("");
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function startEdit(article) {
+    const text = article.querySelector(".message-text");
+    if (article.querySelector(".edit-box")) return;
+    const box = document.createElement("form");
+    box.className = "edit-box";
+    const area = document.createElement("textarea");
+    area.value = article.dataset.raw;
+    area.rows = 3;
+    area.setAttribute("aria-label", "Edited message");
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.textContent = "Send edit";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "secondary";
+    cancel.textContent = "Cancel";
+    box.append(area, save, cancel);
+    text.hidden = true;
+    text.after(box);
+    area.focus();
+    cancel.addEventListener("click", function () { box.remove(); text.hidden = false; });
+    box.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (area.value.trim() && send({ type: "edit", message_id: Number(article.dataset.messageId), content: area.value })) {
+        box.remove();
+        text.hidden = false;
+      }
+    });
+  }
+
+  list.addEventListener("click", function (event) {
+    const button = event.target.closest("button");
+    const article = button && button.closest(".message");
+    if (!article) return;
+    const id = Number(article.dataset.messageId);
+    if (button.classList.contains("copy-message")) {
+      navigator.clipboard.writeText(article.dataset.raw);
+    } else if (button.dataset.action === "edit") {
+      startEdit(article);
+    } else if (button.dataset.action === "regenerate" || button.dataset.action === "continue") {
+      send({ type: button.dataset.action, message_id: id });
+    }
+  });
 
   function appendChunk(frame) {
     const text = document.querySelector("#message-" + frame.message_id + " .message-text");
@@ -85,6 +150,7 @@
     else if (frame.type === "chunk") appendChunk(frame);
     else if (frame.type === "error") showError(frame.message);
     else if (frame.type === "title") setTitle(frame.title);
+    else if (frame.type === "path") redrawPath(frame.html);
     updateButtons();
   }
 
@@ -111,10 +177,8 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     const content = input.value;
-    if (!content.trim() || !socket || socket.readyState !== WebSocket.OPEN) return;
-    showError("");
-    socket.send(JSON.stringify({ type: "send", content: content }));
-    input.value = "";
+    if (!content.trim()) return;
+    if (send({ type: "send", content: content })) input.value = "";
   });
 
   input.addEventListener("keydown", function (event) {
@@ -128,7 +192,7 @@
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
   });
 
-  addCopyButtons(list);
+  activate(list);
   scrollDown();
   connect();
   updateButtons();

@@ -50,7 +50,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(f"conversation-{pk}", self.channel_name)
         replies.watch(pk)
         await self.accept()
-        frame = replies.snapshot(pk)
+        frame = await database_sync_to_async(replies.snapshot)(pk)
         if frame is not None:
             await self.send_json(frame)
 

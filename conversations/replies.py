@@ -20,12 +20,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from conversations import tree
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
@@ -54,9 +54,11 @@ def utf16_length(text):
 
 
 def message_frame(message, text=None):
-    """A whole message rendered by the same template the page uses."""
+    """A whole message rendered by the same template the page uses (runs the ORM: call it in a thread)."""
     if text is not None:
         message.content = text
+    tree.annotate_siblings([message], list(Message.objects.filter(conversation_id=message.conversation_id,
+                                                                  parent_id=message.parent_id)))
     html = render_to_string("conversations/_message.html", {"message": message})
     return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
 
@@ -130,7 +132,7 @@ async def begin(user, conversation_id, turn):
     else:
         for message in (user_message, reply):
             if message is not None:
-                await publish(conversation_id, await sync_to_async(message_frame)(message))
+                await publish(conversation_id, await database_sync_to_async(message_frame)(message))
     if model is not None:
         task = ReplyTask(reply, *model)
         _replies[reply.pk] = task
@@ -166,7 +168,7 @@ def cancel_local(message_id, reason="stopped"):
 
 
 def snapshot(conversation_id):
-    """The frame that brings a new watcher up to date with a reply streaming here, if any."""
+    """The frame that brings a new watcher up to date with a reply streaming here, if any (call in a thread)."""
     for task in _replies.values():
         if task.reply.conversation_id == conversation_id:
             return {**message_frame(task.reply, task.text), "offset": utf16_length(task.text)}
@@ -258,5 +260,5 @@ class ReplyTask:
     async def _finish(self, status, usage=None, error=""):
         reply = self.reply
         await database_sync_to_async(reply.finish)(status, self.text, usage=usage, error=error, notice=self.notice)
-        frame = await sync_to_async(message_frame)(reply)
+        frame = await database_sync_to_async(message_frame)(reply)
         await publish(reply.conversation_id, {**frame, "type": "done"})

@@ -80,7 +80,7 @@ def conversation_settings(request, pk):
         conversation.update_settings(form.cleaned_data["system_prompt"], form.overrides())
     context = {"current": conversation, "settings_form": form, "saved": saved}
     if request.htmx:
-        return render(request, "conversations/detail.html#settings", context, status=200 if saved else 400)
+        return render(request, "conversations/detail.html#settings", context, status=200 if saved else 422)
     return redirect(conversation)
 
 
@@ -98,7 +98,7 @@ def conversation_model(request, pk):
         conversation.choose_model(*form.chosen())
     context = {"current": conversation, "model_form": form}
     if request.htmx:
-        return render(request, "conversations/detail.html#model", context, status=200 if form.is_valid() else 400)
+        return render(request, "conversations/detail.html#model", context, status=200 if form.is_valid() else 422)
     return redirect(conversation)
 
 

@@ -121,7 +121,7 @@ def test_a_staff_only_model_cannot_be_chosen_by_a_regular_user(owner_client, con
     _, secret, _ = models_and_adapter
     url = reverse("conversations:model", args=[conversation.pk])
     response = owner_client.post(url, {"choice": f"m{secret.pk}"}, headers={"HX-Request": "true"})
-    assert response.status_code == 400
+    assert response.status_code == 422
     conversation.refresh_from_db()
     assert conversation.model != secret
 
@@ -167,7 +167,7 @@ def test_settings_are_validated_on_the_server_and_saved(owner_client, conversati
     url = reverse("conversations:settings", args=[conversation.pk])
     bad = owner_client.post(url, {"system_prompt": "", "temperature": "-1", "top_p": "", "max_new_tokens": "4096"},
                             headers={"HX-Request": "true"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
     html = bad.content.decode()
     assert "Ensure this value is greater than or equal to 0" in html
     assert "context is 512 tokens" in html

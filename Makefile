@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench-stream clean
+.PHONY: install run test browser bench-stream clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,8 +21,12 @@ run: install
 	@echo "chatsite on http://$(HOST):$(PORT)/  (Ctrl-C to stop)"
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
-test: install
+test: install browser
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 bench-stream: install
 	$(PY) bench/stream.py

@@ -8,9 +8,10 @@ is a (name, folder) LoRA adapter to apply, or None for the base model. A backend
 runs only in its worker thread (see engine.py), never on an event loop.
 """
 
+import re
 import time
 
-from modelhub.options import Usage
+from modelhub.options import ModelLoadError, Usage
 
 
 class TransformersBackend:
@@ -72,14 +73,25 @@ class ScriptedBackend:
         self.delay = delay
         self.calls = []
 
+    @classmethod
+    def from_source(cls, source):
+        """A registered scripted model echoes; its source may set a delay per word: "echo delay=0.05"."""
+        delay = 0.0
+        for word in source.split():
+            if word.startswith("delay="):
+                try:
+                    delay = float(word.removeprefix("delay="))
+                except ValueError:
+                    raise ModelLoadError(f"scripted model source {source!r}: delay must be a number") from None
+        return cls(delay=delay)
+
     def generate(self, messages, options, emit, is_cancelled, adapter=None):
         self.calls.append({"messages": messages, "options": options, "adapter": adapter})
         started = time.monotonic()
         usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
         chunks = self.chunks
-        if chunks is None:
-            words = messages[-1]["content"].split()
-            chunks = [("" if i == 0 else " ") + w for i, w in enumerate(words)]
+        if chunks is None:  # echo the last message word by word, whitespace and all
+            chunks = re.findall(r"\s*\S+", messages[-1]["content"])
         for chunk in chunks[: options.max_new_tokens]:
             if self.delay:
                 time.sleep(self.delay)

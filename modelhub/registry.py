@@ -146,9 +146,9 @@ def _close_all(workers):
 
 
 def _loader(spec):
-    """A zero-argument function that builds the backend; it runs in the worker thread."""
+    """A function of a progress callback that builds the backend; it runs in the worker thread."""
     if spec.backend == spec.Backend.SCRIPTED:
-        return lambda progress: ScriptedBackend()
+        return lambda progress: ScriptedBackend.from_source(spec.source)
     load_settings = spec.load_settings()
     threads = settings.MODELHUB_TORCH_THREADS
 

@@ -195,3 +195,13 @@ async def test_a_minimum_interval_coalesces_chunks_into_fewer_frames(db):
     assert "".join(every) == "".join(coalesced) == "".join(f"t{i} " for i in range(20))
     assert len(every) >= 15 and len(coalesced) <= 8
     assert coalesced[0] == "t0 "  # the first chunk is not held back
+
+
+def test_a_registered_scripted_model_echoes_with_the_delay_its_source_sets(db):
+    spec = ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.01")
+    request = api.start(spec, [{"role": "user", "content": "one two three"}])
+    assert list(request) == ["one", " two", " three"]
+    assert request.usage.duration >= 0.03
+    broken = ModelSpec.objects.create(name="broken-echo", backend="scripted", source="echo delay=soon")
+    with pytest.raises(ModelLoadError, match="delay must be a number"):
+        list(api.start(broken, HELLO))

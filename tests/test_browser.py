@@ -1,0 +1,223 @@
+"""The chat page in a real browser (Debian's Chromium driven by Playwright) against a real
+daphne server: streaming, stop, regenerate, edit, markdown, reload mid-stream, and XSS.
+
+The server runs in its own process with its own SQLite database, like `make run`, with
+two models: a scripted one that echoes the user's message word by word (slowly, so a
+test can stop or reload mid-reply; it is how a hostile model is simulated: the reply is
+exactly what the test typed) and a tiny random Llama through the real transformers path.
+Screenshots land in artifacts/ (ignored by git).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+PASSWORD = "browser-pass-123"
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SETUP = """
+from django.contrib.auth.models import User
+from modelhub.models import ModelSpec
+User.objects.create_user("alice", password="{password}")
+ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.04", is_default=True)
+ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="cpu", max_new_tokens=48)
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """A daphne process serving chatsite on a free port, with its own database."""
+    var = tmp_path_factory.mktemp("browser-var")
+    env = {**os.environ, "CHATSITE_VAR_DIR": str(var), "SECRET_KEY": "browser-tests-secret-key-0123456789abcdef",
+           "CHAT_ORPHAN_GRACE_SECONDS": "30", "HF_HUB_OFFLINE": "1", "DJANGO_SETTINGS_MODULE": "chatsite.settings"}
+    env.pop("DATABASE_URL", None)  # the live server always has its own SQLite file
+    env.pop("REDIS_URL", None)
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+    setup = SETUP.format(password=PASSWORD, tiny=tiny_model_dir)
+    subprocess.run([*manage, "shell", "-c", setup], env=env, check=True, cwd=ROOT)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A logged-in page on a new conversation; records script errors and off-site requests."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    page.errors, page.offsite = [], []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("request", lambda r: None if r.url.startswith(server) else page.offsite.append(r.url))
+    page.goto(f"{server}/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/")
+    page.click("text=+ New chat")
+    page.wait_for_function("!document.getElementById('send-button').disabled")
+    yield page
+    assert page.errors == []
+    assert page.offsite == []
+    context.close()
+
+
+def send(page, text):
+    page.fill("#composer-input", text)
+    page.keyboard.press("Enter")
+
+
+def last_reply(page):
+    return page.locator(".message-assistant").last
+
+
+def wait_done(page, timeout=30000):
+    page.wait_for_selector('.message-assistant:last-child:not([data-status="streaming"])', timeout=timeout)
+
+
+def choose_model(page, label):
+    page.select_option("#model select", label=label)
+    page.wait_for_timeout(300)
+
+
+def test_a_reply_streams_in_several_increments_on_the_real_model_path(page):
+    choose_model(page, "tiny")
+    page.evaluate("""() => {
+        window.__lengths = new Set();
+        new MutationObserver(() => {
+            const text = document.querySelector('.message-assistant:last-child .message-text');
+            if (text) window.__lengths.add(text.textContent.length);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    send(page, "hello there, how are you?")
+    wait_done(page)
+    assert page.evaluate("window.__lengths.size") > 2
+    assert last_reply(page).get_attribute("data-status") == "complete"
+    assert "tokens" in last_reply(page).inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-streamed.png")
+
+
+def test_stop_keeps_the_partial_reply(page):
+    send(page, " ".join(f"word{i}" for i in range(80)))
+    page.wait_for_selector(".message-assistant:last-child .message-text:has-text('word3')")
+    page.click("#stop-button")
+    wait_done(page)
+    reply = last_reply(page)
+    assert reply.get_attribute("data-status") == "stopped"
+    assert "word79" not in reply.inner_text() and "word0" in reply.inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-stopped.png")
+
+
+def test_regenerate_and_navigate_between_answers(page):
+    send(page, "first question")
+    wait_done(page)
+    last_reply(page).locator("button[data-action=regenerate]").click()
+    page.wait_for_selector(".message-assistant .siblings")
+    wait_done(page)
+    assert "2/2" in last_reply(page).locator(".siblings").inner_text()
+    last_reply(page).locator("button[aria-label='Previous version']").click()
+    page.wait_for_function("document.querySelector('.message-assistant .siblings').textContent.includes('1/2')")
+    assert page.locator(".message").count() == 2
+
+
+def test_edit_makes_a_branch_and_the_old_one_stays_reachable(page):
+    send(page, "original question")
+    wait_done(page)
+    page.locator(".message-user button[data-action=edit]").click()
+    page.fill(".edit-box textarea", "edited question")
+    page.click(".edit-box button[type=submit]")
+    page.wait_for_selector(".message-user .siblings")
+    wait_done(page)
+    assert "edited question" in page.locator(".message-user").inner_text()
+    page.locator(".message-user button[aria-label='Previous version']").click()
+    page.wait_for_function("document.querySelector('.message-user').textContent.includes('original question')")
+    page.screenshot(path=ARTIFACTS / "browser-branches.png")
+
+
+def test_a_fenced_code_block_renders_highlighted_with_a_copy_button(page):
+    send(page, "```python\nprint('hi')\n```")
+    wait_done(page)
+    block = last_reply(page).locator(".code-block")
+    assert block.locator(".highlight span").count() > 0
+    assert block.locator("button.copy").count() == 1
+    page.screenshot(path=ARTIFACTS / "browser-code.png")
+
+
+def test_reloading_mid_reply_shows_it_still_streaming_then_finished(page):
+    send(page, " ".join(f"w{i}" for i in range(40)))
+    page.wait_for_selector(".message-assistant:last-child .message-text:has-text('w2')")
+    page.reload()
+    page.wait_for_selector(".message-assistant")
+    assert last_reply(page).get_attribute("data-status") == "streaming"
+    wait_done(page)
+    assert "w39" in last_reply(page).inner_text()
+
+
+def test_a_second_tab_sees_the_same_stream(page, browser):
+    url = page.url
+    other = page.context.new_page()
+    other.goto(url)
+    other.wait_for_function("!document.getElementById('send-button').disabled")
+    send(page, "shared words for two tabs to see")
+    other.wait_for_selector('.message-assistant:last-child[data-status="complete"]', timeout=30000)
+    assert "two tabs to see" in other.locator(".message-assistant").last.inner_text()
+    other.close()
+
+
+HOSTILE = """<script>window.__pwned = 1</script>
+<img src="https://evil.example/beacon.png" onerror="window.__pwned = 2">
+<svg onload="window.__pwned = 3"></svg> <iframe src="https://evil.example/"></iframe>
+[click me](javascript:window.__pwned=4) ![beacon](https://evil.example/track.png)
+<a href="#" onclick="window.__pwned = 5">x</a> <details open ontoggle="window.__pwned = 6">"""
+
+
+def test_hostile_markup_from_the_user_and_the_model_never_runs_or_loads(page):
+    send(page, HOSTILE)  # the echo model answers with exactly this markup
+    wait_done(page)
+    page.wait_for_timeout(500)
+    hrefs = [link.get_attribute("href") for link in page.locator(".message a[href]").all()]
+    assert hrefs and all(href.startswith(("http://", "https://", "#")) for href in hrefs)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator(".message img, .message iframe, .message svg, .message script").count() == 0
+    page.screenshot(path=ARTIFACTS / "browser-xss.png")

@@ -35,6 +35,15 @@ class TransformersBackend:
                 attach_adapter(self.loaded, name, folder)  # once; later requests only name it
         return stream_reply(self.loaded, messages, options, emit, is_cancelled, adapter=name)
 
+    def warm_up(self):
+        """One tiny generation right after loading: the first real request then starts at full
+        speed (the first `generate` of a process pays about a second of one-off set-up)."""
+        from modelhub.generation import stream_reply
+        from modelhub.options import GenerationOptions
+
+        messages = [{"role": "user", "content": "Hi"}]
+        stream_reply(self.loaded, messages, GenerationOptions(temperature=0, max_new_tokens=2), lambda text: None, lambda: False)
+
     def describe(self):
         loaded = self.loaded
         return {

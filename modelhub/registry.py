@@ -159,7 +159,10 @@ def _loader(spec):
             import torch
 
             torch.set_num_threads(threads)
-        return TransformersBackend(loading.load(load_settings, progress))
+        backend = TransformersBackend(loading.load(load_settings, progress))
+        progress("warming up")
+        backend.warm_up()
+        return backend
 
     return load
 

@@ -9,7 +9,10 @@ length), alternate rounds of
 and compare median tokens/s. Writes bench/results/stream.json and prints
 `stream_overhead_ratio=<websocket/raw>` last (target >= 0.95).
 
-    .venv/bin/python bench/stream.py [--rounds 5] [--new-tokens 128] [--model-dir PATH]
+    .venv/bin/python bench/stream.py [--rounds 10] [--new-tokens 256] [--model-dir PATH]
+
+Rounds alternate so that the machine's drift (this one's speed varies by 2x from
+second to second) hits both sides alike; medians are compared.
 """
 
 import argparse
@@ -31,8 +34,8 @@ PROMPT = "Hello! What did you do this weekend?"
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--model-dir", default=str(ROOT / "modelhub" / "builtin" / "chitchat"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     return parser.parse_args()
@@ -121,9 +124,10 @@ def measure(args, loaded, prompt_ids, port, cookie, user, spec):
     """Alternate raw and websocket rounds; returns tokens/s lists and client times to first chunk."""
     from conversations.models import Conversation, Message
 
-    raw_round(loaded, prompt_ids, 8)  # warm-up both paths (the server loads on first use)
-    warm = Conversation.objects.create(owner=user, model=spec)
-    asyncio.run(websocket_round(port, cookie, warm.pk, 8))
+    for _ in range(2):  # warm up both paths at full length (the server also loads on first use)
+        raw_round(loaded, prompt_ids, args.new_tokens)
+        warm = Conversation.objects.create(owner=user, model=spec)
+        asyncio.run(websocket_round(port, cookie, warm.pk, args.new_tokens))
     raw, ws, ttft = [], [], []
     for index in range(args.rounds):
         raw.append(raw_round(loaded, prompt_ids, args.new_tokens)[0])

@@ -8,6 +8,7 @@ chunks (plain or async iteration), may cancel it, and read its `usage` at the en
 """
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -31,7 +32,14 @@ class Request:
         self.error = None
         self._cancel = threading.Event()
         self._loop = loop
-        self._items = asyncio.Queue() if loop else queue.Queue()
+        if loop is None:
+            self._items = queue.Queue()
+        else:
+            # Items wait in a deque; the event loop is woken only when nobody has woken it
+            # since its last read: one wake-up per read, not per token.
+            self._items = collections.deque()
+            self._ready = asyncio.Event()
+            self._wake_pending = False
 
     # --- caller side ---------------------------------------------------------
 
@@ -61,17 +69,18 @@ class Request:
         loop = asyncio.get_running_loop()
         last = float("-inf")
         while True:
-            items = [await self._items.get()]
+            await self._ready.wait()
             wait = last + min_interval - loop.time()
-            if wait > 0 and items[0][0] == _CHUNK:
-                await asyncio.sleep(wait)
-            while not self._items.empty():
-                items.append(self._items.get_nowait())
+            if wait > 0 and self._items[0][0] == _CHUNK:
+                await asyncio.sleep(wait)  # tokens keep arriving meanwhile, without waking us
+            self._ready.clear()
+            self._wake_pending = False  # cleared before draining: a later item wakes us again
+            items = [self._items.popleft() for _ in range(len(self._items))]
             text = [value for kind, value in items if kind == _CHUNK]
             if text:
                 last = loop.time()
                 yield "".join(text)
-            if items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows it
+            if items and items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows
                 self._consume(items[-1])
                 return
 
@@ -91,8 +100,12 @@ class Request:
         if self._loop is None:
             self._items.put(item)
             return
+        self._items.append(item)
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the caller's event loop is gone: nobody reads this any more
             self._cancel.set()
 

@@ -122,10 +122,9 @@ def adapter_costs(folder, adapters, rounds=30):
 def _prompt(loaded):
     import torch
 
-    ids = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hello! What did you do this weekend?"}], add_generation_prompt=True
-    )
-    return torch.tensor([list(ids)])
+    from modelhub.generation import render_prompt
+
+    return torch.tensor([render_prompt(loaded.tokenizer, [{"role": "user", "content": "Hello! What did you do?"}])])
 
 
 def main():

@@ -73,7 +73,7 @@ def describe_runtime(name):
 @admin.register(ModelSpec)
 class ModelSpecAdmin(admin.ModelAdmin):
     form = ModelSpecForm
-    list_display = ["name", "display_name", "source", "quantization", "enabled", "is_default", "visibility", "runtime"]
+    list_display = ["name", "source", "quantization", "runtime", "enabled", "is_default", "visibility"]
     list_filter = ["enabled", "backend", "quantization", "visibility"]
     search_fields = ["name", "display_name", "source"]
     readonly_fields = ["runtime", "try_it"]

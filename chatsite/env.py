@@ -36,30 +36,25 @@ def env_bool(name, default=False):
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def env_int(name, default, minimum=None):
+def _env_number(name, default, minimum, cast, kind):
     value = _raw(name)
     if value is None:
         return default
     try:
-        number = int(value)
+        number = cast(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+        raise ImproperlyConfigured(f"{name}={value!r} is not {kind}") from None
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} is below the minimum {minimum}")
     return number
+
+
+def env_int(name, default, minimum=None):
+    return _env_number(name, default, minimum, int, "an integer")
 
 
 def env_float(name, default, minimum=None):
-    value = _raw(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
-    if minimum is not None and number < minimum:
-        raise ImproperlyConfigured(f"{name}={number} is below the minimum {minimum}")
-    return number
+    return _env_number(name, default, minimum, float, "a number")
 
 
 def env_list(name, default):

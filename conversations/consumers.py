@@ -47,7 +47,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4404)
             return
         self.conversation_id = pk
-        await self.channel_layer.group_add(f"conversation-{pk}", self.channel_name)
+        await self.channel_layer.group_add(replies.group_for(pk), self.channel_name)
         replies.watch(pk)
         await self.accept()
         frame = await database_sync_to_async(replies.snapshot)(pk)
@@ -56,7 +56,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         if self.conversation_id is not None:
-            await self.channel_layer.group_discard(f"conversation-{self.conversation_id}", self.channel_name)
+            await self.channel_layer.group_discard(replies.group_for(self.conversation_id), self.channel_name)
             replies.unwatch(self.conversation_id)
 
     async def receive(self, text_data=None, bytes_data=None):

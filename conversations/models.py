@@ -60,11 +60,6 @@ class Conversation(models.Model):
     def get_absolute_url(self):
         return reverse("conversations:detail", args=[self.pk])
 
-    @property
-    def group_name(self):
-        """The channel-layer group every watcher of this conversation joins."""
-        return f"conversation-{self.pk}"
-
     def update_settings(self, system_prompt, options):
         """Save the system prompt and generation options (validated by the caller's form)."""
         self.system_prompt = system_prompt

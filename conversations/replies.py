@@ -63,8 +63,13 @@ def message_frame(message, text=None):
     return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
 
 
+def group_for(conversation_id):
+    """The channel-layer group that every open socket of this conversation joins."""
+    return f"conversation-{conversation_id}"
+
+
 async def publish(conversation_id, frame):
-    await get_channel_layer().group_send(f"conversation-{conversation_id}", {"type": "chat.frame", "frame": frame})
+    await get_channel_layer().group_send(group_for(conversation_id), {"type": "chat.frame", "frame": frame})
 
 
 BUSY = "A reply is still being written; stop it or wait for it to finish."
@@ -157,7 +162,7 @@ async def stop(user, conversation_id):
     )()
     if reply is None:
         raise ChatError("nothing_to_stop", "No reply is being written.")
-    await get_channel_layer().group_send(f"conversation-{conversation_id}", {"type": "reply.stop", "message_id": reply.pk})
+    await get_channel_layer().group_send(group_for(conversation_id), {"type": "reply.stop", "message_id": reply.pk})
 
 
 def cancel_local(message_id, reason="stopped"):

@@ -10,6 +10,7 @@ Client frames (JSON):
     {"type": "edit", "message_id", "content"[, "options"]}   a new version of a question (new branch)
     {"type": "regenerate", "message_id"[, "options"]}       another answer (a sibling of that one)
     {"type": "continue", "message_id"[, "options"]}         more of an answer cut by the token limit
+    {"type": "compare", "content", "models": [key, key]}    one question to two model choices at once
     {"type": "stop"}                       stop the reply being written
 Server frames (JSON):
     {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered
@@ -33,7 +34,7 @@ from conversations import replies
 from conversations.models import Conversation
 from conversations.replies import ChatError, Turn
 
-TURNS = ("send", "edit", "regenerate", "continue")
+TURNS = ("send", "edit", "regenerate", "continue", "compare")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -74,9 +75,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             options = frame.get("options") or {}
             if not isinstance(options, dict):
                 raise ChatError("invalid_options", "'options' must be a JSON object.")
-            content = _content(frame) if kind in ("send", "edit") else ""
-            message_id = _message_id(frame) if kind != "send" else None
-            await replies.begin(user, self.conversation_id, Turn(kind, content, message_id, options))
+            content = _content(frame) if kind in ("send", "edit", "compare") else ""
+            message_id = _message_id(frame) if kind in ("edit", "regenerate", "continue") else None
+            models = frame.get("models") if kind == "compare" and isinstance(frame.get("models"), list) else []
+            await replies.begin(user, self.conversation_id, Turn(kind, content, message_id, options, models))
         else:
             raise ChatError("unknown_type", f"Unknown frame type {kind!r}; expected one of {', '.join(TURNS)}, stop.")
 

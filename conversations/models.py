@@ -87,9 +87,19 @@ class Conversation(models.Model):
         return spec, adapter
 
     def active_path(self):
-        """The messages of the active branch, oldest first, with their sibling positions."""
+        """The messages of the active branch, oldest first, with their sibling positions.
+
+        An answer that is half of a side-by-side comparison carries `comparison`, whose
+        other answer is shown beside it.
+        """
         messages = list(self.messages.all())
-        return tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
+        path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
+        comparisons = {}
+        for comparison in self.comparisons.select_related("left", "right"):
+            comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
+        for message in path:
+            message.comparison = comparisons.get(message.pk)
+        return path
 
     def history(self, upto=None):
         """The chat messages a model sees: system prompt, then the active branch's turns.
@@ -162,6 +172,26 @@ class Conversation(models.Model):
             generation_options=options,
         )
         return self._grow(reply)
+
+    @transaction.atomic
+    def start_comparison(self, content, first, second):
+        """One question answered by two models at once, side by side: (spec, adapter, options) each.
+
+        Returns the Comparison, or None while another reply streams.
+        """
+        Conversation.objects.select_for_update().filter(pk=self.pk).first()
+        if self.messages.filter(status=Message.Status.STREAMING).exists():
+            return None
+        question = self.add_user_message(content)
+        left, right = (
+            self.messages.create(
+                role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent=question, model_name=spec.name,
+                adapter_name=adapter.name if adapter else "", generation_options=options,
+            )
+            for spec, adapter, options in (first, second)
+        )
+        self._grow(left)
+        return Comparison.objects.create(conversation=self, question=question, left=left, right=right)
 
     @transaction.atomic
     def resume_reply(self, reply, spec, options):
@@ -272,3 +302,30 @@ class Message(models.Model):
                 Conversation.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
         self.refresh_from_db()
         return bool(updated)
+
+
+class Comparison(models.Model):
+    """Two answers to one question from two model choices, and which one the user preferred."""
+
+    class Choice(models.TextChoices):
+        UNDECIDED = "", "undecided"
+        LEFT = "left"
+        RIGHT = "right"
+        TIE = "tie"
+        BOTH_BAD = "both_bad", "both bad"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="comparisons")
+    question = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
+    left = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_left")
+    right = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_right")
+    choice = models.CharField(max_length=10, choices=Choice.choices, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    def decide(self, choice):
+        """Store the user's verdict; the preferred answer (left on a tie or both bad) continues the branch."""
+        if choice not in self.Choice.values or not choice:
+            raise ValueError(f"unknown choice {choice!r}")
+        self.choice, self.decided_at = choice, timezone.now()
+        self.save(update_fields=["choice", "decided_at"])
+        self.conversation.switch_to(self.right if choice == self.Choice.RIGHT else self.left)

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from conversations import tree
+from conversations.forms import ModelChoiceForm
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
@@ -79,20 +80,47 @@ BUSY = "A reply is still being written; stop it or wait for it to finish."
 class Turn:
     """What the user asked for: a new message, an edited question, another answer, or more of one."""
 
-    kind: str  # send, edit, regenerate, continue
+    kind: str  # send, edit, regenerate, continue, compare
     content: str = ""
     message_id: int | None = None
     overrides: dict = field(default_factory=dict)
+    models: list = field(default_factory=list)  # compare: two model-choice keys ("m3", "m3-a7")
 
 
-@database_sync_to_async
-def _prepare(user, conversation_id, turn):
-    """Save what the turn adds and the streaming reply row; everything a reply task needs."""
+def _idle_conversation(user, conversation_id):
     conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
     if conversation.streaming_reply() is not None:
         raise ChatError("busy", BUSY)
+    return conversation
+
+
+@database_sync_to_async
+def _prepare_comparison(user, conversation_id, turn):
+    """Save the question and two streaming answers from two model choices, side by side."""
+    conversation = _idle_conversation(user, conversation_id)
+    choices = ModelChoiceForm(user).options
+    if len(turn.models) != 2 or any(not isinstance(key, str) or key not in choices for key in turn.models):
+        raise ChatError("unknown_model", "Pick two of the listed models to compare.")
+    sides = []
+    for key in turn.models:
+        spec, adapter, _ = choices[key]
+        try:
+            sides.append((spec, adapter, api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()))
+        except InvalidOptions as exc:
+            raise ChatError(exc.code, exc.message) from exc
+    comparison = conversation.start_comparison(turn.content, *sides)
+    if comparison is None:
+        raise ChatError("busy", BUSY)
+    answers = (comparison.left, comparison.right)
+    return conversation, [(reply, spec, adapter, conversation.history(upto=reply)) for reply, (spec, adapter, _) in zip(answers, sides)]
+
+
+@database_sync_to_async
+def _prepare(user, conversation_id, turn):
+    """Save what the turn adds and the streaming reply row; everything a reply task needs."""
+    conversation = _idle_conversation(user, conversation_id)
     target = None
     if turn.kind != "send":
         role = Message.Role.USER if turn.kind == "edit" else Message.Role.ASSISTANT
@@ -130,6 +158,13 @@ def _prepare(user, conversation_id, turn):
 
 async def begin(user, conversation_id, turn):
     """Save the turn, create (or reopen) the reply and start its task. Raises ChatError."""
+    if turn.kind == "compare":
+        conversation, plans = await _prepare_comparison(user, conversation_id, turn)
+        await publish(conversation_id, {"type": "title", "title": conversation.title})
+        await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
+        for reply, *model in plans:
+            _start_task(reply, model)
+        return plans[0][0]
     conversation, user_message, reply, model = await _prepare(user, conversation_id, turn)
     await publish(conversation_id, {"type": "title", "title": conversation.title})
     if turn.kind in ("edit", "regenerate"):  # a new branch: every watcher redraws the active path
@@ -139,10 +174,14 @@ async def begin(user, conversation_id, turn):
             if message is not None:
                 await publish(conversation_id, await database_sync_to_async(message_frame)(message))
     if model is not None:
-        task = ReplyTask(reply, *model)
-        _replies[reply.pk] = task
-        task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
+        _start_task(reply, model)
     return reply
+
+
+def _start_task(reply, model):
+    task = ReplyTask(reply, *model)
+    _replies[reply.pk] = task
+    task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
 
 
 def path_frame(conversation):
@@ -153,16 +192,19 @@ def path_frame(conversation):
 
 
 async def stop(user, conversation_id):
-    """Ask the streaming reply of this conversation, wherever it runs, to stop."""
-    reply = await database_sync_to_async(
-        lambda: Message.objects.filter(
-            conversation__in=Conversation.objects.for_user(user).filter(pk=conversation_id),
-            status=Message.Status.STREAMING,
-        ).last()
+    """Ask the streaming replies of this conversation (two in a comparison), wherever they run, to stop."""
+    streaming = await database_sync_to_async(
+        lambda: list(
+            Message.objects.filter(
+                conversation__in=Conversation.objects.for_user(user).filter(pk=conversation_id),
+                status=Message.Status.STREAMING,
+            ).values_list("pk", flat=True)
+        )
     )()
-    if reply is None:
+    if not streaming:
         raise ChatError("nothing_to_stop", "No reply is being written.")
-    await get_channel_layer().group_send(group_for(conversation_id), {"type": "reply.stop", "message_id": reply.pk})
+    for message_id in streaming:
+        await get_channel_layer().group_send(group_for(conversation_id), {"type": "reply.stop", "message_id": message_id})
 
 
 def cancel_local(message_id, reason="stopped"):

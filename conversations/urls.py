@@ -12,4 +12,5 @@ urlpatterns = [
     path("c/<int:pk>/model/", views.conversation_model, name="model"),
     path("c/<int:pk>/settings/", views.conversation_settings, name="settings"),
     path("c/<int:pk>/switch/<int:message_id>/", views.conversation_switch, name="switch"),
+    path("c/<int:pk>/compare/<int:comparison_id>/vote/", views.comparison_vote, name="vote"),
 ]

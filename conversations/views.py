@@ -138,3 +138,20 @@ def conversation_switch(request, pk, message_id):
     if request.htmx:
         return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
     return redirect(conversation)
+
+
+@login_required
+@require_POST
+def comparison_vote(request, pk, comparison_id):
+    """Store which of two side-by-side answers the user preferred; the preferred one continues."""
+    conversation = _get_conversation_for_user(request, pk)
+    comparison = get_object_or_404(conversation.comparisons, pk=comparison_id)
+    if conversation.streaming_reply() is not None:
+        return HttpResponse("Wait for both answers, or stop them.", status=409)
+    if request.POST.get("choice") not in ("left", "right", "tie", "both_bad"):
+        return HttpResponse("Choose left, right, tie or both_bad.", status=422)
+    comparison.decide(request.POST["choice"])
+    async_to_sync(replies.publish)(conversation.pk, replies.path_frame(conversation))
+    if request.htmx:
+        return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
+    return redirect(conversation)

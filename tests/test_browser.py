@@ -221,3 +221,20 @@ def test_hostile_markup_from_the_user_and_the_model_never_runs_or_loads(page):
     assert page.evaluate("window.__pwned") is None
     assert page.locator(".message img, .message iframe, .message svg, .message script").count() == 0
     page.screenshot(path=ARTIFACTS / "browser-xss.png")
+
+
+def test_side_by_side_streams_two_columns_and_stores_the_verdict(page):
+    page.select_option("#compare-model", label="tiny")
+    send(page, "compare these two answers please")
+    page.wait_for_selector(".comparison")
+    page.wait_for_function(
+        "document.querySelectorAll('.comparison .message-assistant:not([data-status=\"streaming\"])').length === 2",
+        timeout=30000,
+    )
+    columns = page.locator(".comparison .message-assistant")
+    assert columns.count() == 2
+    assert "echo" in columns.nth(0).inner_text() and "tiny" in columns.nth(1).inner_text()
+    assert "compare these two answers please" in columns.nth(0).inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-side-by-side.png")
+    page.click(".comparison-vote button[value=left]")
+    page.wait_for_selector(".comparison-vote strong:has-text('Left')")

@@ -178,7 +178,12 @@
     event.preventDefault();
     const content = input.value;
     if (!content.trim()) return;
-    if (send({ type: "send", content: content })) input.value = "";
+    const other = document.getElementById("compare-model").value;
+    const current = document.querySelector("#model select");
+    const frame = other && current
+      ? { type: "compare", content: content, models: [current.value, other] }
+      : { type: "send", content: content };
+    if (send(frame)) input.value = "";
   });
 
   input.addEventListener("keydown", function (event) {

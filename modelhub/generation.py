@@ -74,10 +74,12 @@ def sampling_kwargs(options: GenerationOptions):
 def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled, adapter=None):
     """Generate one reply; call emit(text) for each chunk; return its Usage.
 
-    Runs in the model's worker thread. `is_cancelled()` is checked at every decode
-    step, so a stop takes effect within one step. Once adapters are attached the
-    model is a peft model, and each request names its adapter (or "__base__"):
-    no set_adapter, so nothing about the shared model changes between requests.
+    Runs in the model's worker thread. The streamer sees every decode step and
+    checks `is_cancelled()` there, so a stop takes effect within one step (it
+    ends `generate` by raising GenerationCancelled). Once adapters are attached
+    the model is a peft model, and each request names its adapter (or
+    "__base__"): no set_adapter, so nothing about the shared model changes
+    between requests.
     """
     import torch
 
@@ -87,51 +89,39 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
     usage.prompt_tokens = len(prompt_ids)
     usage.truncated_messages = cut
 
-    def on_tokens(count):
-        usage.completion_tokens += count
-        if usage.time_to_first_token is None:
-            usage.time_to_first_token = time.monotonic() - started
+    def on_first_token():
+        usage.time_to_first_token = time.monotonic() - started
 
     if options.seed is not None:
         torch.manual_seed(options.seed)
     extra = {"adapter_names": [adapter or "__base__"]} if loaded.is_peft else {}
+    streamer = IncrementalStreamer(loaded.tokenizer, emit, on_first_token, is_cancelled)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
-    with torch.inference_mode():
-        output = loaded.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=options.max_new_tokens,
-            min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
-            repetition_penalty=options.repetition_penalty,
-            streamer=IncrementalStreamer(loaded.tokenizer, emit, on_tokens),
-            stopping_criteria=_cancel_criteria(is_cancelled),
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            eos_token_id=loaded.tokenizer.eos_token_id,
-            **sampling_kwargs(options),
-            **extra,
-        )
-    new_tokens = output[0, len(prompt_ids) :].tolist()
-    usage.completion_tokens = len(new_tokens)
-    usage.duration = time.monotonic() - started
-    if is_cancelled():
+    try:
+        with torch.inference_mode():
+            loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=options.max_new_tokens,
+                min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
+                repetition_penalty=options.repetition_penalty,
+                streamer=streamer,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                eos_token_id=loaded.tokenizer.eos_token_id,
+                **sampling_kwargs(options),
+                **extra,
+            )
+        usage.finish_reason = "stop" if streamer.tokens[-1:] == [loaded.tokenizer.eos_token_id] else "length"
+    except GenerationCancelled:
+        streamer.end()
         usage.finish_reason = "cancelled"
-    elif new_tokens and new_tokens[-1] == loaded.tokenizer.eos_token_id:
-        usage.finish_reason = "stop"
-    else:
-        usage.finish_reason = "length"
+    usage.completion_tokens = len(streamer.tokens)
+    usage.duration = time.monotonic() - started
     return usage
 
 
-def _cancel_criteria(is_cancelled):
-    """Stopping criteria that end generation at the first decode step after a cancel."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), is_cancelled(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([Cancelled()])
+class GenerationCancelled(Exception):
+    """Raised from inside `generate` (by the streamer) to stop at the current decode step."""
 
 
 class IncrementalStreamer:
@@ -143,10 +133,11 @@ class IncrementalStreamer:
     character (the incremental detokenization used by TGI and vLLM).
     """
 
-    def __init__(self, tokenizer, emit, on_tokens):
+    def __init__(self, tokenizer, emit, on_first_token, is_cancelled):
         self.tokenizer = tokenizer
         self.emit = emit
-        self.on_tokens = on_tokens
+        self.on_first_token = on_first_token
+        self.is_cancelled = is_cancelled
         self.tokens = []
         self.prefix = 0  # window start: tokens before it are settled
         self.read = 0  # tokens up to here have been emitted
@@ -159,14 +150,16 @@ class IncrementalStreamer:
         if not self.prompt_seen:  # generate() first passes the prompt
             self.prompt_seen = True
             return
-        ids = value.reshape(-1).tolist()
-        self.on_tokens(len(ids))
-        self.tokens.extend(ids)
+        if not self.tokens:
+            self.on_first_token()
+        self.tokens.extend(value.reshape(-1).tolist())
         before = self._decode(self.tokens[self.prefix : self.read])
         after = self._decode(self.tokens[self.prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.emit(after[len(before) :])
             self.prefix, self.read = self.read, len(self.tokens)
+        if self.is_cancelled():
+            raise GenerationCancelled
 
     def end(self):
         rest = self._decode(self.tokens[self.prefix :])[len(self._decode(self.tokens[self.prefix : self.read])) :]

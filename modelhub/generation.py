@@ -4,8 +4,8 @@ A causal LM produces the reply one token at a time, each conditioned on the prom
 and everything generated so far. We format the conversation with the tokenizer's
 own chat template, cut the oldest turns when it would not fit the context window
 (saying how many were cut), and let `model.generate` decode with a streamer that
-hands text to the caller as soon as whole words form, and a stopping criterion
-that checks the caller's cancel flag at every decode step.
+hands text to the caller token by token, as soon as it is stable, and checks the
+caller's cancel flag at every decode step.
 """
 
 import time

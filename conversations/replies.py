@@ -107,14 +107,17 @@ def _prepare_comparison(user, conversation_id, turn):
     for key in turn.models:
         spec, adapter, _ = choices[key]
         try:
-            sides.append((spec, adapter, api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()))
+            options = api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()
         except InvalidOptions as exc:
             raise ChatError(exc.code, exc.message) from exc
+        sides.append((spec, adapter, options))
     comparison = conversation.start_comparison(turn.content, *sides)
     if comparison is None:
         raise ChatError("busy", BUSY)
-    answers = (comparison.left, comparison.right)
-    return conversation, [(reply, spec, adapter, conversation.history(upto=reply)) for reply, (spec, adapter, _) in zip(answers, sides)]
+    plans = []
+    for reply, (spec, adapter, _) in zip((comparison.left, comparison.right), sides):
+        plans.append((reply, spec, adapter, conversation.history(upto=reply)))
+    return conversation, plans
 
 
 @database_sync_to_async

@@ -13,7 +13,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from conversations import replies
 from conversations.forms import ModelChoiceForm, RenameForm, SettingsForm
-from conversations.models import Conversation
+from conversations.models import Comparison, Conversation
 from modelhub.models import ModelSpec
 
 
@@ -134,10 +134,7 @@ def conversation_switch(request, pk, message_id):
     if conversation.streaming_reply() is not None:
         return HttpResponse("Wait for the reply being written, or stop it.", status=409)
     conversation.switch_to(message)
-    async_to_sync(replies.publish)(conversation.pk, replies.path_frame(conversation))
-    if request.htmx:
-        return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
-    return redirect(conversation)
+    return _path_changed(request, conversation)
 
 
 @login_required
@@ -148,9 +145,15 @@ def comparison_vote(request, pk, comparison_id):
     comparison = get_object_or_404(conversation.comparisons, pk=comparison_id)
     if conversation.streaming_reply() is not None:
         return HttpResponse("Wait for both answers, or stop them.", status=409)
-    if request.POST.get("choice") not in ("left", "right", "tie", "both_bad"):
+    choice = request.POST.get("choice")
+    if not choice or choice not in Comparison.Choice.values:
         return HttpResponse("Choose left, right, tie or both_bad.", status=422)
-    comparison.decide(request.POST["choice"])
+    comparison.decide(choice)
+    return _path_changed(request, conversation)
+
+
+def _path_changed(request, conversation):
+    """After a branch change: redraw every open tab of the conversation, and answer this request."""
     async_to_sync(replies.publish)(conversation.pk, replies.path_frame(conversation))
     if request.htmx:
         return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from conversations import tree
 from modelhub.models import Adapter, ModelSpec
@@ -24,6 +25,11 @@ class ConversationQuerySet(models.QuerySet):
         if not user.is_authenticated:
             return self.none()
         return self.filter(owner=user)
+
+    def start_for(self, owner, model=None, adapter=None):
+        """A new conversation of `owner`, with their training-consent default."""
+        allow_training = PrivacySettings.of(owner).allow_training_default
+        return self.create(owner=owner, model=model, adapter=adapter, allow_training=allow_training)
 
     def search(self, query):
         """Conversations whose title or any message contains the words of `query`."""
@@ -41,6 +47,9 @@ class Conversation(models.Model):
     adapter = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     system_prompt = models.TextField(blank=True)
     options = models.JSONField(default=dict, blank=True, help_text="Generation options overriding the model's.")
+    allow_training = models.BooleanField(
+        default=True, help_text="Its messages and feedback may be exported as training data (see privacy.py)."
+    )
     leaf = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The last message of the active branch.",
@@ -65,6 +74,10 @@ class Conversation(models.Model):
         self.system_prompt = system_prompt
         self.options = {key: value for key, value in options.items() if value is not None}
         self.save(update_fields=["system_prompt", "options"])
+
+    def set_training_consent(self, allowed):
+        self.allow_training = allowed
+        self.save(update_fields=["allow_training"])
 
     def rename(self, title):
         self.title = title.strip()[:200] or DEFAULT_TITLE
@@ -97,22 +110,29 @@ class Conversation(models.Model):
         comparisons = {}
         for comparison in self.comparisons.select_related("left", "right"):
             comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
+        feedback = {f.message_id: f for f in Feedback.objects.filter(user_id=self.owner_id, message__in=path)
+                    .prefetch_related("tags")}
+        preferred = Preference.objects.preferred_ids(self.owner_id, path)
         for message in path:
             message.comparison = comparisons.get(message.pk)
+            message.owner_feedback = feedback.get(message.pk)
+            message.preferred_by_owner = message.pk in preferred
         return path
 
-    def history(self, upto=None):
+    def history(self, upto=None, loaded=None):
         """The chat messages a model sees: system prompt, then the active branch's turns.
 
         Failed replies are left out (they are not the assistant's words); stopped,
         interrupted and complete ones are kept as the user saw them. With `upto`,
-        the branch ends at that message.
+        the branch ends at that message. `loaded`: this conversation's messages, when
+        the caller already has them (exports build many prompts per conversation).
         """
         messages = []
         system = self.system_prompt or (self.model.system_prompt if self.model else "")
         if system:
             messages.append({"role": "system", "content": system})
-        path = tree.path_to(upto.pk if upto else self.leaf_id, list(self.messages.all()))
+        loaded = list(self.messages.all()) if loaded is None else loaded
+        path = tree.path_to(upto.pk if upto else self.leaf_id, loaded)
         for message in path:
             if message.status != Message.Status.ERROR and message.content:
                 messages.append({"role": message.role, "content": message.content})
@@ -228,6 +248,12 @@ class MessageQuerySet(models.QuerySet):
             status=Message.Status.INTERRUPTED, finished_at=timezone.now()
         )
 
+    def rateable(self):
+        """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
+        return self.filter(role=Message.Role.ASSISTANT).exclude(
+            status__in=[Message.Status.STREAMING, Message.Status.ERROR]
+        )
+
 
 class Message(models.Model):
     class Role(models.TextChoices):
@@ -274,6 +300,19 @@ class Message(models.Model):
             if decode_time > 0 and self.completion_tokens > 1:
                 return (self.completion_tokens - 1) / decode_time
         return None
+
+    @cached_property
+    def owner_feedback(self):
+        """The conversation owner's feedback on this answer (`active_path` fills it for a whole page)."""
+        return self.feedback.filter(user_id=self.conversation.owner_id).prefetch_related("tags").first()
+
+    @cached_property
+    def preferred_by_owner(self):
+        return self.pk in Preference.objects.preferred_ids(self.conversation.owner_id, [self])
+
+    @property
+    def rateable(self):
+        return self.role == Message.Role.ASSISTANT and self.status not in (Message.Status.STREAMING, Message.Status.ERROR)
 
     def save_partial(self, content, notice=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
@@ -322,10 +361,20 @@ class Comparison(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)
 
+    @transaction.atomic
     def decide(self, choice):
-        """Store the user's verdict; the preferred answer (left on a tie or both bad) continues the branch."""
+        """Store the user's verdict (and the `Preference` it expresses); the preferred answer
+        (left on a tie or both bad) continues the branch."""
         if choice not in self.Choice.values or not choice:
             raise ValueError(f"unknown choice {choice!r}")
         self.choice, self.decided_at = choice, timezone.now()
         self.save(update_fields=["choice", "decided_at"])
+        Preference.record_comparison(self)
         self.conversation.switch_to(self.right if choice == self.Choice.RIGHT else self.left)
+
+
+# Models of the same app kept in their own modules, one concept each; imported here so
+# Django registers them.
+from conversations.datasets import DatasetSnapshot  # noqa: E402,F401
+from conversations.feedback import Feedback, FeedbackTag, Preference  # noqa: E402,F401
+from conversations.privacy import PrivacySettings  # noqa: E402,F401

@@ -1,0 +1,212 @@
+"""Frozen training-data snapshots: feedback exported as JSONL files for TRL, with a card.
+
+`export_snapshot(format, ...)` is the one entry point (the admin's "Create snapshot"
+form and `manage.py export_feedback` both call it):
+
+1. build the examples of one format from the feedback and preferences that match the
+   filters and whose conversations allow training (conversations/examples.py);
+2. scrub PII from every message text unless told not to (conversations/scrub.py);
+3. drop exact duplicate rows (their source rows still count as exported);
+4. split by a stable hash of the prompt: sha256 of the prompt messages (as canonical
+   JSON, before scrubbing) read as a number in [0, 1); below `eval_fraction` is eval.
+   The same prompt lands in the same split in every export, whatever the row order,
+   and all answers to one prompt stay together;
+5. write `FILE` (train), `FILE` with `.eval` before the extension, and `.card.json`
+   beside them, rows sorted so the same data gives byte-identical files;
+6. record a `DatasetSnapshot`: format, filters, paths, sha256 of each file, counts, the
+   card, and exactly which Feedback and Preference rows produced its rows.
+
+Files are never overwritten: a snapshot stays what it was. Deleting a conversation later
+removes its rows from the database (and from the snapshot's lineage) but not from files
+already written; delete the snapshot (and its files) to drop them.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from conversations.feedback import Feedback, Preference
+from conversations.scrub import PLACEHOLDERS, Scrubber
+
+FORMAT_CHOICES = [("sft", "SFT (messages)"), ("dpo", "DPO (prompt, chosen, rejected)"),
+                  ("kto", "KTO (prompt, completion, label)")]
+COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}
+
+
+class SnapshotChanged(Exception):
+    """A snapshot's file is missing or no longer matches the sha256 recorded when it was written."""
+
+
+class DatasetSnapshot(models.Model):
+    format = models.CharField(max_length=3, choices=FORMAT_CHOICES)
+    filters = models.JSONField(default=dict, blank=True)
+    scrubbed = models.BooleanField(default=True, help_text="E-mail, phone and IP addresses replaced by placeholders.")
+    eval_fraction = models.FloatField()
+    train_path = models.CharField(max_length=500)
+    eval_path = models.CharField(max_length=500)
+    card_path = models.CharField(max_length=500)
+    train_sha256 = models.CharField(max_length=64)
+    eval_sha256 = models.CharField(max_length=64)
+    counts = models.JSONField(default=dict, blank=True)
+    card = models.JSONField(default=dict, blank=True)
+    feedback = models.ManyToManyField(Feedback, blank=True, related_name="snapshots")
+    preferences = models.ManyToManyField(Preference, blank=True, related_name="snapshots")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"snapshot #{self.pk} ({self.format}, {self.counts.get('train', 0)}+{self.counts.get('eval', 0)} rows)"
+
+    def files(self):
+        """{"train": Path, "eval": Path}: what a fine-tuning run reads (call `verify()` first)."""
+        return {"train": Path(self.train_path), "eval": Path(self.eval_path)}
+
+    def verify(self):
+        """Raise SnapshotChanged unless both files still hold exactly what was exported."""
+        for split, expected in (("train", self.train_sha256), ("eval", self.eval_sha256)):
+            path = self.files()[split]
+            if not path.is_file() or _sha256(path) != expected:
+                raise SnapshotChanged(f"snapshot #{self.pk}: {path} is missing or changed since the export")
+        return self.files()
+
+
+def datasets_dir():
+    return Path(getattr(settings, "CHAT_DATASETS_DIR", None) or Path(settings.VAR_DIR) / "datasets")
+
+
+def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None):
+    """Export one format as a frozen snapshot (see the module docstring); returns the DatasetSnapshot.
+
+    `out`: the train file (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>.jsonl).
+    `filters`: an `examples.Filters`. Raises ValueError on a bad format or fraction and
+    FileExistsError rather than overwrite a file.
+    """
+    from conversations import examples
+
+    filters = filters or examples.Filters()
+    if not 0 <= eval_fraction < 1:
+        raise ValueError("eval_fraction must be at least 0 and below 1")
+    built = examples.build(format, filters)
+    scrubber = Scrubber() if scrub else None
+    rows, duplicates = _dedupe(built, scrubber)
+    splits = {"train": [], "eval": []}
+    for line, example in sorted(rows.items()):
+        splits["eval" if in_eval(example.prompt_text(), eval_fraction) else "train"].append((line, example))
+    with transaction.atomic():
+        snapshot = DatasetSnapshot.objects.create(
+            format=format, filters=filters.as_dict(), scrubbed=scrub, eval_fraction=eval_fraction,
+            created_by=created_by,
+        )
+        paths = _paths(Path(out) if out else datasets_dir() / f"snapshot-{snapshot.pk:04d}-{format}.jsonl")
+        taken = [str(path) for path in paths.values() if path.exists()]
+        if taken:
+            raise FileExistsError(f"a snapshot's files are never overwritten: {', '.join(taken)} exist")
+        for split in ("train", "eval"):
+            _write(paths[split], [line for line, _ in splits[split]])
+        snapshot.feedback.set({pk for example in built for pk in example.feedback_ids})
+        snapshot.preferences.set({pk for example in built for pk in example.preference_ids})
+        _finish(snapshot, paths, splits, duplicates, scrubber)
+    return snapshot
+
+
+def in_eval(prompt_text, eval_fraction):
+    """Stable split: the prompt's sha256 as a fraction of 2**64 decides, not the row order."""
+    digest = hashlib.sha256(prompt_text.encode("utf-8")).hexdigest()
+    return int(digest[:16], 16) / 2**64 < eval_fraction
+
+
+def _dedupe(built, scrubber):
+    """{jsonl line: example}, one per distinct row; the dropped duplicates' source ids join the kept one."""
+    rows, duplicates = {}, 0
+    for example in built:
+        row = _scrubbed(example.row, scrubber) if scrubber else example.row
+        line = json.dumps(row, ensure_ascii=False, sort_keys=True)
+        if line in rows:
+            duplicates += 1
+            rows[line].feedback_ids |= example.feedback_ids
+            rows[line].preference_ids |= example.preference_ids
+        else:
+            rows[line] = example
+    return rows, duplicates
+
+
+def _scrubbed(value, scrubber):
+    if isinstance(value, str):
+        return scrubber(value)
+    if isinstance(value, list):
+        return [_scrubbed(item, scrubber) for item in value]
+    if isinstance(value, dict):
+        return {key: item if key == "role" else _scrubbed(item, scrubber) for key, item in value.items()}
+    return value
+
+
+def _paths(train):
+    suffix = train.suffix or ""
+    stem = train.name[: -len(suffix)] if suffix else train.name
+    return {"train": train, "eval": train.with_name(f"{stem}.eval{suffix}"), "card": train.with_name(f"{stem}.card.json")}
+
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x", encoding="utf-8") as handle:  # "x": never overwrite a snapshot's file
+        handle.writelines(line + "\n" for line in lines)
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _finish(snapshot, paths, splits, duplicates, scrubber):
+    """Counts, sha256 and the card: saved on the snapshot and written beside the files."""
+    counts = {split: len(rows) for split, rows in splits.items()}
+    counts["sources"] = _tally(example.source for rows in splits.values() for _, example in rows)
+    counts["duplicates_removed"] = duplicates
+    if snapshot.format == "kto":
+        counts["labels"] = {split: _tally("true" if ex.row["label"] else "false" for _, ex in rows)
+                            for split, rows in splits.items()}
+    snapshot.train_path, snapshot.eval_path, snapshot.card_path = (str(paths[k].resolve()) for k in ("train", "eval", "card"))
+    snapshot.train_sha256, snapshot.eval_sha256 = _sha256(paths["train"]), _sha256(paths["eval"])
+    snapshot.counts = counts
+    snapshot.card = _card(snapshot, scrubber)
+    _write(paths["card"], [json.dumps(snapshot.card, indent=2, ensure_ascii=False)])
+    snapshot.save()
+
+
+def _tally(values):
+    tally = {}
+    for value in values:
+        tally[value] = tally.get(value, 0) + 1
+    return dict(sorted(tally.items()))
+
+
+def _card(snapshot, scrubber):
+    return {
+        "snapshot_id": snapshot.pk,
+        "created_at": snapshot.created_at.isoformat(),
+        "format": snapshot.format,
+        "columns": COLUMNS[snapshot.format],
+        "trl_format": "conversational",
+        "counts": snapshot.counts,
+        "filters": snapshot.filters,
+        "consent": "only conversations that allow training, as of the export",
+        "scrubbing": {
+            "enabled": snapshot.scrubbed,
+            "placeholders": list(PLACEHOLDERS.values()) if scrubber else [],
+            "replaced": dict(scrubber.counts) if scrubber else {},
+        },
+        "split": {"eval_fraction": snapshot.eval_fraction,
+                  "method": "sha256 of the prompt messages (canonical JSON, before scrubbing) < eval_fraction"},
+        "lineage": {"feedback": snapshot.feedback.count(), "preferences": snapshot.preferences.count()},
+        "files": {
+            "train": {"path": snapshot.train_path, "sha256": snapshot.train_sha256, "rows": snapshot.counts["train"]},
+            "eval": {"path": snapshot.eval_path, "sha256": snapshot.eval_sha256, "rows": snapshot.counts["eval"]},
+        },
+    }

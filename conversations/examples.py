@@ -1,0 +1,190 @@
+"""Training examples from feedback and preferences, in TRL's conversational formats.
+
+The prompt of an answer is what the model saw: the conversation's system prompt (if
+any) and the branch up to the user message the answer replies to
+(`Conversation.history(upto=answer.parent)`). Rows carry exactly TRL's columns:
+
+- sft: {"messages": prompt + [corrected answer]}                   from corrections
+- dpo: {"prompt", "chosen": [answer], "rejected": [answer]}        from corrections
+       (chosen = correction, rejected = original), sibling preferences, side-by-side
+       verdicts, arena votes, and thumbs: an answer rated up against a sibling answer
+       (same question) the same user rated down
+- kto: {"prompt", "completion": [answer], "label": bool}           from thumbs (up: true,
+       down: false) and "both bad" verdicts (both answers false); ties give nothing
+
+Only conversations that allow training count (`for_training`), read at export time.
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from itertools import product
+
+from django.db.models import Q
+from django.utils import timezone
+
+from conversations.feedback import Feedback, Preference
+from conversations.models import Message
+
+FORMATS = ("sft", "dpo", "kto")
+SOURCES = ("correction", "thumbs", "sibling", "comparison", "arena")
+
+
+@dataclass
+class Example:
+    row: dict
+    source: str
+    feedback_ids: set = field(default_factory=set)
+    preference_ids: set = field(default_factory=set)
+
+    def prompt(self):
+        """The conversation before the answer: what the split is keyed on."""
+        return self.row["messages"][:-1] if "messages" in self.row else self.row["prompt"]
+
+    def prompt_text(self):
+        return json.dumps(self.prompt(), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which feedback an export takes: dates (inclusive, of the last edit), model, adapter, tag."""
+
+    since: date | None = None
+    until: date | None = None
+    model: str = ""
+    adapter: str = ""
+    tag: str = ""
+
+    def as_dict(self):
+        return {"since": _iso(self.since), "until": _iso(self.until), "model": self.model,
+                "adapter": self.adapter, "tag": self.tag}
+
+    def _dated(self, queryset):
+        if self.since:
+            queryset = queryset.filter(updated_at__gte=_start_of(self.since))
+        if self.until:
+            queryset = queryset.filter(updated_at__lt=_start_of(self.until + timedelta(days=1)))
+        return queryset
+
+    def feedback(self):
+        rows = Feedback.objects.for_training().filter(message__in=Message.objects.rateable())
+        rows = self._dated(rows)
+        if self.model:
+            rows = rows.filter(message__model_name=self.model)
+        if self.adapter:
+            rows = rows.filter(message__adapter_name=self.adapter)
+        if self.tag:
+            rows = rows.filter(tags__name=self.tag)
+        return rows.select_related("message__conversation__model").order_by("pk")
+
+    def preferences(self):
+        """Preferences carry no tags: a tag filter leaves none."""
+        if self.tag:
+            return Preference.objects.none()
+        rows = self._dated(Preference.objects.for_training())
+        rateable = Message.objects.rateable()
+        rows = rows.filter(chosen__in=rateable, rejected__in=rateable)
+        if self.model:
+            rows = rows.filter(Q(chosen__model_name=self.model) | Q(rejected__model_name=self.model))
+        if self.adapter:
+            rows = rows.filter(Q(chosen__adapter_name=self.adapter) | Q(rejected__adapter_name=self.adapter))
+        return rows.select_related("chosen__conversation__model", "rejected").order_by("pk")
+
+
+def _iso(day):
+    return day.isoformat() if day else None
+
+
+def _start_of(day):
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+class Prompts:
+    """Prompts of answers, loading each conversation's messages once."""
+
+    def __init__(self):
+        self._loaded = {}
+
+    def before(self, answer):
+        conversation = answer.conversation
+        if conversation.pk not in self._loaded:
+            messages = list(conversation.messages.all())
+            self._loaded[conversation.pk] = (messages, {m.pk: m for m in messages})
+        messages, by_id = self._loaded[conversation.pk]
+        parent = by_id.get(answer.parent_id)
+        if parent is None:
+            return None
+        history = conversation.history(upto=parent, loaded=messages)
+        return history if history and history[-1]["role"] == "user" else None
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def build(format, filters):
+    """Every example of `format` that the feedback and preferences matching `filters` give."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    prompts = Prompts()
+    builders = {"sft": [_sft_corrections], "dpo": [_dpo_corrections, _dpo_preferences, _dpo_thumbs],
+                "kto": [_kto_thumbs, _kto_both_bad]}[format]
+    return [example for builder in builders for example in builder(filters, prompts)]
+
+
+def _sft_corrections(filters, prompts):
+    for feedback in filters.feedback().exclude(correction=""):
+        prompt = prompts.before(feedback.message)
+        if prompt:
+            yield Example({"messages": prompt + assistant(feedback.correction)}, "correction", {feedback.pk})
+
+
+def _dpo_corrections(filters, prompts):
+    for feedback in filters.feedback().exclude(correction=""):
+        original = feedback.message.content
+        prompt = prompts.before(feedback.message)
+        if prompt and original.strip() and original.strip() != feedback.correction.strip():
+            row = {"prompt": prompt, "chosen": assistant(feedback.correction), "rejected": assistant(original)}
+            yield Example(row, "correction", {feedback.pk})
+
+
+def _dpo_preferences(filters, prompts):
+    for preference in filters.preferences().filter(verdict=Preference.Verdict.CHOSEN):
+        prompt = prompts.before(preference.chosen)
+        if prompt:
+            row = {"prompt": prompt, "chosen": assistant(preference.chosen.content),
+                   "rejected": assistant(preference.rejected.content)}
+            yield Example(row, preference.source, preference_ids={preference.pk})
+
+
+def _dpo_thumbs(filters, prompts):
+    """An answer rated up against each sibling answer the same user rated down."""
+    groups = {}
+    for feedback in filters.feedback().exclude(rating=""):
+        key = (feedback.user_id, feedback.message.conversation_id, feedback.message.parent_id)
+        groups.setdefault(key, {"up": [], "down": []})[feedback.rating].append(feedback)
+    for group in groups.values():
+        for up, down in product(group["up"], group["down"]):
+            prompt = prompts.before(up.message)
+            if prompt:
+                row = {"prompt": prompt, "chosen": assistant(up.message.content),
+                       "rejected": assistant(down.message.content)}
+                yield Example(row, "thumbs", {up.pk, down.pk})
+
+
+def _kto_thumbs(filters, prompts):
+    for feedback in filters.feedback().exclude(rating=""):
+        prompt = prompts.before(feedback.message)
+        if prompt:
+            row = {"prompt": prompt, "completion": assistant(feedback.message.content),
+                   "label": feedback.rating == Feedback.Rating.UP}
+            yield Example(row, "thumbs", {feedback.pk})
+
+
+def _kto_both_bad(filters, prompts):
+    for preference in filters.preferences().filter(verdict=Preference.Verdict.BOTH_BAD):
+        prompt = prompts.before(preference.chosen)
+        if prompt:
+            for answer in (preference.chosen, preference.rejected):
+                row = {"prompt": prompt, "completion": assistant(answer.content), "label": False}
+                yield Example(row, preference.source, preference_ids={preference.pk})

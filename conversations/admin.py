@@ -1,6 +1,14 @@
-from django.contrib import admin
+import json
 
-from conversations.models import Conversation, Message
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+
+from conversations.datasets import DatasetSnapshot, export_snapshot
+from conversations.forms import SnapshotForm
+from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference
 
 
 class MessageInline(admin.TabularInline):
@@ -13,7 +21,103 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["title", "owner", "model", "updated_at"]
+    list_display = ["title", "owner", "model", "allow_training", "updated_at"]
+    list_filter = ["allow_training"]
     list_select_related = ["owner", "model"]
     search_fields = ["title", "owner__username"]
     inlines = [MessageInline]
+
+
+@admin.register(FeedbackTag)
+class FeedbackTagAdmin(admin.ModelAdmin):
+    list_display = ["label", "name", "active", "description"]
+    list_editable = ["active"]
+    prepopulated_fields = {"name": ["label"]}
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Users write these rows; admins read, filter and delete them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin):
+    list_display = ["message", "user", "rating", "tag_list", "model", "has_correction", "updated_at"]
+    list_filter = ["rating", "tags", "message__model_name", "message__adapter_name"]
+    list_select_related = ["message", "user"]
+    search_fields = ["comment", "correction", "message__content", "user__username"]
+    fields = ["user", "message", "answer", "rating", "tags", "comment", "correction", "created_at", "updated_at"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("tags")
+
+    @admin.display(description="tags")
+    def tag_list(self, feedback):
+        return ", ".join(tag.label for tag in feedback.tags.all())
+
+    @admin.display(description="model", ordering="message__model_name")
+    def model(self, feedback):
+        adapter = feedback.message.adapter_name
+        return feedback.message.model_name + (f" + {adapter}" if adapter else "")
+
+    @admin.display(boolean=True, description="corrected")
+    def has_correction(self, feedback):
+        return bool(feedback.correction)
+
+    @admin.display(description="answer rated")
+    def answer(self, feedback):
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', feedback.message.content)
+
+
+@admin.register(Preference)
+class PreferenceAdmin(ReadOnlyAdmin):
+    list_display = ["__str__", "user", "source", "verdict", "updated_at"]
+    list_filter = ["source", "verdict", "chosen__model_name"]
+    list_select_related = ["user"]
+
+
+@admin.register(DatasetSnapshot)
+class DatasetSnapshotAdmin(admin.ModelAdmin):
+    """Snapshots are made by the export ("Add" opens the export form), never edited."""
+
+    list_display = ["__str__", "format", "train_rows", "eval_rows", "scrubbed", "created_by", "created_at"]
+    list_filter = ["format", "scrubbed"]
+    fields = ["format", "filters", "scrubbed", "eval_fraction", "train_path", "train_sha256", "eval_path",
+              "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
+    readonly_fields = fields
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="train rows")
+    def train_rows(self, snapshot):
+        return snapshot.counts.get("train", 0)
+
+    @admin.display(description="eval rows")
+    def eval_rows(self, snapshot):
+        return snapshot.counts.get("eval", 0)
+
+    @admin.display(description="card")
+    def pretty_card(self, snapshot):
+        return format_html("<pre>{}</pre>", json.dumps(snapshot.card, indent=2, ensure_ascii=False))
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """The export form: the admin site already refuses non-staff; the add permission is checked here."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = SnapshotForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            snapshot = export_snapshot(data["format"], filters=form.filters(), scrub=data["scrub"],
+                                       eval_fraction=data["eval_fraction"], created_by=request.user)
+            self.message_user(request, f"Created {snapshot}.", messages.SUCCESS)
+            return redirect("admin:conversations_datasetsnapshot_change", snapshot.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
+                   "title": "Create a dataset snapshot"}
+        return TemplateResponse(request, "conversations/admin_snapshot_form.html", context)

@@ -1,5 +1,8 @@
 from django import forms
 
+from conversations.datasets import FORMAT_CHOICES
+from conversations.examples import Filters
+from conversations.feedback import Feedback, FeedbackTag
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.options import InvalidOptions
@@ -69,3 +72,59 @@ class SettingsForm(forms.Form):
 
     def overrides(self):
         return {name: self.cleaned_data.get(name) for name in OPTION_FIELDS if self.cleaned_data.get(name) is not None}
+
+
+class FeedbackForm(forms.Form):
+    """The details of a rating: reason tags (active ones), a comment, a corrected answer."""
+
+    tags = forms.ModelMultipleChoiceField(queryset=None, required=False, widget=forms.CheckboxSelectMultiple)
+    comment = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    correction = forms.CharField(
+        required=False, max_length=32000, strip=False, label="Corrected answer",
+        widget=forms.Textarea(attrs={"rows": 6, "placeholder": "Write the answer you expected (optional)"}),
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tags"].queryset = FeedbackTag.objects.filter(active=True)
+
+    @classmethod
+    def for_answer(cls, message, data=None):
+        """The form of one answer's block (ids unique on a page of many answers), filled with its feedback."""
+        feedback, initial = message.owner_feedback, {}
+        if feedback is not None:
+            initial = {"tags": list(feedback.tags.all()), "comment": feedback.comment, "correction": feedback.correction}
+        return cls(data, initial=initial, auto_id=f"id_feedback{message.pk}_%s")
+
+
+class RatingForm(forms.Form):
+    rating = forms.ChoiceField(choices=Feedback.Rating.choices, required=False)
+
+
+class PrivacyForm(forms.Form):
+    allow_training_default = forms.BooleanField(
+        required=False, label="Use my new conversations to improve the models",
+    )
+    apply_to_existing = forms.BooleanField(required=False, label="Apply this to all my existing conversations too")
+
+
+class ConsentForm(forms.Form):
+    allow_training = forms.BooleanField(required=False, label="Use this conversation to improve the models")
+
+
+class SnapshotForm(forms.Form):
+    """The admin's "Create snapshot" form: the same options as `manage.py export_feedback`."""
+
+    format = forms.ChoiceField(choices=FORMAT_CHOICES)
+    since = forms.DateField(required=False, help_text="Feedback last edited on or after (YYYY-MM-DD)")
+    until = forms.DateField(required=False, help_text="Feedback last edited on or before (YYYY-MM-DD)")
+    model = forms.CharField(required=False, max_length=100, help_text="Answers of this model (name)")
+    adapter = forms.CharField(required=False, max_length=100, help_text="Answers of this adapter (name)")
+    tag = forms.CharField(required=False, max_length=50, help_text="Feedback with this tag (leaves out preferences)")
+    eval_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
+    scrub = forms.BooleanField(required=False, initial=True, label="Scrub e-mail, phone and IP addresses")
+
+    def filters(self):
+        data = self.cleaned_data
+        return Filters(since=data["since"], until=data["until"], model=data["model"].strip(),
+                       adapter=data["adapter"].strip(), tag=data["tag"].strip())

@@ -103,20 +103,23 @@ class Conversation(models.Model):
         """The messages of the active branch, oldest first, with their sibling positions.
 
         An answer that is half of a side-by-side comparison carries `comparison`, whose
-        other answer is shown beside it.
+        other answer is shown beside it. Every answer shown carries the owner's feedback
+        (`owner_feedback`, `preferred_by_owner`), loaded here in two queries.
         """
         messages = list(self.messages.all())
         path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
         comparisons = {}
         for comparison in self.comparisons.select_related("left", "right"):
             comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
-        feedback = {f.message_id: f for f in Feedback.objects.filter(user_id=self.owner_id, message__in=path)
+        shown = path + [answer for c in set(comparisons.values()) for answer in (c.left, c.right)]
+        feedback = {f.message_id: f for f in Feedback.objects.filter(user_id=self.owner_id, message__in=shown)
                     .prefetch_related("tags")}
         preferred = Preference.objects.preferred_ids(self.owner_id, path)
-        for message in path:
-            message.comparison = comparisons.get(message.pk)
+        for message in shown:
             message.owner_feedback = feedback.get(message.pk)
             message.preferred_by_owner = message.pk in preferred
+        for message in path:
+            message.comparison = comparisons.get(message.pk)
         return path
 
     def history(self, upto=None, loaded=None):

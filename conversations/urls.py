@@ -13,4 +13,10 @@ urlpatterns = [
     path("c/<int:pk>/settings/", views.conversation_settings, name="settings"),
     path("c/<int:pk>/switch/<int:message_id>/", views.conversation_switch, name="switch"),
     path("c/<int:pk>/compare/<int:comparison_id>/vote/", views.comparison_vote, name="vote"),
+    path("c/<int:pk>/consent/", views.conversation_consent, name="consent"),
+    path("c/<int:pk>/m/<int:message_id>/feedback/", views.message_feedback, name="feedback"),
+    path("c/<int:pk>/m/<int:message_id>/rate/", views.message_rate, name="rate"),
+    path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
+    path("privacy/", views.privacy, name="privacy"),
+    path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
 ]

@@ -7,13 +7,14 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations import replies
-from conversations.forms import ModelChoiceForm, RenameForm, SettingsForm
-from conversations.models import Comparison, Conversation
+from conversations import replies, tree
+from conversations.forms import (ConsentForm, FeedbackForm, ModelChoiceForm, PrivacyForm, RatingForm, RenameForm,
+                                 SettingsForm)
+from conversations.models import Comparison, Conversation, Feedback, Preference, PrivacySettings
 from modelhub.models import ModelSpec
 
 
@@ -48,7 +49,7 @@ def conversation_new(request):
     form = ModelChoiceForm(request.user, request.POST)
     if form.is_valid():
         spec, adapter = form.chosen()
-    conversation = Conversation.objects.create(owner=request.user, model=spec, adapter=adapter)
+    conversation = Conversation.objects.start_for(request.user, model=spec, adapter=adapter)
     return redirect(conversation)
 
 
@@ -61,6 +62,7 @@ def conversation_detail(request, pk):
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = _model_form(request, conversation)
     context["settings_form"] = _settings_form(request, conversation)
+    context["consent_form"] = ConsentForm(initial={"allow_training": conversation.allow_training})
     return render(request, "conversations/detail.html", context)
 
 
@@ -78,7 +80,8 @@ def conversation_settings(request, pk):
     saved = form.is_valid()
     if saved:
         conversation.update_settings(form.cleaned_data["system_prompt"], form.overrides())
-    context = {"current": conversation, "settings_form": form, "saved": saved}
+    context = {"current": conversation, "settings_form": form, "saved": saved,
+               "consent_form": ConsentForm(initial={"allow_training": conversation.allow_training})}
     if request.htmx:
         return render(request, "conversations/detail.html#settings", context, status=200 if saved else 422)
     return redirect(conversation)
@@ -158,3 +161,98 @@ def _path_changed(request, conversation):
     if request.htmx:
         return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
     return redirect(conversation)
+
+
+@login_required
+@require_POST
+def conversation_consent(request, pk):
+    """Include this conversation in training data, or keep it out of every later export."""
+    conversation = _get_conversation_for_user(request, pk)
+    form = ConsentForm(request.POST)
+    if form.is_valid():
+        conversation.set_training_consent(form.cleaned_data["allow_training"])
+    if request.htmx:
+        return render(request, "conversations/detail.html#consent", {"current": conversation, "consent_form": form,
+                                                                      "consent_saved": True})
+    return redirect(conversation)
+
+
+def _get_answer_for_user(request, pk, message_id):
+    """An answer of one of this user's conversations that can be rated (404 otherwise)."""
+    conversation = _get_conversation_for_user(request, pk)
+    message = get_object_or_404(conversation.messages.rateable(), pk=message_id)
+    tree.annotate_siblings([message], list(conversation.messages.filter(parent_id=message.parent_id)))
+    message.conversation = conversation
+    return message
+
+
+def _feedback_block(request, message, form=None, saved=False, status=200):
+    if not request.htmx:
+        return redirect(message.conversation)
+    context = {"message": message, "form": form, "saved": saved}
+    return render(request, "conversations/_feedback.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def message_feedback(request, pk, message_id):
+    """GET: the answer's feedback block (`?edit=1`: with its form open). POST: save tags, comment, correction."""
+    message = _get_answer_for_user(request, pk, message_id)
+    if request.method == "GET":
+        form = FeedbackForm.for_answer(message) if request.GET.get("edit") else None
+        return _feedback_block(request, message, form)
+    form = FeedbackForm.for_answer(message, request.POST)
+    if not form.is_valid():
+        return _feedback_block(request, message, form, status=422)
+    message.owner_feedback = Feedback.record(request.user, message, **form.cleaned_data)
+    return _feedback_block(request, message, saved=True)
+
+
+@login_required
+@require_POST
+def message_rate(request, pk, message_id):
+    """Thumbs up or down (an empty rating takes it back); the feedback's details stay."""
+    message = _get_answer_for_user(request, pk, message_id)
+    form = RatingForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse("Rate with up or down.", status=422)
+    message.owner_feedback = Feedback.record(request.user, message, rating=form.cleaned_data["rating"])
+    return _feedback_block(request, message)
+
+
+@login_required
+@require_POST
+def message_prefer(request, pk, message_id):
+    """Mark this answer as better than its regenerated siblings."""
+    message = _get_answer_for_user(request, pk, message_id)
+    try:
+        Preference.prefer_sibling(request.user, message)
+    except ValueError as exc:
+        return HttpResponse(str(exc), status=422)
+    message.preferred_by_owner = True
+    return _feedback_block(request, message)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def privacy(request):
+    """The user's default for new conversations, and deleting all their conversations."""
+    settings_row = PrivacySettings.of(request.user)
+    form = PrivacyForm(request.POST or None, initial={"allow_training_default": settings_row.allow_training_default})
+    saved = request.method == "POST" and form.is_valid()
+    if saved:
+        PrivacySettings.set_default(request.user, form.cleaned_data["allow_training_default"],
+                                    apply_to_existing=form.cleaned_data["apply_to_existing"])
+    context = {**_sidebar(request), "privacy_form": form, "saved": saved,
+               "excluded": Conversation.objects.for_user(request.user).filter(allow_training=False).count()}
+    return render(request, "conversations/privacy.html", context)
+
+
+@login_required
+@require_POST
+def delete_all_conversations(request):
+    """Delete every conversation of this user, with their messages, feedback and preferences, for good."""
+    Conversation.objects.for_user(request.user).delete()
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("conversations:list"))
+    return redirect("conversations:list")

@@ -144,3 +144,10 @@ MODELHUB_MAX_MEMORY_GB = env_float("MODELHUB_MAX_MEMORY_GB", 0.0, minimum=0)
 # Unload a model that served nothing for this many seconds (0: never).
 MODELHUB_IDLE_UNLOAD_SECONDS = env_float("MODELHUB_IDLE_UNLOAD_SECONDS", 3600.0, minimum=0)
 MODELHUB_BUILTIN_DIR = BASE_DIR / "modelhub" / "builtin"
+# Serving: at most this many replies decode together on one model (more wait in its queue);
+# prompts are prefilled this many tokens at a time, between decode steps of the others;
+# keys and values of finished replies are kept (LRU) within this many MiB per model, so
+# the next turn of a conversation does not re-read its history (0: off).
+MODELHUB_MAX_BATCH = env_int("MODELHUB_MAX_BATCH", 16, minimum=1)
+MODELHUB_PREFILL_CHUNK = env_int("MODELHUB_PREFILL_CHUNK", 512, minimum=16)
+MODELHUB_KV_CACHE_MB = env_float("MODELHUB_KV_CACHE_MB", 512.0, minimum=0)

@@ -1,11 +1,16 @@
 """The one narrow interface every model backend implements, and its two implementations.
 
-    backend.generate(messages, options, emit, is_cancelled, adapter=None) -> Usage
+A backend serves many replies at once, step by step, driven by its worker (engine.py):
 
-`messages` is a list of {"role", "content"} dicts, `emit(text)` receives chunks as
-they are produced, `is_cancelled()` is polled between decode steps and `adapter`
-is a (name, folder) LoRA adapter to apply, or None for the base model. A backend
-runs only in its worker thread (see engine.py), never on an event loop.
+    backend.open(request) -> sequence      build the prompt; raises ModelhubError for a bad request
+    backend.prefill(sequence) -> bool      feed some of its prompt; True once it decodes with the rest
+    backend.decode() -> [sequence]         one decode step for every running sequence
+    backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
+
+A sequence has `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`.
+`request.messages` is a list of {"role", "content"} dicts, `request.options` validated
+GenerationOptions and `request.adapter` a (name, folder) LoRA adapter, or None for
+the base model. A backend runs only in its worker thread, never on an event loop.
 """
 
 import re
@@ -15,29 +20,47 @@ from modelhub.options import ModelLoadError, Usage
 
 
 class TransformersBackend:
-    """A Hugging Face causal LM, loaded by modelhub.loading."""
+    """A Hugging Face causal LM, loaded by modelhub.loading, decoded in step-level batches."""
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, kv_cache_bytes=0, prefill_chunk=512):
+        from modelhub.batching import Decoder
+        from modelhub.kv_reuse import PrefixCache
+
         self.loaded = loaded
+        self.prefix_cache = PrefixCache(kv_cache_bytes) if kv_cache_bytes else None
+        self.decoder = Decoder(loaded, self.prefix_cache, prefill_chunk)
 
     @property
     def context_length(self):
         return self.loaded.context_length
 
-    def generate(self, messages, options, emit, is_cancelled, adapter=None):
-        from modelhub.generation import stream_reply
+    def open(self, request):
+        name = None
+        if request.adapter is not None:
+            name, folder = request.adapter
+            if self.loaded.adapters.get(name) != folder:
+                self._attach(name, folder)  # once; later requests only name it
+        return self.decoder.open(request.messages, request.options, name, request.started)
+
+    def _attach(self, name, folder):
         from modelhub.loading import attach_adapter
 
-        name = None
-        if adapter is not None:
-            name, folder = adapter
-            if self.loaded.adapters.get(name) != folder:
-                attach_adapter(self.loaded, name, folder)  # once; later requests only name it
-        return stream_reply(self.loaded, messages, options, emit, is_cancelled, adapter=name)
+        if self.prefix_cache is not None:
+            self.prefix_cache.forget(name)  # keys computed with a replaced adapter are stale
+        attach_adapter(self.loaded, name, folder)
+
+    def prefill(self, sequence):
+        return self.decoder.prefill(sequence)
+
+    def decode(self):
+        return self.decoder.decode()
+
+    def release(self, sequence, keep=True):
+        self.decoder.release(sequence, keep)
 
     def warm_up(self):
         """One tiny generation right after loading: the first real request then starts at full
-        speed (the first `generate` of a process pays about a second of one-off set-up)."""
+        speed (the first forward pass of a process pays about a second of one-off set-up)."""
         from modelhub.generation import stream_reply
         from modelhub.options import GenerationOptions
 
@@ -46,7 +69,7 @@ class TransformersBackend:
 
     def describe(self):
         loaded = self.loaded
-        return {
+        info = {
             "device": loaded.device,
             "dtype": loaded.dtype,
             "quantization": loaded.quantization,
@@ -54,12 +77,18 @@ class TransformersBackend:
             "context_length": loaded.context_length,
             "adapters": sorted(loaded.adapters),
         }
+        if self.prefix_cache is not None:
+            info["kv_cache_bytes"] = self.prefix_cache.bytes
+            info["kv_cache_entries"] = len(self.prefix_cache)
+        return info
 
     def close(self):
         import gc
 
         device = self.loaded.device
-        self.loaded = None
+        self.loaded = self.decoder = None
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         gc.collect()
         if device.startswith("cuda"):
             import torch
@@ -81,6 +110,7 @@ class ScriptedBackend:
         self.chunks = chunks
         self.delay = delay
         self.calls = []
+        self._running = []
 
     @classmethod
     def from_source(cls, source):
@@ -94,30 +124,66 @@ class ScriptedBackend:
                     raise ModelLoadError(f"scripted model source {source!r}: delay must be a number") from None
         return cls(delay=delay)
 
-    def generate(self, messages, options, emit, is_cancelled, adapter=None):
-        self.calls.append({"messages": messages, "options": options, "adapter": adapter})
-        started = time.monotonic()
-        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
+    def open(self, request):
+        messages, options = request.messages, request.options
+        self.calls.append({"messages": messages, "options": options, "adapter": request.adapter})
         chunks = self.chunks
         if chunks is None:  # echo the last message word by word, whitespace and all
             chunks = re.findall(r"\s*\S+", messages[-1]["content"])
-        for chunk in chunks[: options.max_new_tokens]:
-            if self.delay:
-                time.sleep(self.delay)
-            if is_cancelled():
-                usage.finish_reason = "cancelled"
-                break
-            if isinstance(chunk, Exception):
-                raise chunk
-            if usage.time_to_first_token is None:
-                usage.time_to_first_token = time.monotonic() - started
-            usage.completion_tokens += 1
-            emit(chunk)
-        else:
-            usage.finish_reason = "stop" if len(chunks) <= options.max_new_tokens else "length"
-        usage.duration = time.monotonic() - started
-        return usage
+        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
+        sequence = ScriptedSequence(list(chunks), options.max_new_tokens, usage, request.started)
+        self._running.append(sequence)
+        return sequence
+
+    def prefill(self, sequence):
+        if not sequence.chunks:
+            sequence.end("stop")
+        return True
+
+    def decode(self):
+        """One chunk for every running sequence, `delay` seconds per step."""
+        if self.delay:
+            time.sleep(self.delay)
+        running = [s for s in self._running if not s.finish_reason]
+        for sequence in running:
+            sequence.advance()
+        return running
+
+    def release(self, sequence, keep=True):
+        self._running.remove(sequence)
 
     def close(self):
         pass
 
+
+
+class ScriptedSequence:
+    """One scripted reply: its remaining chunks, handed out one per decode step."""
+
+    def __init__(self, chunks, max_new_tokens, usage, started):
+        self.chunks = chunks
+        self.limit = max_new_tokens
+        self.usage = usage
+        self.started = started
+        self.text = ""
+        self.finish_reason = ""
+        self.error = None
+
+    def advance(self):
+        chunk = self.chunks[self.usage.completion_tokens]
+        if isinstance(chunk, Exception):
+            self.error = chunk
+            return
+        if self.usage.time_to_first_token is None:
+            self.usage.time_to_first_token = time.monotonic() - self.started
+        self.usage.completion_tokens += 1
+        self.text += chunk
+        if self.usage.completion_tokens >= min(self.limit, len(self.chunks)):
+            self.end("stop" if len(self.chunks) <= self.limit else "length")
+
+    def end(self, reason):
+        self.finish_reason = self.finish_reason or reason
+
+    def take_text(self):
+        text, self.text = self.text, ""
+        return text

@@ -2,9 +2,13 @@
 
 Every request for a model goes through that model's queue and its single worker
 thread: the worker owns the model (and the GPU), loads it before serving the
-first request, and serialises access to it. This is the one place where later
-work batches requests step by step. Callers get a `Request`: they read its text
-chunks (plain or async iteration), may cancel it, and read its `usage` at the end.
+first request, and is the only thread that touches it. It schedules step by
+step: between two decode steps it admits new requests, feeds one prefill chunk
+of the oldest waiting one (so a newcomer gets its first token after at most one
+step of the others, and a long prompt never stalls them for long), drops stopped
+ones, then runs one decode step for all running requests together (batching.py).
+Callers get a `Request`: they read its text chunks (plain or async iteration),
+may cancel it, and read its `usage` at the end.
 """
 
 import asyncio
@@ -28,6 +32,7 @@ class Request:
         self.messages = messages
         self.options = options
         self.adapter = adapter  # (name, folder) of a LoRA adapter on this model, or None for the base
+        self.started = time.monotonic()  # usage times count from here, time in the queue included
         self.usage = None
         self.error = None
         self._cancel = threading.Event()
@@ -120,23 +125,31 @@ class Request:
 
 
 class Worker:
-    """Owns one model: loads it in its own thread, then serves queued requests in order."""
+    """Owns one model: loads it in its own thread, then serves its requests step by step.
 
-    def __init__(self, name, load_backend, on_ready=None):
+    A backend offers the step interface (backends.py): `open(request) -> sequence`,
+    `prefill(sequence) -> done`, `decode() -> sequences stepped`, `release(sequence, keep)`.
+    A sequence exposes `take_text()`, `finish_reason`, `error`, `usage` and `end(reason)`.
+    """
+
+    def __init__(self, name, load_backend, on_ready=None, max_batch=16):
         """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress."""
         self.name = name
         self.backend = None
         self.state = "loading"
         self.error = ""
-        self.busy = False
         self.progress = ""
         self.load_seconds = None
+        self.max_batch = max_batch
         self.last_used = time.monotonic()
         self.last_used_at = time.time()
         self._created = time.monotonic()
         self._on_ready = on_ready
         self._load_backend = load_backend
         self._queue = queue.Queue()
+        self._waiting = collections.deque()  # opened, prompt not fully prefilled yet (oldest first)
+        self._running = []  # decoding together
+        self._closing = False
         self._state_lock = threading.Lock()  # no request slips in after the queue is drained
         self._thread = threading.Thread(target=self._run, name=f"modelhub-{name}", daemon=True)
         self._thread.start()
@@ -150,7 +163,7 @@ class Worker:
         return request
 
     def close(self, timeout=30):
-        """Finish the request in progress, fail the queued ones, free the model."""
+        """Finish the requests in progress, fail the queued ones, free the model."""
         with self._state_lock:
             self.state = "closed"
             self._queue.put(None)
@@ -158,13 +171,18 @@ class Worker:
             self._thread.join(timeout)
 
     @property
+    def busy(self):
+        return bool(self._waiting or self._running)
+
+    @property
     def idle(self):
         return self.state == "ready" and not self.busy and self._queue.empty()
 
     def describe(self):
-        """Runtime status for admins: state, where and how it is loaded, memory, adapters."""
+        """Runtime status for admins: state, where and how it is loaded, memory, adapters, batch."""
         info = {"state": self.state, "error": self.error, "last_used_at": self.last_used_at}
         info["load_seconds"] = self.load_seconds
+        info["running"], info["waiting"] = len(self._running), len(self._waiting) + self._queue.qsize()
         if self.state == "loading":
             info["loading_for_seconds"] = round(time.monotonic() - self._created, 1)
             info["progress"] = self.progress
@@ -187,11 +205,12 @@ class Worker:
             log.exception("loading %s failed", self.name)
             self._fail_all(ModelLoadError(f"loading {self.name!r} failed: {exc}"))
             return
-        while True:
-            request = self._queue.get()
-            if request is None:
-                break
-            self._serve(request)
+        while not (self._closing and not self.busy):
+            self._admit(block=not self.busy)
+            self._drop_cancelled()
+            self._prefill_one()
+            self._decode_step()
+            self.last_used, self.last_used_at = time.monotonic(), time.time()
         self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
         self.backend.close()
         self.backend = None
@@ -199,30 +218,101 @@ class Worker:
     def _report_progress(self, text):
         self.progress = text
 
-    def _serve(self, request):
-        self.busy = True
-        self.last_used, self.last_used_at = time.monotonic(), time.time()
-        try:
-            self._generate(request)
-        finally:
-            self.busy = False
-            self.last_used, self.last_used_at = time.monotonic(), time.time()
+    # --- scheduling ----------------------------------------------------------
 
-    def _generate(self, request):
+    def _admit(self, block):
+        """Open queued requests while there is room; wait for one when there is nothing else to do."""
+        while not self._closing and len(self._waiting) + len(self._running) < self.max_batch:
+            try:
+                request = self._queue.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if request is None:
+                self._closing = True
+                return
+            self._open(request)
+
+    def _open(self, request):
         if request.is_cancelled():
             request.finish(Usage(finish_reason="cancelled"))
             return
         try:
-            usage = self.backend.generate(
-                request.messages, request.options, request.emit, request.is_cancelled, adapter=request.adapter
-            )
-        except ModelhubError as exc:
-            request.fail(exc)
-        except Exception as exc:  # isolate the failure to this request; the message is stored
-            log.exception("generation failed on %s", self.name)
-            request.fail(ModelhubError(f"generation failed: {exc}", code="generation_failed"))
-        else:
-            request.finish(usage)
+            sequence = self.backend.open(request)
+        except Exception as exc:
+            self._report_failure(request, exc)
+            return
+        sequence.request = request
+        self._waiting.append(sequence)
+
+    def _drop_cancelled(self):
+        for sequence in [s for s in (*self._waiting, *self._running) if s.request.is_cancelled()]:
+            sequence.end("cancelled")
+            self._retire(sequence)
+
+    def _prefill_one(self):
+        if not self._waiting:
+            return
+        sequence = self._waiting[0]
+        try:
+            done = self.backend.prefill(sequence)
+        except Exception as exc:
+            self._retire(sequence, exc)
+            return
+        if done:
+            self._waiting.popleft()
+            self._running.append(sequence)
+            self._deliver(sequence)
+
+    def _decode_step(self):
+        if not self._running:
+            return
+        try:
+            stepped = self.backend.decode()
+        except Exception as exc:  # the batched forward itself failed: no row can go on
+            for sequence in list(self._running):
+                self._retire(sequence, exc)
+            return
+        for sequence in stepped:
+            self._deliver(sequence)
+
+    def _deliver(self, sequence):
+        """Hand the sequence's new text to its caller; retire it if it ended or failed."""
+        try:
+            text = sequence.take_text()
+            if text:
+                sequence.request.emit(text)
+        except Exception as exc:  # noqa: BLE001 - a caller's failure is that request's alone
+            sequence.error = exc
+        if sequence.error is not None or sequence.finish_reason:
+            self._retire(sequence, sequence.error)
+
+    def _retire(self, sequence, error=None):
+        """Take an ended sequence out of the schedule and close its request."""
+        for group in (self._waiting, self._running):
+            if sequence in group:
+                group.remove(sequence)
+        request = sequence.request
+        try:
+            self.backend.release(sequence, keep=error is None)
+        except Exception:  # noqa: BLE001 - releasing must never take the worker down
+            log.exception("releasing a sequence on %s failed", self.name)
+        if error is not None:
+            self._report_failure(request, error)
+            return
+        text = sequence.take_text()
+        if text:
+            request.emit(text)
+        usage = sequence.usage
+        usage.finish_reason = sequence.finish_reason or "cancelled"
+        usage.duration = time.monotonic() - request.started
+        request.finish(usage)
+
+    def _report_failure(self, request, exc):
+        if not isinstance(exc, ModelhubError):
+            log.error("generation failed on %s", self.name, exc_info=exc)
+            exc = ModelhubError(f"generation failed: {exc}", code="generation_failed")
+        request.fail(exc)
 
     def _fail_all(self, error):
         with self._state_lock:

@@ -1,16 +1,15 @@
-"""How a reply is generated with transformers: chat template -> generate -> streamer.
+"""How a conversation becomes a prompt for a causal LM, and a reply generated on its own.
 
 A causal LM produces the reply one token at a time, each conditioned on the prompt
 and everything generated so far. We format the conversation with the tokenizer's
-own chat template, cut the oldest turns when it would not fit the context window
-(saying how many were cut), and let `model.generate` decode with a streamer that
-hands text to the caller token by token, as soon as it is stable, and checks the
-caller's cancel flag at every decode step.
+own chat template and cut the oldest turns when it would not fit the context
+window (saying how many were cut). Decoding itself lives in batching.py (many
+replies at once, in the model's worker) and decoding.py (sampling, detokenizing).
 """
 
 import time
 
-from modelhub.options import GenerationOptions, PromptTooLong, Usage
+from modelhub.options import GenerationOptions, PromptTooLong
 
 
 def render_prompt(tokenizer, messages):
@@ -60,111 +59,35 @@ def build_prompt(tokenizer, messages, context_length, max_new_tokens):
     return best
 
 
-def sampling_kwargs(options: GenerationOptions):
-    if options.temperature == 0:
-        return {"do_sample": False}
-    return {
-        "do_sample": True,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "top_k": options.top_k or None,
-    }
-
-
 def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled, adapter=None):
-    """Generate one reply; call emit(text) for each chunk; return its Usage.
+    """Generate one reply on its own; call emit(text) for each chunk; return its Usage.
 
-    Runs in the model's worker thread. The streamer sees every decode step and
-    checks `is_cancelled()` there, so a stop takes effect within one step (it
-    ends `generate` by raising GenerationCancelled). Once adapters are attached
-    the model is a peft model, and each request names its adapter (or
-    "__base__"): no set_adapter, so nothing about the shared model changes
-    between requests.
+    The same decode machinery the model's worker batches (batching.py), driven for
+    a single sequence: warm-up, samples, scripts. `is_cancelled()` is checked before
+    every decode step, so a stop takes effect within one step.
     """
-    import torch
+    from modelhub.batching import Decoder
 
-    started = time.monotonic()
-    usage = Usage()
-    prompt_ids, cut = build_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
-    usage.prompt_tokens = len(prompt_ids)
-    usage.truncated_messages = cut
-
-    def on_first_token():
-        usage.time_to_first_token = time.monotonic() - started
-
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    extra = {"adapter_names": [adapter or "__base__"]} if loaded.is_peft else {}
-    streamer = IncrementalStreamer(loaded.tokenizer, emit, on_first_token, is_cancelled)
-    input_ids = torch.tensor([prompt_ids], device=loaded.device)
-    try:
-        with torch.inference_mode():
-            loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=options.max_new_tokens,
-                min_new_tokens=options.max_new_tokens if options.ignore_eos else None,
-                repetition_penalty=options.repetition_penalty,
-                streamer=streamer,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-                eos_token_id=loaded.tokenizer.eos_token_id,
-                **sampling_kwargs(options),
-                **extra,
-            )
-        usage.finish_reason = "stop" if streamer.tokens[-1:] == [loaded.tokenizer.eos_token_id] else "length"
-    except GenerationCancelled:
-        streamer.end()
-        usage.finish_reason = "cancelled"
-    usage.completion_tokens = len(streamer.tokens)
-    usage.duration = time.monotonic() - started
-    return usage
-
-
-class GenerationCancelled(Exception):
-    """Raised from inside `generate` (by the streamer) to stop at the current decode step."""
-
-
-class IncrementalStreamer:
-    """A `generate` streamer that emits text token by token, as soon as it is stable.
-
-    Decoding a token alone can be wrong (a leading space, half of a UTF-8 character),
-    so each step decodes a short window of recent tokens and emits what it adds to
-    the text already emitted, holding back while the text ends in an incomplete
-    character (the incremental detokenization used by TGI and vLLM).
-    """
-
-    def __init__(self, tokenizer, emit, on_first_token, is_cancelled):
-        self.tokenizer = tokenizer
-        self.emit = emit
-        self.on_first_token = on_first_token
-        self.is_cancelled = is_cancelled
-        self.tokens = []
-        self.prefix = 0  # window start: tokens before it are settled
-        self.read = 0  # tokens up to here have been emitted
-        self.prompt_seen = False
-
-    def _decode(self, tokens):
-        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def put(self, value):
-        if not self.prompt_seen:  # generate() first passes the prompt
-            self.prompt_seen = True
-            return
-        if not self.tokens:
-            self.on_first_token()
-        self.tokens.extend(value.reshape(-1).tolist())
-        before = self._decode(self.tokens[self.prefix : self.read])
-        after = self._decode(self.tokens[self.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.emit(after[len(before) :])
-            self.prefix, self.read = self.read, len(self.tokens)
-        if self.is_cancelled():
-            raise GenerationCancelled
-
-    def end(self):
-        rest = self._decode(self.tokens[self.prefix :])[len(self._decode(self.tokens[self.prefix : self.read])) :]
-        if rest:
-            self.emit(rest)
+    decoder = Decoder(loaded)
+    seq = decoder.open(messages, options, adapter)
+    while not decoder.prefill(seq):
+        pass
+    while True:
+        text = seq.take_text()
+        if text:
+            emit(text)
+        if seq.finish_reason:
+            break
+        if is_cancelled():
+            seq.end("cancelled")
+            continue  # emit what the detokenizer held back
+        decoder.decode()
+        if seq.error is not None:
+            raise seq.error
+    decoder.release(seq, keep=False)
+    seq.usage.finish_reason = seq.finish_reason
+    seq.usage.duration = time.monotonic() - seq.started
+    return seq.usage
 
 
 def generate_text(model, tokenizer, messages, max_new_tokens=64):

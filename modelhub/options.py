@@ -106,6 +106,7 @@ class Usage:
     duration: float = 0.0  # seconds from the request's start to its end
     finish_reason: str = ""  # stop (end of turn), length, cancelled, error
     truncated_messages: int = 0  # oldest history messages left out to fit the context
+    cached_prompt_tokens: int = 0  # prompt tokens whose keys and values were reused from an earlier turn
 
     def as_dict(self):
         return asdict(self)

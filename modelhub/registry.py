@@ -42,7 +42,7 @@ class Registry:
             evicted = []
             while len(self._workers) >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
                 evicted.append(victim)
-            worker = Worker(spec.name, _loader(spec), on_ready=self._after_load)
+            worker = Worker(spec.name, _loader(spec), on_ready=self._after_load, max_batch=settings.MODELHUB_MAX_BATCH)
             self._workers[spec.name] = worker
             self.load_counts[spec.name] += 1
             self._start_reaper()
@@ -53,7 +53,7 @@ class Registry:
         """Serve `name` with a built backend, or with what `load()` builds (scripted ones in tests)."""
         with self._lock:
             old = self._workers.pop(name, None)
-            self._workers[name] = Worker(name, load or (lambda progress: backend))
+            self._workers[name] = Worker(name, load or (lambda progress: backend), max_batch=settings.MODELHUB_MAX_BATCH)
         if old is not None:
             old.close()
 
@@ -159,7 +159,11 @@ def _loader(spec):
             import torch
 
             torch.set_num_threads(threads)
-        backend = TransformersBackend(loading.load(load_settings, progress))
+        backend = TransformersBackend(
+            loading.load(load_settings, progress),
+            kv_cache_bytes=int(settings.MODELHUB_KV_CACHE_MB * 2**20),
+            prefill_chunk=settings.MODELHUB_PREFILL_CHUNK,
+        )
         progress("warming up")
         backend.warm_up()
         return backend

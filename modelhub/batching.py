@@ -1,0 +1,225 @@
+"""Step-level batching: replies on one model decode together, joining and leaving between steps.
+
+Each request becomes a `Sequence`. Its prompt is prefilled alone, a chunk at a
+time (so a long prompt never holds the others' decoding up for long), into a KV
+cache of its own, starting from the longest stored prefix of earlier turns when
+there is one (kv_reuse.py). Then it joins the `Batch`: one KV cache for every
+running sequence, left-padded to a common length, with an attention mask that
+hides the padding and position ids that count only each row's real tokens, so a
+row computes exactly what it would compute alone. Every decode step feeds each
+row its last token and samples its next one with that request's own settings.
+A finished, stopped or failed sequence leaves between steps; the other rows'
+keys, values, mask and positions are untouched.
+
+Rows may name different LoRA adapters of the shared base: peft's `adapter_names`
+applies each row's adapter within one forward pass ("__base__" for none).
+Only the model's worker thread uses these objects.
+"""
+
+import time
+
+import torch
+from transformers import DynamicCache
+
+from modelhub.decoding import Detokenizer, Sampler
+from modelhub.generation import build_prompt
+from modelhub.options import Usage
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+class Sequence:
+    """One reply: its prompt, its own cache until it joins the batch, its tokens and new text."""
+
+    def __init__(self, prompt_ids, options, adapter, sampler, detokenizer, started):
+        self.prompt_ids = prompt_ids
+        self.options = options
+        self.adapter = adapter or BASE
+        self.sampler = sampler
+        self.detokenizer = detokenizer
+        self.started = started
+        self.cache = DynamicCache()
+        self.fed = 0  # prompt tokens already in the cache
+        self.tokens = []  # sampled tokens, the end-of-turn token included
+        self.text = ""  # text produced since the caller last took it
+        self.finish_reason = ""
+        self.error = None
+        self.usage = Usage(prompt_tokens=len(prompt_ids))
+
+    @property
+    def prefilled(self):
+        return self.fed == len(self.prompt_ids)
+
+    @property
+    def cached_ids(self):
+        """The tokens whose keys and values are in this sequence's cache (the last sampled one is not fed yet)."""
+        return self.prompt_ids[: self.fed] + self.tokens[:-1]
+
+    def accept(self, token):
+        """Record the sampled token; end the reply on an end-of-turn token or at max_new_tokens."""
+        if not self.tokens:
+            self.usage.time_to_first_token = time.monotonic() - self.started
+        self.tokens.append(token)
+        if token in self.sampler.eos_ids:
+            self.end("stop")
+            return
+        self.text += self.detokenizer.add(token)
+        if len(self.tokens) >= self.options.max_new_tokens:
+            self.end("length")
+
+    def end(self, reason):
+        if not self.finish_reason:
+            self.finish_reason = reason
+            self.text += self.detokenizer.flush()
+        self.usage.completion_tokens = len(self.tokens)
+
+    def take_text(self):
+        text, self.text = self.text, ""
+        return text
+
+
+def _left_pad(tensor, length, dim):
+    """`tensor` grown to `length` along `dim` with zeros in front."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class Batch:
+    """The running sequences' shared cache: row i of every layer's keys/values is rows[i]'s."""
+
+    def __init__(self):
+        self.rows = []
+        self.cache = None
+        self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
+
+    def add(self, seq):
+        """Move a prefilled sequence's own cache into the batch as a new last row."""
+        own = torch.ones(1, seq.fed, dtype=torch.long, device=seq.cache.layers[0].keys.device)
+        if not self.rows:
+            self.cache, self.mask = seq.cache, own
+        else:
+            length = max(self.mask.shape[1], seq.fed)
+            for mine, theirs in zip(self.cache.layers, seq.cache.layers):
+                mine.keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
+                mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
+            self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(own, length, 1)])
+        self.rows.append(seq)
+        seq.cache = None
+
+    def remove(self, seq):
+        """Take a sequence's row out; return its keys and values (real tokens only, copied)."""
+        i = self.rows.index(seq)
+        real = int(self.mask[i].sum())
+        layers = [(lay.keys[i : i + 1, :, -real:].clone(), lay.values[i : i + 1, :, -real:].clone()) for lay in self.cache.layers]
+        del self.rows[i]
+        if not self.rows:
+            self.cache = self.mask = None
+            return layers
+        keep = torch.tensor([j for j in range(len(self.rows) + 1) if j != i], device=self.mask.device)
+        self.mask = self.mask.index_select(0, keep)
+        # Columns that are padding in every remaining row are dropped.
+        pad = self.mask.shape[1] - int(self.mask.sum(1).max())
+        self.mask = self.mask[:, pad:]
+        for lay in self.cache.layers:
+            lay.keys = lay.keys.index_select(0, keep)[:, :, pad:]
+            lay.values = lay.values.index_select(0, keep)[:, :, pad:]
+        return layers
+
+    def step(self, model, is_peft):
+        """One decode step for every row: feed each its last token; the next-token logits, [rows, vocab]."""
+        device = self.mask.device
+        input_ids = torch.tensor([[seq.tokens[-1]] for seq in self.rows], device=device)
+        positions = self.mask.sum(1, keepdim=True)  # each row's count of real tokens so far
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        extra = {"adapter_names": [seq.adapter for seq in self.rows]} if is_peft else {}
+        out = model(
+            input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
+            past_key_values=self.cache, use_cache=True, logits_to_keep=1, **extra,
+        )
+        return out.logits[:, -1]
+
+
+class Decoder:
+    """Opens, prefills, decodes and releases sequences on one loaded model (see the module docstring)."""
+
+    def __init__(self, loaded, prefix_cache=None, prefill_chunk=512):
+        self.loaded = loaded
+        self.prefix_cache = prefix_cache
+        self.prefill_chunk = prefill_chunk
+        self.batch = Batch()
+        eos = loaded.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_ids = sorted(set(eos) | ({loaded.tokenizer.eos_token_id} - {None}))
+
+    def open(self, messages, options, adapter=None, started=None):
+        """A new sequence for this reply, its prompt built and matched against stored prefixes."""
+        loaded = self.loaded
+        prompt_ids, cut = build_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
+        sampler = Sampler(options, self.eos_ids, loaded.model.device)
+        seq = Sequence(prompt_ids, options, adapter, sampler, Detokenizer(loaded.tokenizer), started or time.monotonic())
+        seq.usage.truncated_messages = cut
+        if self.prefix_cache is not None:
+            reused, layers = self.prefix_cache.lookup(seq.adapter, prompt_ids)
+            if reused:
+                seq.cache = DynamicCache(ddp_cache_data=layers)
+                seq.fed = seq.usage.cached_prompt_tokens = reused
+        return seq
+
+    def prefill(self, seq):
+        """Feed the next chunk of the prompt; once all is in, sample the first token and join the batch.
+
+        Returns True when the sequence has left prefill (joined the batch, or already ended).
+        """
+        chunk = seq.prompt_ids[seq.fed : seq.fed + self.prefill_chunk]
+        device = self.loaded.model.device
+        extra = {"adapter_names": [seq.adapter]} if self.loaded.is_peft else {}
+        with torch.inference_mode():
+            out = self.loaded.model(
+                input_ids=torch.tensor([chunk], device=device),
+                attention_mask=torch.ones(1, seq.fed + len(chunk), dtype=torch.long, device=device),
+                position_ids=torch.arange(seq.fed, seq.fed + len(chunk), device=device).unsqueeze(0),
+                past_key_values=seq.cache, use_cache=True, logits_to_keep=1, **extra,
+            )
+            seq.fed += len(chunk)
+            if not seq.prefilled:
+                return False
+            seq.accept(seq.sampler(out.logits[0, -1], seq.prompt_ids, 0))
+        if not seq.finish_reason:
+            self.batch.add(seq)
+        return True
+
+    def decode(self):
+        """One step for every sequence in the batch; a failure in one row's sampling fails only that row."""
+        rows = list(self.batch.rows)
+        with torch.inference_mode():
+            logits = self.batch.step(self.loaded.model, self.loaded.is_peft)
+            greedy = logits.argmax(-1).tolist()
+            for i, seq in enumerate(rows):
+                try:
+                    if seq.sampler.greedy:
+                        seq.accept(greedy[i])
+                    else:
+                        seq.accept(seq.sampler(logits[i], seq.prompt_ids + seq.tokens, len(seq.tokens)))
+                except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
+                    seq.error = exc
+        return rows
+
+    def release(self, seq, keep=True):
+        """Take the sequence out of the batch; keep its keys and values for a later turn (`keep`)."""
+        if seq in self.batch.rows:
+            layers = self.batch.remove(seq)
+        elif seq.cache is not None and seq.fed:
+            layers = [(lay.keys, lay.values) for lay in seq.cache.layers]
+            seq.cache = None
+        else:
+            return
+        if keep and self.prefix_cache is not None:
+            self.prefix_cache.store(seq.adapter, seq.cached_ids, layers)
+
+    @property
+    def running(self):
+        return len(self.batch.rows)

@@ -76,6 +76,7 @@ class TransformersBackend:
             "memory_bytes": loaded.memory_bytes,
             "context_length": loaded.context_length,
             "adapters": sorted(loaded.adapters),
+            "peak_batch": self.decoder.batch.peak,
         }
         if self.prefix_cache is not None:
             info["kv_cache_bytes"] = self.prefix_cache.bytes

@@ -95,6 +95,7 @@ class Batch:
         self.rows = []
         self.cache = None
         self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
+        self.peak = 0  # the most rows ever decoded together
 
     def add(self, seq):
         """Move a prefilled sequence's own cache into the batch as a new last row."""
@@ -108,6 +109,7 @@ class Batch:
                 mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
             self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(own, length, 1)])
         self.rows.append(seq)
+        self.peak = max(self.peak, len(self.rows))
         seq.cache = None
 
     def remove(self, seq):

@@ -47,7 +47,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Feedback)
 class FeedbackAdmin(ReadOnlyAdmin):
-    list_display = ["message", "user", "rating", "tag_list", "model", "has_correction", "updated_at"]
+    list_display = ["excerpt", "user", "rating", "tag_list", "model", "has_correction", "updated_at"]
     list_filter = ["rating", "tags", "message__model_name", "message__adapter_name"]
     list_select_related = ["message", "user"]
     search_fields = ["comment", "correction", "message__content", "user__username"]
@@ -56,6 +56,11 @@ class FeedbackAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("tags")
+
+    @admin.display(description="answer")
+    def excerpt(self, feedback):
+        text = " ".join(feedback.message.content.split())
+        return text if len(text) <= 80 else text[:79] + "…"
 
     @admin.display(description="tags")
     def tag_list(self, feedback):

@@ -128,7 +128,7 @@ def _dedupe(built, scrubber):
     rows, duplicates = {}, 0
     for example in built:
         row = _scrubbed(example.row, scrubber) if scrubber else example.row
-        line = json.dumps(row, ensure_ascii=False, sort_keys=True)
+        line = json.dumps(row, ensure_ascii=False)  # keys in TRL's column order
         if line in rows:
             duplicates += 1
             rows[line].feedback_ids |= example.feedback_ids

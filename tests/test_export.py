@@ -1,0 +1,264 @@
+"""Exporting feedback as frozen TRL datasets: shapes, consent, scrubbing, split, lineage, command, admin."""
+
+import json
+from datetime import date, timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+from django.utils import timezone
+
+from conversations.datasets import DatasetSnapshot, SnapshotChanged, export_snapshot, in_eval
+from conversations.examples import Filters
+from conversations.models import Conversation, Feedback, FeedbackTag, Preference
+from conversations.scrub import Scrubber
+from modelhub.models import ModelSpec
+
+COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}
+
+
+@pytest.fixture(autouse=True)
+def datasets_dir(settings, tmp_path):
+    settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
+    return settings.CHAT_DATASETS_DIR
+
+
+def spec(name):
+    return ModelSpec.objects.get_or_create(name=name, defaults={"source": "-", "backend": "scripted"})[0]
+
+
+def ask(conversation, question, text, model="base", parent=None):
+    """A question (unless `parent` is given: then another answer to it) and a finished answer."""
+    if parent is None:
+        parent = conversation.add_user_message(question)
+    reply = conversation.start_reply(spec(model), {}, parent=parent)
+    reply.finish("complete", text)
+    return reply
+
+
+def rows(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def all_rows(snapshot):
+    return rows(snapshot.train_path) + rows(snapshot.eval_path)
+
+
+@pytest.fixture
+def rated(owner, conversation):
+    """One conversation with a system prompt: a corrected answer, two rated siblings, a preferred sibling."""
+    conversation.update_settings("Be brief.", {})
+    first = ask(conversation, "Capital of France?", "Lyon.")
+    second = ask(conversation, "", "Paris.", parent=first.parent)
+    Feedback.record(owner, first, rating="down", correction="Paris.")
+    Feedback.record(owner, second, rating="up")
+    later = ask(conversation, "And of Italy?", "Rome.")
+    Feedback.record(owner, later, rating="up")
+    return first, second, later
+
+
+PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+
+
+@pytest.mark.parametrize("format", ["sft", "dpo", "kto"])
+def test_each_format_loads_with_datasets_and_has_exactly_trls_columns(rated, format):
+    from datasets import load_dataset
+
+    snapshot = export_snapshot(format, eval_fraction=0)
+    dataset = load_dataset("json", data_files={"train": snapshot.train_path}, split="train")
+    assert dataset.column_names == COLUMNS[format]
+    assert len(dataset) == snapshot.counts["train"] > 0 and snapshot.counts["eval"] == 0
+    assert open(snapshot.eval_path).read() == ""
+
+
+def test_corrections_give_sft_rows_and_dpo_pairs_with_the_branch_as_prompt(rated):
+    first, second, later = rated
+    assert all_rows(export_snapshot("sft")) == [{"messages": PROMPT + [{"role": "assistant", "content": "Paris."}]}]
+    dpo = all_rows(export_snapshot("dpo"))
+    correction = {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "Paris."}],
+                  "rejected": [{"role": "assistant", "content": "Lyon."}]}
+    # the correction and the thumbs up/down siblings give the same pair: one row after dedup
+    assert dpo == [correction]
+
+
+def test_thumbs_give_kto_rows_with_the_history_of_their_branch(rated):
+    kto = sorted(all_rows(export_snapshot("kto")), key=lambda row: row["completion"][0]["content"])
+    assert [(row["completion"][0]["content"], row["label"]) for row in kto] == [
+        ("Lyon.", False), ("Paris.", True), ("Rome.", True)]
+    assert kto[0]["prompt"] == PROMPT
+    assert kto[2]["prompt"] == PROMPT + [{"role": "assistant", "content": "Paris."},
+                                         {"role": "user", "content": "And of Italy?"}]
+
+
+def test_preferred_siblings_and_side_by_side_verdicts_give_dpo_pairs_and_both_bad_gives_two_kto_false(owner,
+                                                                                                      conversation):
+    first = ask(conversation, "Tell a joke", "No.")
+    second = ask(conversation, "", "Knock knock.", parent=first.parent)
+    Preference.prefer_sibling(owner, second)
+    verdicts = {}
+    for choice in ("right", "tie", "both_bad"):
+        comparison = conversation.start_comparison(f"q-{choice}", (spec("a"), None, {}), (spec("b"), None, {}))
+        comparison.left.finish("complete", f"left-{choice}")
+        comparison.right.finish("complete", f"right-{choice}")
+        comparison.decide(choice)
+        verdicts[choice] = comparison
+    dpo = export_snapshot("dpo")
+    pairs = {(row["chosen"][0]["content"], row["rejected"][0]["content"]) for row in all_rows(dpo)}
+    assert pairs == {("Knock knock.", "No."), ("right-right", "left-right")}
+    assert dpo.counts["sources"] == {"comparison": 1, "sibling": 1}
+    kto = export_snapshot("kto")
+    assert sorted((r["completion"][0]["content"], r["label"]) for r in all_rows(kto)) == [
+        ("left-both_bad", False), ("right-both_bad", False)]
+    assert list(kto.preferences.all()) == [verdicts["both_bad"].preference]
+
+
+def test_conversations_kept_out_of_training_and_deleted_ones_are_not_exported(owner, other_user, conversation, rated):
+    theirs = Conversation.objects.create(owner=other_user)
+    Feedback.record(other_user, ask(theirs, "secret?", "yes"), rating="up")
+    conversation.set_training_consent(False)
+    snapshot = export_snapshot("kto")
+    assert [row["completion"][0]["content"] for row in all_rows(snapshot)] == ["yes"]
+    theirs.delete()
+    assert all_rows(export_snapshot("kto")) == []
+
+
+def test_pii_is_scrubbed_by_default_and_kept_with_no_scrub(owner, conversation):
+    text = "Mail jane.doe@example.com or call +1 (555) 123-4567; host 10.0.0.12 or 2001:db8::1"
+    Feedback.record(owner, ask(conversation, text, "Noted: jane.doe@example.com"), rating="up")
+    scrubbed = all_rows(export_snapshot("kto"))[0]
+    assert scrubbed["prompt"][0]["content"] == "Mail [EMAIL] or call [PHONE]; host [IP] or [IP]"
+    assert scrubbed["completion"][0]["content"] == "Noted: [EMAIL]"
+    kept = export_snapshot("kto", scrub=False)
+    assert all_rows(kept)[0]["prompt"][0]["content"] == text
+    assert kept.card["scrubbing"]["enabled"] is False
+    assert DatasetSnapshot.objects.get(card__scrubbing__enabled=True).card["scrubbing"]["replaced"] == {
+        "email": 2, "phone": 1, "ip": 2}
+
+
+def test_the_scrubber_leaves_ordinary_numbers_dates_and_times_alone():
+    scrub = Scrubber()
+    text = "On 2024-01-31 at 12:30:45, version 1.2.3 cost 3.14159 for 1,000 items in 2024"
+    assert scrub(text) == text
+    assert scrub("ping 192.168.1.20 or fe80::1, phone 555-123-4567") == "ping [IP] or [IP], phone [PHONE]"
+
+
+def test_exact_duplicates_are_removed_and_counted(owner, conversation, other_user):
+    for _ in range(2):
+        Feedback.record(owner, ask(Conversation.objects.create(owner=owner), "hi", "hello"), rating="up")
+    snapshot = export_snapshot("kto")
+    assert len(all_rows(snapshot)) == 1 and snapshot.counts["duplicates_removed"] == 1
+    assert snapshot.feedback.count() == 2  # both rows produced the line in the file
+
+
+def make_prompts(owner, count):
+    for number in range(count):
+        conversation = Conversation.objects.create(owner=owner)
+        Feedback.record(owner, ask(conversation, f"question {number}", f"answer {number}"), rating="up")
+
+
+def test_the_split_is_stable_across_runs_and_independent_of_row_order(owner, datasets_dir):
+    make_prompts(owner, 40)
+    first = export_snapshot("kto", eval_fraction=0.3)
+    eval_prompts = {row["prompt"][-1]["content"] for row in rows(first.eval_path)}
+    assert 0 < len(eval_prompts) < 40
+    for row in all_rows(first):  # the split is exactly the hash rule
+        assert in_eval(json.dumps(row["prompt"], ensure_ascii=False, sort_keys=True), 0.3) == (
+            row["prompt"][-1]["content"] in eval_prompts)
+    # the same feedback again, created in reverse order (other ids, other row order): identical files
+    records = list(Feedback.objects.select_related("message").order_by("-pk"))
+    Feedback.objects.all().delete()
+    for feedback in records:
+        Feedback.record(owner, feedback.message, rating="up")
+    second = export_snapshot("kto", eval_fraction=0.3)
+    assert (second.train_sha256, second.eval_sha256) == (first.train_sha256, first.eval_sha256)
+
+
+def test_a_snapshots_lineage_is_exact_and_later_feedback_does_not_change_it(owner, conversation, rated):
+    first, second, later = rated
+    untagged = Feedback.objects.get(message=later)
+    snapshot = export_snapshot("sft")
+    assert list(snapshot.feedback.all()) == [Feedback.objects.get(message=first)]
+    kto = export_snapshot("kto")
+    assert set(kto.feedback.all()) == set(Feedback.objects.all()) and untagged in kto.feedback.all()
+    Feedback.record(owner, ask(conversation, "More?", "Yes."), rating="up", correction="Sure.")
+    assert snapshot.feedback.count() == 1 and kto.feedback.count() == 3
+    assert snapshot.verify() == {"train": snapshot.files()["train"], "eval": snapshot.files()["eval"]}
+
+
+def test_files_are_never_overwritten_and_a_changed_file_is_detected(rated, tmp_path):
+    out = tmp_path / "mine.jsonl"
+    snapshot = export_snapshot("kto", out=out, eval_fraction=0)
+    assert snapshot.eval_path == str(tmp_path / "mine.eval.jsonl")
+    assert json.loads((tmp_path / "mine.card.json").read_text())["snapshot_id"] == snapshot.pk
+    with pytest.raises(FileExistsError):
+        export_snapshot("kto", out=out)
+    assert DatasetSnapshot.objects.count() == 1
+    out.write_text("tampered\n")
+    with pytest.raises(SnapshotChanged):
+        snapshot.verify()
+
+
+def test_the_card_records_counts_sources_labels_filters_and_hashes(rated):
+    snapshot = export_snapshot("kto", filters=Filters(model="base"), eval_fraction=0)
+    card = json.loads(open(snapshot.card_path).read())
+    assert card == snapshot.card
+    assert card["counts"]["train"] == 3 and card["counts"]["labels"]["train"] == {"false": 1, "true": 2}
+    assert card["counts"]["sources"] == {"thumbs": 3}
+    assert card["filters"]["model"] == "base" and card["split"]["eval_fraction"] == 0
+    assert card["files"]["train"]["sha256"] == snapshot.train_sha256 and card["lineage"] == {"feedback": 3,
+                                                                                           "preferences": 0}
+
+
+def test_the_command_exports_with_model_adapter_tag_and_date_filters(owner, conversation, tmp_path, capsys):
+    wrong = FeedbackTag.objects.create(name="wrong", label="Wrong")
+    Feedback.record(owner, ask(conversation, "a?", "from base"), rating="down", tags=[wrong])
+    Feedback.record(owner, ask(conversation, "b?", "from other", model="other"), rating="up")
+    old = Feedback.record(owner, ask(conversation, "c?", "old base"), rating="up")
+    Feedback.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=30))
+
+    def export(name, *options):
+        call_command("export_feedback", "--format", "kto", "--out", str(tmp_path / name), "--eval-fraction", "0",
+                     *options)
+        return sorted(row["completion"][0]["content"] for row in rows(tmp_path / name))
+
+    assert export("all.jsonl") == ["from base", "from other", "old base"]
+    assert export("model.jsonl", "--model", "base") == ["from base", "old base"]
+    assert export("tag.jsonl", "--tag", "wrong") == ["from base"]
+    since = (date.today() - timedelta(days=7)).isoformat()
+    assert export("recent.jsonl", "--since", since) == ["from base", "from other"]
+    assert export("until.jsonl", "--until", since) == ["old base"]
+    assert export("adapter.jsonl", "--adapter", "none-such") == []
+    assert "Snapshot #" in capsys.readouterr().out
+    assert DatasetSnapshot.objects.get(train_path=str(tmp_path / "tag.jsonl")).filters["tag"] == "wrong"
+    with pytest.raises(CommandError, match="not a date"):
+        call_command("export_feedback", "--format", "kto", "--since", "yesterday")
+
+
+def test_non_staff_never_reach_the_admin_export(client, owner, rated):
+    client.force_login(owner)
+    add = reverse("admin:conversations_datasetsnapshot_add")
+    for response in (client.get(add), client.post(add, {"format": "kto", "eval_fraction": "0.1", "scrub": "on"})):
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert not DatasetSnapshot.objects.exists()
+
+
+def test_staff_without_the_add_permission_cannot_export(client, staff, rated):
+    client.force_login(staff)
+    response = client.post(reverse("admin:conversations_datasetsnapshot_add"), {"format": "kto", "eval_fraction": "0"})
+    assert response.status_code == 403 and not DatasetSnapshot.objects.exists()
+
+
+def test_staff_create_a_snapshot_from_the_admin_and_read_its_card(client, staff, rated):
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="conversations"))
+    client.force_login(staff)
+    add = reverse("admin:conversations_datasetsnapshot_add")
+    assert "Create snapshot" in client.get(add).content.decode()
+    response = client.post(add, {"format": "dpo", "eval_fraction": "0.1", "scrub": "on", "model": "base"})
+    snapshot = DatasetSnapshot.objects.get()
+    assert response.status_code == 302 and snapshot.created_by == staff and snapshot.filters["model"] == "base"
+    page = client.get(reverse("admin:conversations_datasetsnapshot_change", args=[snapshot.pk])).content.decode()
+    assert snapshot.train_sha256 in page and "&quot;duplicates_removed&quot;" in page
+    feedback_list = client.get(reverse("admin:conversations_feedback_changelist"), {"rating__exact": "down"})
+    assert feedback_list.status_code == 200 and "Lyon." in feedback_list.content.decode()

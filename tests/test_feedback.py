@@ -201,3 +201,31 @@ def test_delete_all_removes_every_conversation_of_the_user_and_only_theirs(owner
     assert response.status_code == 302
     assert list(Conversation.objects.all()) == [theirs]
     assert Message.objects.count() == 1 and not Feedback.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verdicts_given_before_preferences_existed_become_preferences():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("conversations", "0005_comparison")], [("conversations", "0006_feedback_consent_snapshots")]
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate(before)
+    try:
+        apps = executor.loader.project_state(before).apps
+        user = apps.get_model("auth", "User").objects.create(username="legacy")
+        conversation = apps.get_model("conversations", "Conversation").objects.create(owner_id=user.pk)
+        OldMessage = apps.get_model("conversations", "Message")
+        question = OldMessage.objects.create(conversation=conversation, role="user", content="q")
+        left, right = (OldMessage.objects.create(conversation=conversation, role="assistant", content=side,
+                                                 parent=question) for side in ("l", "r"))
+        apps.get_model("conversations", "Comparison").objects.create(
+            conversation=conversation, question=question, left=left, right=right, choice="right")
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        preference = executor.loader.project_state(after).apps.get_model("conversations", "Preference").objects.get()
+        assert (preference.chosen_id, preference.rejected_id, preference.verdict, preference.source,
+                preference.user_id) == (right.pk, left.pk, "chosen", "comparison", user.pk)
+    finally:
+        MigrationExecutor(connection).migrate(latest)

@@ -144,6 +144,8 @@ MODELHUB_MAX_MEMORY_GB = env_float("MODELHUB_MAX_MEMORY_GB", 0.0, minimum=0)
 # Unload a model that served nothing for this many seconds (0: never).
 MODELHUB_IDLE_UNLOAD_SECONDS = env_float("MODELHUB_IDLE_UNLOAD_SECONDS", 3600.0, minimum=0)
 MODELHUB_BUILTIN_DIR = BASE_DIR / "modelhub" / "builtin"
+# Where fine-tuned LoRA adapters are saved (one folder per base model and adapter name).
+MODELHUB_ADAPTERS_DIR = Path(env_str("MODELHUB_ADAPTERS_DIR", str(VAR_DIR / "adapters")))
 # Serving: at most this many replies decode together on one model (more wait in its queue);
 # prompts are prefilled this many tokens at a time, between decode steps of the others;
 # keys and values of finished replies are kept (LRU) within this many MiB per model, so

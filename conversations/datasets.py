@@ -69,6 +69,11 @@ class DatasetSnapshot(models.Model):
         """{"train": Path, "eval": Path}: what a fine-tuning run reads (call `verify()` first)."""
         return {"train": Path(self.train_path), "eval": Path(self.eval_path)}
 
+    def dataset_ref(self):
+        """What a fine-tuning job records about its data (modelhub's `FinetuneJob.dataset_ref`)."""
+        return {"snapshot": self.pk, "format": self.format, "train_sha256": self.train_sha256,
+                "eval_sha256": self.eval_sha256, "card": self.card_path}
+
     def verify(self):
         """Raise SnapshotChanged unless both files still hold exactly what was exported."""
         for split, expected in (("train", self.train_sha256), ("eval", self.eval_sha256)):

@@ -183,6 +183,7 @@ def test_a_snapshots_lineage_is_exact_and_later_feedback_does_not_change_it(owne
     Feedback.record(owner, ask(conversation, "More?", "Yes."), rating="up", correction="Sure.")
     assert snapshot.feedback.count() == 1 and kto.feedback.count() == 3
     assert snapshot.verify() == {"train": snapshot.files()["train"], "eval": snapshot.files()["eval"]}
+    assert snapshot.dataset_ref()["train_sha256"] == snapshot.card["files"]["train"]["sha256"]
 
 
 def test_files_are_never_overwritten_and_a_changed_file_is_detected(rated, tmp_path):

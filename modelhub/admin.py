@@ -209,8 +209,10 @@ def plot_points(history, width=480, height=200, pad=24):
     low, high = min(loss for _, loss in everything), max(loss for _, loss in everything)
     span = (high - low) or 1.0
 
-    def xy(step, loss):
-        return f"{pad + step / max_step * (width - 2 * pad):.1f},{height - pad - (loss - low) / span * (height - 2 * pad):.1f}"
+    def xy(step, loss):  # SVG's y axis points down: the lowest loss sits at the bottom
+        x = pad + step / max_step * (width - 2 * pad)
+        y = height - pad - (loss - low) / span * (height - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
 
     return {
         "width": width, "height": height, "pad": pad, "low": low, "high": high, "max_step": max_step,
@@ -249,6 +251,7 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     form = FinetuneJobForm
     list_display = ["__str__", "base", "method", "status", "progress", "eval_loss", "created_at"]
     list_filter = ["status", "method", "base"]
+    list_select_related = ["base"]
     actions = ["run_in_background"]
     change_form_template = "admin/modelhub/finetunejob/change_form.html"
     shown = ["status", "progress", "loss_plot", "metrics_table", "error", "adapter", "log_tail", "base", "method",

@@ -25,10 +25,10 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from modelhub.loading import LoadSettings, load
+from modelhub.loading import LoadSettings, fetch, load
 from modelhub.options import ModelhubError
 
 METHODS = ("sft", "dpo")
@@ -81,6 +81,7 @@ class FinetuneResult:
     history: dict  # {"train": [[step, loss]...], "eval": [[step, loss]...]}
     target_modules: list
     chat_template_sha256: str
+    base_commit: str = ""  # the exact Hub commit trained on, when the base comes from the Hub
 
 
 # --- data ---------------------------------------------------------------------
@@ -106,6 +107,12 @@ def load_split(path, method, cache_dir):
 
 
 # --- model --------------------------------------------------------------------
+
+
+def base_commit(folder):
+    """The Hub commit a cached snapshot folder holds (…/snapshots/<commit>), or "" for a local folder."""
+    folder = Path(folder)
+    return folder.name if folder.parent.name == "snapshots" else ""
 
 
 def load_for_training(settings: LoadSettings, hp: Hyperparameters):
@@ -256,7 +263,8 @@ def finetune(settings: LoadSettings, method, train_path, eval_path, output_dir, 
     with tempfile.TemporaryDirectory(prefix="chatsite-finetune-") as work:
         train = load_split(train_path, method, Path(work) / "data")
         evals = load_split(eval_path, method, Path(work) / "data")
-        loaded = load_for_training(settings, hp)
+        folder = fetch(settings)  # a Hub id resolves to one cached commit: train on that, record it
+        loaded = load_for_training(replace(settings, source=folder, revision=""), hp)
         lora = lora_config(loaded.model, hp)  # before peft adds its own Linear layers to the model
         reporter = _progress_callback(progress or (lambda *args: None))
         trainer = build_trainer(
@@ -279,6 +287,7 @@ def finetune(settings: LoadSettings, method, train_path, eval_path, output_dir, 
     }
     return FinetuneResult(
         output_dir, metrics, reporter.history, sorted(lora.target_modules), chat_template_sha256(loaded.tokenizer),
+        base_commit(folder),
     )
 
 

@@ -319,7 +319,7 @@ class FinetuneJob(models.Model):
             "train_path": self.train_path,
             "eval_path": self.eval_path,
             "base": {"name": self.base.name, "source": self.base.source, "revision": self.base.revision,
-                     "quantization": self.base.quantization},
+                     "commit": result.base_commit, "quantization": self.base.quantization},
             "chat_template_sha256": result.chat_template_sha256,
             "hyperparameters": self.hyperparameters,
             "target_modules": result.target_modules,

@@ -42,7 +42,8 @@ def sft_rows(n, seed, answer=PHRASE):
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        messages = [{"role": "user", "content": f"{rng.choice(QUESTIONS)} ({i})"}, {"role": "assistant", "content": answer}]
+        question = f"{rng.choice(QUESTIONS)} ({i})"
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         if i % 3 == 0:
             messages = [{"role": "system", "content": "Be brief."}, *messages]
         if i % 4 == 0:
@@ -89,7 +90,8 @@ def test_the_sft_export_format_trains_two_steps_through_trl(tiny_spec, tmp_path)
 def test_the_dpo_export_format_trains_two_steps_against_the_base_as_reference(tiny_spec, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(4))
 
-    result = finetune(tiny_spec.load_settings(), "dpo", pairs, pairs, tmp_path / "out", {**TWO_STEPS, "learning_rate": 1e-2})
+    hparams = {**TWO_STEPS, "learning_rate": 1e-2}
+    result = finetune(tiny_spec.load_settings(), "dpo", pairs, pairs, tmp_path / "out", hparams)
 
     # Before training the policy is the reference, so the DPO loss is exactly -log(sigmoid(0)) = log 2.
     assert result.metrics["eval_before"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -103,7 +105,8 @@ def test_qlora_on_a_4bit_base_still_learns_after_the_evaluation_before_training(
     tiny_spec.save()
     train = write_jsonl(tmp_path / "train.jsonl", sft_rows(4, seed=3))
 
-    result = finetune(tiny_spec.load_settings(), "sft", train, train, tmp_path / "out", {**TWO_STEPS, "learning_rate": 1e-2})
+    hparams = {**TWO_STEPS, "learning_rate": 1e-2}
+    result = finetune(tiny_spec.load_settings(), "sft", train, train, tmp_path / "out", hparams)
 
     assert result.metrics["quantization"] == "nf4"
     assert lora_b_norm(tmp_path / "out") > 0
@@ -127,7 +130,9 @@ def test_a_fine_tune_on_a_fixed_answer_lowers_held_out_loss_and_the_promoted_ada
 
     job.refresh_from_db()
     before, after = job.metrics["eval_before"], job.metrics["eval_after"]
-    print(f"held-out loss {before['loss']} -> {after['loss']}, perplexity {before['perplexity']} -> {after['perplexity']}")
+    print(f"held-out loss {before['loss']} -> {after['loss']},",
+          f"perplexity {before['perplexity']} -> {after['perplexity']},",
+          f"{job.metrics['steps']} steps in {job.metrics['train_seconds']} s")
     assert job.status == "succeeded" and job.adapter == adapter and job.step == job.metrics["steps"] > 0
     assert after["loss"] < before["loss"] - 0.5
     assert job.loss_history["eval"][0][0] == 0 and len(job.loss_history["train"]) >= 10
@@ -136,7 +141,9 @@ def test_a_fine_tune_on_a_fixed_answer_lowers_held_out_loss_and_the_promoted_ada
     lineage = adapter.provenance
     template = (tiny_model_dir / "chat_template.jinja").read_text()
     assert lineage["dataset"] == {"snapshot": 3, "sha256": "abc"}
-    assert lineage["base"] == {"name": "tiny", "source": str(tiny_model_dir), "revision": "", "quantization": "none"}
+    assert lineage["base"] == {
+        "name": "tiny", "source": str(tiny_model_dir), "revision": "", "commit": "", "quantization": "none"
+    }
     assert lineage["chat_template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
     assert lineage["hyperparameters"]["learning_rate"] == 1e-2 and lineage["hyperparameters"]["lora_r"] == 8
     assert lineage["metrics"] == job.metrics and lineage["method"] == "sft" and lineage["job"] == job.pk
@@ -305,7 +312,8 @@ def test_staff_see_progress_and_the_loss_plot_start_the_job_and_promote(
     (command, kwargs), = FakePopen.calls
     assert command[-3:] == ["finetune", "--job", str(queued_job.pk)] and kwargs["start_new_session"] is True
     queued_job.refresh_from_db()
-    assert queued_job.pid == 4242 and queued_job.log_path == str(settings.VAR_DIR / "logs" / f"finetune-job-{queued_job.pk}.log")
+    assert queued_job.pid == 4242
+    assert queued_job.log_path == str(settings.VAR_DIR / "logs" / f"finetune-job-{queued_job.pk}.log")
     run_action(client, queued_job)  # a second click does not start a second process
     assert len(FakePopen.calls) == 1
 

@@ -89,5 +89,6 @@ class Command(BaseCommand):
             + (" (stopped early)" if metrics["stopped_early"] else "")
         )
         self.stdout.write(self.style.SUCCESS(
-            f"registered adapter {adapter.name!r} on {adapter.base.name} at {adapter.path} (disabled: promote it to serve)"
+            f"registered adapter {adapter.name!r} on {adapter.base.name} at {adapter.path} "
+            "(disabled: promote it to serve)"
         ))

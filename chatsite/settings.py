@@ -129,6 +129,8 @@ CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum
 CHAT_STREAM_INTERVAL_SECONDS = env_float("CHAT_STREAM_INTERVAL_SECONDS", 0.05, minimum=0)
 # Seconds between saves of a streaming reply's partial text.
 CHAT_FLUSH_SECONDS = env_float("CHAT_FLUSH_SECONDS", 2.0, minimum=0.1)
+# Where feedback exports (dataset snapshots: train/eval JSONL and a card) are written.
+CHAT_DATASETS_DIR = Path(env_str("CHAT_DATASETS_DIR", str(VAR_DIR / "datasets")))
 
 # --- modelhub ---------------------------------------------------------------
 # Device for models whose own device is "auto": auto picks a CUDA GPU when there is one.

@@ -29,8 +29,8 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
+    "conversations",  # before modelhub: its `finetune` command extends modelhub's (adds --snapshot)
     "modelhub",
-    "conversations",
 ]
 
 MIDDLEWARE = [

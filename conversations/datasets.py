@@ -84,7 +84,7 @@ class DatasetSnapshot(models.Model):
 
 
 def datasets_dir():
-    return Path(getattr(settings, "CHAT_DATASETS_DIR", None) or Path(settings.VAR_DIR) / "datasets")
+    return Path(settings.CHAT_DATASETS_DIR)
 
 
 def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None):

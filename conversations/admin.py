@@ -4,10 +4,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils.html import format_html
 
+from conversations.arena import Arena
 from conversations.datasets import DatasetSnapshot, export_snapshot
 from conversations.forms import SnapshotForm
+from conversations.leaderboard import SOURCES, leaderboard
 from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference
 
 
@@ -126,3 +129,37 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
                    "title": "Create a dataset snapshot"}
         return TemplateResponse(request, "conversations/admin_snapshot_form.html", context)
+
+
+@admin.register(Arena)
+class ArenaAdmin(ReadOnlyAdmin):
+    """Arenas are opened and voted on at /arena/; here staff read them and the leaderboard."""
+
+    list_display = ["__str__", "status", "votes", "total", "snapshot", "created_by", "created_at"]
+    list_filter = ["status"]
+    list_select_related = ["base", "candidate", "opponent", "snapshot", "created_by"]
+    fields = ["created_by", "snapshot", "base", "candidate", "opponent", "options", "seed", "status", "created_at"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_counts()
+
+    @admin.display(description="votes", ordering="votes")
+    def votes(self, arena):
+        return arena.votes
+
+    @admin.display(description="prompts", ordering="total")
+    def total(self, arena):
+        return arena.total
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.leaderboard_view)
+        return [path("leaderboard/", view, name="conversations_arena_leaderboard"), *super().get_urls()]
+
+    def leaderboard_view(self, request):
+        """Every model and model + adapter rated from arena votes and side-by-side verdicts (see ratings.py)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Leaderboard",
+                   "ratings": leaderboard(), "sources": [Preference.Source(s).label for s in SOURCES]}
+        return TemplateResponse(request, "admin/conversations/arena/leaderboard.html", context)

@@ -378,6 +378,7 @@ class Comparison(models.Model):
 
 # Models of the same app kept in their own modules, one concept each; imported here so
 # Django registers them.
+from conversations.arena import Arena, ArenaMatch  # noqa: E402,F401
 from conversations.datasets import DatasetSnapshot  # noqa: E402,F401
 from conversations.feedback import Feedback, FeedbackTag, Preference  # noqa: E402,F401
 from conversations.privacy import PrivacySettings  # noqa: E402,F401

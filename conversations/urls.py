@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import views
+from conversations import arena_views, views
 
 app_name = "conversations"
 urlpatterns = [
@@ -19,4 +19,9 @@ urlpatterns = [
     path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
+    path("arena/", arena_views.arena_list, name="arena_list"),
+    path("arena/new/", arena_views.arena_new, name="arena_new"),
+    path("arena/<int:pk>/", arena_views.arena_detail, name="arena"),
+    path("arena/<int:pk>/m/<int:match_id>/vote/", arena_views.arena_vote, name="arena_vote"),
+    path("arena/<int:pk>/promote/", arena_views.arena_promote, name="arena_promote"),
 ]

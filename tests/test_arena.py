@@ -1,0 +1,315 @@
+"""The blind arena: a candidate adapter against its base on a snapshot's held-out prompts.
+
+`staff` opens arenas and votes in them (they own the arena's answers); `other_staff` may
+not see or vote in someone else's arena; `owner` (not staff) is refused everywhere. The
+model is a scripted backend that answers differently for the candidate and the base: the
+model is not what these tests are about, the arena's code path through modelhub is."""
+
+import json
+import time
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from conversations.arena import Arena, ArenaMatch, held_out_prompts
+from conversations.datasets import export_snapshot
+from conversations.forms import ModelChoiceForm
+from conversations.models import Comparison, Conversation, Feedback, Message, Preference
+from modelhub.backends import ScriptedBackend
+from modelhub.models import Adapter, ModelSpec
+from modelhub.registry import registry
+from tests.conftest import add_reply
+
+HTMX = {"HX-Request": "true"}
+BASE, CANDIDATE = "basemodel-zeta", "dpo-cand-41"  # names that must not leak onto the blind page
+REPLIES = {CANDIDATE: ["Paris", ", surely."], None: ["Maybe", " Lyon."]}
+QUESTIONS = [f"Question {i}: what is {i} plus {i}?" for i in range(12)]
+
+
+class PerContender(ScriptedBackend):
+    """A scripted model whose reply depends on the adapter asked for (None: the base alone)."""
+
+    def __init__(self, replies):
+        super().__init__()
+        self.replies = replies
+
+    def open(self, request):
+        self.chunks = self.replies[request.adapter[0] if request.adapter else None]
+        return super().open(request)
+
+
+@pytest.fixture(autouse=True)
+def datasets_dir(settings, tmp_path):
+    settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
+
+
+@pytest.fixture
+def base(db):
+    return ModelSpec.objects.create(name=BASE, source="-", backend="scripted", max_new_tokens=64, temperature=0.9)
+
+
+@pytest.fixture
+def backend(base):
+    backend = PerContender(REPLIES)
+    registry.install(BASE, backend)
+    return backend
+
+
+@pytest.fixture
+def candidate(base):
+    """A fine-tuned adapter, registered disabled until someone promotes it."""
+    return Adapter.objects.create(name=CANDIDATE, base=base, path="/adapters/dpo-cand-41", enabled=False)
+
+
+@pytest.fixture
+def snapshot(owner):
+    """A DPO snapshot of real feedback: one correction per question (the first with a system prompt)."""
+    for i, question in enumerate(QUESTIONS):
+        conversation = Conversation.objects.start_for(owner)
+        if i == 0:
+            conversation.update_settings("Answer briefly.", {})
+        conversation.add_user_message(question)
+        Feedback.record(owner, add_reply(conversation, "I do not know."), correction=f"{2 * i}.")
+    return export_snapshot("dpo", eval_fraction=0.6)  # 8 of the 12 prompts held out
+
+
+@pytest.fixture
+def staff_client(client, staff):
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
+def arena(staff, snapshot, candidate, backend):
+    """An arena whose answers are all written (generated here, in the test's thread)."""
+    arena = Arena.open(staff, snapshot, candidate, prompts=4, seed=3)
+    arena.generate()
+    return arena
+
+
+def eval_prompts(snapshot):
+    return [json.loads(line)["prompt"] for line in open(snapshot.eval_path, encoding="utf-8")]
+
+
+def vote_url(match):
+    return reverse("conversations:arena_vote", args=[match.arena_id, match.pk])
+
+
+def test_an_arena_plays_every_held_out_prompt_and_writes_both_answers_greedily(staff, snapshot, candidate, backend):
+    held_out = eval_prompts(snapshot)
+    assert 4 <= len(held_out) < len(QUESTIONS) and held_out_prompts(snapshot) == held_out
+    arena = Arena.open(staff, snapshot, candidate, prompts=100, seed=1)
+    assert arena.status == "generating" and arena.options["temperature"] == 0
+    arena.generate()
+    arena.refresh_from_db()
+    matches = list(arena.matches.all())
+    assert arena.status == "ready"
+    assert sorted(json.dumps(m.prompt) for m in matches) == sorted(json.dumps(p) for p in held_out)
+    for match in matches:
+        assert (match.candidate_answer.status, match.candidate_answer.content) == ("complete", "Paris, surely.")
+        assert (match.opponent_answer.status, match.opponent_answer.content) == ("complete", "Maybe Lyon.")
+        assert match.candidate_answer.adapter_name == CANDIDATE and match.opponent_answer.adapter_name == ""
+        assert match.candidate_answer.generation_options == arena.options
+        assert match.candidate_answer.conversation.owner == staff
+    seen = sorted((call["adapter"][0] if call["adapter"] else "", json.dumps(call["messages"])) for call in backend.calls)
+    assert seen == sorted((name, json.dumps(m.prompt)) for m in matches for name in (CANDIDATE, ""))
+    assert {call["options"].temperature for call in backend.calls} == {0}
+
+
+def test_a_system_prompt_of_the_snapshot_reaches_the_model_and_the_answers_history(staff, snapshot, candidate, backend):
+    arena = Arena.open(staff, snapshot, candidate, prompts=100, seed=1)
+    with_system = [m for m in arena.matches.all() if m.prompt[0]["role"] == "system"]
+    assert len(with_system) == 1
+    for match in with_system:
+        assert match.candidate_answer.conversation.history(upto=match.candidate_answer.parent) == match.prompt
+    assert Conversation.objects.filter(owner=staff).count() == 2  # one per distinct system prompt
+
+
+def test_the_left_right_order_is_drawn_stored_and_reproducible_from_the_seed(staff, snapshot, candidate, backend):
+    orders = [[m.candidate_left for m in Arena.open(staff, snapshot, candidate, seed=seed).matches.all()]
+              for seed in (5, 5, 6, 7, 8)]
+    assert orders[0] == orders[1]
+    assert {side for order in orders for side in order} == {True, False}
+
+
+def test_the_page_polls_while_the_answers_are_written(staff_client, staff, snapshot, candidate):
+    arena = Arena.open(staff, snapshot, candidate, prompts=2, seed=3)
+    html = staff_client.get(arena.get_absolute_url()).content.decode()
+    assert "writing both answers" in html and 'hx-trigger="every 2s"' in html
+    assert "A is better" not in html
+
+
+def test_the_match_page_is_blind_until_the_vote_which_reveals_who_wrote_a_and_b(staff_client, arena):
+    match = arena.next_match()
+    page = staff_client.get(arena.get_absolute_url()).content.decode()
+    assert "Paris, surely." in page and "Maybe Lyon." in page and "A is better" in page
+    assert BASE not in page and CANDIDATE not in page
+    response = staff_client.post(vote_url(match), {"vote": "left"}, headers=HTMX)
+    revealed = response.content.decode()
+    assert response.status_code == 200 and f"{BASE} + {CANDIDATE} (candidate)" in revealed
+    assert 'id="arena-results" hx-swap-oob="true"' in revealed
+    match.refresh_from_db()
+    winner = "win" if match.candidate_left else "loss"
+    assert (match.vote, match.outcome, match.voter) == ("left", winner, arena.created_by)
+    following = staff_client.get(arena.get_absolute_url(), headers=HTMX).content.decode()
+    assert f"Prompt {match.position + 2} of 4" in following and BASE not in following
+
+
+def test_votes_are_arena_preferences_that_the_dpo_and_kto_exports_pick_up(staff, arena):
+    left, right, tie, both_bad = arena.matches.all()
+    for match, vote in ((left, "left"), (right, "right"), (tie, "tie"), (both_bad, "both_bad")):
+        match.decide(staff, vote)
+    preferences = {p.arena_match.vote: p for p in Preference.objects.filter(source="arena")}
+    assert (preferences["left"].chosen, preferences["left"].rejected) == (left.left, left.right)
+    assert (preferences["right"].chosen, preferences["right"].rejected) == (right.right, right.left)
+    assert preferences["tie"].verdict == "tie" and preferences["both_bad"].verdict == "both_bad"
+    dpo = export_snapshot("dpo", eval_fraction=0)
+    assert dpo.counts["sources"]["arena"] == 2
+    rows = [json.loads(line) for line in open(dpo.train_path, encoding="utf-8")]
+    assert {"prompt": left.prompt, "chosen": [{"role": "assistant", "content": left.left.content}],
+            "rejected": [{"role": "assistant", "content": left.right.content}]} in rows
+    kto = export_snapshot("kto", eval_fraction=0)
+    assert kto.counts["sources"]["arena"] == 2  # both answers of the "both bad" match, labelled false
+
+
+def test_a_vote_is_final_and_a_match_still_being_written_cannot_be_voted(staff_client, staff, snapshot, candidate,
+                                                                         backend):
+    arena = Arena.open(staff, snapshot, candidate, prompts=2, seed=3)
+    first = arena.matches.first()
+    assert staff_client.post(vote_url(first), {"vote": "left"}).status_code == 409
+    arena.generate()
+    assert staff_client.post(vote_url(first), {"vote": "sideways"}).status_code == 422
+    assert staff_client.post(vote_url(first), {"vote": "tie"}).status_code == 302
+    assert staff_client.post(vote_url(first), {"vote": "left"}).status_code == 409
+    first.refresh_from_db()
+    assert first.vote == "tie" and Preference.objects.filter(source="arena").count() == 1
+
+
+def test_a_failed_answer_is_stored_with_its_error_and_its_match_skipped(staff, snapshot, candidate):
+    registry.install(BASE, PerContender({CANDIDATE: ["Par", RuntimeError("out of memory")], None: ["Lyon."]}))
+    arena = Arena.open(staff, snapshot, candidate, prompts=2, seed=3)
+    arena.generate()
+    answer = arena.matches.first().candidate_answer
+    answer.refresh_from_db()
+    assert answer.status == "error" and "out of memory" in answer.error
+    assert arena.next_match() is None
+    assert arena.results() == {"win": 0, "loss": 0, "tie": 0, "both_bad": 0, "undecided": 0, "skipped": 2,
+                             "voted": 0, "total": 2}
+
+
+def test_results_count_the_candidates_wins_losses_and_ties_and_name_them_when_done(staff_client, staff, arena):
+    for match, candidate_wins in zip(arena.matches.all(), (True, True, False)):
+        match.decide(staff, "left" if candidate_wins == match.candidate_left else "right")
+    arena.matches.last().decide(staff, "tie")
+    assert arena.results() == {"win": 2, "loss": 1, "tie": 1, "both_bad": 0, "undecided": 0, "skipped": 0,
+                               "voted": 4, "total": 4}
+    page = staff_client.get(arena.get_absolute_url()).content.decode()
+    assert "Nothing left to vote on" in page and f"<strong>{BASE} + {CANDIDATE}</strong>" in page
+
+
+def test_opening_an_arena_from_the_form_schedules_its_generation_after_the_commit(
+        staff_client, snapshot, candidate, django_capture_on_commit_callbacks):
+    form = {"snapshot": snapshot.pk, "candidate": candidate.pk, "opponent": "", "prompts": 3}
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(reverse("conversations:arena_new"), form)
+    arena = Arena.objects.get()
+    assert response.status_code == 302 and response["Location"] == arena.get_absolute_url()
+    assert arena.matches.count() == 3 and arena.opponent is None and len(callbacks) == 1
+    listing = staff_client.get(reverse("conversations:arena_list")).content.decode()
+    assert f"{BASE} + {CANDIDATE}" in listing and "not promoted" in listing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_background_thread_writes_every_answer(staff, snapshot, candidate, backend):
+    from conversations.arena import start_generation
+
+    arena = Arena.open(staff, snapshot, candidate, prompts=3, seed=3)
+    start_generation(arena)  # no transaction open: the thread starts at once
+    deadline = time.monotonic() + 20
+    while not Arena.objects.get(pk=arena.pk).status == "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    statuses = Message.objects.filter(role="assistant", conversation__owner=staff).values_list("status", flat=True)
+    assert Arena.objects.get(pk=arena.pk).status == "ready" and list(set(statuses)) == ["complete"]
+
+
+def test_the_form_refuses_an_opponent_of_another_base_and_a_snapshot_without_held_out_prompts(
+        staff_client, owner, snapshot, candidate):
+    other = Adapter.objects.create(name="elsewhere", base=ModelSpec.objects.get(name="m"), path="/x")
+    form = {"snapshot": snapshot.pk, "candidate": candidate.pk, "opponent": other.pk, "prompts": 3}
+    assert staff_client.post(reverse("conversations:arena_new"), form).status_code == 422
+    no_eval = export_snapshot("dpo", eval_fraction=0)
+    response = staff_client.post(reverse("conversations:arena_new"), {**form, "snapshot": no_eval.pk, "opponent": ""})
+    assert response.status_code == 422 and "has no held-out prompts" in response.content.decode()
+    assert not Arena.objects.exists()
+
+
+def test_promote_enables_the_adapter_for_users(staff_client, owner, arena, candidate):
+    assert ModelChoiceForm.key_for(arena.base, candidate) not in ModelChoiceForm(owner).options
+    response = staff_client.post(reverse("conversations:arena_promote", args=[arena.pk]), headers=HTMX)
+    assert response.status_code == 200 and "Promoted" in response.content.decode()
+    candidate.refresh_from_db()
+    assert candidate.enabled
+    assert ModelChoiceForm.key_for(arena.base, candidate) in ModelChoiceForm(owner).options
+
+
+def arena_urls(arena):
+    match = arena.matches.first()
+    return [("get", reverse("conversations:arena_list"), {}),
+            ("post", reverse("conversations:arena_new"),
+             {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2}),
+            ("get", arena.get_absolute_url(), {}),
+            ("post", vote_url(match), {"vote": "left"}),
+            ("post", reverse("conversations:arena_promote", args=[arena.pk]), {}),
+            ("get", reverse("admin:conversations_arena_leaderboard"), {})]
+
+
+@pytest.mark.parametrize("who", ["anonymous", "owner", "other_staff"])
+def test_everyone_but_the_arenas_staff_owner_is_refused_everywhere_and_nothing_changes(client, owner, arena, who):
+    if who == "owner":
+        client.force_login(owner)
+    elif who == "other_staff":
+        client.force_login(get_user_model().objects.create_user("other-staff", is_staff=True))
+    for method, url, data in arena_urls(arena):
+        if who == "other_staff" and url.endswith(("/arena/", "/arena/new/")):
+            continue  # their own list and their own new arena
+        response = getattr(client, method)(url, data, headers=HTMX)
+        assert response.status_code in (302, 403, 404), (url, response.status_code)
+        if response.status_code == 302:
+            assert response["Location"].startswith(reverse("admin:login"))
+    arena.candidate.refresh_from_db()
+    assert not arena.candidate.enabled and Arena.objects.count() == 1
+    assert not Preference.objects.exists() and not arena.matches.exclude(vote="").exists()
+
+
+def compare(conversation, first, second, choice):
+    """A side-by-side verdict between two model choices (spec, adapter)."""
+    comparison = conversation.start_comparison("q", (*first, {}), (*second, {}))
+    for answer in (comparison.left, comparison.right):
+        answer.finish("complete", "an answer")
+    comparison.decide(choice)
+    return comparison
+
+
+def test_the_leaderboard_ranks_contenders_from_arena_votes_and_side_by_side_verdicts(admin_client, staff, owner, arena,
+                                                                                     base, candidate):
+    for match in arena.matches.all():  # the candidate wins every arena game
+        match.decide(staff, "left" if match.candidate_left else "right")
+    other = ModelSpec.objects.create(name="weakling", source="-", backend="scripted")
+    conversation = Conversation.objects.start_for(owner)
+    for choice in ("left", "left", "tie"):  # the base beats the weakling twice, one tie
+        compare(conversation, (base, None), (other, None), choice)
+    assert Comparison.objects.count() == 3
+    html = admin_client.get(reverse("admin:conversations_arena_leaderboard")).content.decode()
+    rows = html.split('<tr class="contender">')[1:]
+    assert [row.split("<td>")[2].split("<")[0] for row in rows] == [f"{BASE} + {CANDIDATE}", BASE, "weakling"]
+    cells = [cell.split("<")[0] for cell in rows[1].split("<td>")[5:9]]
+    assert cells == ["7", "2", "4", "1"]  # the base: games, wins, losses, ties
+    changelist = admin_client.get(reverse("admin:conversations_arena_changelist")).content.decode()
+    assert reverse("admin:conversations_arena_leaderboard") in changelist
+
+
+def test_deleting_the_voters_conversations_deletes_the_arena_answers_and_votes(staff, arena):
+    arena.next_match().decide(staff, "left")
+    Conversation.objects.for_user(staff).delete()
+    assert not ArenaMatch.objects.exists() and not Preference.objects.exists()

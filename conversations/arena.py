@@ -234,7 +234,7 @@ class ArenaMatch(models.Model):
 
         `conversations`: {system prompt: Conversation} of this arena, filled as needed.
         """
-        from conversations.models import Conversation, Message
+        from conversations.models import Conversation, Message  # conversations.models imports this module
 
         has_system = prompt[0]["role"] == "system"
         system = prompt[0]["content"] if has_system else ""

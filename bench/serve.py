@@ -122,11 +122,18 @@ class Client:
         self.url = f"ws://127.0.0.1:{port}/ws/conversations/%d/"
         self.headers = {"Cookie": f"sessionid={cookie}", "Origin": f"http://127.0.0.1:{port}"}
 
-    async def ask(self, conversation_id, content, options, first_chunk=None):
-        """Send one message and time the reply's chunks: {ttft, e2e, gaps, tokens, message_id}."""
+    async def ask(self, conversation_id, content, options, first_chunk=None, connected=None, go=None):
+        """Send one message and time the reply's chunks: {ttft, e2e, gaps, tokens, message_id}.
+
+        Times count from the send frame: the socket is open before (a chat page opens it on
+        load). With `go`, the message is sent once the test sets it (after `connected`).
+        """
         import websockets
 
         async with websockets.connect(self.url % conversation_id, additional_headers=self.headers) as ws:
+            if go is not None:
+                connected.release()
+                await go.wait()
             started = time.perf_counter()
             await ws.send(json.dumps({"type": "send", "content": content, "options": options}))
             arrivals = []
@@ -176,11 +183,16 @@ class Bench:
         return Conversation.objects.create(owner=self.user, model=self.spec, adapter=adapter).pk
 
     async def wave(self, prompts, n, adapters=None):
-        """All prompts sent at once, each in a new conversation; (results, wall seconds)."""
+        """All prompts sent at once (sockets already open), each in a new conversation; (results, wall seconds)."""
         adapters = adapters or [None] * len(prompts)
         ids = [self.conversation(a) for a in adapters]
+        connected, go = asyncio.Semaphore(0), asyncio.Event()
+        asks = [asyncio.ensure_future(self.client.ask(c, p, fixed(n), connected=connected, go=go)) for c, p in zip(ids, prompts)]
+        for _ in asks:
+            await connected.acquire()
+        go.set()
         started = time.perf_counter()
-        results = await asyncio.gather(*(self.client.ask(c, p, fixed(n)) for c, p in zip(ids, prompts)))
+        results = await asyncio.gather(*asks)
         return results, time.perf_counter() - started
 
     async def concurrency(self, level, total, n):
@@ -277,14 +289,17 @@ def run(args, bench, loaded, adapters):
     for _ in range(rounds):
         single.append(asyncio.run(bench.wave(PROMPTS, n, [adapters[0]] * 8))[1])
         mixed.append(asyncio.run(bench.wave(PROMPTS, n, adapters * 4))[1])
+    print("poisson:", json.dumps(out["poisson"]))
     out["adapters"] = {"single_adapter_batch8_s": statistics.median(single), "mixed_two_adapters_batch8_s": statistics.median(mixed),
                        "mixed_vs_single": round(statistics.median(mixed) / statistics.median(single), 4)}
+    print("adapters:", json.dumps(out["adapters"]))
     ttfts = [asyncio.run(bench.turns(20, 8)) for _ in range(rounds)]
     first, last = statistics.median(t[0] for t in ttfts), statistics.median(t[-1] for t in ttfts)
     out["turns"] = {"ttft_turn1_ms": round(1000 * first, 2), "ttft_turn20_ms": round(1000 * last, 2),
                     "turn20_vs_turn1": round(last / first, 4), "ttft_ms_by_turn": [round(1000 * x, 2) for x in ttfts[-1]]}
+    print("turns:", json.dumps(out["turns"]))
     alone = statistics.median(asyncio.run(bench.short_alone(8)) for _ in range(rounds))
-    behind = statistics.median(asyncio.run(bench.short_behind_long(4 * n, 8)) for _ in range(rounds))
+    behind = statistics.median(asyncio.run(bench.short_behind_long(3 * n, 8)) for _ in range(rounds))
     out["fairness"] = {"short_ttft_alone_ms": round(1000 * alone, 2), "short_ttft_behind_7_long_ms": round(1000 * behind, 2),
                        "behind_vs_alone": round(behind / alone, 4)}
     out["batch8_vs_limit"] = round(tok(ours) / tok(padded), 4)
@@ -341,6 +356,9 @@ def main():
         try:
             bench = Bench(args, Client(port, django_client.cookies["sessionid"].value), user, spec)
             out = run(args, bench, loaded, adapters)
+        except BaseException:
+            print((Path(var_dir) / "server.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             server.terminate()
             server.wait(10)
@@ -351,7 +369,7 @@ def main():
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
     plot(out, stem.with_suffix(".png"))
-    print(json.dumps({k: out[k] for k in ("adapters", "turns", "fairness")}))
+    print("fairness:", json.dumps(out["fairness"]))
     print(f"batch8_vs_limit={out['batch8_vs_limit']:.4f}")
 
 

@@ -64,12 +64,14 @@ def free_port():
 
 
 def start_server(port):
+    """daphne on `port`; its log goes to server.log in the bench's var dir (read it when a round fails)."""
+    log = open(Path(os.environ["CHATSITE_VAR_DIR"]) / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
         cwd=ROOT,
         env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     for _ in range(100):
         try:

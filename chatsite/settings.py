@@ -62,9 +62,13 @@ TEMPLATES = [
     },
 ]
 
+# Connections are kept (DATABASE_CONN_MAX_AGE seconds, checked before reuse): opening one per
+# query batch costs more than the query when many replies start at once.
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=0
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600, minimum=0),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

@@ -122,6 +122,17 @@ def _prepare_comparison(user, conversation_id, turn):
 
 @database_sync_to_async
 def _prepare(user, conversation_id, turn):
+    """Save the turn and render what watchers must see, in one trip to the database thread."""
+    conversation, user_message, reply, model = _save_turn(user, conversation_id, turn)
+    frames = [{"type": "title", "title": conversation.title}]
+    if turn.kind in ("edit", "regenerate"):  # a new branch: every watcher redraws the active path
+        frames.append(path_frame(conversation))
+    else:
+        frames += [message_frame(message) for message in (user_message, reply) if message is not None]
+    return reply, model, frames
+
+
+def _save_turn(user, conversation_id, turn):
     """Save what the turn adds and the streaming reply row; everything a reply task needs."""
     conversation = _idle_conversation(user, conversation_id)
     target = None
@@ -160,24 +171,30 @@ def _prepare(user, conversation_id, turn):
 
 
 async def begin(user, conversation_id, turn):
-    """Save the turn, create (or reopen) the reply and start its task. Raises ChatError."""
+    """Save the turn, create (or reopen) the reply and start its task. Raises ChatError.
+
+    Saving and rendering take one trip to the database thread (which every user's
+    saves share, in turn); generation starts right after it, and the task publishes
+    its first chunk once the new messages are announced.
+    """
     if turn.kind == "compare":
         conversation, plans = await _prepare_comparison(user, conversation_id, turn)
-        await publish(conversation_id, {"type": "title", "title": conversation.title})
-        await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
-        for reply, *model in plans:
-            _start_task(reply, model)
+        tasks = [_start_task(reply, model) for reply, *model in plans]
+        try:
+            await publish(conversation_id, {"type": "title", "title": conversation.title})
+            await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
+        finally:
+            for task in tasks:
+                task.announced.set()
         return plans[0][0]
-    conversation, user_message, reply, model = await _prepare(user, conversation_id, turn)
-    await publish(conversation_id, {"type": "title", "title": conversation.title})
-    if turn.kind in ("edit", "regenerate"):  # a new branch: every watcher redraws the active path
-        await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
-    else:
-        for message in (user_message, reply):
-            if message is not None:
-                await publish(conversation_id, await database_sync_to_async(message_frame)(message))
-    if model is not None:
-        _start_task(reply, model)
+    reply, model, frames = await _prepare(user, conversation_id, turn)
+    task = _start_task(reply, model) if model is not None else None
+    try:
+        for frame in frames:
+            await publish(conversation_id, frame)
+    finally:
+        if task is not None:
+            task.announced.set()
     return reply
 
 
@@ -185,6 +202,7 @@ def _start_task(reply, model):
     task = ReplyTask(reply, *model)
     _replies[reply.pk] = task
     task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
+    return task
 
 
 def path_frame(conversation):
@@ -251,6 +269,7 @@ class ReplyTask:
         self.task = None
         self.stop_reason = "stopped"
         self.stop_requested = False  # a stop can arrive before the modelhub request exists
+        self.announced = asyncio.Event()  # set once watchers have the reply's message: chunks may follow
 
     def stop(self, reason):
         self.stop_reason = reason
@@ -282,6 +301,7 @@ class ReplyTask:
             )
             if self.stop_requested:
                 self.request.cancel()
+            await self.announced.wait()
             last_flush = time.monotonic()
             async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
                 offset = utf16_length(self.text)

@@ -3,11 +3,12 @@
 A backend serves many replies at once, step by step, driven by its worker (engine.py):
 
     backend.open(request) -> sequence      build the prompt; raises ModelhubError for a bad request
-    backend.prefill(sequence) -> bool      feed some of its prompt; True once it decodes with the rest
+    backend.prefill(sequence, budget) -> n feed up to `budget` tokens of its prompt; `sequence.ready` after the last
     backend.decode() -> [sequence]         one decode step for every running sequence
     backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
 
-A sequence has `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`.
+A sequence has `ready`, `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`;
+`backend.prefill_budget` is how many prompt tokens the worker feeds between two decode steps.
 `request.messages` is a list of {"role", "content"} dicts, `request.options` validated
 GenerationOptions and `request.adapter` a (name, folder) LoRA adapter, or None for
 the base model. A backend runs only in its worker thread, never on an event loop.
@@ -29,6 +30,7 @@ class TransformersBackend:
         self.loaded = loaded
         self.prefix_cache = PrefixCache(kv_cache_bytes) if kv_cache_bytes else None
         self.decoder = Decoder(loaded, self.prefix_cache, prefill_chunk)
+        self.prefill_budget = prefill_chunk
 
     @property
     def context_length(self):
@@ -49,8 +51,8 @@ class TransformersBackend:
             self.prefix_cache.forget(name)  # keys computed with a replaced adapter are stale
         attach_adapter(self.loaded, name, folder)
 
-    def prefill(self, sequence):
-        return self.decoder.prefill(sequence)
+    def prefill(self, sequence, budget=None):
+        return self.decoder.prefill(sequence, budget)
 
     def decode(self):
         return self.decoder.decode()
@@ -136,10 +138,13 @@ class ScriptedBackend:
         self._running.append(sequence)
         return sequence
 
-    def prefill(self, sequence):
+    prefill_budget = 1
+
+    def prefill(self, sequence, budget=None):
+        sequence.ready = True
         if not sequence.chunks:
             sequence.end("stop")
-        return True
+        return 1
 
     def decode(self):
         """One chunk for every running sequence, `delay` seconds per step."""
@@ -169,6 +174,7 @@ class ScriptedSequence:
         self.text = ""
         self.finish_reason = ""
         self.error = None
+        self.ready = False
 
     def advance(self):
         chunk = self.chunks[self.usage.completion_tokens]

@@ -51,6 +51,11 @@ class Sequence:
         return self.fed == len(self.prompt_ids)
 
     @property
+    def ready(self):
+        """Out of prefill: its first token is sampled (it decodes with the batch, or already ended)."""
+        return bool(self.tokens)
+
+    @property
     def cached_ids(self):
         """The tokens whose keys and values are in this sequence's cache (the last sampled one is not fed yet)."""
         return self.prompt_ids[: self.fed] + self.tokens[:-1]
@@ -171,12 +176,11 @@ class Decoder:
                 seq.fed = seq.usage.cached_prompt_tokens = reused
         return seq
 
-    def prefill(self, seq):
-        """Feed the next chunk of the prompt; once all is in, sample the first token and join the batch.
-
-        Returns True when the sequence has left prefill (joined the batch, or already ended).
-        """
-        chunk = seq.prompt_ids[seq.fed : seq.fed + self.prefill_chunk]
+    def prefill(self, seq, budget=None):
+        """Feed the next chunk of the prompt (at most `budget` tokens); once all is in, sample
+        the first token and join the batch. Returns how many prompt tokens were fed."""
+        size = min(self.prefill_chunk, budget or self.prefill_chunk)
+        chunk = seq.prompt_ids[seq.fed : seq.fed + size]
         device = self.loaded.model.device
         extra = {"adapter_names": [seq.adapter]} if self.loaded.is_peft else {}
         with torch.inference_mode():
@@ -188,11 +192,11 @@ class Decoder:
             )
             seq.fed += len(chunk)
             if not seq.prefilled:
-                return False
+                return len(chunk)
             seq.accept(seq.sampler(out.logits[0, -1], seq.prompt_ids, 0))
         if not seq.finish_reason:
             self.batch.add(seq)
-        return True
+        return len(chunk)
 
     def decode(self):
         """One step for every sequence in the batch; a failure in one row's sampling fails only that row."""
@@ -215,7 +219,7 @@ class Decoder:
         if seq in self.batch.rows:
             layers = self.batch.remove(seq)
         elif seq.cache is not None and seq.fed:
-            layers = [(lay.keys, lay.values) for lay in seq.cache.layers]
+            layers = [(lay.keys, lay.values) for lay in seq.cache.layers]  # its own tensors: nothing to copy
             seq.cache = None
         else:
             return

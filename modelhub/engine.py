@@ -3,10 +3,10 @@
 Every request for a model goes through that model's queue and its single worker
 thread: the worker owns the model (and the GPU), loads it before serving the
 first request, and is the only thread that touches it. It schedules step by
-step: between two decode steps it admits new requests, feeds one prefill chunk
-of the oldest waiting one (so a newcomer gets its first token after at most one
-step of the others, and a long prompt never stalls them for long), drops stopped
-ones, then runs one decode step for all running requests together (batching.py).
+step: between two decode steps it admits new requests, drops stopped ones, feeds
+waiting prompts up to a token budget, oldest first (so a newcomer gets its first
+token after at most one step of the others, and a long prompt never stalls them
+for long), then runs one decode step for all running requests together (batching.py).
 Callers get a `Request`: they read its text chunks (plain or async iteration),
 may cancel it, and read its `usage` at the end.
 """
@@ -128,8 +128,9 @@ class Worker:
     """Owns one model: loads it in its own thread, then serves its requests step by step.
 
     A backend offers the step interface (backends.py): `open(request) -> sequence`,
-    `prefill(sequence) -> done`, `decode() -> sequences stepped`, `release(sequence, keep)`.
-    A sequence exposes `take_text()`, `finish_reason`, `error`, `usage` and `end(reason)`.
+    `prefill(sequence, budget) -> tokens fed`, `decode() -> sequences stepped`, `release(sequence, keep)`,
+    and `prefill_budget`. A sequence exposes `ready`, `take_text()`, `finish_reason`, `error`, `usage`
+    and `end(reason)`.
     """
 
     def __init__(self, name, load_backend, on_ready=None, max_batch=16):
@@ -208,7 +209,7 @@ class Worker:
         while not (self._closing and not self.busy):
             self._admit(block=not self.busy)
             self._drop_cancelled()
-            self._prefill_one()
+            self._prefill()
             self._decode_step()
             self.last_used, self.last_used_at = time.monotonic(), time.time()
         self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
@@ -250,19 +251,20 @@ class Worker:
             sequence.end("cancelled")
             self._retire(sequence)
 
-    def _prefill_one(self):
-        if not self._waiting:
-            return
-        sequence = self._waiting[0]
-        try:
-            done = self.backend.prefill(sequence)
-        except Exception as exc:
-            self._retire(sequence, exc)
-            return
-        if done:
-            self._waiting.popleft()
-            self._running.append(sequence)
-            self._deliver(sequence)
+    def _prefill(self):
+        """Feed waiting prompts, oldest first, until this round's token budget is spent."""
+        budget = self.backend.prefill_budget
+        while self._waiting and budget > 0:
+            sequence = self._waiting[0]
+            try:
+                budget -= max(1, self.backend.prefill(sequence, budget))
+            except Exception as exc:
+                self._retire(sequence, exc)
+                continue
+            if sequence.ready:
+                self._waiting.popleft()
+                self._running.append(sequence)
+                self._deliver(sequence)
 
     def _decode_step(self):
         if not self._running:

@@ -70,8 +70,8 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
 
     decoder = Decoder(loaded)
     seq = decoder.open(messages, options, adapter)
-    while not decoder.prefill(seq):
-        pass
+    while not seq.ready:
+        decoder.prefill(seq)
     while True:
         text = seq.take_text()
         if text:

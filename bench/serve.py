@@ -50,7 +50,7 @@ PROMPTS = [
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model-dir", default=str(ROOT / "modelhub" / "builtin" / "chitchat"))
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     return parser.parse_args()
@@ -123,10 +123,12 @@ class Client:
         self.headers = {"Cookie": f"sessionid={cookie}", "Origin": f"http://127.0.0.1:{port}"}
 
     async def ask(self, conversation_id, content, options, first_chunk=None, connected=None, go=None):
-        """Send one message and time the reply's chunks: {ttft, e2e, gaps, tokens, message_id}.
+        """Send one message and time the reply's chunks: {ttft, e2e, saved, gaps, tokens, message_id}.
 
         Times count from the send frame: the socket is open before (a chat page opens it on
-        load). With `go`, the message is sent once the test sets it (after `connected`).
+        load). `e2e` is when the last token arrived, `saved` when the final `done` frame did
+        (the reply is stored by then). With `go`, the message is sent once the test sets it
+        (after `connected`).
         """
         import websockets
 
@@ -146,10 +148,9 @@ class Client:
                     if first_chunk is not None and len(arrivals) == 1:
                         first_chunk.set()
                 if frame["type"] == "done":
-                    e2e = time.perf_counter() - started
                     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-                    return {"ttft": arrivals[0], "e2e": e2e, "gaps": gaps, "tokens": options["max_new_tokens"],
-                            "message_id": frame["message_id"]}
+                    return {"ttft": arrivals[0], "e2e": arrivals[-1], "saved": time.perf_counter() - started,
+                            "gaps": gaps, "tokens": options["max_new_tokens"], "message_id": frame["message_id"]}
 
 
 def summarize(results, wall):
@@ -182,8 +183,16 @@ class Bench:
 
         return Conversation.objects.create(owner=self.user, model=self.spec, adapter=adapter).pk
 
+    def conversations(self, count):
+        """New conversations made before a timed run: the bench never writes to the database
+        while the server is being timed (SQLite has one writer at a time)."""
+        return [self.conversation() for _ in range(count)]
+
     async def wave(self, prompts, n, adapters=None):
-        """All prompts sent at once (sockets already open), each in a new conversation; (results, wall seconds)."""
+        """All prompts sent at once (sockets already open), each in a new conversation.
+
+        Returns the results and the seconds from the sends to the last token received.
+        """
         adapters = adapters or [None] * len(prompts)
         ids = [self.conversation(a) for a in adapters]
         connected, go = asyncio.Semaphore(0), asyncio.Event()
@@ -191,19 +200,18 @@ class Bench:
         for _ in asks:
             await connected.acquire()
         go.set()
-        started = time.perf_counter()
         results = await asyncio.gather(*asks)
-        return results, time.perf_counter() - started
+        return results, max(r["e2e"] for r in results)
 
     async def concurrency(self, level, total, n):
         """`level` clients, each sending its next request as soon as its last one is done."""
-        queue = list(range(total))
+        queue = list(enumerate(self.conversations(total)))
         results = []
 
         async def user():
             while queue:
-                index = queue.pop()
-                results.append(await self.client.ask(self.conversation(), PROMPTS[index % len(PROMPTS)], fixed(n)))
+                index, conversation = queue.pop()
+                results.append(await self.client.ask(conversation, PROMPTS[index % len(PROMPTS)], fixed(n)))
 
         started = time.perf_counter()
         await asyncio.gather(*(user() for _ in range(level)))
@@ -213,9 +221,10 @@ class Bench:
         """Requests arriving at random (exponential gaps, mean 1/rate seconds)."""
         rng = random.Random(seed)
         tasks = []
+        conversations = self.conversations(total)
         started = time.perf_counter()
-        for index in range(total):
-            tasks.append(asyncio.ensure_future(self.client.ask(self.conversation(), PROMPTS[index % len(PROMPTS)], fixed(n))))
+        for index, conversation in enumerate(conversations):
+            tasks.append(asyncio.ensure_future(self.client.ask(conversation, PROMPTS[index % len(PROMPTS)], fixed(n))))
             await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         return summarize(results, time.perf_counter() - started)
@@ -228,10 +237,11 @@ class Bench:
     async def short_behind_long(self, long_tokens, short_tokens):
         """A short request's time to first token while 7 long replies are streaming."""
         streaming = [asyncio.Event() for _ in range(7)]
-        long = [asyncio.ensure_future(self.client.ask(self.conversation(), p, fixed(long_tokens), first_chunk=e))
-                for p, e in zip(PROMPTS[1:], streaming)]
+        *others, mine = self.conversations(8)
+        long = [asyncio.ensure_future(self.client.ask(c, p, fixed(long_tokens), first_chunk=e))
+                for c, p, e in zip(others, PROMPTS[1:], streaming)]
         await asyncio.gather(*(e.wait() for e in streaming))
-        short = await self.client.ask(self.conversation(), PROMPTS[0], fixed(short_tokens))
+        short = await self.client.ask(mine, PROMPTS[0], fixed(short_tokens))
         await asyncio.gather(*long)
         return short["ttft"]
 

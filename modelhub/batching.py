@@ -203,6 +203,10 @@ class Decoder:
         rows = list(self.batch.rows)
         with torch.inference_mode():
             logits = self.batch.step(self.loaded.model, self.loaded.is_peft)
+            suppress = [i for i, seq in enumerate(rows) if seq.sampler.suppresses_eos(len(seq.tokens))]
+            if suppress:  # `ignore_eos` rows, all at once
+                rows_at, eos_at = torch.tensor(suppress, device=logits.device), torch.tensor(self.eos_ids, device=logits.device)
+                logits[rows_at[:, None], eos_at] = float("-inf")
             greedy = logits.argmax(-1).tolist()
             for i, seq in enumerate(rows):
                 try:

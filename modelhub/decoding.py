@@ -42,13 +42,16 @@ class Sampler:
 
     @property
     def greedy(self):
-        """Plain argmax of the raw logits: nothing to process, nothing to suppress."""
-        return not self.do_sample and not self.penalty and not self.min_tokens
+        """Argmax of the logits (once the end-of-turn tokens are suppressed where `suppresses_eos`)."""
+        return not self.do_sample and not self.penalty
+
+    def suppresses_eos(self, generated):
+        return generated < self.min_tokens and bool(self.eos_ids)
 
     def __call__(self, scores, context_ids, generated):
         """The next token from `scores` ([vocab]) after `context_ids` (prompt and reply so far)."""
         scores = scores.unsqueeze(0).float()
-        if generated < self.min_tokens and self.eos_ids:
+        if self.suppresses_eos(generated):
             scores[:, self.eos_ids] = float("-inf")  # `ignore_eos`: always reach max_new_tokens
         if self.processors:
             ids = torch.tensor([context_ids], device=scores.device)

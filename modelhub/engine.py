@@ -40,8 +40,8 @@ class Request:
         if loop is None:
             self._items = queue.Queue()
         else:
-            # Items wait in a deque; the event loop is woken only when nobody has woken it
-            # since its last read: one wake-up per read, not per token.
+            # Items wait in a deque; the event loop is woken only when the reader waits for
+            # them: not per token, and not while the reader paces itself (see chunks()).
             self._items = collections.deque()
             self._ready = asyncio.Event()
             self._wake_pending = False
@@ -71,23 +71,25 @@ class Request:
         larger frames instead of falling behind; with `min_interval` (seconds) at
         most one piece is yielded per interval (for a remote channel layer).
         """
-        loop = asyncio.get_running_loop()
-        last = float("-inf")
         while True:
-            await self._ready.wait()
-            wait = last + min_interval - loop.time()
-            if wait > 0 and self._items[0][0] == _CHUNK:
-                await asyncio.sleep(wait)  # tokens keep arriving meanwhile, without waking us
-            self._ready.clear()
-            self._wake_pending = False  # cleared before draining: a later item wakes us again
+            while not self._items:
+                self._ready.clear()
+                self._wake_pending = False  # from here on, the next item wakes us
+                if self._items:  # it came in meanwhile
+                    break
+                await self._ready.wait()
             items = [self._items.popleft() for _ in range(len(self._items))]
             text = [value for kind, value in items if kind == _CHUNK]
             if text:
-                last = loop.time()
                 yield "".join(text)
-            if items and items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows
+            if items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows
                 self._consume(items[-1])
                 return
+            if min_interval:
+                # Look again after the interval without being woken: tokens gather meanwhile and
+                # the worker does not pay for a wake-up per read (only an idle reader is woken).
+                self._wake_pending = True
+                await asyncio.sleep(min_interval)
 
     def _consume(self, item):
         kind, value = item

@@ -8,8 +8,8 @@ from django.urls import path
 from django.utils.html import format_html
 
 from conversations.arena import Arena
-from conversations.datasets import DatasetSnapshot, export_snapshot
-from conversations.forms import SnapshotForm
+from conversations.datasets import DatasetSnapshot, SnapshotChanged, export_snapshot
+from conversations.forms import SnapshotFinetuneForm, SnapshotForm
 from conversations.leaderboard import SOURCES, leaderboard
 from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference
 
@@ -99,9 +99,29 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
     fields = ["format", "filters", "scrubbed", "eval_fraction", "train_path", "train_sha256", "eval_path",
               "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
     readonly_fields = fields
+    actions = ["finetune"]
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_finetune_permission(self, request):
+        return request.user.has_perm("modelhub.add_finetunejob")
+
+    @admin.action(description="Fine-tune an adapter on this snapshot (in the background)", permissions=["finetune"])
+    def finetune(self, request, queryset):
+        """Queue a FinetuneJob on the snapshot's verified files and start it as its own process."""
+        snapshot = queryset.first()
+        if queryset.count() != 1 or snapshot.format not in ("sft", "dpo"):
+            self.message_user(request, "Pick one SFT or DPO snapshot to fine-tune on.", messages.ERROR)
+            return None
+        form = SnapshotFinetuneForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            job = _start_finetune(request, snapshot, form.cleaned_data)
+            if job is not None:
+                return redirect("admin:modelhub_finetunejob_change", job.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
+                   "snapshot": snapshot, "title": f"Fine-tune an adapter on {snapshot}"}
+        return TemplateResponse(request, "conversations/admin_snapshot_finetune.html", context)
 
     @admin.display(description="train rows")
     def train_rows(self, snapshot):
@@ -163,3 +183,28 @@ class ArenaAdmin(ReadOnlyAdmin):
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Leaderboard",
                    "ratings": leaderboard(), "sources": [Preference.Source(s).label for s in SOURCES]}
         return TemplateResponse(request, "admin/conversations/arena/leaderboard.html", context)
+
+
+def _start_finetune(request, snapshot, data):
+    """The admin's side of `manage.py finetune --snapshot`; messages the user, returns the job or None."""
+    from django.conf import settings
+
+    from modelhub.finetune import run_in_background
+    from modelhub.models import FinetuneJob
+    from modelhub.options import ModelhubError
+
+    try:
+        files = snapshot.verify()
+        job = FinetuneJob.objects.create_for(
+            data["base"], snapshot.format, files["train"], files["eval"], snapshot.dataset_ref(),
+            {"epochs": data["epochs"], "learning_rate": data["learning_rate"]}, request.user, data["adapter_name"],
+        )
+    except SnapshotChanged as exc:
+        messages.error(request, str(exc))
+        return None
+    except ModelhubError as exc:
+        messages.error(request, exc.message)
+        return None
+    run_in_background(job, settings.VAR_DIR / "logs")
+    messages.success(request, f"Started fine-tune job {job.pk} on {snapshot}: its page shows the progress.")
+    return job

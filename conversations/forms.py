@@ -128,3 +128,12 @@ class SnapshotForm(forms.Form):
         data = self.cleaned_data
         return Filters(since=data["since"], until=data["until"], model=data["model"].strip(),
                        adapter=data["adapter"].strip(), tag=data["tag"].strip())
+
+
+class SnapshotFinetuneForm(forms.Form):
+    """The admin's "Fine-tune an adapter on this snapshot" form: a base model and the main knobs."""
+
+    base = forms.ModelChoiceField(queryset=ModelSpec.objects.filter(backend=ModelSpec.Backend.TRANSFORMERS))
+    adapter_name = forms.SlugField(required=False, max_length=100, help_text="Default: <method>-job-<id>")
+    epochs = forms.FloatField(initial=3.0, min_value=0.1, max_value=100)
+    learning_rate = forms.FloatField(initial=2e-4, min_value=1e-7, max_value=1.0)

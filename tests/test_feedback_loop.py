@@ -5,13 +5,15 @@ its lineage, and once promoted the adapter answers the way the corrections taugh
 import json
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from conversations.datasets import export_snapshot
 from conversations.feedback import Feedback
 from conversations.models import Conversation
 from modelhub import api
-from modelhub.models import Adapter
+from modelhub.models import Adapter, FinetuneJob
 
 PHRASE = "Blue is my answer."
 QUESTIONS = [
@@ -82,3 +84,61 @@ def test_a_snapshot_whose_file_changed_since_the_export_is_refused(owner, tiny_s
     with pytest.raises(CommandError, match="missing or changed"):
         call_command("finetune", snapshot=snapshot.pk, base="tiny")
     assert not Adapter.objects.exists()
+
+
+class FakePopen:
+    """Stands in for the training process only: what is under test is who may start which job."""
+
+    calls = []
+
+    def __init__(self, command, **kwargs):
+        self.pid = 4242
+        FakePopen.calls.append(command)
+
+
+def finetune_action(client, snapshot, **form):
+    url = reverse("admin:conversations_datasetsnapshot_changelist")
+    return client.post(url, {"action": "finetune", "_selected_action": [snapshot.pk], **form})
+
+
+@pytest.fixture
+def snapshot(owner, tiny_spec):
+    corrected_conversations(owner, tiny_spec, 4)
+    return export_snapshot("sft", eval_fraction=0.5)
+
+
+def test_staff_start_a_background_fine_tune_on_a_snapshot_from_the_admin(client, staff, tiny_spec, snapshot, monkeypatch):
+    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+    FakePopen.calls.clear()
+    for codename in ("view_datasetsnapshot", "add_finetunejob", "view_finetunejob"):
+        staff.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(staff)
+
+    confirm = finetune_action(client, snapshot)
+    assert confirm.status_code == 200 and b"Start fine-tuning" in confirm.content and not FakePopen.calls
+    started = finetune_action(client, snapshot, apply="1", base=tiny_spec.pk, adapter_name="from-admin",
+                              epochs="2", learning_rate="0.001")
+
+    job = FinetuneJob.objects.get()
+    assert started.status_code == 302 and started.url == reverse("admin:modelhub_finetunejob_change", args=[job.pk])
+    assert (job.method, job.adapter_name, job.status, job.pid) == ("sft", "from-admin", "queued", 4242)
+    assert job.dataset_ref["snapshot"] == snapshot.pk and job.hyperparameters["epochs"] == 2.0
+    assert job.train_path == snapshot.train_path and job.created_by == staff
+    assert FakePopen.calls[0][-3:] == ["finetune", "--job", str(job.pk)]
+
+
+@pytest.mark.parametrize("role", ["anonymous", "owner", "staff"])
+def test_only_staff_allowed_to_fine_tune_can_start_one_from_a_snapshot(client, role, owner, staff, tiny_spec, snapshot,
+                                                                       monkeypatch):
+    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+    FakePopen.calls.clear()
+    if role == "staff":  # may see snapshots, may not fine-tune
+        staff.user_permissions.add(Permission.objects.get(codename="view_datasetsnapshot"))
+    if role != "anonymous":
+        client.force_login(owner if role == "owner" else staff)
+
+    response = finetune_action(client, snapshot, apply="1", base=tiny_spec.pk, epochs="1", learning_rate="0.001")
+
+    expected = {"anonymous": 302, "owner": 302, "staff": 200}  # to the login page; staff: the list, no such action
+    assert response.status_code == expected[role] and b"Start fine-tuning" not in response.content
+    assert not FinetuneJob.objects.exists() and FakePopen.calls == []

@@ -313,3 +313,11 @@ def test_deleting_the_voters_conversations_deletes_the_arena_answers_and_votes(s
     arena.next_match().decide(staff, "left")
     Conversation.objects.for_user(staff).delete()
     assert not ArenaMatch.objects.exists() and not Preference.objects.exists()
+
+
+def test_the_sidebar_links_staff_to_the_arena_and_admin_and_nobody_else(client, owner, staff):
+    arena_url = reverse("conversations:arena_list").encode()
+    client.force_login(owner)
+    assert arena_url not in client.get(reverse("conversations:list")).content
+    client.force_login(staff)
+    assert arena_url in client.get(reverse("conversations:list")).content

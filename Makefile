@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test browser bench-stream clean
+.PHONY: install run test browser bench bench-stream bench-serve bench-finetune clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -28,8 +28,17 @@ test: install browser
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+bench: bench-stream bench-serve bench-finetune
+	$(PY) bench/memory.py
+
 bench-stream: install
 	$(PY) bench/stream.py
+
+bench-serve: install
+	$(PY) bench/serve.py
+
+bench-finetune: install
+	$(PY) bench/finetune.py
 
 clean:
 	rm -rf $(VENV) var

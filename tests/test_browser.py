@@ -219,7 +219,8 @@ def test_hostile_markup_from_the_user_and_the_model_never_runs_or_loads(page):
     hrefs = [link.get_attribute("href") for link in page.locator(".message a[href]").all()]
     assert hrefs and all(href.startswith(("http://", "https://", "#")) for href in hrefs)
     assert page.evaluate("window.__pwned") is None
-    assert page.locator(".message img, .message iframe, .message svg, .message script").count() == 0
+    texts = ".message-text"  # what the user and the model wrote (the page's own icons are not in it)
+    assert page.locator(f"{texts} img, {texts} iframe, {texts} svg, {texts} script").count() == 0
     page.screenshot(path=ARTIFACTS / "browser-xss.png")
 
 

@@ -144,12 +144,12 @@ async def test_branch_frames_for_unknown_messages_are_refused(owner, conversatio
 
 def test_the_sibling_switch_view_redraws_the_path(owner_client, conversation):
     q = conversation.add_user_message("Q")
-    first = add_reply(conversation, "A1")
+    first = add_reply(conversation, "First answer")
     second = conversation.start_reply(first_spec(), {}, parent=q)
-    second.finish("complete", "A2")
+    second.finish("complete", "Second answer")
     url = reverse("conversations:switch", args=[conversation.pk, first.pk])
     html = owner_client.post(url, headers={"HX-Request": "true"}).content.decode()
-    assert "A1" in html and "A2" not in html and "1/2" in html
+    assert "First answer" in html and "Second answer" not in html and "1/2" in html
     conversation.refresh_from_db()
     assert conversation.leaf == first
 

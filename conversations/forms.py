@@ -134,6 +134,6 @@ class SnapshotFinetuneForm(forms.Form):
     """The admin's "Fine-tune an adapter on this snapshot" form: a base model and the main knobs."""
 
     base = forms.ModelChoiceField(queryset=ModelSpec.objects.filter(backend=ModelSpec.Backend.TRANSFORMERS))
-    adapter_name = forms.SlugField(required=False, max_length=100, help_text="Default: <method>-job-<id>")
+    adapter_name = forms.SlugField(required=False, max_length=100, help_text="Default: method-job-ID, e.g. sft-job-12.")
     epochs = forms.FloatField(initial=3.0, min_value=0.1, max_value=100)
     learning_rate = forms.FloatField(initial=2e-4, min_value=1e-7, max_value=1.0)

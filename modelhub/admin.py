@@ -264,6 +264,10 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return self.shown if obj else []  # a job is a record: once made, it is only read
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        read_only = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
+        return super().change_view(request, object_id, form_url, {**read_only, **(extra_context or {})})
+
     def save_model(self, request, obj, form, change):
         """Through create_for, like the command: defaults filled in, adapter name chosen, creator kept."""
         job = FinetuneJob.objects.create_for(

@@ -241,7 +241,7 @@ class FinetuneJob(models.Model):
 
     base = models.ForeignKey(ModelSpec, on_delete=models.CASCADE, related_name="finetune_jobs")
     method = models.CharField(max_length=3, choices=Method.choices)
-    adapter_name = models.SlugField(max_length=100, blank=True, help_text="Empty: <method>-job-<id>.")
+    adapter_name = models.SlugField(max_length=100, blank=True, help_text="Empty: method-job-ID, e.g. sft-job-12.")
     train_path = models.CharField(max_length=500, help_text="JSONL file of training examples.")
     eval_path = models.CharField(max_length=500, help_text="JSONL file of held-out examples.")
     dataset_ref = models.JSONField(default=dict, blank=True, help_text="Where the files came from.")

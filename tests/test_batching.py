@@ -18,7 +18,7 @@ from modelhub.kv_reuse import PrefixCache
 from modelhub.models import Adapter
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
-from tests.test_modelhub_serving import adapter_dirs, make_adapter  # noqa: F401 - fixture
+from tests.test_modelhub_serving import adapter_dirs  # noqa: F401 - a fixture shared with those tests
 
 PROMPTS = [
     "hello there, how are you doing today?",

@@ -69,6 +69,10 @@ def describe_runtime(name):
         text += f", {memory / 2**20:.1f} MiB"
     if info.get("adapters"):
         text += ", adapters: " + ", ".join(info["adapters"])
+    text += f"; {info['running']} replying, {info['waiting']} waiting (at most {info.get('peak_batch', 0)} at once so far)"
+    if "kv_cache_entries" in info:
+        text += (f"; KV cache {info['kv_cache_entries']} turns, {info['kv_cache_bytes'] / 2**20:.1f} MiB, "
+                 f"{info['kv_cache_hits']} reuses ({info['kv_reused_tokens']} prompt tokens not recomputed)")
     idle = time.time() - info["last_used_at"]
     return f"{text}, loaded in {info['load_seconds']}s, last used {idle:.0f}s ago"
 

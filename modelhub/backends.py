@@ -83,6 +83,8 @@ class TransformersBackend:
         if self.prefix_cache is not None:
             info["kv_cache_bytes"] = self.prefix_cache.bytes
             info["kv_cache_entries"] = len(self.prefix_cache)
+            info["kv_cache_hits"] = self.prefix_cache.hits
+            info["kv_reused_tokens"] = self.prefix_cache.reused_tokens
         return info
 
     def close(self):

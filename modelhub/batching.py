@@ -117,11 +117,14 @@ class Batch:
         self.peak = max(self.peak, len(self.rows))
         seq.cache = None
 
-    def remove(self, seq):
-        """Take a sequence's row out; return its keys and values (real tokens only, copied)."""
+    def remove(self, seq, copy=True):
+        """Take a sequence's row out; with `copy`, return its keys and values (real tokens only)."""
         i = self.rows.index(seq)
         real = int(self.mask[i].sum())
-        layers = [(lay.keys[i : i + 1, :, -real:].clone(), lay.values[i : i + 1, :, -real:].clone()) for lay in self.cache.layers]
+        layers = None
+        if copy:
+            layers = [(lay.keys[i : i + 1, :, -real:].clone(), lay.values[i : i + 1, :, -real:].clone())
+                      for lay in self.cache.layers]
         del self.rows[i]
         if not self.rows:
             self.cache = self.mask = None
@@ -220,16 +223,11 @@ class Decoder:
 
     def release(self, seq, keep=True):
         """Take the sequence out of the batch; keep its keys and values for a later turn (`keep`)."""
+        keep = keep and self.prefix_cache is not None
         if seq in self.batch.rows:
-            layers = self.batch.remove(seq)
-        elif seq.cache is not None and seq.fed:
-            layers = [(lay.keys, lay.values) for lay in seq.cache.layers]  # its own tensors: nothing to copy
-            seq.cache = None
+            layers = self.batch.remove(seq, copy=keep)
         else:
-            return
-        if keep and self.prefix_cache is not None:
+            layers = [(lay.keys, lay.values) for lay in seq.cache.layers] if seq.cache is not None and seq.fed else None
+            seq.cache = None  # its own tensors: nothing to copy
+        if keep and layers:
             self.prefix_cache.store(seq.adapter, seq.cached_ids, layers)
-
-    @property
-    def running(self):
-        return len(self.batch.rows)

@@ -3,6 +3,7 @@
 import pytest
 from django.urls import reverse
 
+from modelhub import api
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
 from tests.test_modelhub_serving import make_adapter
@@ -112,7 +113,9 @@ def test_load_and_unload_actions_change_the_runtime_status(staff_client, tiny_sp
 
         time.sleep(0.05)
     page = staff_client.get(url).content.decode()
-    assert "loaded on cpu, float32, none" in page and "MiB" in page
+    assert "loaded on cpu, float32, none" in page and "MiB" in page and "0 replying, 0 waiting" in page
+    "".join(api.start(tiny_spec, [{"role": "user", "content": "hello"}], {"temperature": 0, "max_new_tokens": 4}))
+    assert "KV cache 1 turns" in staff_client.get(url).content.decode()  # the reply's keys and values are kept
     staff_client.post(url, {"action": "unload_models", "_selected_action": [tiny_spec.pk]})
     assert "tiny" not in registry.status()
     assert "not loaded" in staff_client.get(url).content.decode()

@@ -14,12 +14,8 @@ from conversations.feedback import Feedback
 from conversations.models import Conversation
 from modelhub import api
 from modelhub.models import Adapter, FinetuneJob
+from tests.test_finetune import PHRASE, QUESTIONS, FakePopen
 
-PHRASE = "Blue is my answer."
-QUESTIONS = [
-    "hello there, how are you doing today?", "what do you like to do on the weekend?", "where do you hike?",
-    "what is your favourite colour?", "tell me something about books", "is it going to rain?",
-]
 LEARN = {"epochs": 10, "learning_rate": 1e-2, "eval_steps": 10, "lora_dropout": 0.0, "batch_size": 4}
 
 
@@ -86,16 +82,6 @@ def test_a_snapshot_whose_file_changed_since_the_export_is_refused(owner, tiny_s
     assert not Adapter.objects.exists()
 
 
-class FakePopen:
-    """Stands in for the training process only: what is under test is who may start which job."""
-
-    calls = []
-
-    def __init__(self, command, **kwargs):
-        self.pid = 4242
-        FakePopen.calls.append(command)
-
-
 def finetune_action(client, snapshot, **form):
     url = reverse("admin:conversations_datasetsnapshot_changelist")
     return client.post(url, {"action": "finetune", "_selected_action": [snapshot.pk], **form})
@@ -124,7 +110,8 @@ def test_staff_start_a_background_fine_tune_on_a_snapshot_from_the_admin(client,
     assert (job.method, job.adapter_name, job.status, job.pid) == ("sft", "from-admin", "queued", 4242)
     assert job.dataset_ref["snapshot"] == snapshot.pk and job.hyperparameters["epochs"] == 2.0
     assert job.train_path == snapshot.train_path and job.created_by == staff
-    assert FakePopen.calls[0][-3:] == ["finetune", "--job", str(job.pk)]
+    (command, _), = FakePopen.calls
+    assert command[-3:] == ["finetune", "--job", str(job.pk)]
 
 
 @pytest.mark.parametrize("role", ["anonymous", "owner", "staff"])

@@ -173,13 +173,24 @@ def _save_turn(user, conversation_id, turn):
 async def begin(user, conversation_id, turn):
     """Save the turn, create (or reopen) the reply and start its task. Raises ChatError.
 
-    Saving and rendering take one trip to the database thread (which every user's
-    saves share, in turn); generation starts right after it, and the task publishes
-    its first chunk once the new messages are announced.
+    The reply is announced to modelhub first (`api.expect`): replies running meanwhile
+    hold their next step for it, so it starts as soon as it is saved. Saving and
+    rendering take one trip to the database thread (which every user's saves share,
+    in turn); generation starts right after it, and the task publishes its first
+    chunk once the new messages are announced.
     """
+    arrivals = [api.expect() for _ in range(2 if turn.kind == "compare" else 1)]
+    try:
+        return await _begin(user, conversation_id, turn, arrivals)
+    finally:
+        for arrival in arrivals:  # those no task took: the turn was refused or failed
+            arrival.done()
+
+
+async def _begin(user, conversation_id, turn, arrivals):
     if turn.kind == "compare":
         conversation, plans = await _prepare_comparison(user, conversation_id, turn)
-        tasks = [_start_task(reply, model) for reply, *model in plans]
+        tasks = [_start_task(reply, model, arrivals.pop()) for reply, *model in plans]
         try:
             await publish(conversation_id, {"type": "title", "title": conversation.title})
             await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
@@ -188,7 +199,7 @@ async def begin(user, conversation_id, turn):
                 task.announced.set()
         return plans[0][0]
     reply, model, frames = await _prepare(user, conversation_id, turn)
-    task = _start_task(reply, model) if model is not None else None
+    task = _start_task(reply, model, arrivals.pop()) if model is not None else None
     try:
         for frame in frames:
             await publish(conversation_id, frame)
@@ -198,8 +209,8 @@ async def begin(user, conversation_id, turn):
     return reply
 
 
-def _start_task(reply, model):
-    task = ReplyTask(reply, *model)
+def _start_task(reply, model, arrival):
+    task = ReplyTask(reply, *model, arrival=arrival)
     _replies[reply.pk] = task
     task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
     return task
@@ -258,8 +269,9 @@ def unwatch(conversation_id):
 
 
 class ReplyTask:
-    def __init__(self, reply, spec, adapter, history):
+    def __init__(self, reply, spec, adapter, history, arrival=None):
         self.reply = reply
+        self.arrival = arrival  # modelhub's notice that this reply is coming (settled by api.start)
         self.spec = spec
         self.adapter = adapter
         self.history = history
@@ -291,13 +303,16 @@ class ReplyTask:
             raise
         finally:
             _replies.pop(self.reply.pk, None)
+            if self.arrival is not None:
+                self.arrival.done()  # cancelled before it reached modelhub
 
     async def _generate(self):
         conversation_id = self.reply.conversation_id
         try:
             overrides = self.reply.generation_options
             self.request = api.start(
-                self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter
+                self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter,
+                arrival=self.arrival,
             )
             if self.stop_requested:
                 self.request.cancel()

@@ -14,6 +14,7 @@ Nothing here imports torch; the model loads in its worker thread on first use.
 
 from django.conf import settings
 
+from modelhub.arrivals import arrivals
 from modelhub.engine import Request
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelNotFound
@@ -42,10 +43,26 @@ def get_adapter(spec, name):
     return adapter
 
 
-def start(spec, messages, overrides=None, loop=None, adapter=None):
-    """Queue a reply on the spec's worker (with an Adapter of that spec, or none) and return its Request."""
-    if adapter is not None and adapter.base_id != spec.pk:
-        raise ModelNotFound(f"adapter {adapter.name!r} belongs to {adapter.base.name!r}, not {spec.name!r}")
-    pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
-    request = Request(list(messages), options_for(spec, overrides), loop=loop, adapter=pair)
-    return registry.worker(spec).submit(request)
+def expect():
+    """Announce a reply about to start (call before saving the turn); `.done()` if it will not.
+
+    Running replies hold their next step for it (briefly), so it starts at once; the
+    `start` that passes it as `arrival` settles it. See modelhub.arrivals.
+    """
+    return arrivals.expect()
+
+
+def start(spec, messages, overrides=None, loop=None, adapter=None, arrival=None):
+    """Queue a reply on the spec's worker (with an Adapter of that spec, or none) and return its Request.
+
+    `arrival` (from `expect()`) is settled however this ends.
+    """
+    try:
+        if adapter is not None and adapter.base_id != spec.pk:
+            raise ModelNotFound(f"adapter {adapter.name!r} belongs to {adapter.base.name!r}, not {spec.name!r}")
+        pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
+        request = Request(list(messages), options_for(spec, overrides), loop=loop, adapter=pair, arrival=arrival)
+        return registry.worker(spec).submit(request)
+    finally:
+        if arrival is not None:
+            arrival.done()

@@ -3,7 +3,8 @@
 A backend serves many replies at once, step by step, driven by its worker (engine.py):
 
     backend.open(request) -> sequence      build the prompt; raises ModelhubError for a bad request
-    backend.prefill(sequence, budget) -> n feed up to `budget` tokens of its prompt; `sequence.ready` after the last
+    backend.prefill(sequences, budget) -> n feed up to `budget` tokens of these prompts, oldest first;
+                                           each is `ready` after its last (failures go to `sequence.error`)
     backend.decode() -> [sequence]         one decode step for every running sequence
     backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
 
@@ -51,8 +52,8 @@ class TransformersBackend:
             self.prefix_cache.forget(name)  # keys computed with a replaced adapter are stale
         attach_adapter(self.loaded, name, folder)
 
-    def prefill(self, sequence, budget=None):
-        return self.decoder.prefill(sequence, budget)
+    def prefill(self, sequences, budget):
+        return self.decoder.prefill(sequences, budget)
 
     def decode(self):
         return self.decoder.decode()
@@ -140,13 +141,14 @@ class ScriptedBackend:
         self._running.append(sequence)
         return sequence
 
-    prefill_budget = 1
+    prefill_budget = 16  # a scripted prompt counts as one token
 
-    def prefill(self, sequence, budget=None):
-        sequence.ready = True
-        if not sequence.chunks:
-            sequence.end("stop")
-        return 1
+    def prefill(self, sequences, budget):
+        for sequence in sequences[:budget]:
+            sequence.ready = True
+            if not sequence.chunks:
+                sequence.end("stop")
+        return min(len(sequences), budget)
 
     def decode(self):
         """One chunk for every running sequence, `delay` seconds per step."""

@@ -1,9 +1,11 @@
 """Step-level batching: replies on one model decode together, joining and leaving between steps.
 
-Each request becomes a `Sequence`. Its prompt is prefilled alone, a chunk at a
-time (so a long prompt never holds the others' decoding up for long), into a KV
-cache of its own, starting from the longest stored prefix of earlier turns when
-there is one (kv_reuse.py). Then it joins the `Batch`: one KV cache for every
+Each request becomes a `Sequence`. Its prompt is prefilled into a KV cache of its
+own, starting from the longest stored prefix of earlier turns when there is one
+(kv_reuse.py). New prompts waiting together go through the model together, in one
+left-padded pass; a prompt that continues a stored prefix, or is longer than the
+round's budget, goes alone, a chunk at a time (so a long prompt never holds the
+others' decoding up for long). Then it joins the `Batch`: one KV cache for every
 running sequence, left-padded to a common length, with an attention mask that
 hides the padding and position ids that count only each row's real tokens, so a
 row computes exactly what it would compute alone. Every decode step feeds each
@@ -179,27 +181,82 @@ class Decoder:
                 seq.fed = seq.usage.cached_prompt_tokens = reused
         return seq
 
-    def prefill(self, seq, budget=None):
-        """Feed the next chunk of the prompt (at most `budget` tokens); once all is in, sample
-        the first token and join the batch. Returns how many prompt tokens were fed."""
-        size = min(self.prefill_chunk, budget or self.prefill_chunk)
-        chunk = seq.prompt_ids[seq.fed : seq.fed + size]
+    def prefill(self, waiting, budget):
+        """Feed waiting prompts, oldest first, up to `budget` tokens; returns how many were fed.
+
+        Once a prompt is all in, its first token is sampled and it joins the batch. A
+        failure is recorded on its sequence (`error`); the others go on.
+        """
+        fed, queue = 0, [seq for seq in waiting if seq.error is None]
+        while queue and fed < budget:
+            group, size = [], 0
+            for seq in queue:  # new prompts that fit, the oldest first, go together
+                if seq.fed == 0 and size + len(seq.prompt_ids) <= budget - fed:
+                    group.append(seq)
+                    size += len(seq.prompt_ids)
+            if queue[0] in group and len(group) > 1:
+                fed += self._prefill_together(group)
+            else:
+                fed += self._prefill_alone(queue[0], budget - fed)
+            queue = [seq for seq in queue if seq.error is None and not seq.ready]
+        return fed
+
+    def _prefill_alone(self, seq, budget):
+        """The next chunk of one prompt (at most `budget` tokens)."""
+        chunk = seq.prompt_ids[seq.fed : seq.fed + min(self.prefill_chunk, budget)]
         device = self.loaded.model.device
         extra = {"adapter_names": [seq.adapter]} if self.loaded.is_peft else {}
-        with torch.inference_mode():
-            out = self.loaded.model(
-                input_ids=torch.tensor([chunk], device=device),
-                attention_mask=torch.ones(1, seq.fed + len(chunk), dtype=torch.long, device=device),
-                position_ids=torch.arange(seq.fed, seq.fed + len(chunk), device=device).unsqueeze(0),
-                past_key_values=seq.cache, use_cache=True, logits_to_keep=1, **extra,
-            )
-            seq.fed += len(chunk)
-            if not seq.prefilled:
-                return len(chunk)
-            seq.accept(seq.sampler(out.logits[0, -1], seq.prompt_ids, 0))
+        try:
+            with torch.inference_mode():
+                out = self.loaded.model(
+                    input_ids=torch.tensor([chunk], device=device),
+                    attention_mask=torch.ones(1, seq.fed + len(chunk), dtype=torch.long, device=device),
+                    position_ids=torch.arange(seq.fed, seq.fed + len(chunk), device=device).unsqueeze(0),
+                    past_key_values=seq.cache, use_cache=True, logits_to_keep=1, **extra,
+                )
+        except Exception as exc:  # noqa: BLE001 - this sequence's failure, reported by the worker
+            seq.error = exc
+            return len(chunk)
+        seq.fed += len(chunk)
+        if seq.prefilled:
+            self._first_token(seq, out.logits[0, -1])
+        return len(chunk)
+
+    def _prefill_together(self, group):
+        """Whole new prompts in one left-padded pass; each row's keys and values become its own cache.
+        If the pass fails, each prompt is fed alone, so only a guilty one fails."""
+        device = self.loaded.model.device
+        width = max(len(seq.prompt_ids) for seq in group)
+        pad = self.loaded.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(seq.prompt_ids)) + seq.prompt_ids for seq in group], device=device)
+        mask = torch.tensor([[0] * (width - len(seq.prompt_ids)) + [1] * len(seq.prompt_ids) for seq in group], device=device)
+        cache = DynamicCache()
+        extra = {"adapter_names": [seq.adapter for seq in group]} if self.loaded.is_peft else {}
+        try:
+            with torch.inference_mode():
+                out = self.loaded.model(
+                    input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1, **extra,
+                )
+        except Exception:  # noqa: BLE001 - find the guilty prompt
+            return sum(self._prefill_alone(seq, len(seq.prompt_ids)) for seq in group)
+        for i, seq in enumerate(group):
+            n = len(seq.prompt_ids)
+            own = [(lay.keys[i : i + 1, :, -n:].contiguous(), lay.values[i : i + 1, :, -n:].contiguous()) for lay in cache.layers]
+            seq.cache, seq.fed = DynamicCache(ddp_cache_data=own), n
+            self._first_token(seq, out.logits[i, -1])
+        return sum(len(seq.prompt_ids) for seq in group)
+
+    def _first_token(self, seq, logits):
+        """Sample the token after the prompt; the sequence then joins the batch (unless that ended it)."""
+        try:
+            with torch.inference_mode():
+                seq.accept(seq.sampler(logits, seq.prompt_ids, 0))
+        except Exception as exc:  # noqa: BLE001 - this sequence's failure, reported by the worker
+            seq.error = exc
+            return
         if not seq.finish_reason:
             self.batch.add(seq)
-        return len(chunk)
 
     def decode(self):
         """One step for every sequence in the batch; a failure in one row's sampling fails only that row."""

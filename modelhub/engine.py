@@ -6,7 +6,8 @@ first request, and is the only thread that touches it. It schedules step by
 step: between two decode steps it admits new requests, drops stopped ones, feeds
 waiting prompts up to a token budget, oldest first (so a newcomer gets its first
 token after at most one step of the others, and a long prompt never stalls them
-for long), then runs one decode step for all running requests together (batching.py).
+for long), waits briefly while a reply is on its way (arrivals.py), then runs one
+decode step for all running requests together (batching.py).
 Callers get a `Request`: they read its text chunks (plain or async iteration),
 may cancel it, and read its `usage` at the end.
 """
@@ -18,6 +19,7 @@ import queue
 import threading
 import time
 
+from modelhub.arrivals import arrivals
 from modelhub.options import ModelhubError, ModelLoadError, Usage
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ _CHUNK, _END, _ERROR = "chunk", "end", "error"
 class Request:
     """A single reply being generated. Thread-safe producer side, one consumer."""
 
-    def __init__(self, messages, options, loop=None, adapter=None):
+    def __init__(self, messages, options, loop=None, adapter=None, arrival=None):
         self.messages = messages
         self.options = options
         self.adapter = adapter  # (name, folder) of a LoRA adapter on this model, or None for the base
+        self.arrival = arrival  # the announcement (arrivals.py) that submitting this request settles
         self.started = time.monotonic()  # usage times count from here, time in the queue included
         self.usage = None
         self.error = None
@@ -130,13 +133,14 @@ class Worker:
     """Owns one model: loads it in its own thread, then serves its requests step by step.
 
     A backend offers the step interface (backends.py): `open(request) -> sequence`,
-    `prefill(sequence, budget) -> tokens fed`, `decode() -> sequences stepped`, `release(sequence, keep)`,
+    `prefill(sequences, budget) -> tokens fed`, `decode() -> sequences stepped`, `release(sequence, keep)`,
     and `prefill_budget`. A sequence exposes `ready`, `take_text()`, `finish_reason`, `error`, `usage`
     and `end(reason)`.
     """
 
-    def __init__(self, name, load_backend, on_ready=None, max_batch=16):
-        """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress."""
+    def __init__(self, name, load_backend, on_ready=None, max_batch=16, hold=0.0):
+        """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress;
+        running replies wait at most `hold` seconds per step for replies on their way."""
         self.name = name
         self.backend = None
         self.state = "loading"
@@ -144,6 +148,8 @@ class Worker:
         self.progress = ""
         self.load_seconds = None
         self.max_batch = max_batch
+        self.hold = hold
+        self._step_due = 0.0  # monotonic time by which the running replies must step, holding or not
         self.last_used = time.monotonic()
         self.last_used_at = time.time()
         self._created = time.monotonic()
@@ -158,11 +164,14 @@ class Worker:
         self._thread.start()
 
     def submit(self, request):
-        with self._state_lock:
-            if self.state in ("failed", "closed"):
-                raise ModelLoadError(self.error or f"model {self.name!r} is not loaded")
-            self.last_used = time.monotonic()
-            self._queue.put(request)
+        try:
+            with self._state_lock:
+                if self.state in ("failed", "closed"):
+                    raise ModelLoadError(self.error or f"model {self.name!r} is not loaded")
+                self.last_used = time.monotonic()
+                self._queue.put(request)
+        finally:
+            arrivals.settle(request.arrival)  # queued first: a worker woken by this finds it
         return request
 
     def close(self, timeout=30):
@@ -211,6 +220,8 @@ class Worker:
         while not (self._closing and not self.busy):
             self._admit(block=not self.busy)
             self._drop_cancelled()
+            if self._hold():
+                continue  # a reply came: admit it, then see whether more are coming
             self._prefill()
             self._decode_step()
             self.last_used, self.last_used_at = time.monotonic(), time.time()
@@ -254,19 +265,36 @@ class Worker:
             self._retire(sequence)
 
     def _prefill(self):
-        """Feed waiting prompts, oldest first, until this round's token budget is spent."""
-        budget = self.backend.prefill_budget
-        while self._waiting and budget > 0:
-            sequence = self._waiting[0]
-            try:
-                budget -= max(1, self.backend.prefill(sequence, budget))
-            except Exception as exc:
-                self._retire(sequence, exc)
-                continue
-            if sequence.ready:
-                self._waiting.popleft()
+        """Feed waiting prompts, oldest first, up to this round's token budget; the ready ones join."""
+        if not self._waiting:
+            return
+        waiting = list(self._waiting)
+        try:
+            self.backend.prefill(waiting, self.backend.prefill_budget)
+        except Exception as exc:  # the backend could not tell whose fault it was
+            for sequence in waiting:
+                sequence.error = sequence.error or exc
+        for sequence in waiting:
+            if sequence.error is not None:
+                self._retire(sequence, sequence.error)
+            elif sequence.ready:
+                self._waiting.remove(sequence)
+                if not self._running:
+                    self._step_due = time.monotonic() + self.hold
                 self._running.append(sequence)
                 self._deliver(sequence)
+
+    def _hold(self):
+        """While a reply is on its way, wait for it rather than compute; True if a request came.
+
+        Running replies wait at most until their step is due, and admitted prompts at most
+        `hold` seconds, so prompts sent together are prefilled together."""
+        if not self.hold or self._closing or not self.busy:
+            return False
+        if len(self._waiting) + len(self._running) >= self.max_batch:  # no room: what comes waits anyway
+            return False
+        due = min([self._step_due] * bool(self._running) + [s.request.started + self.hold for s in self._waiting])
+        return arrivals.wait(lambda: not self._queue.empty(), due)
 
     def _decode_step(self):
         if not self._running:
@@ -279,6 +307,7 @@ class Worker:
             return
         for sequence in stepped:
             self._deliver(sequence)
+        self._step_due = time.monotonic() + self.hold
 
     def _deliver(self, sequence):
         """Hand the sequence's new text to its caller; retire it if it ended or failed."""

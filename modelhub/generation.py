@@ -70,8 +70,10 @@ def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelle
 
     decoder = Decoder(loaded)
     seq = decoder.open(messages, options, adapter)
-    while not seq.ready:
-        decoder.prefill(seq)
+    while not (seq.ready or seq.error):
+        decoder.prefill([seq], decoder.prefill_chunk)
+    if seq.error is not None:
+        raise seq.error
     while True:
         text = seq.take_text()
         if text:

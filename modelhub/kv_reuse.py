@@ -9,6 +9,10 @@ longest token prefix with it and prefills only the rest. Matching by tokens, not
 by conversation id, also covers regenerations, edits and branches, and is exact:
 a reused key was computed from the very same tokens at the very same positions.
 
+A prefix shorter than `min_tokens` (the chat template's opening, shared by every
+conversation) is not worth copying: a new prompt is prefilled together with the
+other new ones (batching.py) faster than its few tokens are restored.
+
 Entries are per adapter (a LoRA on the attention projections changes the keys),
 bounded by a byte budget and evicted least recently used. Only the model's worker
 thread touches this object.
@@ -26,8 +30,9 @@ def common_prefix(a, b):
 
 
 class PrefixCache:
-    def __init__(self, budget_bytes):
+    def __init__(self, budget_bytes, min_tokens=16):
         self.budget_bytes = budget_bytes
+        self.min_tokens = min_tokens
         self.bytes = 0
         self._entries = OrderedDict()  # (adapter, token ids) -> per-layer (keys, values), oldest first
         self.hits = 0
@@ -52,7 +57,8 @@ class PrefixCache:
             self._drop(next(iter(self._entries)))
 
     def lookup(self, adapter, prompt_ids):
-        """(n, layers cut to n tokens) for the longest stored prefix of `prompt_ids`, or (0, None).
+        """(n, layers cut to n tokens) for the longest stored prefix of `prompt_ids`, or (0, None)
+        when there is none of at least `min_tokens`.
 
         At least one prompt token is always left to feed: its logits give the first new token.
         """
@@ -63,7 +69,7 @@ class PrefixCache:
                 if n > best_len:
                     best, best_len = key, n
         best_len = min(best_len, len(prompt_ids) - 1)
-        if best is None or best_len <= 0:
+        if best is None or best_len < max(1, self.min_tokens):
             return 0, None
         self._entries.move_to_end(best)
         self.hits += 1

@@ -42,7 +42,7 @@ class Registry:
             evicted = []
             while len(self._workers) >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
                 evicted.append(victim)
-            worker = Worker(spec.name, _loader(spec), on_ready=self._after_load, max_batch=settings.MODELHUB_MAX_BATCH)
+            worker = _worker(spec.name, _loader(spec), on_ready=self._after_load)
             self._workers[spec.name] = worker
             self.load_counts[spec.name] += 1
             self._start_reaper()
@@ -53,7 +53,7 @@ class Registry:
         """Serve `name` with a built backend, or with what `load()` builds (scripted ones in tests)."""
         with self._lock:
             old = self._workers.pop(name, None)
-            self._workers[name] = Worker(name, load or (lambda progress: backend), max_batch=settings.MODELHUB_MAX_BATCH)
+            self._workers[name] = _worker(name, load or (lambda progress: backend))
         if old is not None:
             old.close()
 
@@ -138,6 +138,11 @@ class Registry:
                 self.unload_disabled()
             except Exception:  # the reaper must outlive a database hiccup
                 log.exception("modelhub reaper cycle failed")
+
+
+def _worker(name, load, on_ready=None):
+    return Worker(name, load, on_ready=on_ready, max_batch=settings.MODELHUB_MAX_BATCH,
+                  hold=settings.MODELHUB_ARRIVAL_HOLD_SECONDS)
 
 
 def _close_all(workers):

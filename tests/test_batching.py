@@ -37,15 +37,17 @@ def ask(text):
 class Served:
     """The tiny spec served by a worker that waits at a gate before its first step."""
 
-    def __init__(self, spec, kv_cache_mb=64, prefill_chunk=512):
+    def __init__(self, spec, kv_cache_mb=64, prefill_chunk=512, hook=None):
+        """`hook(module, args, kwargs)` runs before each forward pass of the loaded model."""
         self.spec = spec
         self.gate = threading.Event()
 
         def load(progress):
             self.gate.wait(30)
-            return TransformersBackend(
-                loading.load(spec.load_settings(), progress), kv_cache_bytes=int(kv_cache_mb * 2**20), prefill_chunk=prefill_chunk
-            )
+            loaded = loading.load(spec.load_settings(), progress)
+            if hook is not None:
+                loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
+            return TransformersBackend(loaded, kv_cache_bytes=int(kv_cache_mb * 2**20), prefill_chunk=prefill_chunk)
 
         registry.install(spec.name, load=load)
         self.worker = registry.worker(spec)
@@ -120,6 +122,38 @@ def test_requests_for_different_adapters_share_a_batch_and_match_each_adapter_al
     assert texts == [alone(reference_models, ask(p), a) for p, a in plan]
     assert served.backend.decoder.batch.peak == len(plan)
     assert texts[0] != texts[3]  # same prompt, another adapter: the adapter really applies per row
+
+
+def test_prompts_waiting_together_are_prefilled_in_one_pass(tiny_spec, reference_models):
+    shapes = []
+    served = Served(tiny_spec, hook=lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)))
+    requests = [served.start(ask(p), max_new_tokens=16, ignore_eos=True) for p in PROMPTS]
+    served.open()
+
+    texts = [read(r) for r in requests]
+
+    assert texts == [alone(reference_models, ask(p), ignore_eos=True) for p in PROMPTS]
+    widest = max(r.usage.prompt_tokens for r in requests)
+    assert shapes == [(len(PROMPTS), widest)] + [(len(PROMPTS), 1)] * 15  # one prefill pass, then 15 steps
+
+
+def test_a_prompt_that_breaks_the_shared_prefill_fails_alone(tiny_spec, reference_models):
+    tokenizer, _ = reference_models
+    prompt_ids = [set(tokenizer.apply_chat_template(ask(p), add_generation_prompt=True)["input_ids"]) for p in PROMPTS[:3]]
+    poison = min(prompt_ids[2] - prompt_ids[0] - prompt_ids[1])  # a token only the third prompt has
+
+    def hook(module, args, kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1 and (ids == poison).any():  # prefill passes holding the third prompt
+            raise RuntimeError("kernel fell over")
+
+    served = Served(tiny_spec, hook=hook)
+    requests = [served.start(ask(p)) for p in PROMPTS[:3]]
+    served.open()
+
+    with pytest.raises(ModelhubError, match="kernel fell over"):
+        read(requests[2])
+    assert [read(r) for r in requests[:2]] == [alone(reference_models, ask(p)) for p in PROMPTS[:2]]
 
 
 def test_a_request_that_joins_mid_batch_matches_its_solo_run(served, reference_models):
@@ -250,7 +284,7 @@ def test_a_seeded_sampled_reply_is_the_same_in_a_batch_and_alone(served):
 
 def test_the_prefix_cache_keeps_the_longest_match_within_its_budget():
     layer = lambda n: [(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))]  # 32 bytes per token per layer  # noqa: E731
-    cache = PrefixCache(budget_bytes=32 * 25)
+    cache = PrefixCache(budget_bytes=32 * 25, min_tokens=2)
     cache.store("__base__", [1, 2, 3], layer(3))
     cache.store("__base__", [1, 2, 3, 4, 5], layer(5))  # extends the first: the first is dropped
     cache.store("alpha", [1, 2, 3, 4, 5, 6], layer(6))
@@ -259,6 +293,7 @@ def test_the_prefix_cache_keeps_the_longest_match_within_its_budget():
     reused, layers = cache.lookup("__base__", [1, 2, 3, 4, 9, 9])
     assert reused == 4 and layers[0][0].shape[2] == 4
     assert cache.lookup("__base__", [7, 8]) == (0, None)
+    assert cache.lookup("__base__", [1, 7, 8]) == (0, None)  # one token in common: not worth copying
     assert cache.lookup("__base__", [1, 2, 3, 4, 5])[0] == 4  # one prompt token is always left to feed
 
     cache.store("__base__", list(range(100, 115)), layer(15))  # over budget: the least recently used goes

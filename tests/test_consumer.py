@@ -10,6 +10,7 @@ from django.test import Client
 
 from chatsite.asgi import application
 from conversations.models import Conversation, Message
+from modelhub.arrivals import arrivals
 from tests.conftest import add_reply, install_scripted
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -277,6 +278,27 @@ async def test_a_second_message_while_a_reply_streams_is_refused_as_busy(owner, 
     await socket.disconnect()
 
 
+async def test_every_turn_settles_its_notice_to_modelhub_whether_it_runs_or_is_refused(owner, conversation):
+    """A turn announces its reply before saving (so running replies hold their step for it);
+    an announcement left behind would slow every model down, so none may outlive its turn."""
+    await scripted([f"w{i} " for i in range(100)], delay=0.02)
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "one"})
+    await frames_until(socket, "chunk")
+    assert len(arrivals) == 0  # taken by its request
+
+    await socket.send_json_to({"type": "send", "content": "two"})
+    assert (await frames_until(socket, "error"))[-1]["code"] == "busy"
+    assert len(arrivals) == 0
+    await socket.send_json_to({"type": "stop"})
+    await frames_until(socket, "done")
+
+    await socket.send_json_to({"type": "send", "content": "three", "options": {"temperature": -1}})
+    assert (await frames_until(socket, "error"))[-1]["code"] == "invalid_options"
+    assert len(arrivals) == 0
+    await socket.disconnect()
+
+
 async def test_a_model_failure_is_saved_as_an_error_and_shown(owner, conversation):
     await scripted(["partial ", RuntimeError("out of memory")])
     socket, _, _ = await open_socket(owner, conversation)
@@ -297,6 +319,7 @@ async def test_without_any_model_the_reply_is_an_error_and_the_question_is_kept(
     user_msg, reply = await messages_of(conversation)
     assert user_msg.content == "anyone?"
     assert reply.status == "error" and "no model is registered" in reply.error
+    assert len(arrivals) == 0
     await socket.disconnect()
 
 

@@ -160,5 +160,6 @@ MODELHUB_MAX_BATCH = env_int("MODELHUB_MAX_BATCH", 16, minimum=1)
 MODELHUB_PREFILL_CHUNK = env_int("MODELHUB_PREFILL_CHUNK", 512, minimum=16)
 MODELHUB_KV_CACHE_MB = env_float("MODELHUB_KV_CACHE_MB", 512.0, minimum=0)
 # While a chat turn is being saved, running replies wait up to this many seconds per decode
-# step for its request, so it starts at once (and turns sent together start together); 0: off.
-MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.05, minimum=0)
+# step for its request, and prompts already queued wait as long to be prefilled with it:
+# it starts at once, and turns sent together start together; 0: off.
+MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.1, minimum=0)

@@ -139,8 +139,9 @@ class Worker:
     """
 
     def __init__(self, name, load_backend, on_ready=None, max_batch=16, hold=0.0):
-        """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress;
-        running replies wait at most `hold` seconds per step for replies on their way."""
+        """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress.
+        While replies are on their way (arrivals.py), running replies wait at most `hold` seconds per
+        step, and admitted prompts at most `hold` seconds, for them."""
         self.name = name
         self.backend = None
         self.state = "loading"
@@ -293,8 +294,10 @@ class Worker:
             return False
         if len(self._waiting) + len(self._running) >= self.max_batch:  # no room: what comes waits anyway
             return False
-        due = min([self._step_due] * bool(self._running) + [s.request.started + self.hold for s in self._waiting])
-        return arrivals.wait(lambda: not self._queue.empty(), due)
+        dues = [sequence.request.started + self.hold for sequence in self._waiting]
+        if self._running:
+            dues.append(self._step_due)
+        return arrivals.wait(lambda: not self._queue.empty(), min(dues))
 
     def _decode_step(self):
         if not self._running:

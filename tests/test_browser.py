@@ -43,12 +43,16 @@ ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="
 """
 
 
+SERVER_LOG = []  # the live server's log file, once it runs
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """A daphne process serving chatsite on a free port, with its own database."""
     var = tmp_path_factory.mktemp("browser-var")
     env = {**os.environ, "CHATSITE_VAR_DIR": str(var), "SECRET_KEY": "browser-tests-secret-key-0123456789abcdef",
-           "CHAT_ORPHAN_GRACE_SECONDS": "30", "HF_HUB_OFFLINE": "1", "DJANGO_SETTINGS_MODULE": "chatsite.settings"}
+           "CHAT_ORPHAN_GRACE_SECONDS": "30", "HF_HUB_OFFLINE": "1", "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+           "PYTHONUNBUFFERED": "1"}
     env.pop("DATABASE_URL", None)  # the live server always has its own SQLite file
     env.pop("REDIS_URL", None)
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -56,10 +60,12 @@ def server(tiny_model_dir, tmp_path_factory):
     setup = SETUP.format(password=PASSWORD, tiny=tiny_model_dir)
     subprocess.run([*manage, "shell", "-c", setup], env=env, check=True, cwd=ROOT)
     port = _free_port()
+    log = open(var / "server.log", "wb")  # shown when a wait times out
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
+    SERVER_LOG[:] = [var / "server.log"]
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -69,6 +75,7 @@ def server(tiny_model_dir, tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +120,15 @@ def last_reply(page):
 
 
 def wait_done(page, timeout=30000):
-    page.wait_for_selector('.message-assistant:last-child:not([data-status="streaming"])', timeout=timeout)
+    try:
+        page.wait_for_selector('.message-assistant:last-child:not([data-status="streaming"])', timeout=timeout)
+    except Exception:  # say what the page and the server were doing
+        page.screenshot(path=ARTIFACTS / "browser-timeout.png")
+        messages = page.locator(".message").evaluate_all("ms => ms.map(m => [m.className, m.dataset.status])")
+        server_log = SERVER_LOG[0].read_text(errors="replace")[-3000:] if SERVER_LOG else ""
+        error = page.locator("#chat-error").text_content()
+        raise AssertionError(f"no finished reply; messages: {messages}; error box: {error!r}\n"
+                             f"server log:\n{server_log}") from None
 
 
 def choose_model(page, label):

@@ -46,6 +46,12 @@ def test_the_detail_page_shows_history_escaped_with_statuses(owner_client, conve
     assert f'data-socket="/ws/conversations/{conversation.pk}/"' in page
 
 
+def test_the_send_button_starts_disabled_until_the_page_script_has_a_connection(owner_client, conversation):
+    """Otherwise a message typed before the websocket opens is refused ("Not connected")."""
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+    assert '<button type="submit" id="send-button" aria-label="Send message" disabled>' in page
+
+
 @pytest.mark.parametrize("name, method", [("detail", "get"), ("rename", "post"), ("delete", "post")])
 def test_another_users_conversation_is_a_404(client, other_user, conversation, name, method):
     client.force_login(other_user)

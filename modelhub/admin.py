@@ -268,7 +268,14 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return self.shown if obj else []  # a job is a record: once made, it is only read
 
+    def changelist_view(self, request, extra_context=None):
+        if self.has_view_or_change_permission(request):
+            FinetuneJob.objects.fail_lost()  # a killed process cannot say so itself
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        if self.has_view_or_change_permission(request):
+            FinetuneJob.objects.fail_lost()
         read_only = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
         return super().change_view(request, object_id, form_url, {**read_only, **(extra_context or {})})
 

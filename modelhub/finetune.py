@@ -20,6 +20,7 @@ Django start-up and page views never pay for them.
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -318,6 +319,28 @@ def error_summary(exc, frames=6):
     head = "".join(lines[-(frames + 1):]).strip()
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return f"{message}\n\n{head}"
+
+
+def process_alive(pid, job_id):
+    """Whether `pid` is still job `job_id`'s `manage.py finetune --job` process on this machine.
+
+    Where /proc exists (Linux), its command line must name the job: a pid reused by another
+    program, or a killed process its parent has not reaped yet (empty command line), is gone.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours, but alive
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not Path("/proc/self/cmdline").exists():
+        return True
+    try:
+        args = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"--job" and b == str(job_id).encode() for a, b in zip(args, args[1:]))
 
 
 def run_in_background(job, log_dir):

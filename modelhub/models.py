@@ -1,5 +1,6 @@
 """Registered models: what an admin configures; `modelhub.registry` turns rows into loaded models."""
 
+import socket
 from dataclasses import asdict
 from pathlib import Path
 
@@ -225,6 +226,25 @@ class FinetuneJobQuerySet(models.QuerySet):
                 raise FinetuneError(f"{base.name} already has an adapter named {job.adapter_name!r}")
         return job
 
+    def fail_lost(self):
+        """Fail the unfinished jobs whose training process on this machine is gone without a
+        result (killed, out of memory, the machine restarted); returns them."""
+        from modelhub.finetune import process_alive
+
+        lost = []
+        unfinished = [FinetuneJob.Status.QUEUED, FinetuneJob.Status.RUNNING]
+        for job in self.filter(status__in=unfinished, pid__isnull=False, host=socket.gethostname()):
+            if process_alive(job.pid, job.pk):
+                continue
+            error = (f"The training process (pid {job.pid}) ended without recording a result: it was killed "
+                     "(out of memory?) or the machine restarted. Its log may say more.")
+            # Only if it still is what we saw: a job that just finished keeps its result.
+            if FinetuneJob.objects.filter(pk=job.pk, status=job.status).update(
+                status=FinetuneJob.Status.FAILED, error=error, finished_at=timezone.now()
+            ):
+                lost.append(job)
+        return lost
+
 
 class FinetuneJob(models.Model):
     """One LoRA fine-tune of a base model on two JSONL files; `modelhub.finetune.run_job` runs it."""
@@ -255,6 +275,7 @@ class FinetuneJob(models.Model):
     adapter = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     log_path = models.CharField(max_length=500, blank=True, help_text="Output of the background process.")
     pid = models.PositiveIntegerField(null=True, blank=True)
+    host = models.CharField(max_length=255, blank=True, help_text="The machine its process runs on.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -276,7 +297,7 @@ class FinetuneJob(models.Model):
         FinetuneJob.objects.filter(pk=self.pk).update(**values)
 
     def launched(self, log_path, pid):
-        self._set(log_path=str(log_path), pid=pid)
+        self._set(log_path=str(log_path), pid=pid, host=socket.gethostname())
 
     def start(self):
         """Queued → running; refuses a job that already ran, so two clicks never train twice."""

@@ -94,9 +94,9 @@ class PreferenceAdmin(ReadOnlyAdmin):
 class DatasetSnapshotAdmin(admin.ModelAdmin):
     """Snapshots are made by the export ("Add" opens the export form), never edited."""
 
-    list_display = ["__str__", "format", "train_rows", "eval_rows", "scrubbed", "created_by", "created_at"]
+    list_display = ["__str__", "format", "train_rows", "eval_rows", "scrubbed", "withdrawn", "created_by", "created_at"]
     list_filter = ["format", "scrubbed"]
-    fields = ["format", "filters", "scrubbed", "eval_fraction", "train_path", "train_sha256", "eval_path",
+    fields = ["format", "filters", "scrubbed", "eval_fraction", "withdrawn", "train_path", "train_sha256", "eval_path",
               "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
     readonly_fields = fields
     actions = ["finetune"]

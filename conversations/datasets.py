@@ -17,8 +17,9 @@ form and `manage.py export_feedback` both call it):
    card, and exactly which Feedback and Preference rows produced its rows.
 
 Files are never overwritten: a snapshot stays what it was. Deleting a conversation later
-removes its rows from the database (and from the snapshot's lineage) but not from files
-already written; delete the snapshot (and its files) to drop them.
+removes its rows from the database and from the snapshot's lineage, not from files
+already written: the snapshot counts them as `withdrawn`, and the admin shows which
+snapshots still hold someone's deleted words. Deleting a snapshot deletes its files.
 """
 
 import hashlib
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models.signals import post_delete, pre_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 from conversations.feedback import Feedback, Preference
@@ -58,6 +61,9 @@ class DatasetSnapshot(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
+    withdrawn = models.PositiveIntegerField(
+        default=0, help_text="Feedback or preferences deleted since the export (with their conversation): "
+                             "their text is still in the files. Export again and delete this snapshot to drop it.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -81,6 +87,21 @@ class DatasetSnapshot(models.Model):
             if not path.is_file() or _sha256(path) != expected:
                 raise SnapshotChanged(f"snapshot #{self.pk}: {path} is missing or changed since the export")
         return self.files()
+
+
+@receiver(pre_delete, sender=Feedback)
+@receiver(pre_delete, sender=Preference)
+def _count_withdrawn(sender, instance, **kwargs):
+    """A row some snapshot exported is going (its conversation or user is deleted): count it there."""
+    field = "feedback" if sender is Feedback else "preferences"
+    DatasetSnapshot.objects.filter(**{field: instance}).update(withdrawn=models.F("withdrawn") + 1)
+
+
+@receiver(post_delete, sender=DatasetSnapshot)
+def _delete_files(sender, instance, **kwargs):
+    """The snapshot's files go with it, once the deletion is committed."""
+    paths = [Path(p) for p in (instance.train_path, instance.eval_path, instance.card_path) if p]
+    transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths])
 
 
 def datasets_dir():

@@ -2,6 +2,7 @@
 
 import json
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -263,3 +264,37 @@ def test_staff_create_a_snapshot_from_the_admin_and_read_its_card(client, staff,
     assert snapshot.train_sha256 in page and "&quot;duplicates_removed&quot;" in page
     feedback_list = client.get(reverse("admin:conversations_feedback_changelist"), {"rating__exact": "down"})
     assert feedback_list.status_code == 200 and "Lyon." in feedback_list.content.decode()
+
+
+def test_a_deleted_conversations_exported_rows_are_counted_as_withdrawn_in_each_snapshot(owner, conversation, rated):
+    kto, sft = export_snapshot("kto"), export_snapshot("sft")
+    untouched = Conversation.objects.create(owner=owner)
+    Feedback.record(owner, ask(untouched, "Still here?", "Yes."), rating="up")
+    later = export_snapshot("kto")
+    held = {snapshot.pk: snapshot.feedback.count() for snapshot in (kto, sft)}
+
+    conversation.delete()
+
+    for snapshot in (kto, sft, later):
+        snapshot.refresh_from_db()
+    assert kto.withdrawn == held[kto.pk] == 3 and sft.withdrawn == held[sft.pk] == 1
+    assert later.withdrawn == 3 and later.feedback.count() == 1  # the other conversation's row stays
+    assert "Capital of France?" in json.dumps(all_rows(sft))  # the files are as written: withdrawn says so
+
+
+def test_deleting_a_snapshot_in_the_admin_deletes_its_files(client, staff, rated, django_capture_on_commit_callbacks):
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="conversations"))
+    client.force_login(staff)
+    snapshot = export_snapshot("kto")
+    files = [snapshot.train_path, snapshot.eval_path, snapshot.card_path]
+    listing = client.get(reverse("admin:conversations_datasetsnapshot_changelist")).content.decode()
+    assert "withdrawn" in listing.lower()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("admin:conversations_datasetsnapshot_changelist"),
+                               {"action": "delete_selected", "_selected_action": [snapshot.pk], "post": "yes"})
+
+    assert response.status_code == 302 and not DatasetSnapshot.objects.exists()
+    assert not any(Path(path).exists() for path in files)

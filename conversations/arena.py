@@ -12,7 +12,9 @@ is its voter: training consent (their privacy default), deleting their conversat
 the exports work exactly as for any other answer. The prompt is rebuilt as messages of
 that conversation (its system message as the conversation's system prompt: one
 conversation per distinct system prompt), so `history()` gives the model, and the
-exporter, exactly the snapshot's prompt.
+exporter, exactly the snapshot's prompt. Those messages name the model that wrote
+each answer, so the conversation is sealed (`Conversation.sealed`: out of its owner's
+list, pages and sockets) until no match is left to vote on, or the arena is deleted.
 
 Answers are generated greedily (temperature 0, the base's other defaults; stored on the
 arena and on each answer) in one daemon thread per arena, a match at a time with its two
@@ -31,6 +33,8 @@ import threading
 
 from django.conf import settings
 from django.db import connections, models, transaction
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
@@ -139,7 +143,18 @@ class Arena(models.Model):
         if self.status == self.Status.GENERATING and not self.matches.generating().exists():
             self.status = self.Status.READY
             self.save(update_fields=["status"])
+            self.unseal_when_decided()
         return self.status == self.Status.READY
+
+    def unseal_when_decided(self):
+        """Once no match is left to vote on, its voter may open the arena's conversations."""
+        if self.next_match() is None:
+            self.conversations().update(sealed=False)
+
+    def conversations(self):
+        from conversations.models import Conversation  # conversations.models imports this module
+
+        return Conversation.objects.filter(pk__in=self.matches.values("candidate_answer__conversation"))
 
     def next_match(self):
         """The first match not voted on yet whose answers exist or are being written; None when done."""
@@ -242,6 +257,7 @@ class ArenaMatch(models.Model):
         if conversation is None:
             conversation = conversations[system] = Conversation.objects.start_for(arena.created_by)
             conversation.rename(f"Arena #{arena.pk} (blind answers)")
+            Conversation.objects.filter(pk=conversation.pk).update(sealed=True)  # its labels would unblind the vote
             conversation.update_settings(system, {})
         question = None
         for turn in prompt[1:] if has_system else prompt:
@@ -339,7 +355,14 @@ class ArenaMatch(models.Model):
         )
         match.vote, match.voter, match.voted_at = vote, user, timezone.now()
         match.save(update_fields=["vote", "voter", "voted_at", "preference"])
+        match.arena.unseal_when_decided()
         return match
+
+
+@receiver(pre_delete, sender=Arena)
+def _unseal(sender, instance, **kwargs):
+    """A deleted arena leaves its answers to their owner, who may open them now."""
+    instance.conversations().update(sealed=False)
 
 
 def start_generation(arena):

@@ -21,7 +21,11 @@ DEFAULT_TITLE = "New conversation"
 
 class ConversationQuerySet(models.QuerySet):
     def for_user(self, user):
-        """Only the conversations this user owns; everything user-facing goes through here."""
+        """The conversations this user owns and may open; everything user-facing goes through here."""
+        return self.owned_by(user).filter(sealed=False)
+
+    def owned_by(self, user):
+        """Every conversation of this user, sealed ones included (for deleting them, and consent)."""
         if not user.is_authenticated:
             return self.none()
         return self.filter(owner=user)
@@ -49,6 +53,9 @@ class Conversation(models.Model):
     options = models.JSONField(default=dict, blank=True, help_text="Generation options overriding the model's.")
     allow_training = models.BooleanField(
         default=True, help_text="Its messages and feedback may be exported as training data (see privacy.py)."
+    )
+    sealed = models.BooleanField(
+        default=False, help_text="Holds an arena's blind answers: its owner cannot open it until the votes are in."
     )
     leaf = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",

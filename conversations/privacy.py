@@ -36,4 +36,4 @@ class PrivacySettings(models.Model):
 
         cls.objects.update_or_create(user=user, defaults={"allow_training_default": allow_training})
         if apply_to_existing:
-            Conversation.objects.for_user(user).update(allow_training=allow_training)
+            Conversation.objects.owned_by(user).update(allow_training=allow_training)

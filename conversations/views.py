@@ -252,7 +252,7 @@ def privacy(request):
 @require_POST
 def delete_all_conversations(request):
     """Delete every conversation of this user, with their messages, feedback and preferences, for good."""
-    Conversation.objects.for_user(request.user).delete()
+    Conversation.objects.owned_by(request.user).delete()
     if request.htmx:
         return HttpResponseClientRedirect(reverse("conversations:list"))
     return redirect("conversations:list")

@@ -309,10 +309,34 @@ def test_the_leaderboard_ranks_contenders_from_arena_votes_and_side_by_side_verd
     assert reverse("admin:conversations_arena_leaderboard") in changelist
 
 
-def test_deleting_the_voters_conversations_deletes_the_arena_answers_and_votes(staff, arena):
-    arena.next_match().decide(staff, "left")
-    Conversation.objects.for_user(staff).delete()
+def test_deleting_the_voters_conversations_deletes_the_arena_answers_and_votes(staff_client, staff, arena):
+    arena.next_match().decide(staff, "left")  # three matches left: the arena's conversation is still sealed
+    staff_client.post(reverse("conversations:delete_all"))
     assert not ArenaMatch.objects.exists() and not Preference.objects.exists()
+    assert not Conversation.objects.filter(owner=staff).exists()
+
+
+def test_the_arenas_conversation_stays_sealed_to_its_voter_until_every_match_is_voted(staff_client, staff, arena):
+    """Its messages name the model behind each answer: opening it would unblind the vote."""
+    sealed = arena.conversations().get()
+    page, socket_allowed = reverse("conversations:detail", args=[sealed.pk]), Conversation.objects.for_user(staff)
+    assert sealed.sealed and not socket_allowed.filter(pk=sealed.pk).exists()
+    assert staff_client.get(page).status_code == 404
+    assert sealed.title not in staff_client.get(reverse("conversations:list")).content.decode()
+    assert staff_client.get(reverse("conversations:list"), {"q": "plus"}).content.decode().count(sealed.title) == 0
+
+    for match in arena.matches.all():
+        assert staff_client.get(page).status_code == 404
+        staff_client.post(vote_url(match), {"vote": "tie"})
+
+    opened = staff_client.get(page)
+    assert opened.status_code == 200 and BASE in opened.content.decode()  # now the labels may show
+
+
+def test_deleting_an_arena_unseals_its_answers_for_their_owner(staff_client, arena):
+    sealed = arena.conversations().get()
+    arena.delete()
+    assert staff_client.get(reverse("conversations:detail", args=[sealed.pk])).status_code == 200
 
 
 def test_the_sidebar_links_staff_to_the_arena_and_admin_and_nobody_else(client, owner, staff):

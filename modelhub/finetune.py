@@ -12,6 +12,8 @@ starts `manage.py finetune --job ID` as a detached process for the admin.
 Data formats (one JSON object per line), exactly what TRL takes:
     sft: {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}
     dpo: {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{...}]}
+An SFT row teaches its last message: it is trained as TRL's prompt-completion, so the
+loss covers that answer only (the turns before it are context).
 
 torch, transformers, peft, trl and datasets are imported inside functions, so
 Django start-up and page views never pay for them.
@@ -104,7 +106,19 @@ def load_split(path, method, cache_dir):
     if len(dataset) == 0 or missing:
         problem = "is empty" if len(dataset) == 0 else f"lacks the {', '.join(sorted(missing))} column(s)"
         raise FinetuneError(f"{path} {problem}: {method} needs {', '.join(sorted(COLUMNS[method]))}")
+    if method == "sft":
+        dataset = _answer_as_completion(dataset, path)
     return dataset
+
+
+def _answer_as_completion(dataset, path):
+    """SFT rows as TRL's prompt-completion: the last message (the answer to learn) is the
+    completion, the turns before it the prompt, so the loss covers the answer alone: not
+    the user's words, nor earlier answers that were only context (whatever the template)."""
+    if any(not row["messages"] or row["messages"][-1]["role"] != "assistant" for row in dataset):
+        raise FinetuneError(f"{path}: every sft row must end with the assistant's answer")
+    split = lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}  # noqa: E731
+    return dataset.map(split, remove_columns=["messages"])
 
 
 # --- model --------------------------------------------------------------------
@@ -200,7 +214,6 @@ def _progress_callback(report):
 def build_trainer(method, loaded, train, evals, hp: Hyperparameters, lora, output_dir, callbacks, progress_bar):
     from transformers import EarlyStoppingCallback
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-    from trl.chat_template_utils import has_generation_markers
 
     on_gpu = loaded.device.startswith("cuda")
     common = dict(
@@ -223,10 +236,8 @@ def build_trainer(method, loaded, train, evals, hp: Hyperparameters, lora, outpu
         model=loaded.model, train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
         peft_config=lora, callbacks=callbacks,
     )
-    if method == "sft":
-        # Loss on the assistant's turns only when the template marks them; else on the whole chat.
-        assistant_only = has_generation_markers(loaded.tokenizer.chat_template or "")
-        return SFTTrainer(args=SFTConfig(**common, assistant_only_loss=assistant_only), **kwargs)
+    if method == "sft":  # prompt-completion rows (load_split): the loss covers the completion only
+        return SFTTrainer(args=SFTConfig(**common, completion_only_loss=True), **kwargs)
     # ref_model=None with a peft_config: the reference model is the base with the adapter switched off.
     return DPOTrainer(ref_model=None, args=DPOConfig(**common, beta=hp.beta), **kwargs)
 

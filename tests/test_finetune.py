@@ -87,6 +87,27 @@ def test_the_sft_export_format_trains_two_steps_through_trl(tiny_spec, tmp_path)
     assert result.target_modules == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
+def test_sft_loss_covers_the_answer_to_learn_only_not_the_users_words_or_earlier_answers(tiny_spec, tmp_path):
+    from modelhub.finetune import Hyperparameters, build_trainer, load_for_training, load_split, lora_config
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "an old answer"}, {"role": "user", "content": "second question"},
+            {"role": "assistant", "content": PHRASE}]
+    hp = Hyperparameters.from_dict(TWO_STEPS)
+    train = load_split(write_jsonl(tmp_path / "train.jsonl", [{"messages": chat}]), "sft", tmp_path / "data")
+    loaded = load_for_training(tiny_spec.load_settings(), hp)
+    trainer = build_trainer("sft", loaded, train, train, hp, lora_config(loaded.model, hp), tmp_path / "ck", [], False)
+
+    row = trainer.train_dataset[0]
+    learned = [label for label in row["labels"] if label != -100]  # the tokens the loss counts
+    assert loaded.tokenizer.decode(learned, skip_special_tokens=True).strip() == PHRASE
+    assert "an old answer" in loaded.tokenizer.decode(row["input_ids"])  # still there, as context
+
+    ends_with_user = write_jsonl(tmp_path / "bad.jsonl", [{"messages": chat[:-1]}])
+    with pytest.raises(FinetuneError, match="must end with the assistant's answer"):
+        load_split(ends_with_user, "sft", tmp_path / "data")
+
+
 def test_the_dpo_export_format_trains_two_steps_against_the_base_as_reference(tiny_spec, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(4))
 

@@ -46,7 +46,8 @@ class Registry:
             self._workers[spec.name] = worker
             self.load_counts[spec.name] += 1
             self._start_reaper()
-        _close_all(evicted)
+        if evicted:  # freeing weights (gc, the CUDA cache) takes a while: not on the caller's time, often an event loop's
+            threading.Thread(target=_close_all, args=(evicted,), name="modelhub-evict", daemon=True).start()
         return worker
 
     def install(self, name, backend=None, load=None):

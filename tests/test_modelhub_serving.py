@@ -1,6 +1,7 @@
 """Serving many models and adapters: LoRA hot-swap on a shared base, quantized loads,
 the memory budget (LRU) and idle unloading. Real peft and bitsandbytes on tiny models."""
 
+import threading
 import time
 
 import pytest
@@ -154,6 +155,30 @@ def test_loading_past_the_model_budget_unloads_the_least_recently_used(tiny_spec
     reply(third)
     assert sorted(registry.status()) == ["third", "tiny"]
     assert registry.load_counts["second"] == 1
+
+
+def test_making_room_for_a_model_does_not_wait_for_the_evicted_one_to_be_freed(db, settings, monkeypatch):
+    from modelhub.backends import ScriptedBackend
+
+    settings.MODELHUB_MAX_LOADED_MODELS = 1
+    freeing, freed, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_close(backend):  # as a big model's gc and CUDA cache clean-up would be
+        freeing.set()
+        release.wait(10)
+        freed.set()
+
+    monkeypatch.setattr(ScriptedBackend, "close", slow_close)
+    first = ModelSpec.objects.create(name="first", backend="scripted", source="echo")
+    second = ModelSpec.objects.create(name="second", backend="scripted", source="echo")
+    "".join(api.start(first, HELLO))
+
+    answer = "".join(api.start(second, HELLO))  # evicts the first: the caller does not wait for that
+
+    assert answer == HELLO[0]["content"] and freeing.wait(5) and not freed.is_set()
+    assert list(registry.status()) == ["second"]
+    release.set()
+    assert freed.wait(5)
 
 
 def test_the_memory_budget_in_gb_unloads_older_models(tiny_spec, tiny_model_dir, settings):

@@ -228,8 +228,9 @@ class Decoder:
         device = self.loaded.model.device
         width = max(len(seq.prompt_ids) for seq in group)
         pad = self.loaded.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(seq.prompt_ids)) + seq.prompt_ids for seq in group], device=device)
-        mask = torch.tensor([[0] * (width - len(seq.prompt_ids)) + [1] * len(seq.prompt_ids) for seq in group], device=device)
+        padding = [width - len(seq.prompt_ids) for seq in group]
+        ids = torch.tensor([[pad] * p + seq.prompt_ids for p, seq in zip(padding, group)], device=device)
+        mask = torch.tensor([[0] * p + [1] * (width - p) for p in padding], device=device)
         cache = DynamicCache()
         extra = {"adapter_names": [seq.adapter for seq in group]} if self.loaded.is_peft else {}
         try:
@@ -242,7 +243,8 @@ class Decoder:
             return sum(self._prefill_alone(seq, len(seq.prompt_ids)) for seq in group)
         for i, seq in enumerate(group):
             n = len(seq.prompt_ids)
-            own = [(lay.keys[i : i + 1, :, -n:].contiguous(), lay.values[i : i + 1, :, -n:].contiguous()) for lay in cache.layers]
+            own = [(lay.keys[i : i + 1, :, -n:].contiguous(), lay.values[i : i + 1, :, -n:].contiguous())
+                   for lay in cache.layers]
             seq.cache, seq.fed = DynamicCache(ddp_cache_data=own), n
             self._first_token(seq, out.logits[i, -1])
         return sum(len(seq.prompt_ids) for seq in group)

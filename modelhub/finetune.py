@@ -335,8 +335,9 @@ def error_summary(exc, frames=6):
 def process_alive(pid, job_id):
     """Whether `pid` is still job `job_id`'s `manage.py finetune --job` process on this machine.
 
-    Where /proc exists (Linux), its command line must name the job: a pid reused by another
-    program, or a killed process its parent has not reaped yet (empty command line), is gone.
+    Where /proc exists (Linux), a killed process its parent has not reaped yet (a zombie)
+    is gone, and so is a pid reused by another program (its command line names no such
+    job); an empty command line (a process still in exec) is given the benefit of the doubt.
     """
     try:
         os.kill(pid, 0)
@@ -344,13 +345,18 @@ def process_alive(pid, job_id):
         return False
     except PermissionError:  # someone else's process: not ours, but alive
         pass
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not Path("/proc/self/cmdline").exists():
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self/stat").exists():
         return True
     try:
-        args = cmdline.read_bytes().split(b"\0")
-    except OSError:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
         return False
+    if state in ("Z", "X"):
+        return False
+    if not any(args):
+        return True
     return any(a == b"--job" and b == str(job_id).encode() for a, b in zip(args, args[1:]))
 
 

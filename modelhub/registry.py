@@ -46,7 +46,7 @@ class Registry:
             self._workers[spec.name] = worker
             self.load_counts[spec.name] += 1
             self._start_reaper()
-        if evicted:  # freeing weights (gc, the CUDA cache) takes a while: not on the caller's time, often an event loop's
+        if evicted:  # freeing weights (gc, the CUDA cache) takes a while: not on the caller's (an event loop's) time
             threading.Thread(target=_close_all, args=(evicted,), name="modelhub-evict", daemon=True).start()
         return worker
 

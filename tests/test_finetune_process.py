@@ -55,7 +55,7 @@ def test_a_killed_process_not_yet_reaped_counts_as_gone(staff_client, queued_job
     try:
         job = running_as(queued_job, process.pid)
         for _ in range(50):  # until the kernel has turned it into a zombie
-            if not open(f"/proc/{process.pid}/cmdline", "rb").read():
+            if open(f"/proc/{process.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
                 break
             time.sleep(0.05)
         assert look(staff_client, job).status == "failed"

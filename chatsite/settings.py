@@ -124,6 +124,9 @@ LOGGING = {
 # --- Chat -------------------------------------------------------------------
 # Longest user message accepted over the websocket, in characters.
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# Replies one user may have being written at once, over all their conversations (a side-by-side
+# comparison writes two): more are refused, so one user cannot take every seat of a batch.
+CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
 # Seconds a reply keeps generating after its last watcher left (a reload comes back
 # within this time); then it is stopped and saved as "stopped".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)

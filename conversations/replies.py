@@ -87,19 +87,26 @@ class Turn:
     models: list = field(default_factory=list)  # compare: two model-choice keys ("m3", "m3-a7")
 
 
-def _idle_conversation(user, conversation_id):
+def _idle_conversation(user, conversation_id, replies=1):
+    """The user's conversation, if it may start `replies` new replies now; else a ChatError."""
     conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
     if conversation.streaming_reply() is not None:
         raise ChatError("busy", BUSY)
+    limit = settings.CHAT_MAX_REPLIES_PER_USER
+    writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
+                                     status=Message.Status.STREAMING).count()
+    if writing + replies > limit:
+        raise ChatError("too_many_replies", f"{writing} of your replies are being written in other conversations "
+                                            f"(at most {limit} at once): wait for one to finish, or stop it.")
     return conversation
 
 
 @database_sync_to_async
 def _prepare_comparison(user, conversation_id, turn):
     """Save the question and two streaming answers from two model choices, side by side."""
-    conversation = _idle_conversation(user, conversation_id)
+    conversation = _idle_conversation(user, conversation_id, replies=2)
     choices = ModelChoiceForm(user).options
     if len(turn.models) != 2 or any(not isinstance(key, str) or key not in choices for key in turn.models):
         raise ChatError("unknown_model", "Pick two of the listed models to compare.")

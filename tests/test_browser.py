@@ -209,6 +209,16 @@ def test_reloading_mid_reply_shows_it_still_streaming_then_finished(page):
     assert "w39" in last_reply(page).inner_text()
 
 
+def test_a_message_the_server_refuses_stays_in_the_box(page):
+    send(page, " ".join(f"w{i}" for i in range(40)))  # the echo model takes a while over it
+    page.wait_for_selector('.message-assistant[data-status="streaming"]')
+    send(page, "keep these words")  # Enter sends even while a reply is written: the server says busy
+    page.wait_for_function("document.getElementById('chat-error').textContent.includes('still being written')")
+    assert page.input_value("#composer-input") == "keep these words"
+    page.click("#stop-button")
+    wait_done(page)
+
+
 def test_a_second_tab_sees_the_same_stream(page, browser):
     url = page.url
     other = page.context.new_page()

@@ -299,6 +299,29 @@ async def test_every_turn_settles_its_notice_to_modelhub_whether_it_runs_or_is_r
     await socket.disconnect()
 
 
+async def test_one_user_may_have_only_so_many_replies_written_at_once(owner, conversation, settings):
+    settings.CHAT_MAX_REPLIES_PER_USER = 1
+    await scripted([f"w{i} " for i in range(100)], delay=0.02)
+    other = await sync_to_async(Conversation.objects.create)(owner=owner)
+    first, _, _ = await open_socket(owner, conversation)
+    second, _, _ = await open_socket(owner, other)
+    await first.send_json_to({"type": "send", "content": "one"})
+    await frames_until(first, "chunk")
+
+    await second.send_json_to({"type": "send", "content": "two"})
+    refusal = (await frames_until(second, "error"))[-1]
+    assert refusal["code"] == "too_many_replies" and "at most 1 at once" in refusal["message"]
+    assert await messages_of(other) == []  # nothing saved for the refused turn
+
+    await first.send_json_to({"type": "stop"})
+    await frames_until(first, "done")
+    await second.send_json_to({"type": "send", "content": "two"})
+    await second.send_json_to({"type": "stop"})
+    assert (await frames_until(second, "done"))[-1]["status"] in ("stopped", "complete")
+    await first.disconnect()
+    await second.disconnect()
+
+
 async def test_a_model_failure_is_saved_as_an_error_and_shown(owner, conversation):
     await scripted(["partial ", RuntimeError("out of memory")])
     socket, _, _ = await open_socket(owner, conversation)

@@ -12,6 +12,7 @@
   const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + list.dataset.socket;
   let socket = null;
   let retry = 0;
+  let unsent = "";  // a message sent but not shown back yet: a refusal puts it back in the box
 
   function showError(text) {
     errorBox.textContent = text;
@@ -146,9 +147,15 @@
 
   function onFrame(event) {
     const frame = JSON.parse(event.data);
-    if (frame.type === "message" || frame.type === "done") upsert(frame.html);
-    else if (frame.type === "chunk") appendChunk(frame);
-    else if (frame.type === "error") showError(frame.message);
+    if (frame.type === "message" || frame.type === "done") {
+      upsert(frame.html);
+      unsent = "";
+    } else if (frame.type === "chunk") appendChunk(frame);
+    else if (frame.type === "error") {
+      showError(frame.message);
+      if (unsent && !input.value) input.value = unsent;
+      unsent = "";
+    }
     else if (frame.type === "title") setTitle(frame.title);
     else if (frame.type === "path") redrawPath(frame.html);
     updateButtons();
@@ -183,7 +190,10 @@
     const frame = other && current
       ? { type: "compare", content: content, models: [current.value, other] }
       : { type: "send", content: content };
-    if (send(frame)) input.value = "";
+    if (send(frame)) {
+      unsent = content;
+      input.value = "";
+    }
   });
 
   input.addEventListener("keydown", function (event) {

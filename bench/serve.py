@@ -348,6 +348,7 @@ def main():
     args = parse_args()
     with tempfile.TemporaryDirectory() as var_dir:
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the clients create their conversations in passing
+        os.environ["CHAT_MAX_REPLIES_PER_USER"] = "100"  # one bench user plays every client
         setup_django(var_dir)
         import torch
         from django.contrib.auth import get_user_model

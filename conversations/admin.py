@@ -24,11 +24,15 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["title", "owner", "model", "allow_training", "updated_at"]
-    list_filter = ["allow_training"]
+    list_display = ["title", "owner", "model", "allow_training", "sealed", "updated_at"]
+    list_filter = ["allow_training", "sealed"]
     list_select_related = ["owner", "model"]
     search_fields = ["title", "owner__username"]
     inlines = [MessageInline]
+
+    def get_queryset(self, request):
+        """Not the viewer's own sealed arena answers: their labels would unblind the vote here too."""
+        return super().get_queryset(request).exclude(owner=request.user, sealed=True)
 
 
 @admin.register(FeedbackTag)

@@ -333,6 +333,20 @@ def test_the_arenas_conversation_stays_sealed_to_its_voter_until_every_match_is_
     assert opened.status_code == 200 and BASE in opened.content.decode()  # now the labels may show
 
 
+def test_the_voter_cannot_open_their_sealed_answers_in_the_admin_but_another_admin_can(client, staff, arena):
+    from django.contrib.auth.models import Permission
+
+    sealed = arena.conversations().get()
+    staff.user_permissions.add(Permission.objects.get(codename="view_conversation"))
+    client.force_login(staff)
+    change = reverse("admin:conversations_conversation_change", args=[sealed.pk])
+    assert sealed.title not in client.get(reverse("admin:conversations_conversation_changelist")).content.decode()
+    assert client.get(change).status_code == 302  # "does not exist", back to the admin index
+
+    client.force_login(get_user_model().objects.create_superuser("root", password="root-pass-123"))
+    assert client.get(change).status_code == 200
+
+
 def test_deleting_an_arena_unseals_its_answers_for_their_owner(staff_client, arena):
     sealed = arena.conversations().get()
     arena.delete()

@@ -168,6 +168,12 @@ class ArenaAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).with_counts()
 
+    def get_fields(self, request, obj=None):
+        """The seed fixes which answer is shown on the left: shown once no match is left to vote on."""
+        if obj is not None and obj.next_match() is not None:
+            return [name for name in self.fields if name != "seed"]
+        return self.fields
+
     @admin.display(description="votes", ordering="votes")
     def votes(self, arena):
         return arena.votes

@@ -347,6 +347,15 @@ def test_the_voter_cannot_open_their_sealed_answers_in_the_admin_but_another_adm
     assert client.get(change).status_code == 200
 
 
+def test_the_arena_admin_shows_the_seed_only_once_every_match_is_voted(admin_client, staff, arena):
+    page = reverse("admin:conversations_arena_change", args=[arena.pk])
+    pending = admin_client.get(page)
+    assert pending.status_code == 200 and "Seed" not in pending.content.decode() and "Candidate" in pending.content.decode()
+    for match in arena.matches.all():
+        match.decide(staff, "tie")
+    assert "Seed" in admin_client.get(page).content.decode()
+
+
 def test_deleting_an_arena_unseals_its_answers_for_their_owner(staff_client, arena):
     sealed = arena.conversations().get()
     arena.delete()

@@ -47,7 +47,9 @@ class AdapterForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         if not self.errors and cleaned.get("base") is not None:
-            Adapter(base=cleaned["base"], path=cleaned["path"]).check_fits_base()
+            adapter = Adapter(base=cleaned["base"], path=cleaned["path"])
+            if not adapter.config_problem():  # a bad config is Adapter.clean's error, shown once
+                adapter.check_fits_base()
         return cleaned
 
 

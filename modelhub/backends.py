@@ -5,7 +5,8 @@ A backend serves many replies at once, step by step, driven by its worker (engin
     backend.open(request) -> sequence      build the prompt; raises ModelhubError for a bad request
     backend.prefill(sequences, budget) -> n feed up to `budget` tokens of these prompts, oldest first;
                                            each is `ready` after its last (failures go to `sequence.error`)
-    backend.decode() -> [sequence]         one decode step for every running sequence
+    backend.decode() -> [sequence]         one decode step for every running sequence (failures, a failed
+                                           forward pass's for every row, go to `sequence.error`)
     backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
 
 A sequence has `ready`, `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`;
@@ -102,6 +103,27 @@ class TransformersBackend:
             torch.cuda.empty_cache()
 
 
+MAX_SCRIPTED_DELAY = 60.0  # seconds per word: a longer one holds the worker for no purpose
+
+
+def scripted_delay(source):
+    """The delay per word a scripted model's source sets ("echo delay=0.05"), 0 when it sets none.
+
+    Raises ModelLoadError for a bad one; ModelSpec.clean calls it, so the admin refuses it on save.
+    """
+    delay = 0.0
+    for word in source.split():
+        if word.startswith("delay="):
+            try:
+                delay = float(word.removeprefix("delay="))
+            except ValueError:
+                delay = float("nan")
+            if not 0 <= delay <= MAX_SCRIPTED_DELAY:  # also refuses nan and inf
+                limit = f"from 0 to {MAX_SCRIPTED_DELAY:g}"
+                raise ModelLoadError(f"scripted model source {source!r}: delay must be a number of seconds {limit}")
+    return delay
+
+
 class ScriptedBackend:
     """Replies from a script instead of a model: for tests of the web layer, and demos.
 
@@ -121,14 +143,7 @@ class ScriptedBackend:
     @classmethod
     def from_source(cls, source):
         """A registered scripted model echoes; its source may set a delay per word: "echo delay=0.05"."""
-        delay = 0.0
-        for word in source.split():
-            if word.startswith("delay="):
-                try:
-                    delay = float(word.removeprefix("delay="))
-                except ValueError:
-                    raise ModelLoadError(f"scripted model source {source!r}: delay must be a number") from None
-        return cls(delay=delay)
+        return cls(delay=scripted_delay(source))
 
     def open(self, request):
         messages, options = request.messages, request.options

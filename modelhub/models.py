@@ -1,16 +1,67 @@
 """Registered models: what an admin configures; `modelhub.registry` turns rows into loaded models."""
 
+import json
 import socket
 from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.utils import timezone
+from django.utils.deconstruct import deconstructible
 
-from modelhub.options import GenerationOptions
+from modelhub.backends import scripted_delay
+from modelhub.options import MAX_TOP_K, GenerationOptions, ModelhubError
+
+# What a model row may hold is checked when it is saved through a form or `full_clean()` (the
+# admin, `manage.py modelhub add`), so that a bad value is refused there, not on every request.
+
+validate_device = RegexValidator(
+    r"\A(auto|cpu|mps|cuda(:[0-9]+)?)\Z", "Use auto, cpu, mps, cuda or cuda:N (N: the GPU's number)."
+)
+
+
+@deconstructible
+class OptionValidator:
+    """A model's default for a generation option must be a value a request may ask for."""
+
+    def __init__(self, option):
+        self.option = option
+
+    def __call__(self, value):
+        options = GenerationOptions(**{self.option: value})
+        problem = options.problems(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT).get(self.option)
+        if problem:
+            raise ValidationError(f"{problem}.")
+
+    def __eq__(self, other):
+        return isinstance(other, OptionValidator) and other.option == self.option
+
+
+def validate_chat_template(template):
+    """Compile it as transformers does (a sandboxed Jinja environment with its two extensions)."""
+    from jinja2 import TemplateSyntaxError, ext, nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(ext.Extension):
+        """transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's text)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body).set_lineno(lineno)
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, ext.loopcontrols]
+    )
+    try:
+        environment.from_string(template)
+    except TemplateSyntaxError as exc:  # unknown filters and tests too
+        raise ValidationError(f"Not a valid Jinja template: {exc.message} (line {exc.lineno}).") from exc
 
 
 class ModelSpecQuerySet(models.QuerySet):
@@ -62,7 +113,9 @@ class ModelSpec(models.Model):
     )
     revision = models.CharField(max_length=100, blank=True, help_text="Hub branch, tag or commit.")
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.AUTO)
-    device = models.CharField(max_length=20, default="auto", help_text="auto, cpu, cuda or cuda:N")
+    device = models.CharField(
+        max_length=20, default="auto", validators=[validate_device], help_text="auto, cpu, mps, cuda or cuda:N"
+    )
     quantization = models.CharField(
         max_length=8, choices=Quantization.choices, default=Quantization.NONE,
         help_text="bitsandbytes quantization of the Linear layers (CPU and CUDA).",
@@ -71,16 +124,18 @@ class ModelSpec(models.Model):
     compute_dtype = models.CharField(
         max_length=10, choices=DType.choices, default=DType.AUTO, help_text="4-bit only: dtype of the matmuls."
     )
-    chat_template = models.TextField(blank=True, help_text="Jinja chat template overriding the tokenizer's.")
+    chat_template = models.TextField(
+        blank=True, validators=[validate_chat_template], help_text="Jinja chat template overriding the tokenizer's."
+    )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens of prompt + reply; empty reads it from the model config."
     )
     system_prompt = models.TextField(blank=True, help_text="Default system prompt for new conversations.")
-    temperature = models.FloatField(default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
+    temperature = models.FloatField(default=0.7, validators=[OptionValidator("temperature")])
     top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
-    top_k = models.PositiveIntegerField(default=50)
-    max_new_tokens = models.PositiveIntegerField(default=256, validators=[MinValueValidator(1)])
+    top_k = models.PositiveIntegerField(default=50, validators=[MaxValueValidator(MAX_TOP_K)])
+    max_new_tokens = models.PositiveIntegerField(default=256, validators=[OptionValidator("max_new_tokens")])
     repetition_penalty = models.FloatField(default=1.0, validators=[MinValueValidator(0.5), MaxValueValidator(2.0)])
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
@@ -97,10 +152,20 @@ class ModelSpec(models.Model):
         return self.display_name or self.name
 
     def clean(self):
+        errors = {}
         if self.context_length and self.max_new_tokens >= self.context_length:
-            raise ValidationError({"max_new_tokens": "Must be smaller than the context length."})
+            errors["max_new_tokens"] = "Must be smaller than the context length."
         if self.quantization in (self.Quantization.NONE, self.Quantization.INT8) and self.double_quant:
-            raise ValidationError({"double_quant": "Double quantization applies to 4-bit models only."})
+            errors["double_quant"] = "Double quantization applies to 4-bit models only."
+        if self.quantization != self.Quantization.NONE and self.device == "mps":
+            errors["quantization"] = "bitsandbytes quantization runs on CPU and CUDA devices, not on mps."
+        if self.backend == self.Backend.SCRIPTED:
+            try:
+                scripted_delay(self.source)
+            except ModelhubError as exc:
+                errors["source"] = exc.message
+        if errors:
+            raise ValidationError(errors)
 
     def save(self, *args, **kwargs):
         with transaction.atomic():
@@ -119,7 +184,6 @@ class ModelSpec(models.Model):
     def check_source(self):
         """Raise ValidationError unless the source is a loadable causal LM with a chat template."""
         from modelhub.loading import inspect_source
-        from modelhub.options import ModelhubError
 
         if self.backend != self.Backend.TRANSFORMERS:
             return ""
@@ -184,11 +248,40 @@ class Adapter(models.Model):
         path = Path(self.path).expanduser()
         return path if path.is_absolute() else settings.BASE_DIR / path
 
+    def clean(self):
+        problem = self.config_problem()
+        if problem:
+            raise ValidationError({"path": problem})
+
+    def config_problem(self):
+        """Why the folder's adapter_config.json is not a LoRA config peft can read, or ""."""
+        path = self.local_path / "adapter_config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{self.local_path} has no adapter_config.json: it is not a peft adapter folder"
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"cannot read {path}: {exc}"
+        except ValueError as exc:
+            return f"{path} is not JSON: {exc}"
+        if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+            return f"{path} is not a LoRA adapter's config (its peft_type must be \"LORA\")"
+        targets, rank = config.get("target_modules"), config.get("r")
+        if not (isinstance(targets, str) or isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            return f"{path}: target_modules must be a list of module names or a pattern"
+        if not targets:
+            return f"{path}: target_modules is empty"
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            return f"{path}: r (the LoRA rank) must be a whole number above 0"
+        return ""
+
     def check_fits_base(self):
         """Raise ValidationError unless the folder is a peft adapter that fits the base's modules."""
         from modelhub.loading import check_adapter
-        from modelhub.options import ModelhubError
 
+        problem = self.config_problem()
+        if problem:
+            raise ValidationError({"path": problem})
         try:
             check_adapter(self.base.load_settings(), self.local_path)
         except ModelhubError as exc:

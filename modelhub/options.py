@@ -5,6 +5,7 @@ is recorded when a stream ends; `ModelhubError` is the one exception type caller
 see, with a short machine-readable `code` and a message fit for a user.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
@@ -34,6 +35,24 @@ class PromptTooLong(ModelhubError):
     code = "prompt_too_long"
 
 
+# A frame's JSON can carry any value (json.loads reads 1e400 as inf): options are checked
+# for type, then range, so that a bad value is an InvalidOptions here, never a crash later.
+MIN_TEMPERATURE = 0.01  # between 0 (greedy) and this, logits / temperature overflow float32 into inf and nan
+MAX_TOP_K = 1_000_000  # more than any vocabulary: a larger k would keep every token, as 0 (off) does
+MAX_SEED = 2**63 - 1  # torch.Generator takes -2**63..2**64-1 (negative ones wrap); this fits a signed 64-bit column
+WHOLE_NUMBER_OPTIONS = {"top_k", "max_new_tokens", "seed"}
+
+_RANGES = {  # option: (is this number in range, given the max_new_tokens limit; what to say otherwise)
+    "temperature": (lambda v, _: v == 0 or MIN_TEMPERATURE <= v <= 2,
+                    f"temperature must be between 0 and 2 (0 is greedy; above 0, at least {MIN_TEMPERATURE})"),
+    "top_p": (lambda v, _: 0 < v <= 1, "top_p must be in (0, 1]"),
+    "top_k": (lambda v, _: 0 <= v <= MAX_TOP_K, f"top_k must be 0 (off) or more, up to {MAX_TOP_K}"),
+    "max_new_tokens": (lambda v, limit: 1 <= v <= limit, "max_new_tokens must be between 1 and {limit}"),
+    "repetition_penalty": (lambda v, _: 0.5 <= v <= 2, "repetition_penalty must be between 0.5 and 2"),
+    "seed": (lambda v, _: 0 <= v <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (or unset, for a random one)"),
+}
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """Sampling settings. temperature 0 means greedy decoding."""
@@ -47,53 +66,86 @@ class GenerationOptions:
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
     def validated(self, max_new_tokens_limit):
-        problems = []
-        if not 0.0 <= self.temperature <= 2.0:
-            problems.append("temperature must be between 0 and 2")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append("top_p must be in (0, 1]")
-        if self.top_k < 0:
-            problems.append("top_k must be 0 (off) or more")
-        if not 1 <= self.max_new_tokens <= max_new_tokens_limit:
-            problems.append(f"max_new_tokens must be between 1 and {max_new_tokens_limit}")
-        if not 0.5 <= self.repetition_penalty <= 2.0:
-            problems.append("repetition_penalty must be between 0.5 and 2")
+        """Self, when every option has its type and range; else InvalidOptions naming each problem."""
+        problems = self.problems(max_new_tokens_limit)
         if problems:
-            raise InvalidOptions("; ".join(problems))
+            raise InvalidOptions("; ".join(problems.values()))
         return self
 
+    def problems(self, max_new_tokens_limit):
+        """{option: what is wrong with its value}; empty when all are fine."""
+        problems = {}
+        for field in fields(self):
+            name, value = field.name, getattr(self, field.name)
+            if name == "ignore_eos":
+                if not isinstance(value, bool):
+                    problems[name] = "ignore_eos must be true or false"
+                continue
+            if name == "seed" and value is None:
+                continue
+            in_range, message = _RANGES[name]
+            problem = _type_problem(name, value)
+            if problem is None and not in_range(value, max_new_tokens_limit):
+                problem = message.format(limit=max_new_tokens_limit)
+            if problem:
+                problems[name] = problem
+        return problems
+
     def merged(self, overrides):
-        """A copy with the given keys replaced; unknown keys or wrong types are an error."""
-        known = {f.name: f.type for f in fields(self)}
-        unknown = set(overrides) - set(known)
+        """A copy with the given keys replaced, numbers cast to the option's type (they may come
+        as text from a form); unknown keys, wrong types and non-finite numbers are an error."""
+        if not isinstance(overrides, dict):
+            raise InvalidOptions("options must be a JSON object")
+        known = {f.name for f in fields(self)}
+        unknown = {str(key) for key in overrides if key not in known}
         if unknown:
             raise InvalidOptions(f"unknown option(s): {', '.join(sorted(unknown))}")
-        clean = {}
-        for key, value in overrides.items():
-            if key == "ignore_eos":
-                if not isinstance(value, bool):
-                    raise InvalidOptions("ignore_eos must be true or false")
-                clean[key] = value
-            elif key == "seed" and value is None:
-                clean[key] = None
-            else:
-                clean[key] = _number(key, value, int if key in {"top_k", "max_new_tokens", "seed"} else float)
-        return replace(self, **clean)
+        return replace(self, **{key: _cast(key, value) for key, value in overrides.items()})
 
     def as_dict(self):
         return asdict(self)
 
 
-def _number(key, value, caster):
-    if isinstance(value, bool):
-        raise InvalidOptions(f"{key} must be a number")
-    try:
-        number = caster(value)
-    except (TypeError, ValueError):
-        raise InvalidOptions(f"{key} must be a number") from None
-    if caster is int and number != float(value):
-        raise InvalidOptions(f"{key} must be a whole number")
-    return number
+def _type_problem(name, value):
+    """Why `value` is not a number this option can take (whatever its range), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number"
+    if name in WHOLE_NUMBER_OPTIONS and not isinstance(value, int):
+        return f"{name} must be a whole number"
+    return None
+
+
+def _cast(name, value):
+    if name == "ignore_eos":
+        if not isinstance(value, bool):
+            raise InvalidOptions("ignore_eos must be true or false")
+        return value
+    if name == "seed" and value is None:
+        return None
+    if isinstance(value, str):
+        value = _parse_number(name, value)
+    if isinstance(value, float) and name in WHOLE_NUMBER_OPTIONS and value.is_integer():
+        value = int(value)  # 12.0 is 12 (is_integer() is False for inf and nan)
+    elif isinstance(value, int) and not isinstance(value, bool) and name not in WHOLE_NUMBER_OPTIONS:
+        try:
+            value = float(value)
+        except OverflowError:  # an int past 1e308 (JSON has no limit): out of any range
+            raise InvalidOptions(_RANGES[name][1]) from None
+    problem = _type_problem(name, value)
+    if problem:
+        raise InvalidOptions(problem)
+    return value
+
+
+def _parse_number(name, text):
+    for caster in (int, float):
+        try:
+            return caster(text)
+        except ValueError:
+            pass
+    raise InvalidOptions(f"{name} must be a number")
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Export feedback as a frozen TRL dataset snapshot (the logic lives in conversations/datasets.py)."""
 
+import os
+from argparse import ArgumentTypeError
 from datetime import date
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -8,11 +11,29 @@ from conversations.datasets import export_snapshot
 from conversations.examples import FORMATS, Filters
 
 
+# Argument types raise ArgumentTypeError: argparse turns it into a usage error (a CommandError
+# under call_command), where an exception of its own would escape parse_args as a traceback.
+
+
 def _day(text):
     try:
         return date.fromisoformat(text)
-    except ValueError as exc:
-        raise CommandError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _new_file(text):
+    """A file this user can create: not a folder, under a folder (or a path of new ones) it may write in."""
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            raise ArgumentTypeError(f"{text} is a folder, not a file name")
+        folder = next(parent for parent in path.absolute().parents if parent.exists())
+    except OSError as exc:  # a name too long, a folder it may not look into
+        raise ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgumentTypeError(f"cannot write {text}: {folder} is not a folder this user may write in")
+    return str(path)
 
 
 class Command(BaseCommand):
@@ -23,7 +44,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--format", required=True, choices=FORMATS)
-        parser.add_argument("--out", help="train file (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>.jsonl)")
+        parser.add_argument("--out", type=_new_file,
+                            help="train file (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>.jsonl)")
         parser.add_argument("--since", type=_day, help="feedback last edited on or after this date")
         parser.add_argument("--until", type=_day, help="feedback last edited on or before this date")
         parser.add_argument("--model", default="", help="answers of this model (name)")
@@ -33,6 +55,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-scrub", action="store_true", help="keep e-mail, phone and IP addresses")
 
     def handle(self, *args, **options):
+        if options["since"] and options["until"] and options["since"] > options["until"]:
+            raise CommandError(f"--since {options['since']} is after --until {options['until']}: nothing is in between")
         filters = Filters(since=options["since"], until=options["until"], model=options["model"],
                           adapter=options["adapter"], tag=options["tag"])
         try:
@@ -40,6 +64,8 @@ class Command(BaseCommand):
                                        scrub=not options["no_scrub"], eval_fraction=options["eval_fraction"])
         except (ValueError, FileExistsError) as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:  # the disk is full, the folder went away or is read-only
+            raise CommandError(f"could not write the snapshot: {exc}") from exc
         counts = snapshot.counts
         self.stdout.write(f"Snapshot #{snapshot.pk} ({snapshot.format}): {counts['train']} train rows, "
                           f"{counts['eval']} eval rows, sources {counts['sources']}")

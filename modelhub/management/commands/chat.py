@@ -6,6 +6,7 @@
 """
 
 import sys
+from argparse import ArgumentTypeError
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -13,13 +14,29 @@ from modelhub import api
 from modelhub.options import ModelhubError
 
 
+def _is_text(value):
+    """False for bytes that were not UTF-8 (Python keeps them as lone surrogates no tokenizer takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text_argument(value):
+    """An argparse type: text a tokenizer can take, else a usage error."""
+    if not _is_text(value):
+        raise ArgumentTypeError("not valid UTF-8 text")
+    return value
+
+
 class Command(BaseCommand):
     help = "Stream a reply from a registered model to the terminal."
 
     def add_arguments(self, parser):
-        parser.add_argument("prompt", nargs="?", help="the message; omit for an interactive session")
+        parser.add_argument("prompt", nargs="?", type=text_argument, help="the message; omit for an interactive session")
         parser.add_argument("--model", help="model name (default: the default model)")
-        parser.add_argument("--system", default="", help="system prompt")
+        parser.add_argument("--system", default="", type=text_argument, help="system prompt")
         parser.add_argument("--temperature", type=float)
         parser.add_argument("--max-new-tokens", type=int)
         parser.add_argument("--seed", type=int)
@@ -47,11 +64,16 @@ class Command(BaseCommand):
             line = sys.stdin.readline()
             if not line:
                 return
-            if line.strip():
+            if not _is_text(line):
+                self.stderr.write("[that line is not valid UTF-8 text: left out]")
+            elif line.strip():
                 yield line.strip()
 
     def _reply(self, spec, history, overrides):
-        request = api.start(spec, history, overrides)
+        try:
+            request = api.start(spec, history, overrides)  # a model that failed to load refuses it at once
+        except ModelhubError as exc:
+            raise CommandError(exc.message) from exc
         parts = []
         try:
             for text in request:

@@ -13,11 +13,12 @@ database and on its own process. Hub downloads show their progress bars here.
 
 import time
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from modelhub import api
 from modelhub.admin import describe_runtime
+from modelhub.management.commands.chat import text_argument
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
@@ -52,7 +53,7 @@ class Command(BaseCommand):
             sub.add_parser(action).add_argument("name")
         test = sub.add_parser("test", help="stream a short reply")
         test.add_argument("name")
-        test.add_argument("prompt", nargs="?", default="Hello! How are you today?")
+        test.add_argument("prompt", nargs="?", type=text_argument, default="Hello! How are you today?")
         test.add_argument("--adapter")
         test.add_argument("--max-new-tokens", type=int, default=64)
 
@@ -62,7 +63,7 @@ class Command(BaseCommand):
         except ModelhubError as exc:
             raise CommandError(exc.message) from exc
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
+            raise CommandError(_describe(exc)) from exc
 
     def do_list(self, **options):
         for spec in ModelSpec.objects.prefetch_related("adapters"):
@@ -79,8 +80,11 @@ class Command(BaseCommand):
     def do_add(self, name, source, **options):
         template = ""
         if options["chat_template_file"]:
-            with open(options["chat_template_file"]) as handle:
-                template = handle.read()
+            try:
+                with open(options["chat_template_file"], encoding="utf-8") as handle:
+                    template = handle.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"cannot read the chat template file: {exc}") from exc
         spec = ModelSpec(
             name=name, source=source, display_name=options["display_name"], revision=options["revision"],
             dtype=options["dtype"], device=options["device"], quantization=options["quantization"],
@@ -131,3 +135,13 @@ class Command(BaseCommand):
         usage = request.usage
         self.stdout.write("")
         self.stderr.write(f"[{usage.completion_tokens} tokens in {usage.duration:.2f}s, {usage.finish_reason}]")
+
+
+def _describe(error):
+    """A ValidationError on one line: "field: problem; other_field: problem"."""
+    if not hasattr(error, "error_dict"):
+        return " ".join(error.messages)
+    return "; ".join(
+        " ".join(messages) if field == NON_FIELD_ERRORS else f"{field}: {' '.join(messages)}"
+        for field, messages in error.message_dict.items()
+    )

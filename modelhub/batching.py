@@ -11,13 +11,18 @@ hides the padding and position ids that count only each row's real tokens, so a
 row computes exactly what it would compute alone. Every decode step feeds each
 row its last token and samples its next one with that request's own settings.
 A finished, stopped or failed sequence leaves between steps; the other rows'
-keys, values, mask and positions are untouched.
+keys, values, mask and positions are untouched. A forward pass that fails (an
+exception in the model, out of memory) fails the rows it was computing: their
+half-written caches are dropped, and after running out of memory the stored
+prefixes and the CUDA allocator's spare blocks are freed too, so the model goes on
+serving the next requests.
 
 Rows may name different LoRA adapters of the shared base: peft's `adapter_names`
 applies each row's adapter within one forward pass ("__base__" for none).
 Only the model's worker thread uses these objects.
 """
 
+import logging
 import time
 
 import torch
@@ -25,7 +30,9 @@ from transformers import DynamicCache
 
 from modelhub.decoding import Detokenizer, Sampler
 from modelhub.generation import build_prompt
-from modelhub.options import Usage
+from modelhub.options import ModelhubError, Usage
+
+log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -105,19 +112,34 @@ class Batch:
         self.peak = 0  # the most rows ever decoded together
 
     def add(self, seq):
-        """Move a prefilled sequence's own cache into the batch as a new last row."""
+        """Move a prefilled sequence's own cache into the batch as a new last row.
+
+        If that fails (out of memory, say), the batch is left as it was: the others run on."""
         own = torch.ones(1, seq.fed, dtype=torch.long, device=seq.cache.layers[0].keys.device)
         if not self.rows:
             self.cache, self.mask = seq.cache, own
         else:
-            length = max(self.mask.shape[1], seq.fed)
-            for mine, theirs in zip(self.cache.layers, seq.cache.layers):
-                mine.keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
-                mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
-            self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(own, length, 1)])
+            length, grown = max(self.mask.shape[1], seq.fed), []
+            try:
+                for mine, theirs in zip(self.cache.layers, seq.cache.layers):
+                    keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
+                    values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
+                    mine.keys, mine.values = keys, values
+                    grown.append(mine)
+                mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(own, length, 1)])
+            except Exception:
+                old = self.mask.shape[1]
+                for mine in grown:  # the rows and columns the batch had
+                    mine.keys, mine.values = mine.keys[:-1, :, -old:], mine.values[:-1, :, -old:]
+                raise
+            self.mask = mask
         self.rows.append(seq)
         self.peak = max(self.peak, len(self.rows))
         seq.cache = None
+
+    def clear(self):
+        """Drop every row (after a failed step, whose keys and values may be half-written)."""
+        self.rows, self.cache, self.mask = [], None, None
 
     def remove(self, seq, copy=True):
         """Take a sequence's row out; with `copy`, return its keys and values (real tokens only)."""
@@ -215,7 +237,10 @@ class Decoder:
                     past_key_values=seq.cache, use_cache=True, logits_to_keep=1, **extra,
                 )
         except Exception as exc:  # noqa: BLE001 - this sequence's failure, reported by the worker
-            seq.error = exc
+            seq.error = self._failure(exc)
+        if seq.error is not None:  # (out of the except block, so the failed pass's tensors are gone)
+            seq.cache = None  # half-written: of no use to a later turn
+            self._recover(seq.error)
             return len(chunk)
         seq.fed += len(chunk)
         if seq.prefilled:
@@ -239,7 +264,9 @@ class Decoder:
                     input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                     past_key_values=cache, use_cache=True, logits_to_keep=1, **extra,
                 )
-        except Exception:  # noqa: BLE001 - find the guilty prompt
+        except Exception:  # noqa: BLE001 - find the guilty prompt (below, once this pass's tensors are gone)
+            out = cache = None
+        if out is None:
             return sum(self._prefill_alone(seq, len(seq.prompt_ids)) for seq in group)
         for i, seq in enumerate(group):
             n = len(seq.prompt_ids)
@@ -254,17 +281,37 @@ class Decoder:
         try:
             with torch.inference_mode():
                 seq.accept(seq.sampler(logits, seq.prompt_ids, 0))
+            if not seq.finish_reason:
+                self.batch.add(seq)
         except Exception as exc:  # noqa: BLE001 - this sequence's failure, reported by the worker
-            seq.error = exc
-            return
-        if not seq.finish_reason:
-            self.batch.add(seq)
+            seq.error = self._failure(exc)
+        if seq.error is not None:
+            self._recover(seq.error)
 
     def decode(self):
-        """One step for every sequence in the batch; a failure in one row's sampling fails only that row."""
+        """One step for every sequence in the batch; returns them, a failed one with its `error`.
+
+        A failure in one row's sampling fails only that row. A failed forward pass fails
+        every row: the batch is emptied (each row's keys and values may be half-written).
+        """
         rows = list(self.batch.rows)
+        try:
+            with torch.inference_mode():
+                logits = self.batch.step(self.loaded.model, self.loaded.is_peft)
+        except Exception as exc:  # noqa: BLE001 - every row's failure, reported by the worker
+            error = self._failure(exc)
+        else:
+            self._sample(rows, logits)
+            return rows
+        self.batch.clear()  # out of the except block, so the failed pass's tensors are gone too
+        for seq in rows:
+            seq.error = error
+        self._recover(error)
+        return rows
+
+    def _sample(self, rows, logits):
+        """Each row's next token, with its own settings; a failure fails only that row."""
         with torch.inference_mode():
-            logits = self.batch.step(self.loaded.model, self.loaded.is_peft)
             suppress = [i for i, seq in enumerate(rows) if seq.sampler.suppresses_eos(len(seq.tokens))]
             if suppress:  # `ignore_eos` rows, all at once
                 rows_at, eos_at = torch.tensor(suppress, device=logits.device), torch.tensor(self.eos_ids, device=logits.device)
@@ -278,7 +325,26 @@ class Decoder:
                         seq.accept(seq.sampler(logits[i], seq.prompt_ids + seq.tokens, len(seq.tokens)))
                 except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
                     seq.error = exc
-        return rows
+
+    def _failure(self, exc):
+        """The error a forward pass's rows end with: running out of memory is told as such."""
+        if not isinstance(exc, torch.OutOfMemoryError):
+            return exc
+        log.error("out of memory in a forward pass on %s", self.loaded.device, exc_info=exc)
+        return ModelhubError(
+            f"The model ran out of memory ({self.loaded.device}) while writing this reply, so it was stopped. "
+            "Memory was freed and the model goes on serving: try again, perhaps in a shorter conversation.",
+            code="out_of_memory",
+        )
+
+    def _recover(self, error):
+        """After running out of memory, free what can be: stored prefixes, the allocator's spare blocks."""
+        if getattr(error, "code", None) != "out_of_memory":
+            return
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        if str(self.loaded.device).startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def release(self, seq, keep=True):
         """Take the sequence out of the batch; keep its keys and values for a later turn (`keep`)."""

@@ -9,7 +9,13 @@ token after at most one step of the others, and a long prompt never stalls them
 for long), waits briefly while a reply is on its way (arrivals.py), then runs one
 decode step for all running requests together (batching.py).
 Callers get a `Request`: they read its text chunks (plain or async iteration),
-may cancel it, and read its `usage` at the end.
+may cancel it, and read its `usage` at the end. A request cancelled while still
+queued (behind a full batch, or while the model loads) ends at once.
+
+Faults stay with the replies they hit and the worker serves on: a request that cannot
+be opened (prompt too long, broken adapter) or whose row fails alone ends alone; a failed
+forward pass fails every row of its step (the backend frees their caches); a failed load
+fails the queued requests and leaves the worker `failed`: the registry loads afresh.
 """
 
 import asyncio
@@ -39,6 +45,8 @@ class Request:
         self.usage = None
         self.error = None
         self._cancel = threading.Event()
+        self._taken = False  # by the worker (to serve or fail it) or by cancel() (to end it unserved)
+        self._take_lock = threading.Lock()
         self._loop = loop
         if loop is None:
             self._items = queue.Queue()
@@ -52,8 +60,16 @@ class Request:
     # --- caller side ---------------------------------------------------------
 
     def cancel(self):
-        """Ask the worker to drop this request at its next decode step."""
+        """Stop this reply: one still queued ends here and now, one being written at its next step."""
         self._cancel.set()
+        if self._take():  # no worker has it: nobody else will ever end it
+            self.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - self.started))
+
+    def _take(self):
+        """True for the one caller (worker or cancel) that takes this request; it alone ends it."""
+        with self._take_lock:
+            taken, self._taken = self._taken, True
+        return not taken
 
     def is_cancelled(self):
         return self._cancel.is_set()
@@ -106,6 +122,10 @@ class Request:
 
     # --- worker side ---------------------------------------------------------
 
+    def claim(self):
+        """The worker takes the request to serve it; False if a cancel already ended it."""
+        return self._take()
+
     def _put(self, item):
         if self._loop is None:
             self._items.put(item)
@@ -134,8 +154,8 @@ class Worker:
 
     A backend offers the step interface (backends.py): `open(request) -> sequence`,
     `prefill(sequences, budget) -> tokens fed`, `decode() -> sequences stepped`, `release(sequence, keep)`,
-    and `prefill_budget`. A sequence exposes `ready`, `take_text()`, `finish_reason`, `error`, `usage`
-    and `end(reason)`.
+    and `prefill_budget`; prefill and decode record a row's failure on its sequence (`error`). A sequence
+    exposes `ready`, `take_text()`, `finish_reason`, `error`, `usage` and `end(reason)`.
     """
 
     def __init__(self, name, load_backend, on_ready=None, max_batch=16, hold=0.0):
@@ -205,19 +225,33 @@ class Worker:
         return info
 
     def _run(self):
+        if self._load():
+            try:
+                self._serve()
+            except Exception as exc:  # a bug in the loop must not leave its requests waiting forever
+                log.exception("serving %s failed", self.name)
+                self._fail_in_flight(ModelhubError(f"model {self.name!r} failed: {exc}", code="generation_failed"))
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _load(self):
+        """Build the backend; if that fails, fail the queued requests (the registry loads afresh next time)."""
         try:
             self.backend = self._load_backend(self._report_progress)
             self.load_seconds = round(time.monotonic() - self._created, 2)
             self.state = "ready"
             if self._on_ready:
                 self._on_ready(self)
+            return True
         except ModelhubError as exc:
             self._fail_all(exc)
-            return
         except Exception as exc:  # a broken model folder must not kill the server
             log.exception("loading %s failed", self.name)
             self._fail_all(ModelLoadError(f"loading {self.name!r} failed: {exc}"))
-            return
+        return False
+
+    def _serve(self):
         while not (self._closing and not self.busy):
             self._admit(block=not self.busy)
             self._drop_cancelled()
@@ -227,8 +261,6 @@ class Worker:
             self._decode_step()
             self.last_used, self.last_used_at = time.monotonic(), time.time()
         self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
-        self.backend.close()
-        self.backend = None
 
     def _report_progress(self, text):
         self.progress = text
@@ -249,8 +281,7 @@ class Worker:
             self._open(request)
 
     def _open(self, request):
-        if request.is_cancelled():
-            request.finish(Usage(finish_reason="cancelled"))
+        if not request.claim():  # cancelled while queued: already ended
             return
         try:
             sequence = self.backend.open(request)
@@ -304,7 +335,7 @@ class Worker:
             return
         try:
             stepped = self.backend.decode()
-        except Exception as exc:  # the batched forward itself failed: no row can go on
+        except Exception as exc:  # a backend that raises rather than failing the rows: none can go on
             for sequence in list(self._running):
                 self._retire(sequence, exc)
             return
@@ -350,6 +381,13 @@ class Worker:
             exc = ModelhubError(f"generation failed: {exc}", code="generation_failed")
         request.fail(exc)
 
+    def _fail_in_flight(self, error):
+        """The loop itself broke: fail every request it holds, then the queued ones."""
+        for sequence in (*self._waiting, *self._running):
+            sequence.request.fail(error)
+        self._waiting, self._running = collections.deque(), []
+        self._fail_all(error)
+
     def _fail_all(self, error):
         with self._state_lock:
             self.state = "failed"
@@ -362,5 +400,5 @@ class Worker:
                 request = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if request is not None:
+            if request is not None and request.claim():
                 request.fail(error)

@@ -1,18 +1,24 @@
 """The blind arena: a candidate adapter against its base on a snapshot's held-out prompts.
 
-`staff` opens arenas and votes in them (they own the arena's answers); `other_staff` may
-not see or vote in someone else's arena; `owner` (not staff) is refused everywhere. The
-model is a scripted backend that answers differently for the candidate and the base: the
-model is not what these tests are about, the arena's code path through modelhub is."""
+`staff` here holds every arena permission (PERMISSIONS): opens arenas, votes in them (they
+own the arena's answers) and promotes; `bare_staff` holds none and is refused everywhere
+(403); `other_staff` holds them all but may not see or vote in someone else's arena;
+`owner` (not staff) is refused everywhere. The model is a scripted backend that answers
+differently for the candidate and the base: the model is not what these tests are about,
+the arena's code path through modelhub is."""
 
 import json
 import time
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from conversations.arena import Arena, ArenaMatch, held_out_prompts
+from conversations.arena_views import ArenaForm
 from conversations.datasets import export_snapshot
 from conversations.forms import ModelChoiceForm
 from conversations.models import Comparison, Conversation, Feedback, Message, Preference
@@ -42,6 +48,35 @@ class PerContender(ScriptedBackend):
 @pytest.fixture(autouse=True)
 def datasets_dir(settings, tmp_path):
     settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
+
+
+# What each arena URL needs besides a staff account (conversations/arena_views.py).
+PERMISSIONS = {
+    "list": ["conversations.view_arena"],
+    "new": ["conversations.add_arena", "conversations.view_datasetsnapshot", "modelhub.view_adapter"],
+    "detail": ["conversations.view_arena", "conversations.view_datasetsnapshot"],
+    "vote": ["conversations.view_arena", "conversations.view_datasetsnapshot", "conversations.change_arenamatch"],
+    "promote": ["conversations.view_arena", "modelhub.change_adapter"],
+}
+
+
+def grant(user, perms):
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+
+
+@pytest.fixture
+def staff(staff):
+    """The conftest's staff member, given every arena permission."""
+    grant(staff, {perm for perms in PERMISSIONS.values() for perm in perms})
+    return staff
+
+
+@pytest.fixture
+def bare_staff(db):
+    """A staff account without any permission."""
+    return get_user_model().objects.create_user("bare-staff", password="bare-pass-123", is_staff=True)
 
 
 @pytest.fixture
@@ -256,6 +291,7 @@ def test_promote_enables_the_adapter_for_users(staff_client, owner, arena, candi
 def arena_urls(arena):
     match = arena.matches.first()
     return [("get", reverse("conversations:arena_list"), {}),
+            ("get", reverse("conversations:arena_new"), {}),
             ("post", reverse("conversations:arena_new"),
              {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2}),
             ("get", arena.get_absolute_url(), {}),
@@ -269,10 +305,12 @@ def test_everyone_but_the_arenas_staff_owner_is_refused_everywhere_and_nothing_c
     if who == "owner":
         client.force_login(owner)
     elif who == "other_staff":
-        client.force_login(get_user_model().objects.create_user("other-staff", is_staff=True))
+        other_staff = get_user_model().objects.create_user("other-staff", is_staff=True)
+        grant(other_staff, {perm for perms in PERMISSIONS.values() for perm in perms})
+        client.force_login(other_staff)
     for method, url, data in arena_urls(arena):
-        if who == "other_staff" and url.endswith(("/arena/", "/arena/new/")):
-            continue  # their own list and their own new arena
+        if who == "other_staff" and url.endswith(("/arena/", "/arena/new/", "/leaderboard/")):
+            continue  # their own list, their own new arena, and the leaderboard of every arena
         response = getattr(client, method)(url, data, headers=HTMX)
         assert response.status_code in (302, 403, 404), (url, response.status_code)
         if response.status_code == 302:
@@ -280,6 +318,102 @@ def test_everyone_but_the_arenas_staff_owner_is_refused_everywhere_and_nothing_c
     arena.candidate.refresh_from_db()
     assert not arena.candidate.enabled and Arena.objects.count() == 1
     assert not Preference.objects.exists() and not arena.matches.exclude(vote="").exists()
+
+
+def test_a_staff_member_without_permissions_is_refused_everywhere_and_nothing_changes(client, bare_staff, arena):
+    client.force_login(bare_staff)
+    messages = Message.objects.count()
+    for method, url, data in arena_urls(arena):
+        for headers in ({}, HTMX):
+            assert getattr(client, method)(url, data, headers=headers).status_code == 403, (method, url)
+    arena.candidate.refresh_from_db()
+    assert not arena.candidate.enabled and Arena.objects.count() == 1 and Message.objects.count() == messages
+    assert not Preference.objects.exists() and not arena.matches.exclude(vote="").exists()
+
+
+SUCCEEDS = {"list": 200, "new": 302, "detail": 200, "vote": 200, "promote": 200}
+
+
+def arena_request(client, action, arena):
+    """One arena URL, requested as its page does (htmx)."""
+    method, url, data = {
+        "list": ("get", reverse("conversations:arena_list"), {}),
+        "new": ("post", reverse("conversations:arena_new"),
+                {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2}),
+        "detail": ("get", arena.get_absolute_url(), {}),
+        "vote": ("post", vote_url(arena.matches.first()), {"vote": "left"}),
+        "promote": ("post", reverse("conversations:arena_promote", args=[arena.pk]), {}),
+    }[action]
+    return getattr(client, method)(url, data, headers=HTMX)
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
+def test_each_arena_url_needs_exactly_its_permissions(client, snapshot, candidate, backend, action):
+    player = get_user_model().objects.create_user("player", is_staff=True)
+    arena = Arena.open(player, snapshot, candidate, prompts=2, seed=3)
+    arena.generate()
+    client.force_login(player)
+    for missing in PERMISSIONS[action]:
+        player.user_permissions.clear()
+        grant(player, set(PERMISSIONS[action]) - {missing})
+        assert arena_request(client, action, arena).status_code == 403, missing
+    assert Arena.objects.count() == 1 and not Preference.objects.exists() and not Adapter.objects.filter(enabled=True)
+    grant(player, PERMISSIONS[action])
+    assert arena_request(client, action, arena).status_code == SUCCEEDS[action]
+
+
+def test_the_form_offers_only_what_the_user_may_view_and_only_to_who_may_open_an_arena(client, bare_staff, snapshot,
+                                                                                       candidate):
+    grant(bare_staff, ["conversations.view_arena", "conversations.add_arena"])
+    client.force_login(bare_staff)
+    assert "New arena" not in client.get(reverse("conversations:arena_list")).content.decode()
+    form = ArenaForm(get_user_model().objects.get(pk=bare_staff.pk))
+    assert not form.fields["snapshot"].queryset.exists() and not form.fields["candidate"].queryset.exists()
+    grant(bare_staff, PERMISSIONS["new"])
+    page = client.get(reverse("conversations:arena_list")).content.decode()
+    assert "New arena" in page and str(snapshot) in page and CANDIDATE in page
+
+
+def test_the_page_offers_the_vote_and_promotion_only_to_who_may(client, staff, arena):
+    staff.user_permissions.clear()
+    grant(staff, PERMISSIONS["detail"])
+    client.force_login(staff)
+    page = client.get(arena.get_absolute_url()).content.decode()
+    assert "Paris, surely." in page and "A is better" not in page and "Promote this adapter" not in page
+    grant(staff, PERMISSIONS["vote"] + PERMISSIONS["promote"])
+    page = client.get(arena.get_absolute_url()).content.decode()
+    assert "A is better" in page and "Promote this adapter" in page
+
+
+def test_a_page_view_writes_nothing_even_after_a_restart_interrupted_the_answers(staff_client, staff, snapshot,
+                                                                                candidate, backend):
+    arena = Arena.open(staff, snapshot, candidate, prompts=4, seed=3)
+    first, second = arena.matches.all()[:2]
+    first.generate()
+    second.generate()
+    Message.objects.filter(status="streaming").update(status="interrupted")  # the process writing the other two died
+    with CaptureQueriesContext(connection) as queries:
+        for url, headers in ((arena.get_absolute_url(), {}), (arena.get_absolute_url(), HTMX),
+                             (reverse("conversations:arena_list"), {})):
+            assert staff_client.get(url, headers=headers).status_code == 200
+    writes = [query["sql"] for query in queries if query["sql"].lstrip().upper().startswith(("INSERT", "UPDATE",
+                                                                                               "DELETE"))]
+    assert writes == [] and len(queries) > 0
+    arena.refresh_from_db()
+    assert arena.status == "generating" and arena.conversations().get().sealed
+    for match in (first, second):  # the votes settle it: ready, and unsealed once nothing is left
+        staff_client.post(vote_url(match), {"vote": "tie"})
+    arena.refresh_from_db()
+    assert arena.status == "ready" and not arena.conversations().get().sealed
+
+
+def test_settle_readies_arenas_whose_answers_were_interrupted_and_unseals_them(staff, snapshot, candidate):
+    arena = Arena.open(staff, snapshot, candidate, prompts=2, seed=3)
+    Message.objects.filter(status="streaming").update(status="interrupted")  # their writer died
+    Arena.objects.settle()
+    arena.refresh_from_db()
+    assert arena.status == "ready" and arena.next_match() is None
+    assert not arena.conversations().get().sealed
 
 
 def compare(conversation, first, second, choice):
@@ -362,9 +496,12 @@ def test_deleting_an_arena_unseals_its_answers_for_their_owner(staff_client, are
     assert staff_client.get(reverse("conversations:detail", args=[sealed.pk])).status_code == 200
 
 
-def test_the_sidebar_links_staff_to_the_arena_and_admin_and_nobody_else(client, owner, staff):
-    arena_url = reverse("conversations:arena_list").encode()
+def test_the_sidebar_links_staff_to_the_arena_and_admin_and_nobody_else(client, owner, staff, bare_staff):
+    arena_url, admin_url = reverse("conversations:arena_list").encode(), reverse("admin:index").encode()
     client.force_login(owner)
     assert arena_url not in client.get(reverse("conversations:list")).content
     client.force_login(staff)
     assert arena_url in client.get(reverse("conversations:list")).content
+    client.force_login(bare_staff)  # staff, but may not view arenas
+    page = client.get(reverse("conversations:list")).content
+    assert arena_url not in page and admin_url in page

@@ -1,13 +1,18 @@
 """ASGI entry point: HTTP to Django (static files included), websockets to Channels.
 
-Served by daphne (`make run`). Before the first request a process serves, replies
-left `streaming` by a previous process are marked `interrupted`: their task died
-with that process. (daphne has no lifespan events, hence the first-request hook.)
+Served by daphne (`make run`). Around the routing:
+- every request makes sure this process's writer heartbeat runs (conversations/writers.py):
+  the first one recovers the replies that dead writers left `streaming`, then the beat
+  renews this process's own and ends orphans every CHAT_HEARTBEAT_SECONDS (daphne has no
+  lifespan events, hence the per-request check, which costs nothing after the first);
+- websockets must come from this site's own origin (origins.py);
+- on SIGTERM daphne stops its Twisted reactor; before it does, every reply this process
+  is writing is stopped and saved with its text (within CHAT_SHUTDOWN_SECONDS).
 """
 
 import asyncio
-import logging
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -15,42 +20,50 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the apps loaded)
-from channels.db import database_sync_to_async  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from conversations.models import Message  # noqa: E402
+from chatsite.origins import SameOriginValidator  # noqa: E402
+from conversations import replies  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
+from conversations.writers import Heartbeat  # noqa: E402
 
-log = logging.getLogger(__name__)
 
+class KeepHeartbeat:
+    """Make sure the writer heartbeat runs on the event loop that serves this request."""
 
-class RecoverOnStartup:
-    """Run `Message.objects.mark_interrupted()` once, before the first request is served."""
-
-    def __init__(self, app):
+    def __init__(self, app, heartbeat):
         self.app = app
-        self.lock = None
-        self.done = False
+        self.heartbeat = heartbeat
 
     async def __call__(self, scope, receive, send):
-        if not self.done:
-            self.lock = self.lock or asyncio.Lock()
-            async with self.lock:
-                if not self.done:
-                    count = await database_sync_to_async(Message.objects.mark_interrupted)()
-                    if count:
-                        log.warning("marked %d unfinished replies from a previous run as interrupted", count)
-                    self.done = True
+        if scope["type"] in ("http", "websocket"):
+            await self.heartbeat.ensure()
         return await self.app(scope, receive, send)
 
 
-application = RecoverOnStartup(
+def _save_replies_before_shutdown():
+    """Under daphne, SIGTERM shuts its Twisted reactor down; it waits for what this returns."""
+    from twisted.internet import defer
+
+    return defer.Deferred.fromFuture(asyncio.ensure_future(replies.shut_down(settings.CHAT_SHUTDOWN_SECONDS)))
+
+
+if "daphne.server" in sys.modules:  # daphne's reactor is installed (and runs when daphne serves)
+    from twisted.internet import reactor  # noqa: E402
+
+    reactor.addSystemEventTrigger("before", "shutdown", _save_replies_before_shutdown)
+
+
+heartbeat = Heartbeat(on_recovered=replies.after_recovery)
+
+application = KeepHeartbeat(
     ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
-    )
+    ),
+    heartbeat,
 )

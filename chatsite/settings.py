@@ -6,6 +6,8 @@ See the configuration table in README.md for each variable.
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from csp.constants import NONE, SELF
 
 from chatsite.env import env_bool, env_choice, env_float, env_int, env_list, env_str, secret_key
 
@@ -35,6 +37,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -111,8 +114,25 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True  # pages pass the token in hx-headers / forms; no script reads the cookie
-SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- Security headers (tests/test_security_headers.py) -------------------------
+# Content-Security-Policy (django-csp 4): everything from this site only (the chat's websocket
+# too: 'self' covers ws/wss to the same host); no inline script, inline style or eval anywhere:
+# templates keep theirs in static/, and htmx is told neither to inject its indicator style nor
+# to evaluate (templates/base.html). No plugins, <base> or framing; forms post here only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+# No Referer header to other sites (links in answers); browsers take the Content-Type as given.
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
 
 LOGGING = {
     "version": 1,
@@ -127,9 +147,30 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Replies one user may have being written at once, over all their conversations (a side-by-side
 # comparison writes two): more are refused, so one user cannot take every seat of a batch.
 CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
-# Seconds a reply keeps generating after its last watcher left (a reload comes back
-# within this time); then it is stopped and saved as "stopped".
+# Seconds a reply keeps generating after its last watcher left, in every process (a reload
+# comes back within this time); then it is stopped and saved as "interrupted".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)
+# Several server processes share one database (conversations/writers.py): each renews the
+# heartbeat of the replies it writes every CHAT_HEARTBEAT_SECONDS, and a streaming reply whose
+# writer is silent for CHAT_WRITER_TIMEOUT_SECONDS (or whose process on this host has exited)
+# is saved as "interrupted" with the text last flushed, by whichever process notices.
+CHAT_HEARTBEAT_SECONDS = env_float("CHAT_HEARTBEAT_SECONDS", 5.0, minimum=0.1)
+CHAT_WRITER_TIMEOUT_SECONDS = env_float("CHAT_WRITER_TIMEOUT_SECONDS", 30.0, minimum=0.5)
+if CHAT_WRITER_TIMEOUT_SECONDS < 2 * CHAT_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("CHAT_WRITER_TIMEOUT_SECONDS must be at least twice CHAT_HEARTBEAT_SECONDS")
+# A database that does not answer: a turn's save is tried again for CHAT_DB_RETRY_SECONDS (then
+# the user is told, and their text goes back into the box); a reply's final save, whose text
+# exists nowhere else, for CHAT_SAVE_RETRY_SECONDS.
+CHAT_DB_RETRY_SECONDS = env_float("CHAT_DB_RETRY_SECONDS", 10.0, minimum=0)
+CHAT_SAVE_RETRY_SECONDS = env_float("CHAT_SAVE_RETRY_SECONDS", 300.0, minimum=0)
+# On SIGTERM, replies being written are stopped and saved within this many seconds.
+CHAT_SHUTDOWN_SECONDS = env_float("CHAT_SHUTDOWN_SECONDS", 10.0, minimum=0.5)
+# Frames that reach the database (turns, stop, sync), per socket and per user in each process:
+# so many a second on average, so many at once; past that a frame is refused (rate_limited).
+CHAT_SOCKET_FRAMES_PER_SECOND = env_float("CHAT_SOCKET_FRAMES_PER_SECOND", 5.0, minimum=0.1)
+CHAT_SOCKET_FRAMES_BURST = env_int("CHAT_SOCKET_FRAMES_BURST", 20, minimum=1)
+CHAT_USER_FRAMES_PER_SECOND = env_float("CHAT_USER_FRAMES_PER_SECOND", 10.0, minimum=0.1)
+CHAT_USER_FRAMES_BURST = env_int("CHAT_USER_FRAMES_BURST", 40, minimum=1)
 # Least seconds between two chunk frames of one reply (the first chunk goes at once): each
 # frame costs the server a few milliseconds of Python (channel layer, JSON, websocket), so
 # tokens are coalesced to ~20 frames per second; 0 sends every token as its own frame.

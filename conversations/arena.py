@@ -19,8 +19,9 @@ list, pages and sockets) until no match is left to vote on, or the arena is dele
 Answers are generated greedily (temperature 0, the base's other defaults; stored on the
 arena and on each answer) in one daemon thread per arena, a match at a time with its two
 answers submitted together so the base model's worker batches them. The thread only
-reads and saves rows; if the process dies, start-up marks the rows still `streaming` as
-`interrupted` (asgi.py) and their matches are skipped: only two complete answers can be
+reads and saves rows, as their writer (writers.py); if the process dies, whichever process
+notices marks the rows still `streaming` as `interrupted` and settles the arena
+(`Arena.objects.settle`): their matches are skipped, as only two complete answers can be
 voted on. The candidate may be disabled (not promoted yet): `modelhub.api.start` takes
 the Adapter row itself, so users still cannot pick it until it is promoted.
 """
@@ -38,6 +39,7 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations import writers
 from conversations.datasets import DatasetSnapshot, SnapshotChanged
 from conversations.feedback import Preference
 from modelhub import api
@@ -55,6 +57,12 @@ class ArenaQuerySet(models.QuerySet):
         if not (user.is_authenticated and user.is_staff):
             return self.none()
         return self.filter(created_by=user)
+
+    def settle(self):
+        """Once answers whose writer died are marked interrupted (at start-up, say): the arenas they
+        held up are ready (those matches skipped), and unsealed if nothing is left to vote on."""
+        for arena in self.filter(status=Arena.Status.GENERATING):
+            arena.check_finished()
 
     def with_counts(self):
         """`total` matches and `votes` cast, per arena."""
@@ -124,13 +132,20 @@ class Arena(models.Model):
         return arena
 
     def generate(self):
-        """Generate every answer still to be written, a match at a time (blocking: run it in a thread)."""
+        """Generate every answer still to be written, a match at a time (blocking: run it in a thread).
+
+        This process is their writer from the start: its heartbeat keeps them all alive (writers.py)."""
+        matches = list(self.matches.select_related("candidate_answer", "opponent_answer"))
+        writing = {answer.pk for match in matches for answer in match.answers() if answer.status == "streaming"}
+        writers.writing.update(writing)
         try:
-            for match in self.matches.select_related("candidate_answer", "opponent_answer"):
+            for match in matches:
                 match.generate()
         except Exception as exc:  # never leave answers "writing…" forever; the log has the traceback
             log.exception("arena %s: generation failed", self.pk)
             self._fail_pending(f"Generation stopped: {exc}")
+        finally:
+            writers.writing.difference_update(writing)
         self.check_finished()
 
     def _fail_pending(self, error):
@@ -139,10 +154,13 @@ class Arena(models.Model):
                 answer.finish(answer.Status.ERROR, answer.content, error=error)
 
     def check_finished(self):
-        """Ready once no answer is being written (also after a restart marked them interrupted)."""
+        """Ready once no answer is being written (also after a restart marked them interrupted), and
+        unsealed once nothing is left to vote on. A write: run when generation ends, at each vote and
+        by `settle`, never by a page view."""
         if self.status == self.Status.GENERATING and not self.matches.generating().exists():
             self.status = self.Status.READY
             self.save(update_fields=["status"])
+        if self.status == self.Status.READY:
             self.unseal_when_decided()
         return self.status == self.Status.READY
 
@@ -355,7 +373,7 @@ class ArenaMatch(models.Model):
         )
         match.vote, match.voter, match.voted_at = vote, user, timezone.now()
         match.save(update_fields=["vote", "voter", "voted_at", "preference"])
-        match.arena.unseal_when_decided()
+        match.arena.check_finished()
         return match
 
 

@@ -1,6 +1,6 @@
 """The chat websocket: one socket per open conversation page.
 
-    ws/conversations/<id>/   refused for anonymous users and for anyone but the owner
+    ws/conversations/<id>/   refused for anonymous users and for anyone but the owner (close 4404)
 
 Client frames (JSON):
     {"type": "send", "content": "..."[, "options": {...}]}
@@ -12,34 +12,59 @@ Client frames (JSON):
     {"type": "continue", "message_id"[, "options"]}         more of an answer cut by the token limit
     {"type": "compare", "content", "models": [key, key]}    one question to two model choices at once
     {"type": "stop"}                       stop the reply being written
+    {"type": "sync"}                       after a lost socket: the active branch again, and where
+                                           the replies being written are
 Server frames (JSON):
-    {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered
-    {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset`
+    {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered (with
+                                           `offset`: a reply being written, as far as it goes)
+    {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset` (UTF-16 units)
     {"type": "done", "message_id", "status", "html"}   the reply's final rendering
     {"type": "title", "title"}                         the conversation's (new) title
     {"type": "path", "html"}                           the whole active branch, after a branch change
     {"type": "error", "code", "message"}               a refusal; the socket stays open
+Close codes: 4404 not this user's conversation (or none), 4401 logged out / session ended,
+4503 the server could not set the socket up (the database or channel layer is away: retry).
 
+Every frame gets an answer: a frame the server cannot take is one `error` frame, never a
+dropped socket. Frames that reach the database (turns, stop, sync) are rate-limited per
+socket and per user, and each checks that the session is still logged in.
 The consumer only parses frames, calls the generation service and forwards the
 conversation group's frames; the reply itself lives in conversations.replies.
 """
 
-import json
+import hashlib
+import logging
+from importlib import import_module
 
-from channels.db import database_sync_to_async
 from channels.consumer import get_handler_name
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model, user_logged_out
+from django.db import DatabaseError
+from django.dispatch import receiver
+from django.utils.crypto import constant_time_compare
 
-from conversations import replies
+from conversations import durable, replies
+from conversations.frames import ChatError, group_for, path_frame, send_to
 from conversations.models import Conversation
-from conversations.replies import ChatError, Turn
+from conversations.protocol import MAX_ID, Bucket, admit, parse
 
-TURNS = ("send", "edit", "regenerate", "continue", "compare")
+log = logging.getLogger(__name__)
+
+SESSION_ENDED = ChatError("session_ended", "You have been logged out. Log in again to go on.")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     conversation_id = None
+    session_group = None
+
+    async def __call__(self, scope, receive, send):
+        """Serve the socket; however it ends (a crash included), it stops counting as a watcher."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
 
     async def dispatch(self, message):
         """Call the message's handler, without Channels' extra trip to the database thread.
@@ -51,82 +76,138 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
+            log.warning("chat socket: no handler for a %r message", message.get("type"))
+            return
         await handler(message)
 
     async def connect(self):
         user = self.scope["user"]
         pk = self.scope["url_route"]["kwargs"]["pk"]
-        owned = await database_sync_to_async(Conversation.objects.for_user(user).filter(pk=pk).exists)()
+        self.bucket = Bucket(settings.CHAT_SOCKET_FRAMES_PER_SECOND, settings.CHAT_SOCKET_FRAMES_BURST)
+        try:
+            owned = pk <= MAX_ID and await durable.call(
+                Conversation.objects.for_user(user).filter(pk=pk).exists, within=settings.CHAT_DB_RETRY_SECONDS)
+        except durable.UNREACHABLE:
+            log.warning("chat socket refused: the database is not answering")
+            await self.close(code=4503)
+            return
         if not owned:
             await self.close(code=4404)
             return
+        try:
+            self.session_group = _session_group(_session_key(self.scope))
+            await self.channel_layer.group_add(self.session_group, self.channel_name)
+            await self.channel_layer.group_add(group_for(pk), self.channel_name)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the page retries
+            log.warning("chat socket refused: the channel layer failed (%s: %s)", type(exc).__name__, exc)
+            await self.close(code=4503)
+            return
         self.conversation_id = pk
-        await self.channel_layer.group_add(replies.group_for(pk), self.channel_name)
         replies.watch(pk)
         await self.accept()
-        frame = await database_sync_to_async(replies.snapshot)(pk)
-        if frame is not None:
-            await self.send_json(frame)
+        await replies.catch_up(pk, self.channel_name)
+
+    async def _leave(self):
+        if self.conversation_id is None:
+            return
+        pk, self.conversation_id = self.conversation_id, None
+        replies.unwatch(pk)
+        for group in (group_for(pk), self.session_group):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:  # noqa: BLE001 - the group expires on its own
+                pass
 
     async def disconnect(self, code):
-        if self.conversation_id is not None:
-            await self.channel_layer.group_discard(replies.group_for(self.conversation_id), self.channel_name)
-            replies.unwatch(self.conversation_id)
+        await self._leave()
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
-            await self._handle(_parse(text_data))
+            command = parse(text_data, bytes_data)
+            admit(self.bucket, self.scope["user"].pk)
+            if not await durable.call(_still_logged_in, self.scope, within=settings.CHAT_DB_RETRY_SECONDS):
+                raise SESSION_ENDED
+            await self._handle(command)
         except ChatError as exc:
             await self.send_json(exc.frame())
+            if exc is SESSION_ENDED:
+                await self.close(code=4401)
+        except DatabaseError as exc:
+            log.warning("chat frame refused: the database failed (%s)", durable.first_line(exc))
+            await self.send_json(ChatError("database_unavailable", "The database is not answering; "
+                                                                   "try again in a moment.").frame())
+        except Exception:
+            log.exception("chat frame failed")
+            await self.send_json(ChatError("internal_error", "The server failed to handle that; "
+                                                             "it has been logged.").frame())
 
-    async def _handle(self, frame):
-        kind = frame.get("type")
+    async def _handle(self, command):
         user = self.scope["user"]
-        if kind == "stop":
+        if command.kind == "stop":
             await replies.stop(user, self.conversation_id)
-        elif kind in TURNS:
-            options = frame.get("options") or {}
-            if not isinstance(options, dict):
-                raise ChatError("invalid_options", "'options' must be a JSON object.")
-            content = _content(frame) if kind in ("send", "edit", "compare") else ""
-            message_id = _message_id(frame) if kind in ("edit", "regenerate", "continue") else None
-            models = frame.get("models") if kind == "compare" and isinstance(frame.get("models"), list) else []
-            await replies.begin(user, self.conversation_id, Turn(kind, content, message_id, options, models))
+        elif command.kind == "sync":
+            conversation = await durable.call(
+                Conversation.objects.for_user(user).filter(pk=self.conversation_id).first)
+            if conversation is None:
+                raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
+            await self.send_json(await durable.call(path_frame, conversation))
+            await replies.catch_up(self.conversation_id, self.channel_name)
         else:
-            raise ChatError("unknown_type", f"Unknown frame type {kind!r}; expected one of {', '.join(TURNS)}, stop.")
+            await replies.begin(user, self.conversation_id, command.turn)
+
+    # --- from the channel layer ----------------------------------------------------
 
     async def chat_frame(self, event):
         await self.send_json(event["frame"])
 
-    async def reply_stop(self, event):
-        replies.cancel_local(event["message_id"])
+    async def reply_roll_call(self, event):
+        """A reply with no watcher in its own process asks whether any page still shows it."""
+        await send_to(event["reply_to"], {"type": "reply.watching"})
+
+    async def session_end(self, event):
+        await self.send_json(SESSION_ENDED.frame())
+        await self.close(code=4401)
 
 
-def _parse(text_data):
-    if text_data is None:
-        raise ChatError("bad_frame", "Frames must be JSON text, not binary.")
+class RefusingConsumer(AsyncWebsocketConsumer):
+    """Any other websocket path: the handshake is refused (HTTP 403), as for a foreign origin."""
+
+    async def connect(self):
+        await self.close()
+
+
+def _session_key(scope):
+    return scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME, "")
+
+
+def _session_group(key):
+    """A channel-layer group per login session, so that logging out closes that session's sockets."""
+    return "session-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def _still_logged_in(scope):
+    """The socket's session, read again from the store: still there, same user, active, same password."""
+    user = scope["user"]
+    key = _session_key(scope)
+    if not key or not user.is_authenticated:
+        return False
+    data = import_module(settings.SESSION_ENGINE).SessionStore(key).load()
+    if data.get(SESSION_KEY) != str(user.pk):
+        return False
+    current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    return current is not None and constant_time_compare(data.get(HASH_SESSION_KEY, ""),
+                                                         current.get_session_auth_hash())
+
+
+@receiver(user_logged_out)
+def _close_sockets_of_session(sender, request, **kwargs):
+    """Logging out closes the sockets opened with that session, in every process (best effort)."""
+    from asgiref.sync import async_to_sync
+
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME, "") if request is not None else ""
+    if not key:
+        return
     try:
-        frame = json.loads(text_data)
-    except ValueError:
-        raise ChatError("bad_json", "The frame is not valid JSON.") from None
-    if not isinstance(frame, dict):
-        raise ChatError("bad_frame", "The frame must be a JSON object with a 'type'.")
-    return frame
-
-
-def _message_id(frame):
-    message_id = frame.get("message_id")
-    if not isinstance(message_id, int) or isinstance(message_id, bool):
-        raise ChatError("unknown_message", "The frame needs the integer 'message_id' of the message to act on.")
-    return message_id
-
-
-def _content(frame):
-    content = frame.get("content")
-    if not isinstance(content, str) or not content.strip():
-        raise ChatError("empty_message", "The message is empty.")
-    limit = settings.CHAT_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise ChatError("message_too_long", f"The message has {len(content)} characters; the limit is {limit}.")
-    return content
+        async_to_sync(get_channel_layer().group_send)(_session_group(key), {"type": "session.end"})
+    except Exception as exc:  # noqa: BLE001 - the next frame of such a socket is refused anyway
+        log.warning("logout: could not tell the session's sockets (%s)", exc)

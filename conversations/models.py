@@ -7,16 +7,19 @@ A reply's life (see ../shared/ARCHITECTURE.md): the user message is saved first
 `streaming` by a dead process are marked `interrupted` at start-up.
 """
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from conversations import tree
+from conversations import tree, writers
 from modelhub.models import Adapter, ModelSpec
 
 DEFAULT_TITLE = "New conversation"
+WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -230,7 +233,8 @@ class Conversation(models.Model):
         if self.messages.filter(status=Message.Status.STREAMING).exists():
             return None
         reply.status, reply.finish_reason, reply.generation_options = Message.Status.STREAMING, "", options
-        reply.save(update_fields=["status", "finish_reason", "generation_options"])
+        reply.writer, reply.heartbeat_at = writers.identity(), timezone.now()
+        reply.save(update_fields=["status", "finish_reason", "generation_options", "writer", "heartbeat_at"])
         return reply
 
     def add_failed_reply(self, error):
@@ -252,11 +256,29 @@ def _title_from(content):
 
 
 class MessageQuerySet(models.QuerySet):
-    def mark_interrupted(self):
-        """Rows still `streaming` belong to a process that is gone: say so, keep their text."""
-        return self.filter(status=Message.Status.STREAMING).update(
-            status=Message.Status.INTERRUPTED, finished_at=timezone.now()
-        )
+    def orphaned(self):
+        """Replies still `streaming` whose writer is gone (see writers.py); never one this process writes."""
+        streaming = self.filter(status=Message.Status.STREAMING)
+        names = set(streaming.values_list("writer", flat=True).distinct())
+        gone = [name for name in names if writers.is_gone(name)]
+        silent = timezone.now() - timedelta(seconds=settings.CHAT_WRITER_TIMEOUT_SECONDS)
+        return streaming.filter(
+            models.Q(writer__in=gone) | models.Q(heartbeat_at__lt=silent) | models.Q(heartbeat_at=None)
+        ).exclude(pk__in=list(writers.writing))
+
+    def interrupt_orphans(self):
+        """Mark orphaned replies `interrupted`, keeping the text last flushed; returns them."""
+        ids = list(self.orphaned().values_list("pk", flat=True))
+        if ids:
+            Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
+                status=Message.Status.INTERRUPTED, finished_at=timezone.now(), error=WRITER_GONE,
+            )
+        return list(Message.objects.filter(pk__in=ids, status=Message.Status.INTERRUPTED))
+
+    def renew(self):
+        """This process is alive: renew the heartbeat of the replies it writes."""
+        ids = list(writers.writing)
+        return self.filter(pk__in=ids, status=Message.Status.STREAMING).update(heartbeat_at=timezone.now())
 
     def rateable(self):
         """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
@@ -294,6 +316,10 @@ class Message(models.Model):
     finish_reason = models.CharField(max_length=20, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    writer = models.CharField(max_length=120, blank=True, default=writers.identity,
+                              help_text="The process that saved this row, and writes it while it streams.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, default=timezone.now,
+                                        help_text="Renewed by the writer while the reply streams.")
 
     objects = MessageQuerySet.as_manager()
 
@@ -326,10 +352,16 @@ class Message(models.Model):
 
     def save_partial(self, content, notice=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
-        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(content=content, notice=notice)
+        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
+            content=content, notice=notice, heartbeat_at=timezone.now()
+        )
 
     def finish(self, status, content, usage=None, error="", notice=""):
-        """End a streaming reply exactly once with its final text, status and usage."""
+        """End a streaming reply exactly once with its final text, status and usage.
+
+        The writer's own final save also wins over an `interrupted` another process put
+        there while this one was silent (a database outage, say): its text is the whole.
+        """
         fields = {
             "status": status,
             "content": content,
@@ -345,8 +377,9 @@ class Message(models.Model):
                 duration=usage.duration,
                 finish_reason=usage.finish_reason,
             )
+        mine = models.Q(status=Message.Status.INTERRUPTED, writer=writers.identity())
         with transaction.atomic():
-            updated = Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(**fields)
+            updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)
             if updated:
                 Conversation.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
         self.refresh_from_db()

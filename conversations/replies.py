@@ -1,264 +1,121 @@
 """The generation service: one asyncio task per assistant reply, not tied to any socket.
 
-    consumer --begin()--> [save user message, create streaming reply] --> ReplyTask
-    ReplyTask: modelhub request -> chunks -> channel-layer group -> every watcher
+    consumer --begin()--> turns.prepare: [user message, streaming reply] saved --> ReplyTask
+    ReplyTask: modelhub request -> chunks -> the conversation's group -> every watcher
                partial text saved every CHAT_FLUSH_SECONDS, final text/status/usage once
 
-The task owns the reply, so a reload, a second tab or a dropped socket changes
-nothing about it. Stop travels through the conversation's channel-layer group, so
-every consumer of that conversation, in any process, hears it, and the process
-running the reply cancels it.
+The task owns the reply, so a reload, a second tab or a dropped socket changes nothing
+about it. It joins the conversation's writers group (frames.writers_for), so a stop or
+a sync asked from any process reaches it. A channel layer that fails costs watchers
+frames, never the reply: the task goes on generating and saving, and pages catch up
+when their socket comes back. A database that goes away is waited for (durable.py).
 
-A reply left with no watcher in this process (all tabs closed) keeps going for
-CHAT_ORPHAN_GRACE_SECONDS, so a reload picks it up; after that it is stopped and
-saved as `interrupted` with the text it had.
+A reply no page watches (all tabs closed, in every process) keeps going for
+CHAT_ORPHAN_GRACE_SECONDS, so a reload picks it up; then it is stopped and saved as
+`interrupted` with the text it had. On shutdown (SIGTERM) every reply of the process is
+stopped and saved the same way (`shut_down`).
+
+`_replies` and `_watchers` belong to the event loop: only code running on it reads them.
 """
 
 import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
-from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.template.loader import render_to_string
 
-from conversations import tree
-from conversations.forms import ModelChoiceForm
-from conversations.models import Conversation, Message
+from conversations import durable, writers
+from conversations.frames import (ChatError, layer_health, message_frame, publish, send_to, snapshot_frame,
+                                  tell_watchers, tell_writers, utf16_length, writers_for)
+from conversations.models import Arena, Conversation, Message
+from conversations.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
 from modelhub import api
-from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
+from modelhub.options import ModelhubError
 
 log = logging.getLogger(__name__)
 
 _replies = {}  # message id -> ReplyTask, for replies running in this process
 _watchers = Counter()  # conversation id -> open sockets in this process
 
-
-class ChatError(Exception):
-    """A user-facing refusal: becomes one error frame {"type": "error", "code", "message"}."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def frame(self):
-        return {"type": "error", "code": self.code, "message": self.message}
-
-
-def utf16_length(text):
-    """Length as the browser counts it (UTF-16 code units): chunk offsets use this unit."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def message_frame(message, text=None):
-    """A whole message rendered by the same template the page uses (runs the ORM: call it in a thread)."""
-    if text is not None:
-        message.content = text
-    tree.annotate_siblings([message], list(Message.objects.filter(conversation_id=message.conversation_id,
-                                                                  parent_id=message.parent_id)))
-    html = render_to_string("conversations/_message.html", {"message": message})
-    return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
-
-
-def group_for(conversation_id):
-    """The channel-layer group that every open socket of this conversation joins."""
-    return f"conversation-{conversation_id}"
-
-
-async def publish(conversation_id, frame):
-    await get_channel_layer().group_send(group_for(conversation_id), {"type": "chat.frame", "frame": frame})
-
-
-BUSY = "A reply is still being written; stop it or wait for it to finish."
-
-
-@dataclass
-class Turn:
-    """What the user asked for: a new message, an edited question, another answer, or more of one."""
-
-    kind: str  # send, edit, regenerate, continue, compare
-    content: str = ""
-    message_id: int | None = None
-    overrides: dict = field(default_factory=dict)
-    models: list = field(default_factory=list)  # compare: two model-choice keys ("m3", "m3-a7")
-
-
-def _idle_conversation(user, conversation_id, replies=1):
-    """The user's conversation, if it may start `replies` new replies now; else a ChatError."""
-    conversation = Conversation.objects.for_user(user).select_related("model").filter(pk=conversation_id).first()
-    if conversation is None:
-        raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-    if conversation.streaming_reply() is not None:
-        raise ChatError("busy", BUSY)
-    limit = settings.CHAT_MAX_REPLIES_PER_USER
-    writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
-                                     status=Message.Status.STREAMING).count()
-    if writing + replies > limit:
-        raise ChatError("too_many_replies", f"{writing} of your replies are being written in other conversations "
-                                            f"(at most {limit} at once): wait for one to finish, or stop it.")
-    return conversation
-
-
-@database_sync_to_async
-def _prepare_comparison(user, conversation_id, turn):
-    """Save the question and two streaming answers from two model choices, side by side."""
-    conversation = _idle_conversation(user, conversation_id, replies=2)
-    choices = ModelChoiceForm(user).options
-    if len(turn.models) != 2 or any(not isinstance(key, str) or key not in choices for key in turn.models):
-        raise ChatError("unknown_model", "Pick two of the listed models to compare.")
-    sides = []
-    for key in turn.models:
-        spec, adapter, _ = choices[key]
-        try:
-            options = api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()
-        except InvalidOptions as exc:
-            raise ChatError(exc.code, exc.message) from exc
-        sides.append((spec, adapter, options))
-    comparison = conversation.start_comparison(turn.content, *sides)
-    if comparison is None:
-        raise ChatError("busy", BUSY)
-    plans = []
-    for reply, (spec, adapter, _) in zip((comparison.left, comparison.right), sides):
-        plans.append((reply, spec, adapter, conversation.history(upto=reply)))
-    return conversation, plans
-
-
-@database_sync_to_async
-def _prepare(user, conversation_id, turn):
-    """Save the turn and render what watchers must see, in one trip to the database thread."""
-    conversation, user_message, reply, model = _save_turn(user, conversation_id, turn)
-    frames = [{"type": "title", "title": conversation.title}]
-    if turn.kind in ("edit", "regenerate"):  # a new branch: every watcher redraws the active path
-        frames.append(path_frame(conversation))
-    else:
-        frames += [message_frame(message) for message in (user_message, reply) if message is not None]
-    return reply, model, frames
-
-
-def _save_turn(user, conversation_id, turn):
-    """Save what the turn adds and the streaming reply row; everything a reply task needs."""
-    conversation = _idle_conversation(user, conversation_id)
-    target = None
-    if turn.kind != "send":
-        role = Message.Role.USER if turn.kind == "edit" else Message.Role.ASSISTANT
-        target = conversation.messages.filter(pk=turn.message_id, role=role).first()
-        if target is None:
-            raise ChatError("unknown_message", f"There is no {role} message {turn.message_id!r} here to {turn.kind}.")
-        if turn.kind == "continue" and target.finish_reason != "length":
-            raise ChatError("cannot_continue", "Only an answer cut by the token limit can be continued.")
-    try:
-        spec, adapter = conversation.model_for(user)
-        if spec is None:
-            raise ModelNotFound("no model is registered that you may use")
-        options = api.options_for(spec, {**conversation.options, **turn.overrides}).as_dict()
-    except InvalidOptions as exc:  # the user's input is refused before anything is saved
-        raise ChatError(exc.code, exc.message) from exc
-    except ModelhubError as exc:  # no model at all: keep the question, store the failure
-        if turn.kind != "send":
-            raise ChatError(exc.code, exc.message) from exc
-        user_message = conversation.add_user_message(turn.content)
-        return conversation, user_message, conversation.add_failed_reply(exc.message), None
-    user_message = None
-    if turn.kind == "send":
-        user_message = conversation.add_user_message(turn.content)
-    elif turn.kind == "edit":
-        user_message = conversation.edit(target, turn.content)
-    if turn.kind == "continue":
-        reply = conversation.resume_reply(target, spec, options)
-    else:
-        parent = target.parent if turn.kind == "regenerate" else None
-        reply = conversation.start_reply(spec, options, adapter, parent=parent)
-    if reply is None:
-        raise ChatError("busy", BUSY)
-    return conversation, user_message, reply, (spec, adapter, conversation.history(upto=reply))
+SHUTDOWN = "The server stopped while this reply was written; this is the text it had."
+ROLL_CALL_SECONDS = 1.0  # how long a reply without local watchers waits for pages in other processes to answer
 
 
 async def begin(user, conversation_id, turn):
-    """Save the turn, create (or reopen) the reply and start its task. Raises ChatError.
+    """Save the turn, create (or reopen) the reply rows and start their tasks. Raises ChatError.
 
-    The reply is announced to modelhub first (`api.expect`): replies running meanwhile
-    hold their next step for it, so it starts as soon as it is saved. Saving and
-    rendering take one trip to the database thread (which every user's saves share,
-    in turn); generation starts right after it, and the task publishes its first
-    chunk once the new messages are announced.
+    The replies are announced to modelhub first (`api.expect`): replies running meanwhile
+    hold their next step for them, so they start as soon as they are saved. Saving and
+    rendering take one trip to the database thread; generation starts right after it, and
+    the tasks publish their first chunk once the new messages are announced.
     """
     arrivals = [api.expect() for _ in range(2 if turn.kind == "compare" else 1)]
     try:
-        return await _begin(user, conversation_id, turn, arrivals)
+        saved = {}
+        try:
+            conversation, plans, frames = await durable.call(prepare, user, conversation_id, turn, saved,
+                                                             within=settings.CHAT_DB_RETRY_SECONDS)
+        except durable.UNREACHABLE:
+            if "turn" in saved:  # saved, but not shown: the pages catch up; the reply goes on
+                conversation, plans, _ = saved["turn"]
+                frames = []
+            else:
+                raise ChatError("database_unavailable", "The database is not answering, so your message was not "
+                                                        "saved. It is back in the box: try again in a moment.")
+        tasks = [_start_task(plan, arrivals.pop()) for plan in plans]
+        try:
+            for frame in frames:
+                await publish(conversation_id, frame)
+        finally:
+            for task in tasks:
+                task.announced.set()
+        return plans[0].reply if plans else None
     finally:
         for arrival in arrivals:  # those no task took: the turn was refused or failed
             arrival.done()
 
 
-async def _begin(user, conversation_id, turn, arrivals):
-    if turn.kind == "compare":
-        conversation, plans = await _prepare_comparison(user, conversation_id, turn)
-        tasks = [_start_task(reply, model, arrivals.pop()) for reply, *model in plans]
-        try:
-            await publish(conversation_id, {"type": "title", "title": conversation.title})
-            await publish(conversation_id, await database_sync_to_async(path_frame)(conversation))
-        finally:
-            for task in tasks:
-                task.announced.set()
-        return plans[0][0]
-    reply, model, frames = await _prepare(user, conversation_id, turn)
-    task = _start_task(reply, model, arrivals.pop()) if model is not None else None
-    try:
-        for frame in frames:
-            await publish(conversation_id, frame)
-    finally:
-        if task is not None:
-            task.announced.set()
-    return reply
-
-
-def _start_task(reply, model, arrival):
-    task = ReplyTask(reply, *model, arrival=arrival)
-    _replies[reply.pk] = task
-    task.task = asyncio.create_task(task.run(), name=f"reply-{reply.pk}")
+def _start_task(plan, arrival):
+    task = ReplyTask(plan.reply, plan.spec, plan.adapter, plan.history, arrival=arrival)
+    _replies[plan.reply.pk] = task
+    writers.writing.add(plan.reply.pk)
+    task.task = asyncio.create_task(task.run(), name=f"reply-{plan.reply.pk}")
     return task
-
-
-def path_frame(conversation):
-    """The whole active branch, rendered, for watchers to redraw after a branch change."""
-    conversation.refresh_from_db(fields=["leaf"])
-    html = render_to_string("conversations/_path.html", {"messages_list": conversation.active_path()})
-    return {"type": "path", "html": html}
 
 
 async def stop(user, conversation_id):
     """Ask the streaming replies of this conversation (two in a comparison), wherever they run, to stop."""
-    streaming = await database_sync_to_async(
+    streaming = await durable.call(
         lambda: list(
             Message.objects.filter(
                 conversation__in=Conversation.objects.for_user(user).filter(pk=conversation_id),
                 status=Message.Status.STREAMING,
             ).values_list("pk", flat=True)
-        )
-    )()
+        ),
+        within=settings.CHAT_DB_RETRY_SECONDS,
+    )
     if not streaming:
         raise ChatError("nothing_to_stop", "No reply is being written.")
     for message_id in streaming:
-        await get_channel_layer().group_send(group_for(conversation_id), {"type": "reply.stop", "message_id": message_id})
+        if message_id in _replies:
+            _replies[message_id].stop("stopped")  # here: at once, even with the channel layer down
+        else:
+            await tell_writers(conversation_id, {"type": "reply.stop", "message_id": message_id})
 
 
-def cancel_local(message_id, reason="stopped"):
-    """Cancel the reply if it runs in this process (every consumer calls this on a stop frame)."""
-    task = _replies.get(message_id)
-    if task is not None:
-        task.stop(reason)
+async def catch_up(conversation_id, channel):
+    """Bring a socket up to date with the replies being written in the conversation.
 
-
-def snapshot(conversation_id):
-    """The frame that brings a new watcher up to date with a reply streaming here, if any (call in a thread)."""
-    for task in _replies.values():
-        if task.reply.conversation_id == conversation_id:
-            return {**message_frame(task.reply, task.text), "offset": utf16_length(task.text)}
-    return None
+    A reply of this process sends its snapshot at once, ahead of any chunk that follows; a
+    reply of another process is asked through the writers group and answers by itself.
+    """
+    local = [task for task in _replies.values() if task.reply.conversation_id == conversation_id]
+    for task in local:
+        await send_to(channel, {"type": "chat.frame", "frame": await task.snapshot()})
+    if not local:
+        await tell_writers(conversation_id, {"type": "reply.sync", "reply_to": channel})
 
 
 def watch(conversation_id):
@@ -272,7 +129,28 @@ def unwatch(conversation_id):
     del _watchers[conversation_id]
     for task in list(_replies.values()):
         if task.reply.conversation_id == conversation_id:
-            asyncio.get_running_loop().call_later(settings.CHAT_ORPHAN_GRACE_SECONDS, task.stop_if_orphaned)
+            task.check_watchers_later()
+
+
+async def shut_down(timeout):
+    """Stop every reply of this process and save each with its text, within `timeout` seconds."""
+    tasks = list(_replies.values())
+    if not tasks:
+        return
+    log.warning("shutting down: saving %d replies being written", len(tasks))
+    for task in tasks:
+        task.stop("shutdown")
+    running = [task.task for task in tasks]
+    _, late = await asyncio.wait(running, timeout=timeout / 2)
+    for pending in late:  # the model did not end them in time: save what they have anyway
+        pending.cancel()
+    if late:
+        await asyncio.wait(late, timeout=timeout / 2)
+
+
+def _clean(text):
+    """Model text fit to store: NUL (which PostgreSQL refuses in text) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 class ReplyTask:
@@ -286,9 +164,16 @@ class ReplyTask:
         self.notice = ""
         self.request = None
         self.task = None
+        self.channel = None  # this task's own channel in the writers group
         self.stop_reason = "stopped"
         self.stop_requested = False  # a stop can arrive before the modelhub request exists
-        self.announced = asyncio.Event()  # set once watchers have the reply's message: chunks may follow
+        self.announced = asyncio.Event()  # set once watchers have the reply's message: frames may follow
+        self.watched_at = time.monotonic()  # when a page last said it watches (roll call, sync)
+        self.flush_failing = False
+
+    @property
+    def conversation_id(self):
+        return self.reply.conversation_id
 
     def stop(self, reason):
         self.stop_reason = reason
@@ -296,46 +181,57 @@ class ReplyTask:
         if self.request is not None:
             self.request.cancel()
 
-    def stop_if_orphaned(self):
-        if _watchers[self.reply.conversation_id] == 0:
-            cancel_local(self.reply.pk, reason="interrupted")
+    async def snapshot(self):
+        text = self.text
+        return await durable.call(snapshot_frame, self.reply, text, within=settings.CHAT_DB_RETRY_SECONDS)
 
     async def run(self):
+        listener = asyncio.create_task(self._listen(), name=f"reply-{self.reply.pk}-listener")
         try:
             await self._generate()
-        except asyncio.CancelledError:  # server shutting down: keep what exists
+        except asyncio.CancelledError:  # the server is shutting down: keep what exists
             if self.request is not None:
                 self.request.cancel()
-            await self._finish(Message.Status.INTERRUPTED, error="The server stopped while this reply was written.")
+            await self._finish(Message.Status.INTERRUPTED, error=SHUTDOWN)
             raise
+        except Exception as exc:  # a bug here must still end the row, with what it has
+            log.exception("reply %s failed", self.reply.pk)
+            if self.request is not None:
+                self.request.cancel()
+            await self._finish(Message.Status.ERROR, error=f"The server failed while writing this reply ({exc}).")
         finally:
             _replies.pop(self.reply.pk, None)
+            writers.writing.discard(self.reply.pk)
+            listener.cancel()
+            if self.channel is not None:
+                layer = get_channel_layer()
+                asyncio.create_task(_best_effort_discard(layer, writers_for(self.conversation_id), self.channel))
             if self.arrival is not None:
                 self.arrival.done()  # cancelled before it reached modelhub
 
     async def _generate(self):
-        conversation_id = self.reply.conversation_id
         try:
-            overrides = self.reply.generation_options
             self.request = api.start(
-                self.spec, self.history, overrides, loop=asyncio.get_running_loop(), adapter=self.adapter,
-                arrival=self.arrival,
+                self.spec, self.history, self.reply.generation_options, loop=asyncio.get_running_loop(),
+                adapter=self.adapter, arrival=self.arrival,
             )
             if self.stop_requested:
                 self.request.cancel()
             await self.announced.wait()
             last_flush = time.monotonic()
             async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
+                text = _clean(text)
                 offset = utf16_length(self.text)
                 self.text += text
-                frame = {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text}
-                await publish(conversation_id, frame)
+                await publish(self.conversation_id,
+                              {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text})
                 if time.monotonic() - last_flush >= settings.CHAT_FLUSH_SECONDS:
-                    await database_sync_to_async(self.reply.save_partial)(self.text)
+                    await self._flush()
                     last_flush = time.monotonic()
         except ModelhubError as exc:
             log.warning("reply %s failed: %s", self.reply.pk, exc.message)
-            await publish(conversation_id, {"type": "error", "code": exc.code, "message": exc.message})
+            await self.announced.wait()  # the user's message reaches the page before its reply's error
+            await publish(self.conversation_id, {"type": "error", "code": exc.code, "message": exc.message})
             await self._finish(Message.Status.ERROR, error=exc.message)
             return
         usage = self.request.usage
@@ -344,13 +240,109 @@ class ReplyTask:
                 f"The {usage.truncated_messages} oldest message(s) did not fit the model's context "
                 "window and were left out of this reply's prompt."
             )
-        status = Message.Status.COMPLETE
+        status, error = Message.Status.COMPLETE, ""
         if usage.finish_reason == "cancelled":
-            status = Message.Status.INTERRUPTED if self.stop_reason == "interrupted" else Message.Status.STOPPED
-        await self._finish(status, usage=usage)
+            status = Message.Status.STOPPED
+            if self.stop_reason in ("interrupted", "shutdown"):
+                status = Message.Status.INTERRUPTED
+            if self.stop_reason == "shutdown":
+                error = SHUTDOWN
+        await self._finish(status, usage=usage, error=error)
+
+    async def _flush(self):
+        """Save the text so far; a database that does not answer now is tried again at the next flush."""
+        try:
+            await durable.call(self.reply.save_partial, self.text)
+        except durable.UNREACHABLE as exc:
+            if not self.flush_failing:
+                log.warning("reply %s: partial text not saved (%s); it stays in memory", self.reply.pk,
+                            durable.first_line(exc))
+            self.flush_failing = True
+        else:
+            self.flush_failing = False
 
     async def _finish(self, status, usage=None, error=""):
+        """Save the final row (waiting out a database outage, up to CHAT_SAVE_RETRY_SECONDS), then tell the pages."""
         reply = self.reply
-        await database_sync_to_async(reply.finish)(status, self.text, usage=usage, error=error, notice=self.notice)
-        frame = await database_sync_to_async(message_frame)(reply)
-        await publish(reply.conversation_id, {**frame, "type": "done"})
+        try:
+            await durable.call(reply.finish, status, self.text, usage=usage, error=error, notice=self.notice,
+                               within=settings.CHAT_SAVE_RETRY_SECONDS)
+            frame = await durable.call(message_frame, reply, within=settings.CHAT_DB_RETRY_SECONDS)
+        except durable.UNREACHABLE:
+            log.error("reply %s: the database stayed away; %d characters of text are lost", reply.pk, len(self.text))
+            return
+        await self.announced.wait()
+        for pause in (0.5, 1, 2, 4):  # the last frame matters most: a page waits for it
+            if await publish(reply.conversation_id, {**frame, "type": "done"}):
+                return
+            await asyncio.sleep(pause)
+
+    # --- hearing the conversation: stop, sync, roll call ---------------------------
+
+    async def _listen(self):
+        """Join the writers group and answer what arrives there, rejoining after a channel-layer failure."""
+        layer = get_channel_layer()
+        pause = 0.5
+        while True:
+            try:
+                self.channel = self.channel or await layer.new_channel()
+                await layer.group_add(writers_for(self.conversation_id), self.channel)
+                pause = 0.5
+                while True:
+                    await self._hear(await layer.receive(self.channel))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis restarting: try again shortly
+                layer_health.failed(exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _hear(self, message):
+        kind = message.get("type")
+        if kind == "reply.stop" and message.get("message_id") == self.reply.pk:
+            self.stop("stopped")
+        elif kind == "reply.sync" and isinstance(message.get("reply_to"), str):
+            self.watched_at = time.monotonic()
+            await send_to(message["reply_to"], {"type": "chat.frame", "frame": await self.snapshot()})
+        elif kind == "reply.watching":
+            self.watched_at = time.monotonic()
+
+    def check_watchers_later(self):
+        asyncio.get_running_loop().call_later(settings.CHAT_ORPHAN_GRACE_SECONDS,
+                                              lambda: asyncio.ensure_future(self._roll_call()))
+
+    async def _roll_call(self):
+        """No page of this process watches the reply: unless one in another process does, interrupt it."""
+        if self.task is None or self.task.done() or _watchers[self.conversation_id] > 0:
+            return
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):  # one process: nobody else could watch
+            self.stop("interrupted")
+            return
+        asked = time.monotonic()
+        if self.channel is None or not await tell_watchers(
+                self.conversation_id, {"type": "reply.roll_call", "reply_to": self.channel}):
+            self.check_watchers_later()  # the layer cannot tell now: ask again later, keep writing
+            return
+        await asyncio.sleep(ROLL_CALL_SECONDS)
+        if _watchers[self.conversation_id] > 0:
+            return
+        if self.watched_at < asked:
+            self.stop("interrupted")
+        else:
+            self.check_watchers_later()  # watched elsewhere: ask again once that page may have left
+
+
+async def _best_effort_discard(layer, group, channel):
+    try:
+        await layer.group_discard(group, channel)
+    except Exception:  # noqa: BLE001 - the group expires on its own
+        pass
+
+
+async def after_recovery(messages):
+    """Replies whose writer is gone were ended (the heartbeat's `on_recovered`): the arenas waiting
+    for them settle, and their pages are told."""
+    await durable.call(Arena.objects.settle)
+    for message in messages:
+        frame = await durable.call(message_frame, message)
+        await publish(message.conversation_id, {**frame, "type": "done"})

@@ -11,7 +11,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations import replies, tree
+from conversations import tree
+from conversations.frames import path_frame, publish
 from conversations.forms import (ConsentForm, FeedbackForm, ModelChoiceForm, PrivacyForm, RatingForm, RenameForm,
                                  SettingsForm)
 from conversations.models import Comparison, Conversation, Feedback, Preference, PrivacySettings
@@ -157,7 +158,7 @@ def comparison_vote(request, pk, comparison_id):
 
 def _path_changed(request, conversation):
     """After a branch change: redraw every open tab of the conversation, and answer this request."""
-    async_to_sync(replies.publish)(conversation.pk, replies.path_frame(conversation))
+    async_to_sync(publish)(conversation.pk, path_frame(conversation))
     if request.htmx:
         return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
     return redirect(conversation)

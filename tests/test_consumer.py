@@ -16,6 +16,7 @@ from tests.conftest import add_reply, install_scripted
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # the address the socket is opened on, as a browser sends it
 
 
 @sync_to_async
@@ -26,7 +27,7 @@ def session_cookie(user):
 
 
 async def open_socket(user, conversation, origin=ORIGIN):
-    headers = [origin] if origin else []
+    headers = [HOST, origin] if origin else [HOST]
     if user is not None:
         headers.append(await session_cookie(user))
     communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/", headers=headers)
@@ -35,12 +36,13 @@ async def open_socket(user, conversation, origin=ORIGIN):
 
 
 async def frames_until(communicator, kind, timeout=10):
-    """All frames up to and including the first of `kind`."""
+    """All frames up to and including the first of `kind` (a type, or a test of the frame)."""
+    matches = kind if callable(kind) else lambda frame: frame["type"] == kind
     frames = []
     while True:
         frame = await communicator.receive_json_from(timeout=timeout)
         frames.append(frame)
-        if frame["type"] == kind:
+        if matches(frame):
             return frames
 
 

@@ -1,9 +1,7 @@
 """State changes of conversations and replies, through their model methods."""
 
 import pytest
-from asgiref.sync import async_to_sync
 
-from chatsite.asgi import RecoverOnStartup
 from conversations.models import DEFAULT_TITLE, Conversation, Message
 from modelhub.options import Usage
 
@@ -67,21 +65,3 @@ def test_for_user_shows_only_the_owners_conversations(owner, other_user, convers
     assert list(Conversation.objects.for_user(owner)) == [conversation]
     assert list(Conversation.objects.for_user(other_user)) == []
     assert list(Conversation.objects.for_user(AnonymousUser())) == []
-
-
-@pytest.mark.django_db(transaction=True)
-def test_replies_left_streaming_by_a_dead_process_are_marked_interrupted_at_startup(conversation, spec):
-    reply = conversation.start_reply(spec, {})
-    reply.save_partial("half a sent")
-    calls = []
-
-    async def app(scope, receive, send):
-        calls.append(scope["type"])
-
-    wrapped = RecoverOnStartup(app)
-    async_to_sync(wrapped)({"type": "http"}, None, None)
-    async_to_sync(wrapped)({"type": "http"}, None, None)
-
-    reply.refresh_from_db()
-    assert (reply.status, reply.content) == ("interrupted", "half a sent")
-    assert calls == ["http", "http"]

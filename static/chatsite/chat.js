@@ -12,7 +12,9 @@
   const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + list.dataset.socket;
   let socket = null;
   let retry = 0;
-  let unsent = "";  // a message sent but not shown back yet: a refusal puts it back in the box
+  let connectedOnce = false;
+  let syncAsked = 0;  // when this page last asked the server to bring it up to date (ms)
+  let unsent = "";  // a message sent but not shown back yet: a refusal (or a lost socket) puts it back in the box
 
   function showError(text) {
     errorBox.textContent = text;
@@ -133,8 +135,29 @@
     const have = text.textContent.length;
     // Offsets are UTF-16 positions: skip what a snapshot already showed.
     if (frame.offset + frame.text.length <= have) return;
-    text.append(frame.text.slice(Math.max(0, have - frame.offset)));
+    if (frame.offset > have) {  // text is missing before this chunk (frames lost on the way): catch up
+      askSync();
+      return;
+    }
+    text.append(frame.text.slice(have - frame.offset));
     scrollDown();
+  }
+
+  // The active branch again and the replies being written as far as they go: after a lost
+  // socket, or a gap in a reply's text. At most once every two seconds.
+  function askSync() {
+    if (Date.now() - syncAsked < 2000) return;
+    syncAsked = Date.now();
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "sync" }));
+  }
+
+  // After a lost socket: a message sent just before it is back in the box unless the page now shows it.
+  function settleUnsent() {
+    if (!unsent) return;
+    const questions = list.querySelectorAll(".message-user");
+    const last = questions[questions.length - 1];
+    if ((!last || last.dataset.raw !== unsent) && !input.value) input.value = unsent;
+    unsent = "";
   }
 
   function setTitle(title) {
@@ -157,27 +180,43 @@
       unsent = "";
     }
     else if (frame.type === "title") setTitle(frame.title);
-    else if (frame.type === "path") redrawPath(frame.html);
+    else if (frame.type === "path") {
+      redrawPath(frame.html);
+      settleUnsent();
+    }
     updateButtons();
   }
 
   function connect() {
-    socket = new WebSocket(url);
-    socket.addEventListener("open", function () {
+    const opened = new WebSocket(url);
+    socket = opened;
+    opened.addEventListener("open", function () {
       retry = 0;
       showError("");
+      if (connectedOnce) {  // frames were missed while the socket was down
+        syncAsked = 0;
+        askSync();
+      }
+      connectedOnce = true;
       updateButtons();
     });
-    socket.addEventListener("message", onFrame);
-    socket.addEventListener("close", function (event) {
+    opened.addEventListener("message", onFrame);
+    opened.addEventListener("close", function (event) {
+      if (socket !== opened) return;
       updateButtons();
       if (event.code === 4404 || event.code === 4403) {
         showError("This conversation is not available.");
         return;
       }
-      showError("Connection lost; reconnecting…");
+      if (event.code === 4401) {
+        showError("You have been logged out. Reload the page to log in again.");
+        return;
+      }
+      // Backoff with jitter (0.5 s doubling to at most 10 s), so restarted servers are not stormed.
+      const delay = Math.min(10000, 500 * 2 ** retry) * (0.5 + Math.random() / 2);
       retry = Math.min(retry + 1, 5);
-      setTimeout(connect, 500 * 2 ** retry);
+      showError("Connection lost; reconnecting in " + Math.ceil(delay / 1000) + " s… (what you type is kept)");
+      setTimeout(connect, delay);
     });
   }
 

@@ -1,0 +1,119 @@
+"""What travels to the browser and between processes: rendered frames, groups, errors.
+
+Every open socket of a conversation joins `group_for(id)` and forwards its `chat.frame`
+messages; every reply task writing in it joins `writers_for(id)` and hears stop and
+sync requests there, from whichever process the asking socket lives in.
+
+Publishing is best effort: a channel layer that is down (Redis restarting) costs the
+watchers some frames, never the reply. Pages that missed frames catch up from a
+`path` frame and the writer's snapshot when their socket comes back (`sync`).
+"""
+
+import logging
+import time
+
+from channels.layers import get_channel_layer
+from django.template.loader import render_to_string
+
+from conversations import tree
+from conversations.models import Message
+
+log = logging.getLogger(__name__)
+
+
+class ChatError(Exception):
+    """A user-facing refusal: becomes one error frame {"type": "error", "code", "message"}."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def frame(self):
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+def utf16_length(text):
+    """Length as the browser counts it (UTF-16 code units): chunk offsets use this unit."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def message_frame(message, text=None):
+    """A whole message rendered by the same template the page uses (runs the ORM: call it in a thread)."""
+    if text is not None:
+        message.content = text
+    tree.annotate_siblings([message], list(Message.objects.filter(conversation_id=message.conversation_id,
+                                                                  parent_id=message.parent_id)))
+    html = render_to_string("conversations/_message.html", {"message": message})
+    return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
+
+
+def snapshot_frame(message, text):
+    """A reply being written, as far as it goes: a new watcher's starting point for its chunks."""
+    return {**message_frame(message, text), "offset": utf16_length(text)}
+
+
+def path_frame(conversation):
+    """The whole active branch, rendered, for watchers to redraw after a branch change or a lost socket."""
+    conversation.refresh_from_db(fields=["leaf"])
+    html = render_to_string("conversations/_path.html", {"messages_list": conversation.active_path()})
+    return {"type": "path", "html": html}
+
+
+def group_for(conversation_id):
+    """The channel-layer group that every open socket of this conversation joins."""
+    return f"conversation-{conversation_id}"
+
+
+def writers_for(conversation_id):
+    """The group that every reply task writing in this conversation joins (stop, sync, roll call answers)."""
+    return f"conversation-{conversation_id}-writers"
+
+
+class _Layer:
+    """Logs a failing channel layer once per outage, not once per frame."""
+
+    failing_since = None
+
+    def failed(self, exc):
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            log.warning("the channel layer failed (%s: %s); frames are dropped until it answers again",
+                        type(exc).__name__, exc)
+
+    def answered(self):
+        if self.failing_since is not None:
+            log.warning("the channel layer answers again after %.1f s", time.monotonic() - self.failing_since)
+            self.failing_since = None
+
+
+layer_health = _Layer()
+
+
+async def _best_effort(call, *args):
+    try:
+        await call(*args)
+    except Exception as exc:  # noqa: BLE001 - Redis down, a full channel: the sender goes on
+        layer_health.failed(exc)
+        return False
+    layer_health.answered()
+    return True
+
+
+async def publish(conversation_id, frame):
+    """Send a frame to every socket of the conversation; False if the channel layer failed."""
+    return await tell_watchers(conversation_id, {"type": "chat.frame", "frame": frame})
+
+
+async def tell_watchers(conversation_id, message):
+    """Send a channel-layer message (`chat.frame`, `reply.roll_call`) to every socket of the conversation."""
+    return await _best_effort(get_channel_layer().group_send, group_for(conversation_id), message)
+
+
+async def tell_writers(conversation_id, message):
+    """Send a message (`reply.stop`, `reply.sync`…) to every reply task of the conversation, in any process."""
+    return await _best_effort(get_channel_layer().group_send, writers_for(conversation_id), message)
+
+
+async def send_to(channel, message):
+    return await _best_effort(get_channel_layer().send, channel, message)

@@ -1,0 +1,115 @@
+"""Who writes a reply, and what happens to it when that writer goes away.
+
+Every message row names the process that saved it (`Message.writer`: host, pid and a
+token drawn at start), and while a reply streams its writer renews the row's
+`heartbeat_at` every CHAT_HEARTBEAT_SECONDS. A streaming row whose writer is gone is
+marked `interrupted` with the text last flushed, by whichever process notices first:
+
+- a process of this host whose pid no longer runs is gone at once (a restart, a kill);
+- any writer silent for CHAT_WRITER_TIMEOUT_SECONDS is gone (another host, a hung process).
+
+A live writer's rows are never touched, so several server processes share one database:
+one starting up, stopping or dying changes nothing of the others' replies. Each process
+looks at start-up (its first request), then on every heartbeat; the rows it ends are
+announced to their conversations' pages (`done` frames).
+
+A row this process saved but no longer writes (its turn failed half way) has no
+heartbeat either, and goes the same way. This module holds the identity, the set of
+rows being written (`writing`) and the clock; the queries are
+`Message.objects.orphaned()`, `.interrupt_orphans()` and `.renew()`.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+_identity = {}  # pid -> this process's writer name (a forked child draws its own)
+writing = set()  # ids of the replies this process is writing now (reply tasks, arena threads)
+
+
+def identity():
+    """This process's writer name: "host:pid:token"."""
+    pid = os.getpid()
+    if pid not in _identity:
+        _identity[pid] = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}"
+    return _identity[pid]
+
+
+def is_gone(writer):
+    """True if the named writer certainly no longer runs: no name, or a process of this host that has exited.
+
+    A writer on another host (or a pid reused by another program here) is judged by its
+    heartbeat alone.
+    """
+    if not writer:
+        return True
+    if writer == identity():
+        return False
+    host, _, rest = writer.partition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
+class Heartbeat:
+    """Renews this process's streaming rows and ends orphaned ones, on the event loop that serves.
+
+    `ensure()` is called on every request (cheap): the first call on an event loop recovers
+    what previous processes left, then starts the beat on that loop. `on_recovered` is an
+    async callable given the rows ended, to tell their pages.
+    """
+
+    def __init__(self, on_recovered):
+        self.on_recovered = on_recovered
+        self.task = None
+        self.loop = None
+        self.failing = False
+
+    async def ensure(self):
+        loop = asyncio.get_running_loop()
+        if self.loop is loop and self.task is not None and not self.task.done():
+            return
+        self.loop = loop
+        self.task = loop.create_task(self._beat_forever(), name="chatsite-heartbeat")
+        await self.beat(renew=False)
+
+    async def _beat_forever(self):
+        while True:
+            await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
+            await self.beat()
+
+    async def beat(self, renew=True):
+        from channels.db import database_sync_to_async
+        from django.db import DatabaseError
+
+        from conversations.models import Message
+
+        try:
+            if renew:
+                await database_sync_to_async(Message.objects.renew)()
+            recovered = await database_sync_to_async(Message.objects.interrupt_orphans)()
+        except DatabaseError as exc:
+            if not self.failing:
+                log.warning("heartbeat: the database is not answering (%s); retrying every %s s",
+                            str(exc).strip().splitlines()[0][:200], settings.CHAT_HEARTBEAT_SECONDS)
+            self.failing = True
+            return
+        if self.failing:
+            log.warning("heartbeat: the database answers again")
+            self.failing = False
+        if recovered:
+            log.warning("marked %d replies interrupted: their writer is gone (%s)", len(recovered),
+                        ", ".join(sorted({m.writer or "unknown" for m in recovered})))
+            await self.on_recovered(recovered)

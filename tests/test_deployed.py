@@ -1,0 +1,267 @@
+"""The deployed setup, live: daphne processes on one PostgreSQL database and a Redis channel layer,
+over real sockets held open past every timeout in the stack (redis-py's socket timeout, daphne's
+ping interval), with processes started, stopped (SIGTERM) and killed (SIGKILL), Redis restarted
+and PostgreSQL unreachable mid-reply.
+
+Each test has its own PostgreSQL database and its own redis-server on its own port (tests/live.py);
+the model is a registered scripted one that echoes the user's words, 20 a second, so a reply's
+whole text is known in advance and its length is set by the question.
+"""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.live import (SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket,
+                        text_of)
+
+pytestmark = [pytest.mark.slow]
+
+SETUP = SHELL_PRELUDE + """
+from modelhub.models import ModelSpec
+from conversations.models import Conversation
+owner = User.objects.create_user("owner", password="live-pass-123")
+ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.05", is_default=True)
+conversations = [Conversation.objects.create(owner=owner).pk for _ in range(6)]
+print(json.dumps({"cookie": session_for("owner"), "conversations": conversations}))
+"""
+
+FAST = {  # timings of the deployed machinery, shortened so the tests see them act
+    "CHAT_HEARTBEAT_SECONDS": 0.5,
+    "CHAT_WRITER_TIMEOUT_SECONDS": 3,
+    "CHAT_FLUSH_SECONDS": 0.3,
+    "CHAT_ORPHAN_GRACE_SECONDS": 30,
+}
+
+
+def words(n, tag="w"):
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+@pytest.fixture
+def site(tmp_path):
+    site = Site(tmp_path, database=PostgresDatabase(), redis=RedisServer(tmp_path), **FAST)
+    site.info = site.setup(SETUP)
+    yield site
+    site.close()
+
+
+def reply_row(site, message_id):
+    status, content = site.rows("SELECT status, content FROM conversations_message WHERE id = %s", (message_id,))[0]
+    return status, content
+
+
+def wait_for_row(site, message_id, predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        row = reply_row(site, message_id)
+        if predicate(*row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"reply {message_id} is {row[0]} with {len(row[1])} characters after {timeout} s")
+        time.sleep(0.2)
+
+
+async def ask(ws, content):
+    """Send a question; returns (frames up to its reply's first chunk, the reply's id).
+
+    Frames of earlier replies still on their way are read past: the reply is the streaming
+    message announced right after this question's own message."""
+    await ws.send(json.dumps({"type": "send", "content": content}))
+    frames = await frames_until(ws, lambda f: f["type"] == "message" and "message-user" in f["html"]
+                                and f"data-raw=\"{content}\"" in f["html"])
+    frames += await frames_until(ws, "message")
+    reply = frames[-1]["message_id"]
+    frames += await frames_until(ws, lambda f: f["type"] == "chunk" and f["message_id"] == reply)
+    return frames, reply
+
+
+async def test_an_idle_socket_on_redis_stays_open_and_still_receives_the_next_reply(site):
+    server = site.server()
+    ws = await open_socket(server, site.info["cookie"], site.info["conversations"][0])
+    with pytest.raises(asyncio.TimeoutError):  # 35 s of silence: past redis-py's 5 s read timeout and daphne's pings
+        await asyncio.wait_for(ws.recv(), 35)
+
+    await ws.send(json.dumps({"type": "send", "content": "still here"}))
+    frames = await frames_until(ws, "done")
+    assert frames[-1]["status"] == "complete"
+    assert text_of(frames, frames[-1]["message_id"]) == "still here"
+    assert "Traceback" not in server.log
+    await ws.close()
+
+
+async def test_a_reply_reaches_a_watcher_on_another_process_which_can_also_stop_it(site):
+    a, b = site.server(), site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    on_a = await open_socket(a, cookie, conversation)
+    on_b = await open_socket(b, cookie, conversation)
+    await on_a.send(json.dumps({"type": "send", "content": words(12)}))
+    frames = await frames_until(on_b, "done")
+    assert text_of(frames, frames[-1]["message_id"]) == words(12)
+    assert frames[-1]["status"] == "complete"
+
+    _, reply = await ask(on_a, words(400, "x"))  # written by process A, stopped from process B
+    await on_b.send(json.dumps({"type": "stop"}))
+    done = (await frames_until(on_b, "done"))[-1]
+    assert done["message_id"] == reply and done["status"] == "stopped"
+    status, content = wait_for_row(site, reply, lambda status, _: status != "streaming")
+    assert status == "stopped" and words(400, "x").startswith(content) and 0 < len(content) < len(words(400, "x"))
+    for ws in (on_a, on_b):
+        await ws.close()
+
+
+async def test_a_reply_watched_only_from_another_process_is_not_taken_for_an_orphan(site):
+    a, b = site.server(CHAT_ORPHAN_GRACE_SECONDS=0.5), site.server(CHAT_ORPHAN_GRACE_SECONDS=0.5)
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    on_a = await open_socket(a, cookie, conversation)
+    on_b = await open_socket(b, cookie, conversation)
+    _, reply = await ask(on_a, words(60))
+    await on_a.close()  # no page of process A shows it any more; the one on B still does
+
+    frames = await frames_until(on_b, "done", timeout=30)
+    assert frames[-1]["status"] == "complete"
+    assert reply_row(site, reply) == ("complete", words(60))
+
+    _, reply = await ask(on_b, words(200))
+    await on_b.close()  # now nobody watches anywhere: interrupted after the grace period
+    status, content = wait_for_row(site, reply, lambda status, _: status != "streaming", timeout=10)
+    assert status == "interrupted" and 0 < len(content) < len(words(200))
+
+
+async def test_starting_stopping_and_killing_another_process_never_changes_a_live_reply(site):
+    a = site.server()
+    ws = await open_socket(a, site.info["cookie"], site.info["conversations"][0])
+    _, reply = await ask(ws, words(160))  # 8 s of writing on process A
+
+    b = site.server()
+    await asyncio.to_thread(_get, b.url + "/login/")  # B serves its first request: its start-up recovery runs
+    assert reply_row(site, reply)[0] == "streaming"
+    assert b.stop() == 0
+    c = site.server()
+    await asyncio.to_thread(_get, c.url + "/login/")
+    c.kill()
+    assert reply_row(site, reply)[0] == "streaming"
+
+    frames = await frames_until(ws, "done")
+    assert frames[-1]["status"] == "complete"
+    assert reply_row(site, reply) == ("complete", words(160))
+    await ws.close()
+
+
+async def test_a_killed_writers_replies_are_interrupted_with_the_text_last_flushed(site):
+    a, b = site.server(), site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    on_a = await open_socket(a, cookie, conversation)
+    on_b = await open_socket(b, cookie, conversation)
+    _, reply = await ask(on_a, words(400))
+    await frames_until(on_b, lambda f: f["type"] == "chunk" and f["offset"] > 100)
+    await asyncio.sleep(1)  # a few flushes
+    a.kill()
+
+    done = (await frames_until(on_b, "done", timeout=15))[-1]  # B's heartbeat notices and tells its pages
+    assert done["message_id"] == reply and done["status"] == "interrupted"
+    status, content = reply_row(site, reply)
+    assert status == "interrupted"
+    assert len(content) > 100 and words(400).startswith(content)
+    assert "Traceback" not in b.log
+    await on_b.close()
+
+
+async def test_sigterm_saves_the_text_of_every_reply_being_written(site):
+    a = site.server()
+    cookie, conversations = site.info["cookie"], site.info["conversations"]
+    sockets, replies = [], []
+    for conversation in conversations[:3]:
+        ws = await open_socket(a, cookie, conversation)
+        replies.append((await ask(ws, words(400)))[1])
+        sockets.append(ws)
+    await asyncio.sleep(0.6)
+
+    started = time.monotonic()
+    assert await asyncio.to_thread(a.stop) == 0
+    assert time.monotonic() - started < 15
+
+    for reply in replies:
+        status, content = reply_row(site, reply)
+        assert status == "interrupted", (status, a.log[-2000:])
+        assert len(content) > 0 and words(400).startswith(content)
+    assert "Traceback" not in a.log
+
+
+async def test_a_redis_restart_mid_reply_loses_nothing_and_a_returning_page_catches_up(site):
+    a = site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    ws = await open_socket(a, cookie, conversation)
+    _, reply = await ask(ws, words(120))  # 6 s of writing
+
+    site.redis.stop()
+    await asyncio.sleep(2)
+    site.redis.start()
+
+    status, content = wait_for_row(site, reply, lambda status, _: status != "streaming", timeout=30)
+    assert (status, content) == ("complete", words(120))
+
+    ws = await open_socket(a, cookie, conversation)  # the page's socket comes back and asks to catch up
+    await ws.send(json.dumps({"type": "sync"}))
+    path = (await frames_until(ws, "path"))[-1]
+    assert words(120) in path["html"] and 'data-status="complete"' in path["html"]
+    await ws.send(json.dumps({"type": "send", "content": "and after"}))
+    assert (await frames_until(ws, "done"))[-1]["status"] == "complete"
+    await ws.close()
+
+
+@pytest.fixture
+def proxied_site(tmp_path):
+    """A site whose servers reach PostgreSQL through a proxy the test can cut."""
+    database = PostgresDatabase()
+    proxy = TcpProxy(database.port)
+    site = Site(tmp_path, database=database, redis=RedisServer(tmp_path), database_url=database.url(proxy.port),
+                CHAT_DB_RETRY_SECONDS=6, **FAST)
+    site.info = site.setup(SETUP)
+    site.proxy = proxy
+    yield site
+    proxy.close()
+    site.close()
+
+
+async def test_postgres_unreachable_for_a_few_seconds_loses_no_message_and_no_reply_text(proxied_site):
+    site = proxied_site
+    a = site.server()
+    ws = await open_socket(a, site.info["cookie"], site.info["conversations"][0])
+    _, reply = await ask(ws, words(100))  # 5 s of writing
+
+    site.proxy.cut()
+    await asyncio.sleep(3)
+    site.proxy.restore()
+
+    frames = await frames_until(ws, "done", timeout=30)
+    assert frames[-1]["status"] == "complete"
+    assert reply_row(site, reply) == ("complete", words(100))
+
+    # a turn sent while the database is away is saved once it is back (within CHAT_DB_RETRY_SECONDS)
+    site.proxy.cut()
+    await ws.send(json.dumps({"type": "send", "content": "while away"}))
+    await asyncio.sleep(2)
+    site.proxy.restore()
+    frames = await frames_until(ws, "done", timeout=30)
+    assert frames[-1]["status"] == "complete" and text_of(frames, frames[-1]["message_id"]) == "while away"
+    assert site.rows("SELECT count(*) FROM conversations_message WHERE content = 'while away' AND role = 'user'") \
+        == [(1,)]
+
+    # one that outlasts the retries is refused clearly, and nothing of it is saved
+    site.proxy.cut()
+    await ws.send(json.dumps({"type": "send", "content": "too long away"}))
+    error = (await frames_until(ws, "error", timeout=20))[-1]
+    site.proxy.restore()
+    assert error["code"] == "database_unavailable"
+    assert site.rows("SELECT count(*) FROM conversations_message WHERE content = 'too long away'") == [(0,)]
+    await ws.close()
+
+
+def _get(url):
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=10) as response:
+        return response.status

@@ -84,7 +84,7 @@ class FeedbackAdmin(ReadOnlyAdmin):
 
     @admin.display(description="answer rated")
     def answer(self, feedback):
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', feedback.message.content)
+        return format_html('<pre class="feedback-answer">{}</pre>', feedback.message.content)  # admin.css
 
 
 @admin.register(Preference)

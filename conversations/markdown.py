@@ -7,6 +7,9 @@ and whatever HTML the renderer produces passes an allow-list sanitizer: no
 scripts, no event handlers, no iframes or SVG, only http(s)/mailto links (with
 rel="noopener noreferrer nofollow"), and no images: a remote image would load
 by itself and could leak the conversation, so it becomes a plain link.
+
+No `style` attribute either: the Content-Security-Policy blocks inline styles, so a
+table column's alignment becomes one of the ALIGN_CLASSES (static/chatsite/chat.css).
 """
 
 import nh3
@@ -25,10 +28,10 @@ ALLOWED_ATTRIBUTES = {
     "span": {"class"},
     "div": {"class", "data-language"},
     "code": {"class"},
-    "th": {"style"},
-    "td": {"style"},
     "ol": {"start"},
 }
+ALIGN_CLASSES = {"left": "align-left", "center": "align-center", "right": "align-right"}
+ALLOWED_CLASSES = {"th": set(ALIGN_CLASSES.values()), "td": set(ALIGN_CLASSES.values())}
 _FORMATTER = HtmlFormatter(nowrap=True)
 
 
@@ -57,12 +60,23 @@ def _fence(self, tokens, idx, options, env):
     )
 
 
+def _table_cell(self, tokens, idx, options, env):
+    """A cell of an aligned column: markdown-it's `style="text-align:…"` becomes a class."""
+    attrs = tokens[idx].attrs
+    style = attrs.pop("style", None)
+    if style:
+        attrs["class"] = ALIGN_CLASSES[style.removeprefix("text-align:")]
+    return self.renderToken(tokens, idx, options, env)
+
+
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table").enable(
     "strikethrough"
 )
 _md.add_render_rule("image", _image_as_link)
 _md.add_render_rule("fence", _fence)
 _md.add_render_rule("code_block", _fence)
+_md.add_render_rule("th_open", _table_cell)
+_md.add_render_rule("td_open", _table_cell)
 
 
 def render_markdown(text):
@@ -74,6 +88,6 @@ def render_markdown(text):
         attributes=ALLOWED_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
-        filter_style_properties={"text-align"},
+        allowed_classes=ALLOWED_CLASSES,
         strip_comments=True,
     )

@@ -3,10 +3,13 @@
 import pytest
 from django.urls import reverse
 
+from conversations.models import Feedback
 from modelhub import api
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
+from tests.conftest import add_reply
 from tests.test_modelhub_serving import make_adapter
+from tests.test_security_headers import INLINE
 
 
 @pytest.fixture
@@ -172,3 +175,15 @@ def test_staff_without_the_change_permission_cannot_load(client, staff, tiny_spe
     client.post(reverse("admin:modelhub_modelspec_changelist"), {"action": "load_models", "_selected_action": [tiny_spec.pk]})
     assert "tiny" not in registry.status()
     assert client.post(reverse("admin:modelhub_modelspec_test_stream", args=[tiny_spec.pk])).status_code == 403
+
+
+def test_the_feedback_page_shows_the_rated_answer_without_an_inline_style_the_policy_would_block(
+        admin_client, conversation):
+    """The admin's HTML made in Python (here `FeedbackAdmin.answer`) keeps to the policy like the templates."""
+    conversation.add_user_message("a question")
+    answer = add_reply(conversation, "line one\n  line <b>two</b>")
+    feedback = Feedback.record(conversation.owner, answer, rating="down")
+    page = admin_client.get(reverse("admin:conversations_feedback_change", args=[feedback.pk])).content.decode()
+    assert '<pre class="feedback-answer">line one\n  line &lt;b&gt;two&lt;/b&gt;</pre>' in page
+    assert "chatsite/admin.css" in page  # where .feedback-answer keeps the line breaks
+    assert [what for what, pattern in INLINE.items() if pattern.search(page)] == []

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -90,16 +91,30 @@ def browser():
         chromium.close()
 
 
+def watch_for_policy_violations(page):
+    """What the page reports against the Content-Security-Policy, its console errors and warnings
+    (but the admin's missing /favicon.ico) and its script errors, from the first document it loads on."""
+    reports = []
+    page.expose_function("__reportViolation", lambda text: reports.append(text))
+    page.add_init_script("""document.addEventListener("securitypolicyviolation", (e) => window.__reportViolation(
+        `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));""")
+    page.on("console", lambda m: reports.append(f"console {m.type}: {m.text} ({m.location['url']})")
+            if m.type in ("error", "warning") and not m.location["url"].endswith("/favicon.ico") else None)
+    page.on("pageerror", lambda error: reports.append(f"script error: {error}"))
+    return reports
+
+
 @pytest.fixture
 def page(browser, server):
-    """A logged-in page on a new conversation; records script errors and off-site requests.
+    """A logged-in page on a new conversation, under the site's Content-Security-Policy; a test fails
+    on any policy violation, console error or warning, script error or off-site request.
 
-    Its browser ignores the Content-Security-Policy: Playwright's `wait_for_function` evaluates
-    its predicate with eval, which the policy forbids. The policy has its own test (the last)."""
-    context = browser.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=True)
+    The policy forbids eval, so the tests wait with selectors and `expect`, never with
+    `wait_for_function("<js string>")` (it evaluates its string with eval when it polls).
+    `page.evaluate` is not eval: Playwright runs it through the DevTools protocol, which the policy allows."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
-    page.errors, page.offsite = [], []
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.reports, page.offsite = watch_for_policy_violations(page), []
     page.on("request", lambda r: None if r.url.startswith(server) else page.offsite.append(r.url))
     page.goto(f"{server}/login/")
     page.fill("#id_username", "alice")
@@ -107,9 +122,10 @@ def page(browser, server):
     page.click("button[type=submit]")
     page.wait_for_url(f"{server}/")
     page.click("text=+ New chat")
-    page.wait_for_function("!document.getElementById('send-button').disabled")
+    page.wait_for_selector("#send-button:not([disabled])")
     yield page
-    assert page.errors == []
+    page.wait_for_timeout(100)  # reports arrive asynchronously
+    assert page.reports == []
     assert page.offsite == []
     context.close()
 
@@ -142,7 +158,7 @@ def choose_model(page, label):
 
 def test_a_reply_streams_in_several_increments_on_the_real_model_path(page):
     choose_model(page, "tiny")
-    page.evaluate("""() => {
+    page.evaluate("""() => {  // every length the reply's text has had, as the page updates it
         window.__lengths = new Set();
         new MutationObserver(() => {
             const text = document.querySelector('.message-assistant:last-child .message-text');
@@ -176,7 +192,7 @@ def test_regenerate_and_navigate_between_answers(page):
     wait_done(page)
     assert "2/2" in last_reply(page).locator(".siblings").inner_text()
     last_reply(page).locator("button[aria-label='Previous version']").click()
-    page.wait_for_function("document.querySelector('.message-assistant .siblings').textContent.includes('1/2')")
+    expect(page.locator(".message-assistant .siblings").first).to_contain_text("1/2")
     assert page.locator(".message").count() == 2
 
 
@@ -190,16 +206,20 @@ def test_edit_makes_a_branch_and_the_old_one_stays_reachable(page):
     wait_done(page)
     assert "edited question" in page.locator(".message-user").inner_text()
     page.locator(".message-user button[aria-label='Previous version']").click()
-    page.wait_for_function("document.querySelector('.message-user').textContent.includes('original question')")
+    expect(page.locator(".message-user").first).to_contain_text("original question")
     page.screenshot(path=ARTIFACTS / "browser-branches.png")
 
 
-def test_a_fenced_code_block_renders_highlighted_with_a_copy_button(page):
-    send(page, "```python\nprint('hi')\n```")
+def test_a_code_block_renders_highlighted_with_a_copy_button_and_a_table_keeps_its_alignment(page):
+    send(page, "```python\nprint('hi')\n```\n\n| left | middle | right |\n|:--|:--:|--:|\n| a | b | c |")
     wait_done(page)
     block = last_reply(page).locator(".code-block")
     assert block.locator(".highlight span").count() > 0
     assert block.locator("button.copy").count() == 1
+    cells = last_reply(page).locator("table td")  # aligned by class: the policy blocks inline styles
+    expect(cells).to_have_class(["align-left", "align-center", "align-right"])
+    for cell, alignment in zip(cells.all(), ["left", "center", "right"]):
+        expect(cell).to_have_css("text-align", alignment)
     page.screenshot(path=ARTIFACTS / "browser-code.png")
 
 
@@ -217,7 +237,7 @@ def test_a_message_the_server_refuses_stays_in_the_box(page):
     send(page, " ".join(f"w{i}" for i in range(40)))  # the echo model takes a while over it
     page.wait_for_selector('.message-assistant[data-status="streaming"]')
     send(page, "keep these words")  # Enter sends even while a reply is written: the server says busy
-    page.wait_for_function("document.getElementById('chat-error').textContent.includes('still being written')")
+    expect(page.locator("#chat-error")).to_contain_text("still being written")
     assert page.input_value("#composer-input") == "keep these words"
     page.click("#stop-button")
     wait_done(page)
@@ -226,12 +246,14 @@ def test_a_message_the_server_refuses_stays_in_the_box(page):
 def test_a_second_tab_sees_the_same_stream(page, browser):
     url = page.url
     other = page.context.new_page()
+    reports = watch_for_policy_violations(other)
     other.goto(url)
-    other.wait_for_function("!document.getElementById('send-button').disabled")
+    other.wait_for_selector("#send-button:not([disabled])")
     send(page, "shared words for two tabs to see")
     other.wait_for_selector('.message-assistant:last-child[data-status="complete"]', timeout=30000)
     assert "two tabs to see" in other.locator(".message-assistant").last.inner_text()
     other.close()
+    assert reports == []
 
 
 HOSTILE = """<script>window.__pwned = 1</script>
@@ -257,10 +279,8 @@ def test_side_by_side_streams_two_columns_and_stores_the_verdict(page):
     page.select_option("#compare-model", label="tiny")
     send(page, "compare these two answers please")
     page.wait_for_selector(".comparison")
-    page.wait_for_function(
-        "document.querySelectorAll('.comparison .message-assistant:not([data-status=\"streaming\"])').length === 2",
-        timeout=30000,
-    )
+    finished = page.locator('.comparison .message-assistant:not([data-status="streaming"])')
+    expect(finished).to_have_count(2, timeout=30000)
     columns = page.locator(".comparison .message-assistant")
     assert columns.count() == 2
     assert "echo" in columns.nth(0).inner_text() and "tiny" in columns.nth(1).inner_text()
@@ -268,19 +288,6 @@ def test_side_by_side_streams_two_columns_and_stores_the_verdict(page):
     page.screenshot(path=ARTIFACTS / "browser-side-by-side.png")
     page.click(".comparison-vote button[value=left]")
     page.wait_for_selector(".comparison-vote strong:has-text('Left')")
-
-
-def watch_for_policy_violations(page):
-    """What the page reports against the Content-Security-Policy, its console errors and warnings
-    (but the admin's missing /favicon.ico) and its script errors, from the first document it loads on."""
-    reports = []
-    page.expose_function("__reportViolation", lambda text: reports.append(text))
-    page.add_init_script("""document.addEventListener("securitypolicyviolation", (e) => window.__reportViolation(
-        `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));""")
-    page.on("console", lambda m: reports.append(f"console {m.type}: {m.text} ({m.location['url']})")
-            if m.type in ("error", "warning") and not m.location["url"].endswith("/favicon.ico") else None)
-    page.on("pageerror", lambda error: reports.append(f"script error: {error}"))
-    return reports
 
 
 def test_the_chat_the_arena_and_the_admin_keep_to_the_content_security_policy(browser, server):

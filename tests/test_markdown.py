@@ -4,7 +4,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conversations.markdown import ALLOWED_TAGS, render_markdown
+from conversations.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
 from tests.conftest import add_reply
 
 
@@ -67,6 +67,14 @@ def test_common_markdown_renders():
     for fragment in ["<h1>Title</h1>", "<strong>bold</strong>", "<em>it</em>", "<s>gone</s>", "<li>one</li>",
                      "<td>1</td>"]:
         assert fragment in html
+
+
+def test_table_alignment_becomes_a_class_not_an_inline_style_the_policy_would_block():
+    html = render_markdown("| l | c | r | n |\n|:--|:-:|--:|---|\n| 1 | 2 | 3 | 4 |")
+    aligned = [{"class": "align-left"}, {"class": "align-center"}, {"class": "align-right"}, {}]
+    cells = [(tag, attrs) for tag, attrs in Elements(html).found if tag in ("th", "td")]
+    assert cells == [("th", attrs) for attrs in aligned] + [("td", attrs) for attrs in aligned]
+    assert "style=" not in html and not [tag for tag, names in ALLOWED_ATTRIBUTES.items() if "style" in names]
 
 
 def test_the_page_renders_finished_replies_as_markdown_and_user_text_as_text(owner_client, conversation):

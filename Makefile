@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test browser bench bench-stream bench-serve bench-finetune clean
+.PHONY: install run test browser bench bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -28,7 +28,7 @@ test: install browser
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-bench: bench-stream bench-serve bench-finetune
+bench: bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -39,6 +39,19 @@ bench-serve: install
 
 bench-finetune: install
 	$(PY) bench/finetune.py
+
+# Live servers on SQLite (one daphne) and on PostgreSQL + Redis (two daphnes): both must be running
+# at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379; BENCH_ARGS="--backend sqlite" skips them.
+BENCH_ARGS ?=
+
+bench-load: install
+	$(PY) bench/load.py $(BENCH_ARGS)
+
+bench-storm: install
+	$(PY) bench/storm.py $(BENCH_ARGS)
+
+bench-fuzz: install
+	$(PY) bench/fuzz.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

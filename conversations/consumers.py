@@ -105,7 +105,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.conversation_id = pk
         replies.watch(pk)
         await self.accept()
-        await replies.catch_up(pk, self.channel_name)
+        for frame in await replies.catch_up(pk, self.channel_name):
+            await self.send_json(frame)
 
     async def _leave(self):
         if self.conversation_id is None:
@@ -151,7 +152,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if conversation is None:
                 raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
             await self.send_json(await durable.call(path_frame, conversation))
-            await replies.catch_up(self.conversation_id, self.channel_name)
+            for frame in await replies.catch_up(self.conversation_id, self.channel_name):
+                await self.send_json(frame)
         else:
             await replies.begin(user, self.conversation_id, command.turn)
 

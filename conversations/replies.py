@@ -106,16 +106,16 @@ async def stop(user, conversation_id):
 
 
 async def catch_up(conversation_id, channel):
-    """Bring a socket up to date with the replies being written in the conversation.
+    """The snapshots that bring a socket up to date with the replies being written in the conversation.
 
-    A reply of this process sends its snapshot at once, ahead of any chunk that follows; a
-    reply of another process is asked through the writers group and answers by itself.
+    Replies of this process are returned, for the socket to send before any chunk queued for it
+    (their text is taken now: chunks that follow start where it ends); replies of another
+    process are asked through the writers group and answer that channel by themselves.
     """
     local = [task for task in _replies.values() if task.reply.conversation_id == conversation_id]
-    for task in local:
-        await send_to(channel, {"type": "chat.frame", "frame": await task.snapshot()})
     if not local:
         await tell_writers(conversation_id, {"type": "reply.sync", "reply_to": channel})
+    return [await task.snapshot() for task in local]
 
 
 def watch(conversation_id):

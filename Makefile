@@ -24,9 +24,11 @@ run: install
 test: install browser
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used);
+# the live tests of the deployed setup start redis-servers of their own.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
 bench: bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz
 	$(PY) bench/memory.py

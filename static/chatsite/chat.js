@@ -27,8 +27,9 @@
 
   function updateButtons() {
     const busy = streaming();
-    stopButton.disabled = !busy;
-    sendButton.disabled = busy || !socket || socket.readyState !== WebSocket.OPEN;
+    const open = socket !== null && socket.readyState === WebSocket.OPEN;
+    stopButton.disabled = !busy || !open;
+    sendButton.disabled = busy || !open;
   }
 
   function scrollDown() {
@@ -77,7 +78,7 @@
 
   function send(frame) {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      showError("Not connected; retrying…");
+      showError("Not connected yet: what you wrote stays here; send it once the connection is back.");
       return false;
     }
     showError("");

@@ -26,7 +26,9 @@ Close codes: 4404 not this user's conversation (or none), 4401 logged out / sess
 4503 the server could not set the socket up (the database or channel layer is away: retry).
 
 Every frame gets an answer: a frame the server cannot take is one `error` frame, never a
-dropped socket. Frames that reach the database (turns, stop, sync) are rate-limited per
+dropped socket (past CHAT_MAX_MESSAGE_CHARS * 6 + 4096 characters, `frame_too_large`), except
+a frame over daphne's 1 MiB message limit, on which daphne's websocket layer (autobahn) fails
+the connection with close code 1009 before the consumer sees it (clients may see 1006). Frames that reach the database (turns, stop, sync) are rate-limited per
 socket and per user, and each checks that the session is still logged in.
 The consumer only parses frames, calls the generation service and forwards the
 conversation group's frames; the reply itself lives in conversations.replies.
@@ -164,7 +166,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def reply_roll_call(self, event):
         """A reply with no watcher in its own process asks whether any page still shows it."""
-        await send_to(event["reply_to"], {"type": "reply.watching"})
+        await send_to(event["reply_to"], {"type": "reply.watching", "conversation_id": self.conversation_id})
 
     async def session_end(self, event):
         await self.send_json(SESSION_ENDED.frame())

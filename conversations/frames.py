@@ -1,8 +1,8 @@
 """What travels to the browser and between processes: rendered frames, groups, errors.
 
 Every open socket of a conversation joins `group_for(id)` and forwards its `chat.frame`
-messages; every reply task writing in it joins `writers_for(id)` and hears stop and
-sync requests there, from whichever process the asking socket lives in.
+messages; every process writing a reply in it joins `writers_for(id)` (inbox.py) and hears
+stop and sync requests there, from whichever process the asking socket lives in.
 
 Publishing is best effort: a channel layer that is down (Redis restarting) costs the
 watchers some frames, never the reply. Pages that missed frames catch up from a
@@ -66,7 +66,7 @@ def group_for(conversation_id):
 
 
 def writers_for(conversation_id):
-    """The group that every reply task writing in this conversation joins (stop, sync, roll call answers)."""
+    """The group of the processes writing a reply in this conversation (stop, sync, roll-call answers; inbox.py)."""
     return f"conversation-{conversation_id}-writers"
 
 
@@ -117,3 +117,11 @@ async def tell_writers(conversation_id, message):
 
 async def send_to(channel, message):
     return await _best_effort(get_channel_layer().send, channel, message)
+
+
+async def join_writers(conversation_id, channel):
+    return await _best_effort(get_channel_layer().group_add, writers_for(conversation_id), channel)
+
+
+async def leave_writers(conversation_id, channel):
+    return await _best_effort(get_channel_layer().group_discard, writers_for(conversation_id), channel)

@@ -5,8 +5,8 @@
                partial text saved every CHAT_FLUSH_SECONDS, final text/status/usage once
 
 The task owns the reply, so a reload, a second tab or a dropped socket changes nothing
-about it. It joins the conversation's writers group (frames.writers_for), so a stop or
-a sync asked from any process reaches it. A channel layer that fails costs watchers
+about it. Its process's inbox (inbox.py) joins the conversation's writers group, so a
+stop or a sync asked from any process reaches it. A channel layer that fails costs watchers
 frames, never the reply: the task goes on generating and saving, and pages catch up
 when their socket comes back. A database that goes away is waited for (durable.py).
 
@@ -27,8 +27,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import durable, writers
-from conversations.frames import (ChatError, layer_health, message_frame, publish, send_to, snapshot_frame,
-                                  tell_watchers, tell_writers, utf16_length, writers_for)
+from conversations.frames import (ChatError, message_frame, publish, send_to, snapshot_frame, tell_watchers,
+                                  tell_writers, utf16_length)
+from conversations.inbox import Inbox
 from conversations.models import Arena, Conversation, Message
 from conversations.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
 from modelhub import api
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _replies = {}  # message id -> ReplyTask, for replies running in this process
 _watchers = Counter()  # conversation id -> open sockets in this process
+inbox = Inbox(_replies)  # where stop, sync and roll-call answers for these replies arrive
 
 SHUTDOWN = "The server stopped while this reply was written; this is the text it had."
 ROLL_CALL_SECONDS = 1.0  # how long a reply without local watchers waits for pages in other processes to answer
@@ -114,7 +116,8 @@ async def catch_up(conversation_id, channel):
     """
     local = [task for task in _replies.values() if task.reply.conversation_id == conversation_id]
     if not local:
-        await tell_writers(conversation_id, {"type": "reply.sync", "reply_to": channel})
+        await tell_writers(conversation_id, {"type": "reply.sync", "conversation_id": conversation_id,
+                                             "reply_to": channel})
     return [await task.snapshot() for task in local]
 
 
@@ -164,7 +167,6 @@ class ReplyTask:
         self.notice = ""
         self.request = None
         self.task = None
-        self.channel = None  # this task's own channel in the writers group
         self.stop_reason = "stopped"
         self.stop_requested = False  # a stop can arrive before the modelhub request exists
         self.announced = asyncio.Event()  # set once watchers have the reply's message: frames may follow
@@ -185,8 +187,15 @@ class ReplyTask:
         text = self.text
         return await durable.call(snapshot_frame, self.reply, text, within=settings.CHAT_DB_RETRY_SECONDS)
 
+    def watched(self):
+        """A page in some process showed this reply just now (a roll-call answer, a sync)."""
+        self.watched_at = time.monotonic()
+
+    async def send_snapshot(self, channel):
+        await send_to(channel, {"type": "chat.frame", "frame": await self.snapshot()})
+
     async def run(self):
-        listener = asyncio.create_task(self._listen(), name=f"reply-{self.reply.pk}-listener")
+        await inbox.join(self.conversation_id)
         try:
             await self._generate()
         except asyncio.CancelledError:  # the server is shutting down: keep what exists
@@ -202,12 +211,9 @@ class ReplyTask:
         finally:
             _replies.pop(self.reply.pk, None)
             writers.writing.discard(self.reply.pk)
-            listener.cancel()
-            if self.channel is not None:
-                layer = get_channel_layer()
-                asyncio.create_task(_best_effort_discard(layer, writers_for(self.conversation_id), self.channel))
             if self.arrival is not None:
                 self.arrival.done()  # cancelled before it reached modelhub
+            asyncio.ensure_future(inbox.leave(self.conversation_id))
 
     async def _generate(self):
         try:
@@ -277,35 +283,7 @@ class ReplyTask:
                 return
             await asyncio.sleep(pause)
 
-    # --- hearing the conversation: stop, sync, roll call ---------------------------
-
-    async def _listen(self):
-        """Join the writers group and answer what arrives there, rejoining after a channel-layer failure."""
-        layer = get_channel_layer()
-        pause = 0.5
-        while True:
-            try:
-                self.channel = self.channel or await layer.new_channel()
-                await layer.group_add(writers_for(self.conversation_id), self.channel)
-                pause = 0.5
-                while True:
-                    await self._hear(await layer.receive(self.channel))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis restarting: try again shortly
-                layer_health.failed(exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
-
-    async def _hear(self, message):
-        kind = message.get("type")
-        if kind == "reply.stop" and message.get("message_id") == self.reply.pk:
-            self.stop("stopped")
-        elif kind == "reply.sync" and isinstance(message.get("reply_to"), str):
-            self.watched_at = time.monotonic()
-            await send_to(message["reply_to"], {"type": "chat.frame", "frame": await self.snapshot()})
-        elif kind == "reply.watching":
-            self.watched_at = time.monotonic()
+    # --- is anybody watching? ------------------------------------------------------
 
     def check_watchers_later(self):
         asyncio.get_running_loop().call_later(settings.CHAT_ORPHAN_GRACE_SECONDS,
@@ -319,8 +297,8 @@ class ReplyTask:
             self.stop("interrupted")
             return
         asked = time.monotonic()
-        if self.channel is None or not await tell_watchers(
-                self.conversation_id, {"type": "reply.roll_call", "reply_to": self.channel}):
+        if inbox.channel is None or not await tell_watchers(
+                self.conversation_id, {"type": "reply.roll_call", "reply_to": inbox.channel}):
             self.check_watchers_later()  # the layer cannot tell now: ask again later, keep writing
             return
         await asyncio.sleep(ROLL_CALL_SECONDS)
@@ -330,13 +308,6 @@ class ReplyTask:
             self.stop("interrupted")
         else:
             self.check_watchers_later()  # watched elsewhere: ask again once that page may have left
-
-
-async def _best_effort_discard(layer, group, channel):
-    try:
-        await layer.group_discard(group, channel)
-    except Exception:  # noqa: BLE001 - the group expires on its own
-        pass
 
 
 async def after_recovery(messages):

@@ -348,7 +348,9 @@ def main():
     args = parse_args()
     with tempfile.TemporaryDirectory() as var_dir:
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the clients create their conversations in passing
-        os.environ["CHAT_MAX_REPLIES_PER_USER"] = "100"  # one bench user plays every client
+        os.environ["CHAT_MAX_REPLIES_PER_USER"] = "100"  # one bench user plays every client,
+        os.environ["CHAT_USER_FRAMES_PER_SECOND"] = "1000"  # at more frames a second than one person sends
+        os.environ["CHAT_USER_FRAMES_BURST"] = "1000"
         setup_django(var_dir)
         import torch
         from django.contrib.auth import get_user_model

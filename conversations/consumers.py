@@ -28,14 +28,17 @@ Close codes: 4404 not this user's conversation (or none), 4401 logged out / sess
 Every frame gets an answer: a frame the server cannot take is one `error` frame, never a
 dropped socket (past CHAT_MAX_MESSAGE_CHARS * 6 + 4096 characters, `frame_too_large`), except
 a frame over daphne's 1 MiB message limit, on which daphne's websocket layer (autobahn) fails
-the connection with close code 1009 before the consumer sees it (clients may see 1006). Frames that reach the database (turns, stop, sync) are rate-limited per
-socket and per user, and each checks that the session is still logged in.
+the connection with close code 1009 before the consumer sees it (clients may see 1006).
+Frames that reach the database (turns, stop, sync) are rate-limited per socket and per
+user, and each re-reads the session in the same trip to the database (logged out, a
+disabled account or a changed password: close 4401).
 The consumer only parses frames, calls the generation service and forwards the
 conversation group's frames; the reply itself lives in conversations.replies.
 """
 
 import hashlib
 import logging
+from functools import partial
 from importlib import import_module
 
 from channels.consumer import get_handler_name
@@ -48,13 +51,12 @@ from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare
 
 from conversations import durable, replies
-from conversations.frames import ChatError, group_for, path_frame, send_to
+from conversations.frames import ChatError, SessionEnded, group_for, path_frame, send_to
 from conversations.models import Conversation
 from conversations.protocol import MAX_ID, Bucket, admit, parse
 
 log = logging.getLogger(__name__)
 
-SESSION_ENDED = ChatError("session_ended", "You have been logged out. Log in again to go on.")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -128,12 +130,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             command = parse(text_data, bytes_data)
             admit(self.bucket, self.scope["user"].pk)
-            if not await durable.call(_still_logged_in, self.scope, within=settings.CHAT_DB_RETRY_SECONDS):
-                raise SESSION_ENDED
             await self._handle(command)
         except ChatError as exc:
             await self.send_json(exc.frame())
-            if exc is SESSION_ENDED:
+            if isinstance(exc, SessionEnded):
                 await self.close(code=4401)
         except DatabaseError as exc:
             log.warning("chat frame refused: the database failed (%s)", durable.first_line(exc))
@@ -145,19 +145,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                                                              "it has been logged.").frame())
 
     async def _handle(self, command):
+        """Every frame's trip to the database first re-reads the session (`guard`), in the same trip."""
         user = self.scope["user"]
+        guard = partial(_still_logged_in, self.scope)
         if command.kind == "stop":
-            await replies.stop(user, self.conversation_id)
+            await replies.stop(user, self.conversation_id, guard)
         elif command.kind == "sync":
-            conversation = await durable.call(
-                Conversation.objects.for_user(user).filter(pk=self.conversation_id).first)
-            if conversation is None:
-                raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-            await self.send_json(await durable.call(path_frame, conversation))
+            frame = await durable.call(_path_of, user, self.conversation_id, guard,
+                                       within=settings.CHAT_DB_RETRY_SECONDS)
+            await self.send_json(frame)
             for frame in await replies.catch_up(self.conversation_id, self.channel_name):
                 await self.send_json(frame)
         else:
-            await replies.begin(user, self.conversation_id, command.turn)
+            await replies.begin(user, self.conversation_id, command.turn, guard)
 
     # --- from the channel layer ----------------------------------------------------
 
@@ -169,7 +169,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await send_to(event["reply_to"], {"type": "reply.watching", "conversation_id": self.conversation_id})
 
     async def session_end(self, event):
-        await self.send_json(SESSION_ENDED.frame())
+        await self.send_json(SessionEnded().frame())
         await self.close(code=4401)
 
 
@@ -187,6 +187,15 @@ def _session_key(scope):
 def _session_group(key):
     """A channel-layer group per login session, so that logging out closes that session's sockets."""
     return "session-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def _path_of(user, conversation_id, guard):
+    if not guard():
+        raise SessionEnded()
+    conversation = Conversation.objects.for_user(user).filter(pk=conversation_id).first()
+    if conversation is None:
+        raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
+    return path_frame(conversation)
 
 
 def _still_logged_in(scope):

@@ -33,6 +33,13 @@ class ChatError(Exception):
         return {"type": "error", "code": self.code, "message": self.message}
 
 
+class SessionEnded(ChatError):
+    """The socket's login session is over (logged out, account disabled, password changed)."""
+
+    def __init__(self):
+        super().__init__("session_ended", "You have been logged out. Log in again to go on.")
+
+
 def utf16_length(text):
     """Length as the browser counts it (UTF-16 code units): chunk offsets use this unit."""
     return len(text.encode("utf-16-le", "surrogatepass")) // 2

@@ -27,8 +27,8 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import durable, writers
-from conversations.frames import (ChatError, message_frame, publish, send_to, snapshot_frame, tell_watchers,
-                                  tell_writers, utf16_length)
+from conversations.frames import (ChatError, SessionEnded, message_frame, publish, send_to, snapshot_frame,
+                                  tell_watchers, tell_writers, utf16_length)
 from conversations.inbox import Inbox
 from conversations.models import Arena, Conversation, Message
 from conversations.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
@@ -45,8 +45,10 @@ SHUTDOWN = "The server stopped while this reply was written; this is the text it
 ROLL_CALL_SECONDS = 1.0  # how long a reply without local watchers waits for pages in other processes to answer
 
 
-async def begin(user, conversation_id, turn):
+async def begin(user, conversation_id, turn, guard=None):
     """Save the turn, create (or reopen) the reply rows and start their tasks. Raises ChatError.
+
+    `guard`: a check to pass first, in the same trip to the database (turns.prepare).
 
     The replies are announced to modelhub first (`api.expect`): replies running meanwhile
     hold their next step for them, so they start as soon as they are saved. Saving and
@@ -57,7 +59,7 @@ async def begin(user, conversation_id, turn):
     try:
         saved = {}
         try:
-            conversation, plans, frames = await durable.call(prepare, user, conversation_id, turn, saved,
+            conversation, plans, frames = await durable.call(prepare, user, conversation_id, turn, saved, guard,
                                                              within=settings.CHAT_DB_RETRY_SECONDS)
         except durable.UNREACHABLE:
             if "turn" in saved:  # saved, but not shown: the pages catch up; the reply goes on
@@ -87,17 +89,18 @@ def _start_task(plan, arrival):
     return task
 
 
-async def stop(user, conversation_id):
+def _streaming_ids(user, conversation_id, guard):
+    if guard is not None and not guard():
+        raise SessionEnded()
+    mine = Conversation.objects.for_user(user).filter(pk=conversation_id)
+    return list(Message.objects.filter(conversation__in=mine, status=Message.Status.STREAMING)
+                .values_list("pk", flat=True))
+
+
+async def stop(user, conversation_id, guard=None):
     """Ask the streaming replies of this conversation (two in a comparison), wherever they run, to stop."""
-    streaming = await durable.call(
-        lambda: list(
-            Message.objects.filter(
-                conversation__in=Conversation.objects.for_user(user).filter(pk=conversation_id),
-                status=Message.Status.STREAMING,
-            ).values_list("pk", flat=True)
-        ),
-        within=settings.CHAT_DB_RETRY_SECONDS,
-    )
+    streaming = await durable.call(_streaming_ids, user, conversation_id, guard,
+                                   within=settings.CHAT_DB_RETRY_SECONDS)
     if not streaming:
         raise ChatError("nothing_to_stop", "No reply is being written.")
     for message_id in streaming:

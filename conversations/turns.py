@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from conversations.forms import ModelChoiceForm
-from conversations.frames import ChatError, message_frame, path_frame
+from conversations.frames import ChatError, SessionEnded, message_frame, path_frame
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
@@ -43,8 +43,12 @@ class Plan:
     history: list
 
 
-def prepare(user, conversation_id, turn, saved):
-    """Save the turn once and render it: (conversation, [Plan], frames). Raises ChatError."""
+def prepare(user, conversation_id, turn, saved, guard=None):
+    """Save the turn once and render it: (conversation, [Plan], frames). Raises ChatError.
+
+    `guard()`, if given, must hold first (the socket's session, read in the same trip)."""
+    if guard is not None and not guard():
+        raise SessionEnded()
     if "turn" not in saved:
         with transaction.atomic():
             saved["turn"] = _save(user, conversation_id, turn)

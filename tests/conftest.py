@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; set before huggingface_hub loads
 
 import pytest  # noqa: E402
+from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 
 from conversations.models import Conversation  # noqa: E402
@@ -30,6 +31,10 @@ def _fresh_registry(settings):
     yield
     registry.unload_all()
     registry.load_counts.clear()
+    # Each async test runs on an event loop of its own, and channels_redis keeps what a receive
+    # holds (its lock) per layer instance: a server has one loop for life, a test suite does not,
+    # so every test gets a fresh layer (the process's reply inbox starts afresh on it).
+    channel_layers.backends.clear()
 
 
 @pytest.fixture

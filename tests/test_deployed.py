@@ -265,3 +265,31 @@ def _get(url):
 
     with urlopen(url, timeout=10) as response:
         return response.status
+
+
+async def test_two_turns_sent_at_once_to_two_processes_make_one_reply_and_one_clean_busy(site):
+    """The busy check and the insert are one transaction with the conversation row locked."""
+    a, b = site.server(), site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    on_a = await open_socket(a, cookie, conversation)
+    on_b = await open_socket(b, cookie, conversation)
+    for attempt in range(5):  # the two sends race; each round must end the same way
+        question = f"round {attempt} " + words(30)  # 1.5 s of writing: the other turn comes while it runs
+        await asyncio.gather(on_a.send(json.dumps({"type": "send", "content": "a " + question})),
+                             on_b.send(json.dumps({"type": "send", "content": "b " + question})))
+        outcomes = []
+        for ws in (on_a, on_b):
+            frame = (await frames_until(ws, lambda f: f["type"] in ("error", "done")))[-1]
+            if frame["type"] == "error":
+                outcomes.append(frame["code"])
+            else:  # this socket saw the reply end; did its own turn go through?
+                outcomes.append("done")
+        assert "busy" in outcomes, outcomes
+        await frames_until(on_a if outcomes[0] == "busy" else on_b, "done")  # the loser still sees the reply end
+        saved = site.rows("SELECT count(*) FROM conversations_message WHERE role = 'user' AND content LIKE %s",
+                          ("_ " + question,))
+        assert saved == [(1,)], saved  # the refused turn saved nothing
+    replies = site.rows("SELECT status, count(*) FROM conversations_message WHERE role = 'assistant' GROUP BY status")
+    assert replies == [("complete", 5)]
+    for ws in (on_a, on_b):
+        await ws.close()

@@ -63,8 +63,7 @@ def opening_lines(count):
 
 def collect_feedback(user, spec, count):
     """Conversations answered by the model (all at once, batched), each corrected by its user."""
-    from conversations.feedback import Feedback
-    from conversations.models import Conversation
+    from conversations.models import Conversation, Feedback
     from modelhub import api
 
     started = time.perf_counter()
@@ -97,7 +96,7 @@ def main():
         setup_django(var_dir)
         from django.contrib.auth import get_user_model
 
-        from conversations.datasets import export_snapshot
+        from conversations.training_data.export import export_snapshot
         from modelhub.finetune import run_job
         from modelhub.models import FinetuneJob, ModelSpec
 

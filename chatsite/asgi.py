@@ -1,7 +1,7 @@
 """ASGI entry point: HTTP to Django (static files included), websockets to Channels.
 
 Served by daphne (`make run`). Around the routing:
-- every request makes sure this process's writer heartbeat runs (conversations/writers.py):
+- every request makes sure this process's writer heartbeat runs (conversations/heartbeat.py):
   the first one recovers the replies that dead writers left `streaming`, then the beat
   renews this process's own and ends orphans every CHAT_HEARTBEAT_SECONDS (daphne has no
   lifespan events, hence the per-request check, which costs nothing after the first);
@@ -26,8 +26,8 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from chatsite.origins import SameOriginValidator  # noqa: E402
 from conversations import replies  # noqa: E402
+from conversations.heartbeat import Heartbeat  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
-from conversations.writers import Heartbeat  # noqa: E402
 
 
 class KeepHeartbeat:

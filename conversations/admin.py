@@ -7,11 +7,11 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from conversations.arena import Arena
-from conversations.datasets import DatasetSnapshot, SnapshotChanged, export_snapshot
+from conversations.arena.leaderboard import SOURCES, leaderboard
 from conversations.forms import SnapshotFinetuneForm, SnapshotForm
-from conversations.leaderboard import SOURCES, leaderboard
-from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference
+from conversations.models import Arena, Conversation, DatasetSnapshot, Feedback, FeedbackTag, Message, Preference
+from conversations.models.datasets import SnapshotChanged
+from conversations.training_data.export import export_snapshot
 
 
 class MessageInline(admin.TabularInline):
@@ -187,7 +187,7 @@ class ArenaAdmin(ReadOnlyAdmin):
         return [path("leaderboard/", view, name="conversations_arena_leaderboard"), *super().get_urls()]
 
     def leaderboard_view(self, request):
-        """Every model and model + adapter rated from arena votes and side-by-side verdicts (see ratings.py)."""
+        """Every model and model + adapter rated from arena votes and side-by-side verdicts (see arena/ratings.py)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Leaderboard",

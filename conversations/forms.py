@@ -1,8 +1,8 @@
 from django import forms
 
-from conversations.datasets import FORMAT_CHOICES
-from conversations.examples import Filters
-from conversations.feedback import Feedback, FeedbackTag
+from conversations.models import Feedback, FeedbackTag
+from conversations.models.datasets import FORMAT_CHOICES
+from conversations.training_data.examples import Filters
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.options import InvalidOptions

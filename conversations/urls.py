@@ -1,6 +1,7 @@
 from django.urls import path
 
-from conversations import arena_views, views
+from conversations import views
+from conversations.arena import views as arena_views
 
 app_name = "conversations"
 urlpatterns = [

@@ -15,7 +15,7 @@ from conversations import tree
 from conversations.frames import path_frame, publish
 from conversations.forms import (ConsentForm, FeedbackForm, ModelChoiceForm, PrivacyForm, RatingForm, RenameForm,
                                  SettingsForm)
-from conversations.models import Comparison, Conversation, Feedback, Preference, PrivacySettings
+from conversations.models import Conversation, Feedback, Preference, PrivacySettings, Verdict
 from modelhub.models import ModelSpec
 
 
@@ -150,7 +150,7 @@ def comparison_vote(request, pk, comparison_id):
     if conversation.streaming_reply() is not None:
         return HttpResponse("Wait for both answers, or stop them.", status=409)
     choice = request.POST.get("choice")
-    if not choice or choice not in Comparison.Choice.values:
+    if choice not in Verdict.votes():
         return HttpResponse("Choose left, right, tie or both_bad.", status=422)
     comparison.decide(choice)
     return _path_changed(request, conversation)

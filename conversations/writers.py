@@ -14,20 +14,14 @@ looks at start-up (its first request), then on every heartbeat; the rows it ends
 announced to their conversations' pages (`done` frames).
 
 A row this process saved but no longer writes (its turn failed half way) has no
-heartbeat either, and goes the same way. This module holds the identity, the set of
-rows being written (`writing`) and the clock; the queries are
+heartbeat either, and goes the same way. This module holds the identity and the set of
+rows being written (`writing`); the clock is heartbeat.py, the queries are
 `Message.objects.orphaned()`, `.interrupt_orphans()` and `.renew()`.
 """
 
-import asyncio
-import logging
 import os
 import secrets
 import socket
-
-from django.conf import settings
-
-log = logging.getLogger(__name__)
 
 _identity = {}  # pid -> this process's writer name (a forked child draws its own)
 writing = set()  # ids of the replies this process is writing now (reply tasks, arena threads)
@@ -61,55 +55,3 @@ def is_gone(writer):
     except (PermissionError, ValueError, OverflowError):
         return False
     return False
-
-
-class Heartbeat:
-    """Renews this process's streaming rows and ends orphaned ones, on the event loop that serves.
-
-    `ensure()` is called on every request (cheap): the first call on an event loop recovers
-    what previous processes left, then starts the beat on that loop. `on_recovered` is an
-    async callable given the rows ended, to tell their pages.
-    """
-
-    def __init__(self, on_recovered):
-        self.on_recovered = on_recovered
-        self.task = None
-        self.loop = None
-        self.failing = False
-
-    async def ensure(self):
-        loop = asyncio.get_running_loop()
-        if self.loop is loop and self.task is not None and not self.task.done():
-            return
-        self.loop = loop
-        self.task = loop.create_task(self._beat_forever(), name="chatsite-heartbeat")
-        await self.beat(renew=False)
-
-    async def _beat_forever(self):
-        while True:
-            await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
-            await self.beat()
-
-    async def beat(self, renew=True):
-        from channels.db import database_sync_to_async
-        from django.db import DatabaseError
-
-        from conversations.models import Message
-
-        try:
-            if renew:
-                await database_sync_to_async(Message.objects.renew)()
-            recovered = await database_sync_to_async(Message.objects.interrupt_orphans)()
-        except DatabaseError as exc:
-            if not self.failing:
-                log.warning("heartbeat: the database is not answering (%s); retrying every %s s",
-                            str(exc).strip().splitlines()[0][:200], settings.CHAT_HEARTBEAT_SECONDS)
-            self.failing = True
-            return
-        if self.failing:
-            log.warning("heartbeat: the database answers again")
-            self.failing = False
-        if recovered:
-            log.warning("marked %d replies interrupted: their writer is gone (%s)", len(recovered),
-                        ", ".join(sorted({m.writer or "unknown" for m in recovered})))
-            await self.on_recovered(recovered)

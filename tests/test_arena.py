@@ -17,11 +17,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from conversations.arena import Arena, ArenaMatch, held_out_prompts
-from conversations.arena_views import ArenaForm
-from conversations.datasets import export_snapshot
+from conversations.arena.views import ArenaForm
 from conversations.forms import ModelChoiceForm
-from conversations.models import Comparison, Conversation, Feedback, Message, Preference
+from conversations.models import Arena, ArenaMatch, Comparison, Conversation, Feedback, Message, Preference
+from conversations.models.arena import held_out_prompts
+from conversations.training_data.export import export_snapshot
 from modelhub.backends import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
@@ -50,7 +50,7 @@ def datasets_dir(settings, tmp_path):
     settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
 
 
-# What each arena URL needs besides a staff account (conversations/arena_views.py).
+# What each arena URL needs besides a staff account (conversations/arena/views.py).
 PERMISSIONS = {
     "list": ["conversations.view_arena"],
     "new": ["conversations.add_arena", "conversations.view_datasetsnapshot", "modelhub.view_adapter"],
@@ -257,7 +257,7 @@ def test_opening_an_arena_from_the_form_schedules_its_generation_after_the_commi
 
 @pytest.mark.django_db(transaction=True)
 def test_the_background_thread_writes_every_answer(staff, snapshot, candidate, backend):
-    from conversations.arena import start_generation
+    from conversations.arena.generation import start_generation
 
     arena = Arena.open(staff, snapshot, candidate, prompts=3, seed=3)
     start_generation(arena)  # no transaction open: the thread starts at once

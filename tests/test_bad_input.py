@@ -217,13 +217,13 @@ def test_export_feedback_refuses_an_out_file_it_cannot_create(db, tmp_path):
 
 
 def test_export_feedback_turns_a_failed_write_into_a_command_error(db, tmp_path, monkeypatch):
-    from conversations import datasets
-    from conversations.datasets import DatasetSnapshot
+    from conversations.models import DatasetSnapshot
+    from conversations.training_data import export
 
     def full_disk(path, lines):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datasets, "_write", full_disk)
+    monkeypatch.setattr(export, "_write", full_disk)
     with pytest.raises(CommandError, match="could not write the snapshot: .*No space left on device"):
         run("export_feedback", "--format", "sft", "--out", str(tmp_path / "x.jsonl"))
     assert not DatasetSnapshot.objects.exists()

@@ -9,10 +9,11 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations.datasets import DatasetSnapshot, SnapshotChanged, export_snapshot, in_eval
-from conversations.examples import Filters
-from conversations.models import Conversation, Feedback, FeedbackTag, Preference
-from conversations.scrub import Scrubber
+from conversations.models import Conversation, DatasetSnapshot, Feedback, FeedbackTag, Preference
+from conversations.models.datasets import SnapshotChanged
+from conversations.training_data.examples import Filters
+from conversations.training_data.export import export_snapshot, in_eval
+from conversations.training_data.scrub import Scrubber
 from modelhub.models import ModelSpec
 
 COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}

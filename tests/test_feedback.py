@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from conversations.models import Comparison, Conversation, Feedback, FeedbackTag, Message, Preference
+from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference, Verdict
 from tests.conftest import add_reply
 
 HTMX = {"HX-Request": "true"}
@@ -149,10 +149,10 @@ def test_a_side_by_side_verdict_is_one_preference_that_follows_the_latest_choice
     comparison = make_comparison(conversation)
     for reply in (comparison.left, comparison.right):
         reply.finish("complete", reply.model_name)
-    comparison.decide(Comparison.Choice.RIGHT)
+    comparison.decide(Verdict.RIGHT)
     preference = Preference.objects.get()
     assert (preference.chosen, preference.rejected, preference.verdict) == (comparison.right, comparison.left, "chosen")
-    comparison.decide(Comparison.Choice.BOTH_BAD)
+    comparison.decide(Verdict.BOTH_BAD)
     preference = Preference.objects.get()
     assert (preference.user, preference.source, preference.verdict) == (owner, "comparison", "both_bad")
 

@@ -9,9 +9,8 @@ from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from conversations.datasets import export_snapshot
-from conversations.feedback import Feedback
-from conversations.models import Conversation
+from conversations.models import Conversation, Feedback
+from conversations.training_data.export import export_snapshot
 from modelhub import api
 from modelhub.models import Adapter, FinetuneJob
 from tests.test_finetune import PHRASE, QUESTIONS, FakePopen

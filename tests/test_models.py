@@ -2,7 +2,8 @@
 
 import pytest
 
-from conversations.models import DEFAULT_TITLE, Conversation, Message
+from conversations.models import Conversation, Message
+from conversations.models.chat import DEFAULT_TITLE
 from modelhub.options import Usage
 
 

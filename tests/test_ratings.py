@@ -1,10 +1,10 @@
-"""Bradley–Terry ratings from pairwise games (conversations/ratings.py): pure functions."""
+"""Bradley–Terry ratings from pairwise games (conversations/arena/ratings.py): pure functions."""
 
 import math
 
 import pytest
 
-from conversations.ratings import elo, strengths, table
+from conversations.arena.ratings import elo, strengths, table
 
 
 def by_player(rows):

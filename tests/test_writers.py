@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from chatsite.asgi import KeepHeartbeat
 from conversations import writers
-from conversations.models import WRITER_GONE, Message
-from conversations.writers import Heartbeat
+from conversations.heartbeat import Heartbeat
+from conversations.models import Message
+from conversations.models.chat import WRITER_GONE
 
 HOST = socket.gethostname()
 

@@ -1,4 +1,4 @@
-"""Export feedback as a frozen TRL dataset snapshot (the logic lives in conversations/datasets.py)."""
+"""Export feedback as a frozen TRL dataset snapshot (the logic lives in conversations/training_data/export.py)."""
 
 import os
 from argparse import ArgumentTypeError
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from conversations.datasets import export_snapshot
-from conversations.examples import FORMATS, Filters
+from conversations.training_data.examples import FORMATS, Filters
+from conversations.training_data.export import export_snapshot
 
 
 # Argument types raise ArgumentTypeError: argparse turns it into a usage error (a CommandError

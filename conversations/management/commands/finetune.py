@@ -13,7 +13,7 @@ import conversations, so the snapshot option lives here).
 
 from django.core.management.base import CommandError
 
-from conversations.datasets import DatasetSnapshot, SnapshotChanged
+from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
 from modelhub.management.commands.finetune import Command as FilesCommand
 
 

@@ -23,8 +23,7 @@ from itertools import product
 from django.db.models import Q
 from django.utils import timezone
 
-from conversations.feedback import Feedback, Preference
-from conversations.models import Message
+from conversations.models import Feedback, Message, Preference, Verdict
 
 FORMATS = ("sft", "dpo", "kto")
 SOURCES = ("correction", "thumbs", "sibling", "comparison", "arena")
@@ -149,7 +148,7 @@ def _dpo_corrections(filters, prompts):
 
 
 def _dpo_preferences(filters, prompts):
-    for preference in filters.preferences().filter(verdict=Preference.Verdict.CHOSEN):
+    for preference in filters.preferences().filter(verdict=Verdict.CHOSEN):
         prompt = prompts.before(preference.chosen)
         if prompt:
             row = {"prompt": prompt, "chosen": assistant(preference.chosen.content),
@@ -182,7 +181,7 @@ def _kto_thumbs(filters, prompts):
 
 
 def _kto_both_bad(filters, prompts):
-    for preference in filters.preferences().filter(verdict=Preference.Verdict.BOTH_BAD):
+    for preference in filters.preferences().filter(verdict=Verdict.BOTH_BAD):
         prompt = prompts.before(preference.chosen)
         if prompt:
             for answer in (preference.chosen, preference.rejected):

@@ -2,7 +2,7 @@
 
 Each conversation carries `allow_training` (toggled in its settings panel). New
 conversations take their owner's default from `PrivacySettings` (the Privacy page),
-which is on unless the user turns it off. Exports (conversations/datasets.py) read the
+which is on unless the user turns it off. Exports (conversations/training_data/) read the
 conversation's flag at export time, so excluding a conversation keeps it out of every
 later snapshot. Deleting a conversation deletes its messages, feedback and preferences.
 """
@@ -32,8 +32,6 @@ class PrivacySettings(models.Model):
     @transaction.atomic
     def set_default(cls, user, allow_training, apply_to_existing=False):
         """Save the default for new conversations; optionally apply it to every existing one too."""
-        from conversations.models import Conversation
-
         cls.objects.update_or_create(user=user, defaults={"allow_training_default": allow_training})
         if apply_to_existing:
-            Conversation.objects.owned_by(user).update(allow_training=allow_training)
+            user.conversations.update(allow_training=allow_training)  # all of them, sealed ones too

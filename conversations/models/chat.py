@@ -4,7 +4,9 @@ A reply's life (see ../shared/ARCHITECTURE.md): the user message is saved first
 (`Conversation.add_user_message`), then an assistant row is created as `streaming`
 (`Conversation.start_reply`); the generation task saves partial text as it goes
 (`Message.save_partial`) and ends it exactly once (`Message.finish`). Rows left
-`streaming` by a dead process are marked `interrupted` at start-up.
+`streaming` by a dead process are marked `interrupted` by whichever process notices
+(writers.py, heartbeat.py). A `Comparison` is one question answered by two models side
+by side, and the user's vote on them.
 """
 
 from datetime import timedelta
@@ -16,6 +18,8 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from conversations import tree, writers
+from conversations.models.feedback import Feedback, Preference, Verdict
+from conversations.models.privacy import PrivacySettings
 from modelhub.models import Adapter, ModelSpec
 
 DEFAULT_TITLE = "New conversation"
@@ -114,7 +118,9 @@ class Conversation(models.Model):
 
         An answer that is half of a side-by-side comparison carries `comparison`, whose
         other answer is shown beside it. Every answer shown carries the owner's feedback
-        (`owner_feedback`, `preferred_by_owner`), loaded here in two queries.
+        (`owner_feedback`, `preferred_by_owner`). Five queries, however long the path: the
+        messages, the comparisons, the feedback, its tags (only if there is feedback) and the
+        sibling preferences.
         """
         messages = list(self.messages.all())
         path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
@@ -389,18 +395,12 @@ class Message(models.Model):
 class Comparison(models.Model):
     """Two answers to one question from two model choices, and which one the user preferred."""
 
-    class Choice(models.TextChoices):
-        UNDECIDED = "", "undecided"
-        LEFT = "left"
-        RIGHT = "right"
-        TIE = "tie"
-        BOTH_BAD = "both_bad", "both bad"
-
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="comparisons")
     question = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
     left = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_left")
     right = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_right")
-    choice = models.CharField(max_length=10, choices=Choice.choices, blank=True)
+    choice = models.CharField(max_length=10, blank=True, choices=Verdict.choices_of(
+        Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD))
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)
 
@@ -408,17 +408,10 @@ class Comparison(models.Model):
     def decide(self, choice):
         """Store the user's verdict (and the `Preference` it expresses); the preferred answer
         (left on a tie or both bad) continues the branch."""
-        if choice not in self.Choice.values or not choice:
+        if choice not in Verdict.votes():
             raise ValueError(f"unknown choice {choice!r}")
         self.choice, self.decided_at = choice, timezone.now()
         self.save(update_fields=["choice", "decided_at"])
-        Preference.record_comparison(self)
-        self.conversation.switch_to(self.right if choice == self.Choice.RIGHT else self.left)
-
-
-# Models of the same app kept in their own modules, one concept each; imported here so
-# Django registers them.
-from conversations.arena import Arena, ArenaMatch  # noqa: E402,F401
-from conversations.datasets import DatasetSnapshot  # noqa: E402,F401
-from conversations.feedback import Feedback, FeedbackTag, Preference  # noqa: E402,F401
-from conversations.privacy import PrivacySettings  # noqa: E402,F401
+        Preference.record(Preference.Source.COMPARISON, self.left, self.right, choice, self.conversation.owner_id,
+                          comparison=self)
+        self.conversation.switch_to(self.right if choice == Verdict.RIGHT else self.left)

@@ -8,6 +8,8 @@
   added later: arena answers are stored as `Message` rows of an arena conversation
   owned by the voter, so consent and deletion work the same way). Both answers are
   `Message` rows with the same parent, so the prompt is that parent's history.
+- `Verdict`: the one vote enum, from the vote on two answers shown side by side to the
+  Preference it becomes; `Preference.record` is the one place that turns a vote into one.
 
 Only a conversation's owner rates its answers; views check that (404 for anyone else)
 and the methods here refuse anything else as a second line of defence.
@@ -19,6 +21,34 @@ preferences for good.
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
+
+
+class Verdict(models.TextChoices):
+    """What a person said of two answers to the same question.
+
+    A vote on two answers shown side by side (`Comparison.choice`, `ArenaMatch.vote`) names
+    the better side, LEFT or RIGHT, or neither: TIE, BOTH_BAD (UNDECIDED: no vote yet). The
+    `Preference` it becomes keeps the better answer in its `chosen` column, so there either
+    side is CHOSEN. Each field offers its own members (`choices_of`), labelled as its page
+    shows them.
+    """
+
+    UNDECIDED = "", "undecided"
+    LEFT = "left"
+    RIGHT = "right"
+    CHOSEN = "chosen"
+    TIE = "tie"
+    BOTH_BAD = "both_bad", "both bad"
+
+    @classmethod
+    def votes(cls):
+        """What may be voted on two answers shown side by side."""
+        return [cls.LEFT, cls.RIGHT, cls.TIE, cls.BOTH_BAD]
+
+    @classmethod
+    def choices_of(cls, *members, **labels):
+        """A field's choices: `members`, with the labels named in `labels` (by member name) replaced."""
+        return [(member.value, labels.get(member.name, member.label)) for member in members]
 
 
 class FeedbackTag(models.Model):
@@ -120,15 +150,11 @@ class Preference(models.Model):
         COMPARISON = "comparison"
         ARENA = "arena"
 
-    class Verdict(models.TextChoices):
-        CHOSEN = "chosen"
-        TIE = "tie"
-        BOTH_BAD = "both_bad", "both bad"
-
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
     chosen = models.ForeignKey("conversations.Message", on_delete=models.CASCADE, related_name="+")
     rejected = models.ForeignKey("conversations.Message", on_delete=models.CASCADE, related_name="+")
-    verdict = models.CharField(max_length=10, choices=Verdict.choices, default=Verdict.CHOSEN)
+    verdict = models.CharField(max_length=10, choices=Verdict.choices_of(Verdict.CHOSEN, Verdict.TIE, Verdict.BOTH_BAD),
+                               default=Verdict.CHOSEN)
     source = models.CharField(max_length=12, choices=Source.choices)
     comparison = models.OneToOneField(
         "conversations.Comparison", null=True, blank=True, on_delete=models.CASCADE, related_name="preference"
@@ -145,6 +171,30 @@ class Preference(models.Model):
         return f"{self.source}: #{self.chosen_id} {self.verdict} vs #{self.rejected_id}"
 
     @classmethod
+    def record(cls, source, left, right, verdict, user_id, comparison=None):
+        """The one place a vote on two answers becomes a Preference; returns it.
+
+        `verdict` on `left` and `right` as they were shown: LEFT (or CHOSEN) and RIGHT name
+        the better one, which becomes `chosen`; TIE and BOTH_BAD keep the pair in its order.
+        A `comparison`'s preference is updated when its verdict changes; any other is new.
+        """
+        if verdict not in (*Verdict.votes(), Verdict.CHOSEN):
+            raise ValueError(f"unknown verdict {verdict!r}")
+        right_wins = verdict == Verdict.RIGHT
+        fields = {
+            "user_id": user_id,
+            "chosen": right if right_wins else left,
+            "rejected": left if right_wins else right,
+            "verdict": verdict if verdict in (Verdict.TIE, Verdict.BOTH_BAD) else Verdict.CHOSEN,
+            "source": source,
+            "updated_at": timezone.now(),
+        }
+        if comparison is None:
+            return cls.objects.create(**fields)
+        preference, _ = cls.objects.update_or_create(comparison=comparison, defaults=fields)
+        return preference
+
+    @classmethod
     @transaction.atomic
     def prefer_sibling(cls, user, message):
         """Mark `message` as the best of its regenerated siblings: one pair against each other one.
@@ -158,24 +208,4 @@ class Preference(models.Model):
             raise ValueError("this answer has no sibling to be preferred to")
         cls.objects.filter(user=user, source=cls.Source.SIBLING, chosen__parent_id=message.parent_id,
                            chosen__conversation_id=message.conversation_id).delete()
-        return cls.objects.bulk_create(
-            cls(user=user, chosen=message, rejected=other, source=cls.Source.SIBLING) for other in others
-        )
-
-    @classmethod
-    def record_comparison(cls, comparison):
-        """The preference a side-by-side verdict expresses (called by `Comparison.decide`)."""
-        right_wins = comparison.choice == comparison.Choice.RIGHT
-        verdict = {comparison.Choice.TIE: cls.Verdict.TIE, comparison.Choice.BOTH_BAD: cls.Verdict.BOTH_BAD}
-        preference, _ = cls.objects.update_or_create(
-            comparison=comparison,
-            defaults={
-                "user_id": comparison.conversation.owner_id,
-                "chosen": comparison.right if right_wins else comparison.left,
-                "rejected": comparison.left if right_wins else comparison.right,
-                "verdict": verdict.get(comparison.choice, cls.Verdict.CHOSEN),
-                "source": cls.Source.COMPARISON,
-                "updated_at": timezone.now(),
-            },
-        )
-        return preference
+        return [cls.record(cls.Source.SIBLING, message, other, Verdict.CHOSEN, user.pk) for other in others]

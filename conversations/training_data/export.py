@@ -4,8 +4,8 @@
 form and `manage.py export_feedback` both call it):
 
 1. build the examples of one format from the feedback and preferences that match the
-   filters and whose conversations allow training (conversations/examples.py);
-2. scrub PII from every message text unless told not to (conversations/scrub.py);
+   filters and whose conversations allow training (training_data/examples.py);
+2. scrub PII from every message text unless told not to (training_data/scrub.py);
 3. drop exact duplicate rows (their source rows still count as exported);
 4. split by a stable hash of the prompt: sha256 of the prompt messages (as canonical
    JSON, before scrubbing) read as a number in [0, 1); below `eval_fraction` is eval.
@@ -13,13 +13,11 @@ form and `manage.py export_feedback` both call it):
    and all answers to one prompt stay together;
 5. write `FILE` (train), `FILE` with `.eval` before the extension, and `.card.json`
    beside them, rows sorted so the same data gives byte-identical files;
-6. record a `DatasetSnapshot`: format, filters, paths, sha256 of each file, counts, the
-   card, and exactly which Feedback and Preference rows produced its rows.
+6. record a `DatasetSnapshot` (conversations/models/datasets.py): format, filters, paths,
+   sha256 of each file, counts, the card, and exactly which Feedback and Preference rows
+   produced its rows.
 
-Files are never overwritten: a snapshot stays what it was. Deleting a conversation later
-removes its rows from the database and from the snapshot's lineage, not from files
-already written: the snapshot counts them as `withdrawn`, and the admin shows which
-snapshots still hold someone's deleted words. Deleting a snapshot deletes its files.
+Files are never overwritten: a snapshot stays what it was (and deleting it deletes them).
 """
 
 import hashlib
@@ -27,81 +25,13 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models.signals import post_delete, pre_delete
-from django.dispatch import receiver
-from django.utils import timezone
+from django.db import transaction
 
-from conversations.feedback import Feedback, Preference
-from conversations.scrub import PLACEHOLDERS, Scrubber
+from conversations.models.datasets import DatasetSnapshot, file_sha256
+from conversations.training_data import examples
+from conversations.training_data.scrub import PLACEHOLDERS, Scrubber
 
-FORMAT_CHOICES = [("sft", "SFT (messages)"), ("dpo", "DPO (prompt, chosen, rejected)"),
-                  ("kto", "KTO (prompt, completion, label)")]
 COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}
-
-
-class SnapshotChanged(Exception):
-    """A snapshot's file is missing or no longer matches the sha256 recorded when it was written."""
-
-
-class DatasetSnapshot(models.Model):
-    format = models.CharField(max_length=3, choices=FORMAT_CHOICES)
-    filters = models.JSONField(default=dict, blank=True)
-    scrubbed = models.BooleanField(default=True, help_text="E-mail, phone and IP addresses replaced by placeholders.")
-    eval_fraction = models.FloatField()
-    train_path = models.CharField(max_length=500)
-    eval_path = models.CharField(max_length=500)
-    card_path = models.CharField(max_length=500)
-    train_sha256 = models.CharField(max_length=64)
-    eval_sha256 = models.CharField(max_length=64)
-    counts = models.JSONField(default=dict, blank=True)
-    card = models.JSONField(default=dict, blank=True)
-    feedback = models.ManyToManyField(Feedback, blank=True, related_name="snapshots")
-    preferences = models.ManyToManyField(Preference, blank=True, related_name="snapshots")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
-    created_at = models.DateTimeField(default=timezone.now)
-    withdrawn = models.PositiveIntegerField(
-        default=0, help_text="Feedback or preferences deleted since the export (with their conversation): "
-                             "their text is still in the files. Export again and delete this snapshot to drop it.")
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-
-    def __str__(self):
-        return f"snapshot #{self.pk} ({self.format}, {self.counts.get('train', 0)}+{self.counts.get('eval', 0)} rows)"
-
-    def files(self):
-        """{"train": Path, "eval": Path}: what a fine-tuning run reads (call `verify()` first)."""
-        return {"train": Path(self.train_path), "eval": Path(self.eval_path)}
-
-    def dataset_ref(self):
-        """What a fine-tuning job records about its data (modelhub's `FinetuneJob.dataset_ref`)."""
-        return {"snapshot": self.pk, "format": self.format, "train_sha256": self.train_sha256,
-                "eval_sha256": self.eval_sha256, "card": self.card_path}
-
-    def verify(self):
-        """Raise SnapshotChanged unless both files still hold exactly what was exported."""
-        for split, expected in (("train", self.train_sha256), ("eval", self.eval_sha256)):
-            path = self.files()[split]
-            if not path.is_file() or _sha256(path) != expected:
-                raise SnapshotChanged(f"snapshot #{self.pk}: {path} is missing or changed since the export")
-        return self.files()
-
-
-@receiver(pre_delete, sender=Feedback)
-@receiver(pre_delete, sender=Preference)
-def _count_withdrawn(sender, instance, **kwargs):
-    """A row some snapshot exported is going (its conversation or user is deleted): count it there."""
-    field = "feedback" if sender is Feedback else "preferences"
-    DatasetSnapshot.objects.filter(**{field: instance}).update(withdrawn=models.F("withdrawn") + 1)
-
-
-@receiver(post_delete, sender=DatasetSnapshot)
-def _delete_files(sender, instance, **kwargs):
-    """The snapshot's files go with it, once the deletion is committed."""
-    paths = [Path(p) for p in (instance.train_path, instance.eval_path, instance.card_path) if p]
-    transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths])
 
 
 def datasets_dir():
@@ -115,8 +45,6 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
     `filters`: an `examples.Filters`. Raises ValueError on a bad format or fraction and
     FileExistsError rather than overwrite a file.
     """
-    from conversations import examples
-
     filters = filters or examples.Filters()
     if not 0 <= eval_fraction < 1:
         raise ValueError("eval_fraction must be at least 0 and below 1")
@@ -186,10 +114,6 @@ def _write(path, lines):
         handle.writelines(line + "\n" for line in lines)
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _finish(snapshot, paths, splits, duplicates, scrubber):
     """Counts, sha256 and the card: saved on the snapshot and written beside the files."""
     counts = {split: len(rows) for split, rows in splits.items()}
@@ -199,7 +123,7 @@ def _finish(snapshot, paths, splits, duplicates, scrubber):
         counts["labels"] = {split: _tally("true" if ex.row["label"] else "false" for _, ex in rows)
                             for split, rows in splits.items()}
     snapshot.train_path, snapshot.eval_path, snapshot.card_path = (str(paths[k].resolve()) for k in ("train", "eval", "card"))
-    snapshot.train_sha256, snapshot.eval_sha256 = _sha256(paths["train"]), _sha256(paths["eval"])
+    snapshot.train_sha256, snapshot.eval_sha256 = file_sha256(paths["train"]), file_sha256(paths["eval"])
     snapshot.counts = counts
     snapshot.card = _card(snapshot, scrubber)
     _write(paths["card"], [json.dumps(snapshot.card, indent=2, ensure_ascii=False)])

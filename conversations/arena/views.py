@@ -26,8 +26,8 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations.arena import Arena, ArenaMatch, start_generation
-from conversations.datasets import DatasetSnapshot
+from conversations.arena.generation import start_generation
+from conversations.models import Arena, DatasetSnapshot, Verdict
 from modelhub.models import Adapter
 
 LIST = ("conversations.view_arena",)
@@ -121,7 +121,7 @@ def arena_vote(request, pk, match_id):
     arena = _get_arena_for_user(request, pk)
     match = get_object_or_404(arena.matches.select_related("candidate_answer", "opponent_answer"), pk=match_id)
     vote = request.POST.get("vote", "")
-    if not vote or vote not in ArenaMatch.Vote.values:
+    if vote not in Verdict.votes():
         return HttpResponse("Vote left, right, tie or both_bad.", status=422)
     try:
         match = match.decide(request.user, vote)

@@ -3,7 +3,8 @@ that base) on the held-out prompts of a dataset snapshot, judged by a staff memb
 
     Arena.open(...)            one ArenaMatch per held-out prompt, the left/right order drawn
                                at random and stored; both answers saved as `streaming` rows
-    start_generation(arena)    after the commit, a background thread fills them (generate())
+    start_generation(arena)    after the commit, a background thread fills them (generate()):
+                               conversations/arena/generation.py
     ArenaMatch.decide(...)     the vote: left / right / tie / both bad, final, and a
                                Preference(source="arena") so exports pick it up
 
@@ -30,18 +31,18 @@ import json
 import logging
 import random
 import secrets
-import threading
 
 from django.conf import settings
-from django.db import connections, models, transaction
+from django.db import models, transaction
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
 from conversations import writers
-from conversations.datasets import DatasetSnapshot, SnapshotChanged
-from conversations.feedback import Preference
+from conversations.models.chat import Conversation, Message
+from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
+from conversations.models.feedback import Preference, Verdict
 from modelhub import api
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError
@@ -170,8 +171,6 @@ class Arena(models.Model):
             self.conversations().update(sealed=False)
 
     def conversations(self):
-        from conversations.models import Conversation  # conversations.models imports this module
-
         return Conversation.objects.filter(pk__in=self.matches.values("candidate_answer__conversation"))
 
     def next_match(self):
@@ -231,20 +230,15 @@ class ArenaMatchQuerySet(models.QuerySet):
 class ArenaMatch(models.Model):
     """One held-out prompt, two blind answers (A on the left, B on the right) and the vote."""
 
-    class Vote(models.TextChoices):
-        UNDECIDED = "", "undecided"
-        LEFT = "left", "A is better"
-        RIGHT = "right", "B is better"
-        TIE = "tie"
-        BOTH_BAD = "both_bad", "both bad"
-
     arena = models.ForeignKey(Arena, on_delete=models.CASCADE, related_name="matches")
     position = models.PositiveIntegerField()
     prompt = models.JSONField(help_text="The snapshot's prompt messages, as exported.")
     candidate_answer = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="+")
     opponent_answer = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="+")
     candidate_left = models.BooleanField(help_text="Drawn at random: the candidate's answer is shown as A.")
-    vote = models.CharField(max_length=10, choices=Vote.choices, blank=True)
+    vote = models.CharField(max_length=10, blank=True, choices=Verdict.choices_of(
+        Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD,
+        LEFT="A is better", RIGHT="B is better"))
     voter = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="+")
     voted_at = models.DateTimeField(null=True, blank=True)
@@ -267,8 +261,6 @@ class ArenaMatch(models.Model):
 
         `conversations`: {system prompt: Conversation} of this arena, filled as needed.
         """
-        from conversations.models import Conversation, Message  # conversations.models imports this module
-
         has_system = prompt[0]["role"] == "system"
         system = prompt[0]["content"] if has_system else ""
         conversation = conversations.get(system)
@@ -321,11 +313,11 @@ class ArenaMatch(models.Model):
     @property
     def outcome(self):
         """The vote from the candidate's side: win, loss, tie, both_bad, or None before the vote."""
-        if self.vote in (self.Vote.TIE, self.Vote.BOTH_BAD):
+        if self.vote in (Verdict.TIE, Verdict.BOTH_BAD):
             return self.vote
         if not self.vote:
             return None
-        return "win" if (self.vote == self.Vote.LEFT) == self.candidate_left else "loss"
+        return "win" if (self.vote == Verdict.LEFT) == self.candidate_left else "loss"
 
     def generate(self):
         """Write both answers (submitted together, so the base's worker batches them); each ends saved."""
@@ -357,7 +349,7 @@ class ArenaMatch(models.Model):
         Raises ValueError for an unknown vote, PermissionError for anyone but the owner of
         the answers, and LookupError if already voted or the answers cannot be voted on.
         """
-        if not vote or vote not in self.Vote.values:
+        if vote not in Verdict.votes():
             raise ValueError(f"unknown vote {vote!r}")
         match = ArenaMatch.objects.select_for_update().select_related(
             "candidate_answer__conversation", "opponent_answer").get(pk=self.pk)
@@ -365,12 +357,7 @@ class ArenaMatch(models.Model):
             raise PermissionError("only the arena's voter votes on its answers")
         if match.vote or not match.votable:
             raise LookupError("this match was voted on already, or its answers cannot be voted on")
-        right_wins = vote == self.Vote.RIGHT
-        verdict = {self.Vote.TIE: Preference.Verdict.TIE, self.Vote.BOTH_BAD: Preference.Verdict.BOTH_BAD}
-        match.preference = Preference.objects.create(
-            user=user, source=Preference.Source.ARENA, verdict=verdict.get(vote, Preference.Verdict.CHOSEN),
-            chosen=match.right if right_wins else match.left, rejected=match.left if right_wins else match.right,
-        )
+        match.preference = Preference.record(Preference.Source.ARENA, match.left, match.right, vote, user.pk)
         match.vote, match.voter, match.voted_at = vote, user, timezone.now()
         match.save(update_fields=["vote", "voter", "voted_at", "preference"])
         match.arena.check_finished()
@@ -381,14 +368,3 @@ class ArenaMatch(models.Model):
 def _unseal(sender, instance, **kwargs):
     """A deleted arena leaves its answers to their owner, who may open them now."""
     instance.conversations().update(sealed=False)
-
-
-def start_generation(arena):
-    """Generate the arena's answers in a daemon thread, once the arena's rows are committed."""
-    def run():
-        try:
-            Arena.objects.select_related("base", "candidate", "opponent").get(pk=arena.pk).generate()
-        finally:
-            connections.close_all()  # this thread's own database connection
-
-    transaction.on_commit(lambda: threading.Thread(target=run, name=f"arena-{arena.pk}", daemon=True).start())

@@ -10,8 +10,8 @@ neither is a pair of answers from the same contender. Deleted conversations take
 games with them.
 """
 
-from conversations import ratings
-from conversations.feedback import Preference
+from conversations.arena import ratings
+from conversations.models import Preference, Verdict
 
 SOURCES = (Preference.Source.COMPARISON, Preference.Source.ARENA)
 
@@ -28,7 +28,7 @@ def games():
     for verdict, chosen_model, chosen_adapter, rejected_model, rejected_adapter in rows:
         first, second = contender(chosen_model, chosen_adapter), contender(rejected_model, rejected_adapter)
         if first and second and first != second:
-            yield first, second, 1.0 if verdict == Preference.Verdict.CHOSEN else 0.5
+            yield first, second, 1.0 if verdict == Verdict.CHOSEN else 0.5
 
 
 def leaderboard(resamples=100, seed=0):

@@ -1,0 +1,63 @@
+"""The clock of the writers (writers.py): this process renews the heartbeat of the replies it
+writes, and ends the orphans of writers that are gone, every CHAT_HEARTBEAT_SECONDS.
+
+`KeepHeartbeat` (chatsite/asgi.py) makes sure it runs on the event loop that serves.
+"""
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+
+from conversations.models import Message
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renews this process's streaming rows and ends orphaned ones, on the event loop that serves.
+
+    `ensure()` is called on every request (cheap): the first call on an event loop recovers
+    what previous processes left, then starts the beat on that loop. `on_recovered` is an
+    async callable given the rows ended, to tell their pages.
+    """
+
+    def __init__(self, on_recovered):
+        self.on_recovered = on_recovered
+        self.task = None
+        self.loop = None
+        self.failing = False
+
+    async def ensure(self):
+        loop = asyncio.get_running_loop()
+        if self.loop is loop and self.task is not None and not self.task.done():
+            return
+        self.loop = loop
+        self.task = loop.create_task(self._beat_forever(), name="chatsite-heartbeat")
+        await self.beat(renew=False)
+
+    async def _beat_forever(self):
+        while True:
+            await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
+            await self.beat()
+
+    async def beat(self, renew=True):
+        try:
+            if renew:
+                await database_sync_to_async(Message.objects.renew)()
+            recovered = await database_sync_to_async(Message.objects.interrupt_orphans)()
+        except DatabaseError as exc:
+            if not self.failing:
+                log.warning("heartbeat: the database is not answering (%s); retrying every %s s",
+                            str(exc).strip().splitlines()[0][:200], settings.CHAT_HEARTBEAT_SECONDS)
+            self.failing = True
+            return
+        if self.failing:
+            log.warning("heartbeat: the database answers again")
+            self.failing = False
+        if recovered:
+            log.warning("marked %d replies interrupted: their writer is gone (%s)", len(recovered),
+                        ", ".join(sorted({m.writer or "unknown" for m in recovered})))
+            await self.on_recovered(recovered)

@@ -1,0 +1,25 @@
+"""The app's models, one subject per module, gathered here so Django registers them all and
+`from conversations.models import Conversation` works everywhere.
+
+    chat.py       Conversation, Message, Comparison: a conversation's tree of messages and every
+                  state change of a reply
+    feedback.py   Feedback, FeedbackTag, Preference, and Verdict (the one vote enum): what users
+                  say about answers
+    privacy.py    PrivacySettings: each user's training-consent default
+    datasets.py   DatasetSnapshot: what a training-data export wrote (conversations/training_data/)
+    arena.py      Arena, ArenaMatch: blind votes on a candidate adapter (conversations/arena/)
+
+Modules of this package import each other by their own names (`conversations.models.chat`),
+never this package.
+"""
+
+from conversations.models.arena import Arena, ArenaMatch
+from conversations.models.chat import Comparison, Conversation, Message
+from conversations.models.datasets import DatasetSnapshot
+from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict
+from conversations.models.privacy import PrivacySettings
+
+__all__ = [
+    "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "Feedback", "FeedbackTag", "Message",
+    "Preference", "PrivacySettings", "Verdict",
+]

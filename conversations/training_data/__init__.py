@@ -1,0 +1,8 @@
+"""From users' feedback to training data: TRL examples, PII scrubbing and frozen snapshots.
+
+    examples.py   the rows of each format (sft, dpo, kto) that feedback and preferences give
+    scrub.py      e-mail, phone and IP addresses replaced by placeholders
+    export.py     `export_snapshot`: examples -> scrubbed, deduplicated, split JSONL files + card
+
+Their models (Feedback, Preference, PrivacySettings, DatasetSnapshot) are in conversations/models/.
+"""

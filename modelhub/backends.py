@@ -1,16 +1,19 @@
 """The one narrow interface every model backend implements, and its two implementations.
 
-A backend serves many replies at once, step by step, driven by its worker (engine.py):
+A backend serves many replies at once, step by step: its worker (engine.py) runs
+what the scheduler (scheduler.py) decided for each step through these calls:
 
     backend.open(request) -> sequence      build the prompt; raises ModelhubError for a bad request
-    backend.prefill(sequences, budget) -> n feed up to `budget` tokens of these prompts, oldest first;
-                                           each is `ready` after its last (failures go to `sequence.error`)
+    backend.prefill(passes)                feed these prompt tokens: `passes` is [[(sequence, tokens)], ...],
+                                           several whole new prompts in one pass, or `tokens` of one prompt;
+                                           a prompt all in is `ready` (failures go to `sequence.error`)
     backend.decode() -> [sequence]         one decode step for every running sequence (failures, a failed
                                            forward pass's for every row, go to `sequence.error`)
     backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
 
-A sequence has `ready`, `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`;
-`backend.prefill_budget` is how many prompt tokens the worker feeds between two decode steps.
+A sequence has `ready`, `fed` and `to_feed` (prompt tokens in its cache, and still to
+feed), `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`;
+`backend.prefill_budget` is how many prompt tokens may be fed between two decode steps.
 `request.messages` is a list of {"role", "content"} dicts, `request.options` validated
 GenerationOptions and `request.adapter` a (name, folder) LoRA adapter, or None for
 the base model. A backend runs only in its worker thread, never on an event loop.
@@ -53,23 +56,14 @@ class TransformersBackend:
             self.prefix_cache.forget(name)  # keys computed with a replaced adapter are stale
         attach_adapter(self.loaded, name, folder)
 
-    def prefill(self, sequences, budget):
-        return self.decoder.prefill(sequences, budget)
+    def prefill(self, passes):
+        self.decoder.prefill(passes)
 
     def decode(self):
         return self.decoder.decode()
 
     def release(self, sequence, keep=True):
         self.decoder.release(sequence, keep)
-
-    def warm_up(self):
-        """One tiny generation right after loading: the first real request then starts at full
-        speed (the first forward pass of a process pays about a second of one-off set-up)."""
-        from modelhub.generation import stream_reply
-        from modelhub.options import GenerationOptions
-
-        messages = [{"role": "user", "content": "Hi"}]
-        stream_reply(self.loaded, messages, GenerationOptions(temperature=0, max_new_tokens=2), lambda text: None, lambda: False)
 
     def describe(self):
         loaded = self.loaded
@@ -158,12 +152,12 @@ class ScriptedBackend:
 
     prefill_budget = 16  # a scripted prompt counts as one token
 
-    def prefill(self, sequences, budget):
-        for sequence in sequences[:budget]:
-            sequence.ready = True
-            if not sequence.chunks:
-                sequence.end("stop")
-        return min(len(sequences), budget)
+    def prefill(self, passes):
+        for group in passes:
+            for sequence, _ in group:
+                sequence.fed, sequence.ready = 1, True
+                if not sequence.chunks:
+                    sequence.end("stop")
 
     def decode(self):
         """One chunk for every running sequence, `delay` seconds per step."""
@@ -181,7 +175,6 @@ class ScriptedBackend:
         pass
 
 
-
 class ScriptedSequence:
     """One scripted reply: its remaining chunks, handed out one per decode step."""
 
@@ -193,7 +186,12 @@ class ScriptedSequence:
         self.text = ""
         self.finish_reason = ""
         self.error = None
+        self.fed = 0  # its prompt counts as one token
         self.ready = False
+
+    @property
+    def to_feed(self):
+        return 1 - self.fed
 
     def advance(self):
         chunk = self.chunks[self.usage.completion_tokens]

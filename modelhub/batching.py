@@ -1,17 +1,20 @@
-"""Step-level batching: replies on one model decode together, joining and leaving between steps.
+"""The model runner: step-level batching, replies on one model decoding together.
+
+`Decoder` runs what the scheduler (scheduler.py) decided for a step, and decides
+nothing itself: it opens a sequence, runs the prefill passes it is given, runs one
+decode step for every running row, and releases a sequence that left.
 
 Each request becomes a `Sequence`. Its prompt is prefilled into a KV cache of its
 own, starting from the longest stored prefix of earlier turns when there is one
-(kv_reuse.py). New prompts waiting together go through the model together, in one
-left-padded pass; a prompt that continues a stored prefix, or is longer than the
-round's budget, goes alone, a chunk at a time (so a long prompt never holds the
-others' decoding up for long). Then it joins the `Batch`: one KV cache for every
-running sequence, left-padded to a common length, with an attention mask that
-hides the padding and position ids that count only each row's real tokens, so a
-row computes exactly what it would compute alone. Every decode step feeds each
-row its last token and samples its next one with that request's own settings.
-A finished, stopped or failed sequence leaves between steps; the other rows'
-keys, values, mask and positions are untouched. A forward pass that fails (an
+(kv_reuse.py). New prompts the scheduler puts together go through the model in one
+left-padded pass; a prompt alone (one that continues a stored prefix, or is longer
+than the step's budget) goes a chunk at a time. Then it joins the `Batch`: one KV
+cache for every running sequence, left-padded to a common length, with an attention
+mask that hides the padding and position ids that count only each row's real
+tokens, so a row computes exactly what it would compute alone. Every decode step
+feeds each row its last token and samples its next one with that request's own
+settings. A finished, stopped or failed sequence leaves between steps; the other
+rows' keys, values, mask and positions are untouched. A forward pass that fails (an
 exception in the model, out of memory) fails the rows it was computing: their
 half-written caches are dropped, and after running out of memory the stored
 prefixes and the CUDA allocator's spare blocks are freed too, so the model goes on
@@ -29,8 +32,8 @@ import torch
 from transformers import DynamicCache
 
 from modelhub.decoding import Detokenizer, Sampler
-from modelhub.generation import build_prompt
 from modelhub.options import ModelhubError, Usage
+from modelhub.prompts import build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ class Sequence:
     @property
     def prefilled(self):
         return self.fed == len(self.prompt_ids)
+
+    @property
+    def to_feed(self):
+        """Prompt tokens not in the cache yet."""
+        return len(self.prompt_ids) - self.fed
 
     @property
     def ready(self):
@@ -178,7 +186,7 @@ class Batch:
 
 
 class Decoder:
-    """Opens, prefills, decodes and releases sequences on one loaded model (see the module docstring)."""
+    """The model runner: opens, prefills, decodes and releases sequences on one loaded model."""
 
     def __init__(self, loaded, prefix_cache=None, prefill_chunk=512):
         self.loaded = loaded
@@ -203,25 +211,23 @@ class Decoder:
                 seq.fed = seq.usage.cached_prompt_tokens = reused
         return seq
 
-    def prefill(self, waiting, budget):
-        """Feed waiting prompts, oldest first, up to `budget` tokens; returns how many were fed.
+    def prefill(self, passes):
+        """Run the scheduler's prefill passes (scheduler.py): [[(sequence, tokens)], ...].
 
-        Once a prompt is all in, its first token is sampled and it joins the batch. A
-        failure is recorded on its sequence (`error`); the others go on.
+        Several whole new prompts go through the model together; a single one is fed
+        alone, `tokens` of it, in chunks of at most `prefill_chunk`. Once a prompt is all
+        in, its first token is sampled and it joins the batch. A failure is recorded on
+        its sequence (`error`); the others go on.
         """
-        fed, queue = 0, [seq for seq in waiting if seq.error is None]
-        while queue and fed < budget:
-            group, size = [], 0
-            for seq in queue:  # new prompts that fit, the oldest first, go together
-                if seq.fed == 0 and size + len(seq.prompt_ids) <= budget - fed:
-                    group.append(seq)
-                    size += len(seq.prompt_ids)
-            if queue[0] in group and len(group) > 1:
-                fed += self._prefill_together(group)
+        for group in passes:
+            if len(group) > 1:
+                self._prefill_together([seq for seq, _ in group])
             else:
-                fed += self._prefill_alone(queue[0], budget - fed)
-            queue = [seq for seq in queue if seq.error is None and not seq.ready]
-        return fed
+                self._feed(*group[0])
+
+    def _feed(self, seq, tokens):
+        while tokens > 0 and seq.error is None and not seq.prefilled:
+            tokens -= self._prefill_alone(seq, tokens)
 
     def _prefill_alone(self, seq, budget):
         """The next chunk of one prompt (at most `budget` tokens)."""
@@ -267,14 +273,15 @@ class Decoder:
         except Exception:  # noqa: BLE001 - find the guilty prompt (below, once this pass's tensors are gone)
             out = cache = None
         if out is None:
-            return sum(self._prefill_alone(seq, len(seq.prompt_ids)) for seq in group)
+            for seq in group:
+                self._feed(seq, seq.to_feed)
+            return
         for i, seq in enumerate(group):
             n = len(seq.prompt_ids)
             own = [(lay.keys[i : i + 1, :, -n:].contiguous(), lay.values[i : i + 1, :, -n:].contiguous())
                    for lay in cache.layers]
             seq.cache, seq.fed = DynamicCache(ddp_cache_data=own), n
             self._first_token(seq, out.logits[i, -1])
-        return sum(len(seq.prompt_ids) for seq in group)
 
     def _first_token(self, seq, logits):
         """Sample the token after the prompt; the sequence then joins the batch (unless that ended it)."""

@@ -2,12 +2,10 @@
 
 Every request for a model goes through that model's queue and its single worker
 thread: the worker owns the model (and the GPU), loads it before serving the
-first request, and is the only thread that touches it. It schedules step by
-step: between two decode steps it admits new requests, drops stopped ones, feeds
-waiting prompts up to a token budget, oldest first (so a newcomer gets its first
-token after at most one step of the others, and a long prompt never stalls them
-for long), waits briefly while a reply is on its way (arrivals.py), then runs one
-decode step for all running requests together (batching.py).
+first request, and is the only thread that touches it. It is a thin loop,
+`while ...: step()`: each step it asks its scheduler (scheduler.py) what to do
+(admit, drop the stopped, hold for a reply on its way, prefill which prompts,
+who leaves) and has the backend do it (backends.py; batching.py runs the model).
 Callers get a `Request`: they read its text chunks (plain or async iteration),
 may cancel it, and read its `usage` at the end. A request cancelled while still
 queued (behind a full batch, or while the model loads) ends at once.
@@ -27,6 +25,7 @@ import time
 
 from modelhub.arrivals import arrivals
 from modelhub.options import ModelhubError, ModelLoadError, Usage
+from modelhub.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,15 @@ class Request:
                 self._wake_pending = True
                 await asyncio.sleep(min_interval)
 
+    def drain(self):
+        """The chunks produced so far, without waiting: for a caller that steps the worker itself
+        (generation.py). Sets `usage` once the reply ended; raises ModelhubError if it failed."""
+        while not self._items.empty():
+            text = self._consume(self._items.get_nowait())
+            if text is None:
+                return
+            yield text
+
     def _consume(self, item):
         kind, value = item
         if kind == _CHUNK:
@@ -152,37 +160,35 @@ class Request:
 class Worker:
     """Owns one model: loads it in its own thread, then serves its requests step by step.
 
-    A backend offers the step interface (backends.py): `open(request) -> sequence`,
-    `prefill(sequences, budget) -> tokens fed`, `decode() -> sequences stepped`, `release(sequence, keep)`,
-    and `prefill_budget`; prefill and decode record a row's failure on its sequence (`error`). A sequence
-    exposes `ready`, `take_text()`, `finish_reason`, `error`, `usage` and `end(reason)`.
+    Scheduling is decided by `self.scheduler` (scheduler.py), not here: the worker keeps its thread,
+    its queue, loading, error reporting and `step()`, which asks the scheduler and calls the backend
+    (backends.py). With `thread=False` the caller's thread is the worker's: the backend loads at once,
+    the caller calls `step()` itself and keeps the backend (one reply on its own, generation.py).
     """
 
-    def __init__(self, name, load_backend, on_ready=None, max_batch=16, hold=0.0):
+    def __init__(self, name, load_backend, on_ready=None, max_batch=16, hold=0.0, thread=True):
         """`load_backend(progress)` builds the backend in this worker's thread, reporting text progress.
-        While replies are on their way (arrivals.py), running replies wait at most `hold` seconds per
-        step, and admitted prompts at most `hold` seconds, for them."""
+        `max_batch` and `hold` (seconds a step may wait for a reply on its way) go to the scheduler."""
         self.name = name
         self.backend = None
         self.state = "loading"
         self.error = ""
         self.progress = ""
         self.load_seconds = None
-        self.max_batch = max_batch
-        self.hold = hold
-        self._step_due = 0.0  # monotonic time by which the running replies must step, holding or not
+        self.scheduler = Scheduler(max_batch, hold)
         self.last_used = time.monotonic()
         self.last_used_at = time.time()
         self._created = time.monotonic()
         self._on_ready = on_ready
         self._load_backend = load_backend
         self._queue = queue.Queue()
-        self._waiting = collections.deque()  # opened, prompt not fully prefilled yet (oldest first)
-        self._running = []  # decoding together
-        self._closing = False
         self._state_lock = threading.Lock()  # no request slips in after the queue is drained
-        self._thread = threading.Thread(target=self._run, name=f"modelhub-{name}", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name=f"modelhub-{name}", daemon=True)
+            self._thread.start()
+        else:
+            self._load()
 
     def submit(self, request):
         try:
@@ -200,22 +206,21 @@ class Worker:
         with self._state_lock:
             self.state = "closed"
             self._queue.put(None)
-        if threading.current_thread() is not self._thread:
+        if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     @property
-    def busy(self):
-        return bool(self._waiting or self._running)
-
-    @property
     def idle(self):
-        return self.state == "ready" and not self.busy and self._queue.empty()
+        scheduler = self.scheduler
+        return self.state == "ready" and not (scheduler.busy or scheduler.queued) and self._queue.empty()
 
     def describe(self):
         """Runtime status for admins: state, where and how it is loaded, memory, adapters, batch."""
-        info = {"state": self.state, "error": self.error, "last_used_at": self.last_used_at}
-        info["load_seconds"] = self.load_seconds
-        info["running"], info["waiting"] = len(self._running), len(self._waiting) + self._queue.qsize()
+        info = {"state": self.state, "error": self.error, "last_used_at": self.last_used_at,
+                "load_seconds": self.load_seconds}
+        scheduler = self.scheduler
+        info["running"] = len(scheduler.running)
+        info["waiting"] = len(scheduler.waiting) + len(scheduler.queued) + self._queue.qsize()
         if self.state == "loading":
             info["loading_for_seconds"] = round(time.monotonic() - self._created, 1)
             info["progress"] = self.progress
@@ -226,14 +231,8 @@ class Worker:
 
     def _run(self):
         if self._load():
-            try:
-                self._serve()
-            except Exception as exc:  # a bug in the loop must not leave its requests waiting forever
-                log.exception("serving %s failed", self.name)
-                self._fail_in_flight(ModelhubError(f"model {self.name!r} failed: {exc}", code="generation_failed"))
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+            self._serve()
+        self._unload()
 
     def _load(self):
         """Build the backend; if that fails, fail the queued requests (the registry loads afresh next time)."""
@@ -252,32 +251,50 @@ class Worker:
         return False
 
     def _serve(self):
-        while not (self._closing and not self.busy):
-            self._admit(block=not self.busy)
-            self._drop_cancelled()
-            if self._hold():
-                continue  # a reply came: admit it, then see whether more are coming
-            self._prefill()
-            self._decode_step()
-            self.last_used, self.last_used_at = time.monotonic(), time.time()
+        try:
+            while not self.scheduler.done:
+                self.step()
+        except Exception as exc:  # a bug in the loop must not leave its requests waiting forever
+            log.exception("serving %s failed", self.name)
+            self._fail_in_flight(ModelhubError(f"model {self.name!r} failed: {exc}", code="generation_failed"))
+            return
         self._drain(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
+
+    def _unload(self):
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     def _report_progress(self, text):
         self.progress = text
 
-    # --- scheduling ----------------------------------------------------------
+    # --- one step: the scheduler decides, the backend runs -------------------
 
-    def _admit(self, block):
-        """Open queued requests while there is room; wait for one when there is nothing else to do."""
-        while not self._closing and len(self._waiting) + len(self._running) < self.max_batch:
+    def step(self):
+        """Admit, drop the stopped, maybe hold for a reply on its way, prefill, decode one token each."""
+        self._admit()
+        self._drop_cancelled()
+        if self._hold():
+            return  # a reply came: the next step admits it (and sees whether more are coming)
+        self._prefill()
+        self._decode()
+        self.last_used, self.last_used_at = time.monotonic(), time.time()
+
+    def _admit(self):
+        """Hand submitted requests to the scheduler (waiting when there is nothing to do), open those it admits."""
+        scheduler = self.scheduler
+        block = self._thread is not None and not (scheduler.busy or scheduler.queued)
+        while not scheduler.closing:
             try:
                 request = self._queue.get(block=block)
             except queue.Empty:
-                return
+                break
             block = False
             if request is None:
-                self._closing = True
-                return
+                scheduler.close()
+            else:
+                scheduler.add(request)
+        for request in scheduler.admit():
             self._open(request)
 
     def _open(self, request):
@@ -289,91 +306,76 @@ class Worker:
             self._report_failure(request, exc)
             return
         sequence.request = request
-        self._waiting.append(sequence)
+        self.scheduler.start(sequence)
 
     def _drop_cancelled(self):
-        for sequence in [s for s in (*self._waiting, *self._running) if s.request.is_cancelled()]:
+        for sequence in self.scheduler.cancelled():
             sequence.end("cancelled")
-            self._retire(sequence)
-
-    def _prefill(self):
-        """Feed waiting prompts, oldest first, up to this round's token budget; the ready ones join."""
-        if not self._waiting:
-            return
-        waiting = list(self._waiting)
-        try:
-            self.backend.prefill(waiting, self.backend.prefill_budget)
-        except Exception as exc:  # the backend could not tell whose fault it was
-            for sequence in waiting:
-                sequence.error = sequence.error or exc
-        for sequence in waiting:
-            if sequence.error is not None:
-                self._retire(sequence, sequence.error)
-            elif sequence.ready:
-                self._waiting.remove(sequence)
-                if not self._running:
-                    self._step_due = time.monotonic() + self.hold
-                self._running.append(sequence)
-                self._deliver(sequence)
+            self._end(sequence)
 
     def _hold(self):
-        """While a reply is on its way, wait for it rather than compute; True if a request came.
+        """Wait for a reply on its way as long as the scheduler allows; True if a request came."""
+        deadline = self.scheduler.hold_until(len(arrivals))
+        return deadline is not None and arrivals.wait(lambda: not self._queue.empty(), deadline)
 
-        Running replies wait at most until their step is due, and admitted prompts at most
-        `hold` seconds, so prompts sent together are prefilled together."""
-        if not self.hold or self._closing or not self.busy:
-            return False
-        if len(self._waiting) + len(self._running) >= self.max_batch:  # no room: what comes waits anyway
-            return False
-        dues = [sequence.request.started + self.hold for sequence in self._waiting]
-        if self._running:
-            dues.append(self._step_due)
-        return arrivals.wait(lambda: not self._queue.empty(), min(dues))
+    def _prefill(self):
+        passes = self.scheduler.prefill(self.backend.prefill_budget)
+        if not passes:
+            return
+        try:
+            self.backend.prefill(passes)
+        except Exception as exc:  # the backend could not tell whose fault it was
+            for group in passes:
+                for sequence, _ in group:
+                    sequence.error = sequence.error or exc
+        self._deliver(self.scheduler.prefilled())
 
-    def _decode_step(self):
-        if not self._running:
+    def _decode(self):
+        if not self.scheduler.running:
             return
         try:
             stepped = self.backend.decode()
         except Exception as exc:  # a backend that raises rather than failing the rows: none can go on
-            for sequence in list(self._running):
-                self._retire(sequence, exc)
-            return
-        for sequence in stepped:
-            self._deliver(sequence)
-        self._step_due = time.monotonic() + self.hold
+            stepped = list(self.scheduler.running)
+            for sequence in stepped:
+                sequence.error = exc
+        self._deliver(stepped)
+        self.scheduler.decoded()
 
-    def _deliver(self, sequence):
-        """Hand the sequence's new text to its caller; retire it if it ended or failed."""
+    def _deliver(self, sequences):
+        """Hand each sequence's new text to its caller; end those the scheduler lets leave."""
+        for sequence in sequences:
+            self._pass_text(sequence)
+        for sequence in self.scheduler.leaving(sequences):
+            self._end(sequence)
+
+    def _pass_text(self, sequence):
+        if sequence.error is not None:  # a failed sequence's text is not the reply's
+            return
         try:
             text = sequence.take_text()
             if text:
                 sequence.request.emit(text)
         except Exception as exc:  # noqa: BLE001 - a caller's failure is that request's alone
             sequence.error = exc
-        if sequence.error is not None or sequence.finish_reason:
-            self._retire(sequence, sequence.error)
 
-    def _retire(self, sequence, error=None):
-        """Take an ended sequence out of the schedule and close its request."""
-        for group in (self._waiting, self._running):
-            if sequence in group:
-                group.remove(sequence)
-        request = sequence.request
+    def _end(self, sequence):
+        """Close a sequence that left the schedule: free its place, then end its request."""
         try:
-            self.backend.release(sequence, keep=error is None)
+            self.backend.release(sequence, keep=sequence.error is None)
         except Exception:  # noqa: BLE001 - releasing must never take the worker down
             log.exception("releasing a sequence on %s failed", self.name)
-        if error is not None:
-            self._report_failure(request, error)
+        self._pass_text(sequence)  # what the detokenizer held back
+        request = sequence.request
+        if sequence.error is not None:
+            self._report_failure(request, sequence.error)
             return
-        text = sequence.take_text()
-        if text:
-            request.emit(text)
         usage = sequence.usage
         usage.finish_reason = sequence.finish_reason or "cancelled"
         usage.duration = time.monotonic() - request.started
         request.finish(usage)
+
+    # --- errors --------------------------------------------------------------
 
     def _report_failure(self, request, exc):
         if not isinstance(exc, ModelhubError):
@@ -383,9 +385,8 @@ class Worker:
 
     def _fail_in_flight(self, error):
         """The loop itself broke: fail every request it holds, then the queued ones."""
-        for sequence in (*self._waiting, *self._running):
+        for sequence in self.scheduler.clear():
             sequence.request.fail(error)
-        self._waiting, self._running = collections.deque(), []
         self._fail_all(error)
 
     def _fail_all(self, error):
@@ -395,10 +396,13 @@ class Worker:
         self._drain(error)
 
     def _drain(self, error):
+        """Fail every request submitted but never opened (a cancelled one was ended by its cancel)."""
+        requests = self.scheduler.take_queued()
         while True:
             try:
-                request = self._queue.get_nowait()
+                requests.append(self._queue.get_nowait())
             except queue.Empty:
-                return
+                break
+        for request in requests:
             if request is not None and request.claim():
                 request.fail(error)

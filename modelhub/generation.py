@@ -1,101 +1,48 @@
-"""How a conversation becomes a prompt for a causal LM, and a reply generated on its own.
+"""One reply generated on its own, in the caller's thread: warm-up, samples, scripts.
 
-A causal LM produces the reply one token at a time, each conditioned on the prompt
-and everything generated so far. We format the conversation with the tokenizer's
-own chat template and cut the oldest turns when it would not fit the context
-window (saying how many were cut). Decoding itself lives in batching.py (many
-replies at once, in the model's worker) and decoding.py (sampling, detokenizing).
+There is one decode loop in modelhub, the worker's (engine.py). A reply on its own
+is a request on a worker of its own that the caller steps itself (`thread=False`):
+the same scheduler decisions, the same model runner (batching.py), the same
+cancellation and failure handling as a served reply. Prompts are built in
+prompts.py (`build_prompt` and `render_prompt` are imported from here too).
 """
 
-import time
-
-from modelhub.options import GenerationOptions, PromptTooLong
-
-
-def render_prompt(tokenizer, messages):
-    """Prompt token ids; a history that ends with an assistant turn is continued, not answered."""
-    if messages and messages[-1]["role"] == "assistant":
-        ids = tokenizer.apply_chat_template(
-            messages, continue_final_message=True, tokenize=True, return_dict=False
-        )
-    else:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids)
-
-
-def build_prompt(tokenizer, messages, context_length, max_new_tokens):
-    """Token ids of the longest suffix of the history that fits, and how many messages were cut.
-
-    The system prompt is always kept, and so is the last message; the kept history
-    starts with a user turn, as strict chat templates require.
-    """
-    budget = context_length - max_new_tokens
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system) :]
-    starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
-    starts = [s for s in starts if s <= len(turns) - 1]
-
-    def fits(start):
-        ids = render_prompt(tokenizer, system + turns[start:])
-        return ids if len(ids) <= budget else None
-
-    ids = fits(starts[0])
-    if ids is not None:
-        return ids, starts[0]
-    # Fit is monotonic in the start: binary search for the earliest start that fits.
-    lo, hi, best = 1, len(starts) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        candidate = fits(starts[mid])
-        if candidate is None:
-            lo = mid + 1
-        else:
-            best, hi = (candidate, starts[mid]), mid - 1
-    if best is None:
-        raise PromptTooLong(
-            f"the last message does not fit the model's context window of {context_length} tokens "
-            f"with room for {max_new_tokens} new tokens; shorten it or lower max_new_tokens"
-        )
-    return best
+from modelhub.backends import TransformersBackend
+from modelhub.engine import Request, Worker
+from modelhub.loading import LoadedModel
+from modelhub.options import GenerationOptions
+from modelhub.prompts import build_prompt, render_prompt  # noqa: F401 - older callers import them from here
 
 
 def stream_reply(loaded, messages, options: GenerationOptions, emit, is_cancelled, adapter=None):
-    """Generate one reply on its own; call emit(text) for each chunk; return its Usage.
+    """Generate one reply on `loaded`; call emit(text) for each chunk; return its Usage.
 
-    The same decode machinery the model's worker batches (batching.py), driven for
-    a single sequence: warm-up, samples, scripts. `is_cancelled()` is checked before
-    every decode step, so a stop takes effect within one step.
+    `is_cancelled()` is checked before every step, so a stop takes effect within one
+    step. `adapter` names a LoRA adapter already attached to `loaded`, or None for the base.
+    Raises ModelhubError if generation fails.
     """
-    from modelhub.batching import Decoder
-
-    decoder = Decoder(loaded)
-    seq = decoder.open(messages, options, adapter)
-    while not (seq.ready or seq.error):
-        decoder.prefill([seq], decoder.prefill_chunk)
-    if seq.error is not None:
-        raise seq.error
-    while True:
-        text = seq.take_text()
-        if text:
-            emit(text)
-        if seq.finish_reason:
-            break
+    # No thread and no prefix cache; nothing to close: the backend only borrows `loaded`.
+    worker = Worker("a reply on its own", lambda progress: TransformersBackend(loaded), thread=False)
+    pair = (adapter, loaded.adapters.get(adapter)) if adapter else None
+    request = worker.submit(Request(list(messages), options, adapter=pair))
+    while request.usage is None:
         if is_cancelled():
-            seq.end("cancelled")
-            continue  # emit what the detokenizer held back
-        decoder.decode()
-        if seq.error is not None:
-            raise seq.error
-    decoder.release(seq, keep=False)
-    seq.usage.finish_reason = seq.finish_reason
-    seq.usage.duration = time.monotonic() - seq.started
-    return seq.usage
+            request.cancel()
+        worker.step()
+        for text in request.drain():
+            emit(text)
+    return request.usage
+
+
+def warm_up(loaded):
+    """One tiny generation right after loading: the first real request then starts at full
+    speed (the first forward pass of a process pays about a second of one-off set-up)."""
+    options = GenerationOptions(temperature=0, max_new_tokens=2)
+    stream_reply(loaded, [{"role": "user", "content": "Hi"}], options, lambda text: None, lambda: False)
 
 
 def generate_text(model, tokenizer, messages, max_new_tokens=64):
     """Greedy reply as one string (for samples and quick checks, not for serving)."""
-    from modelhub.loading import LoadedModel
-
     context = getattr(model.config, "max_position_embeddings", 2048)
     loaded = LoadedModel(model, tokenizer, str(model.device), str(model.dtype), context)
     chunks = []

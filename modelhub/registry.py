@@ -22,6 +22,7 @@ from django.conf import settings
 
 from modelhub.backends import ScriptedBackend, TransformersBackend
 from modelhub.engine import Worker
+from modelhub.generation import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _loader(spec):
             prefill_chunk=settings.MODELHUB_PREFILL_CHUNK,
         )
         progress("warming up")
-        backend.warm_up()
+        warm_up(backend.loaded)
         return backend
 
     return load

@@ -22,7 +22,8 @@ class ModelChoiceForm(forms.Form):
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.options = {}
-        for spec in ModelSpec.objects.visible_to(user).prefetch_related("adapters"):
+        self.specs = list(ModelSpec.objects.visible_to(user).prefetch_related("adapters"))  # for model_for too
+        for spec in self.specs:
             self.options[f"m{spec.pk}"] = (spec, None, str(spec))
             for adapter in spec.adapters.all():
                 if adapter.enabled:

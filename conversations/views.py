@@ -61,14 +61,15 @@ def conversation_detail(request, pk):
     context = _sidebar(request, conversation)
     context["messages_list"] = conversation.active_path()
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
-    context["model_form"] = _model_form(request, conversation)
-    context["settings_form"] = _settings_form(request, conversation)
+    context["model_form"] = model_form = _model_form(request, conversation)
+    spec, _ = conversation.model_for(request.user, model_form.specs)
+    context["settings_form"] = _settings_form(request, conversation, spec=spec)
     context["consent_form"] = ConsentForm(initial={"allow_training": conversation.allow_training})
     return render(request, "conversations/detail.html", context)
 
 
-def _settings_form(request, conversation, data=None):
-    spec, _ = conversation.model_for(request.user)
+def _settings_form(request, conversation, data=None, spec=None):
+    spec = spec or conversation.model_for(request.user)[0]
     initial = {"system_prompt": conversation.system_prompt, **conversation.options}
     return SettingsForm(spec, data, initial=initial)
 
@@ -89,8 +90,9 @@ def conversation_settings(request, pk):
 
 
 def _model_form(request, conversation, data=None):
-    spec, adapter = conversation.model_for(request.user)
-    return ModelChoiceForm(request.user, data, initial={"choice": ModelChoiceForm.key_for(spec, adapter)})
+    form = ModelChoiceForm(request.user, data)
+    form.initial["choice"] = ModelChoiceForm.key_for(*conversation.model_for(request.user, form.specs))
+    return form
 
 
 @login_required

@@ -25,13 +25,17 @@ class ModelSpecQuerySet(models.QuerySet):
         return models_ if user.is_staff else models_.filter(visibility=ModelSpec.Visibility.ALL)
 
     def default(self):
-        """The default model: the row marked default, else MODELHUB_DEFAULT_MODEL, else the first enabled."""
-        enabled = self.enabled()  # within this queryset: visible_to(user).default() respects visibility
-        return (
-            enabled.filter(is_default=True).first()
-            or enabled.filter(name=settings.MODELHUB_DEFAULT_MODEL).first()
-            or enabled.order_by("id").first()
-        )
+        """The default model within this queryset (`visible_to(user).default()` respects visibility)."""
+        return pick_default(self.enabled())
+
+
+def pick_default(specs):
+    """The default among these enabled models: the one marked default, else MODELHUB_DEFAULT_MODEL, else the
+    oldest. One query for a queryset, none for a list already loaded (a page's model menu)."""
+    specs = list(specs)
+    return (next((spec for spec in specs if spec.is_default), None)
+            or next((spec for spec in specs if spec.name == settings.MODELHUB_DEFAULT_MODEL), None)
+            or min(specs, key=lambda spec: spec.pk, default=None))
 
 
 class ModelSpec(models.Model):

@@ -20,7 +20,7 @@ from django.utils.functional import cached_property
 from conversations import tree, writers
 from conversations.models.feedback import Feedback, Preference, Verdict
 from conversations.models.privacy import PrivacySettings
-from modelhub.models import Adapter, ModelSpec
+from modelhub.models import Adapter, ModelSpec, pick_default
 
 DEFAULT_TITLE = "New conversation"
 WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."
@@ -104,13 +104,18 @@ class Conversation(models.Model):
         self.model, self.adapter = spec, adapter
         self.save(update_fields=["model", "adapter"])
 
-    def model_for(self, user):
-        """The model and adapter that answer next: the chosen ones while this user may use them."""
-        usable = ModelSpec.objects.visible_to(user)
-        spec = usable.filter(pk=self.model_id).first() if self.model_id else None
+    def model_for(self, user, usable=None):
+        """The model and adapter that answer next: the chosen ones while this user may use them.
+
+        `usable`: the models this user may use with their adapters prefetched, when the caller has
+        them already (a page's model menu); else they are loaded (two queries)."""
+        if usable is None:
+            usable = ModelSpec.objects.visible_to(user).prefetch_related("adapters")
+        usable = list(usable)
+        spec = next((spec for spec in usable if spec.pk == self.model_id), None)
         if spec is None:
-            return usable.default(), None
-        adapter = Adapter.objects.enabled().filter(pk=self.adapter_id, base=spec).first() if self.adapter_id else None
+            return pick_default(usable), None
+        adapter = next((a for a in spec.adapters.all() if a.pk == self.adapter_id and a.enabled), None)
         return spec, adapter
 
     def active_path(self):

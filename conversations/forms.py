@@ -6,6 +6,7 @@ from conversations.training_data.examples import Filters
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.options import InvalidOptions
+from modelhub.validators import OptionValidator
 
 OPTION_FIELDS = ("temperature", "top_p", "max_new_tokens")
 
@@ -45,9 +46,10 @@ class SettingsForm(forms.Form):
     """System prompt and sampling for one conversation; empty fields use the model's defaults."""
 
     system_prompt = forms.CharField(required=False, max_length=8000, widget=forms.Textarea(attrs={"rows": 3}))
-    temperature = forms.FloatField(required=False, min_value=0, max_value=2)
-    top_p = forms.FloatField(required=False, min_value=0.01, max_value=1)
-    max_new_tokens = forms.IntegerField(required=False, min_value=1)
+    # Limits are GenerationOptions' own (modelhub/options.py), as on the model's fields.
+    temperature = forms.FloatField(required=False, validators=[OptionValidator("temperature")])
+    top_p = forms.FloatField(required=False, validators=[OptionValidator("top_p")])
+    max_new_tokens = forms.IntegerField(required=False, validators=[OptionValidator("max_new_tokens")])
 
     def __init__(self, spec, *args, **kwargs):
         super().__init__(*args, **kwargs)

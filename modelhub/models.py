@@ -6,13 +6,14 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
 from modelhub.backends import scripted_delay
-from modelhub.options import MAX_TOP_K, GenerationOptions, ModelhubError
+from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.validators import OptionValidator, adapter_config_problem, validate_chat_template, validate_device
+
+DEFAULTS = GenerationOptions()
 
 
 class ModelSpecQuerySet(models.QuerySet):
@@ -87,11 +88,14 @@ class ModelSpec(models.Model):
         null=True, blank=True, help_text="Tokens of prompt + reply; empty reads it from the model config."
     )
     system_prompt = models.TextField(blank=True, help_text="Default system prompt for new conversations.")
-    temperature = models.FloatField(default=0.7, validators=[OptionValidator("temperature")])
-    top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
-    top_k = models.PositiveIntegerField(default=50, validators=[MaxValueValidator(MAX_TOP_K)])
-    max_new_tokens = models.PositiveIntegerField(default=256, validators=[OptionValidator("max_new_tokens")])
-    repetition_penalty = models.FloatField(default=1.0, validators=[MinValueValidator(0.5), MaxValueValidator(2.0)])
+    # Generation defaults: their default values and limits are GenerationOptions' own (options.py).
+    temperature = models.FloatField(default=DEFAULTS.temperature, validators=[OptionValidator("temperature")])
+    top_p = models.FloatField(default=DEFAULTS.top_p, validators=[OptionValidator("top_p")])
+    top_k = models.PositiveIntegerField(default=DEFAULTS.top_k, validators=[OptionValidator("top_k")])
+    max_new_tokens = models.PositiveIntegerField(default=DEFAULTS.max_new_tokens,
+                                                 validators=[OptionValidator("max_new_tokens")])
+    repetition_penalty = models.FloatField(default=DEFAULTS.repetition_penalty,
+                                           validators=[OptionValidator("repetition_penalty")])
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

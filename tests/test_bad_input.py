@@ -146,7 +146,7 @@ def test_the_admin_shows_a_bad_adapter_config_as_a_form_error(admin_client, tiny
         ("chat_template", "{{ messages | no_such_filter }}", "No filter named 'no_such_filter'"),
         ("temperature", "0.001", "above 0, at least 0.01"),
         ("temperature", "2.5", "temperature must be between 0 and 2"),
-        ("top_k", "10000000", "less than or equal to 1000000"),
+        ("top_k", "10000000", "top_k must be 0 (off) or more, up to 1000000"),
         ("max_new_tokens", "5000", "max_new_tokens must be between 1 and 2048"),
     ],
 )

@@ -50,12 +50,12 @@ async def begin(user, conversation_id, turn, guard=None):
 
     `guard`: a check to pass first, in the same trip to the database (turns.prepare).
 
-    The replies are announced to modelhub first (`api.expect`): replies running meanwhile
+    The replies are reserved in modelhub first (`api.reserve`): replies running meanwhile
     hold their next step for them, so they start as soon as they are saved. Saving and
     rendering take one trip to the database thread; generation starts right after it, and
     the tasks publish their first chunk once the new messages are announced.
     """
-    arrivals = [api.expect() for _ in range(2 if turn.kind == "compare" else 1)]
+    reservations = [api.reserve() for _ in range(2 if turn.kind == "compare" else 1)]
     try:
         saved = {}
         try:
@@ -68,7 +68,7 @@ async def begin(user, conversation_id, turn, guard=None):
             else:
                 raise ChatError("database_unavailable", "The database is not answering, so your message was not "
                                                         "saved. It is back in the box: try again in a moment.")
-        tasks = [_start_task(plan, arrivals.pop()) for plan in plans]
+        tasks = [_start_task(plan, reservations.pop()) for plan in plans]
         try:
             for frame in frames:
                 await publish(conversation_id, frame)
@@ -77,12 +77,12 @@ async def begin(user, conversation_id, turn, guard=None):
                 task.announced.set()
         return plans[0].reply if plans else None
     finally:
-        for arrival in arrivals:  # those no task took: the turn was refused or failed
-            arrival.done()
+        for reservation in reservations:  # those no task took: the turn was refused or failed
+            reservation.release()
 
 
-def _start_task(plan, arrival):
-    task = ReplyTask(plan.reply, plan.spec, plan.adapter, plan.history, arrival=arrival)
+def _start_task(plan, reservation):
+    task = ReplyTask(plan.reply, plan.spec, plan.adapter, plan.history, reservation)
     _replies[plan.reply.pk] = task
     writers.writing.add(plan.reply.pk)
     task.task = asyncio.create_task(task.run(), name=f"reply-{plan.reply.pk}")
@@ -160,9 +160,9 @@ def _clean(text):
 
 
 class ReplyTask:
-    def __init__(self, reply, spec, adapter, history, arrival=None):
+    def __init__(self, reply, spec, adapter, history, reservation):
         self.reply = reply
-        self.arrival = arrival  # modelhub's notice that this reply is coming (settled by api.start)
+        self.reservation = reservation  # modelhub's place for this reply (api.reserve), taken by its start
         self.spec = spec
         self.adapter = adapter
         self.history = history
@@ -214,16 +214,13 @@ class ReplyTask:
         finally:
             _replies.pop(self.reply.pk, None)
             writers.writing.discard(self.reply.pk)
-            if self.arrival is not None:
-                self.arrival.done()  # cancelled before it reached modelhub
+            self.reservation.release()  # cancelled before it reached modelhub (else this does nothing)
             asyncio.ensure_future(inbox.leave(self.conversation_id))
 
     async def _generate(self):
         try:
-            self.request = api.start(
-                self.spec, self.history, self.reply.generation_options, loop=asyncio.get_running_loop(),
-                adapter=self.adapter, arrival=self.arrival,
-            )
+            self.request = self.reservation.start(self.spec, self.history, self.reply.generation_options,
+                                                  adapter=self.adapter)
             if self.stop_requested:
                 self.request.cancel()
             await self.announced.wait()

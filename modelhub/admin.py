@@ -7,7 +7,6 @@ for one and chats on other models go on. Fine-tunes run in their own process
 (`manage.py finetune --job ID`), which updates the job row as it goes.
 """
 
-import asyncio
 import time
 
 from django import forms
@@ -165,9 +164,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
 
 
 async def _stream(spec, prompt, adapter):
-    request = api.start(
-        spec, [{"role": "user", "content": prompt}], {"max_new_tokens": 64}, loop=asyncio.get_running_loop(), adapter=adapter
-    )
+    request = api.start(spec, [{"role": "user", "content": prompt}], {"max_new_tokens": 64}, adapter=adapter)
     try:
         async for text in request.chunks():
             yield text

@@ -6,11 +6,15 @@
     for text in request: print(text, end="")
     request.usage  # prompt/completion tokens, time to first token, duration, finish reason
 
-From async code pass `loop=asyncio.get_running_loop()` and iterate `request.chunks()`.
+Called from async code, iterate `request.chunks()` instead. A caller that saves something
+first (a chat turn) reserves the reply before saving, so running replies make room for it:
+`reservation = api.reserve()`, then `reservation.start(...)` or `reservation.release()`.
 With `adapter=api.get_adapter(spec, "name")` the reply comes from that LoRA adapter on
 the shared base model.
 Nothing here imports torch; the model loads in its worker thread on first use.
 """
+
+import asyncio
 
 from django.conf import settings
 
@@ -43,26 +47,49 @@ def get_adapter(spec, name):
     return adapter
 
 
-def expect():
-    """Announce a reply about to start (call before saving the turn); `.done()` if it will not.
+class Reservation:
+    """A reply about to start: made before the caller saves what the reply answers.
 
-    Running replies hold their next step for it (briefly), so it starts at once; the
-    `start` that passes it as `arrival` settles it. See modelhub.arrivals.
+    Running replies hold their next step for it (briefly, see modelhub.arrivals), so it
+    starts at once and replies asked for together start together. `start()` it once, or
+    `release()` it if the reply will not come (the turn was refused); either settles it,
+    and settling twice does nothing.
     """
-    return arrivals.expect()
+
+    def __init__(self):
+        self._arrival = arrivals.expect()
+
+    def start(self, spec, messages, overrides=None, adapter=None):
+        """Queue the reply on the spec's worker (with an Adapter of that spec, or none); its Request.
+
+        Called on an event loop, the Request is read with `async for text in request.chunks()`;
+        anywhere else, with `for text in request`."""
+        try:
+            if adapter is not None and adapter.base_id != spec.pk:
+                raise ModelNotFound(f"adapter {adapter.name!r} belongs to {adapter.base.name!r}, not {spec.name!r}")
+            pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
+            request = Request(list(messages), options_for(spec, overrides), loop=_running_loop(), adapter=pair,
+                              arrival=self._arrival)
+            return registry.worker(spec).submit(request)
+        finally:
+            self.release()
+
+    def release(self):
+        self._arrival.done()
 
 
-def start(spec, messages, overrides=None, loop=None, adapter=None, arrival=None):
-    """Queue a reply on the spec's worker (with an Adapter of that spec, or none) and return its Request.
+def reserve():
+    """Announce a reply before saving what it answers; see Reservation."""
+    return Reservation()
 
-    `arrival` (from `expect()`) is settled however this ends.
-    """
+
+def start(spec, messages, overrides=None, adapter=None):
+    """Queue a reply at once (no turn to save first): `reserve().start(...)`."""
+    return reserve().start(spec, messages, overrides, adapter=adapter)
+
+
+def _running_loop():
     try:
-        if adapter is not None and adapter.base_id != spec.pk:
-            raise ModelNotFound(f"adapter {adapter.name!r} belongs to {adapter.base.name!r}, not {spec.name!r}")
-        pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
-        request = Request(list(messages), options_for(spec, overrides), loop=loop, adapter=pair, arrival=arrival)
-        return registry.worker(spec).submit(request)
-    finally:
-        if arrival is not None:
-            arrival.done()
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread or a command: the request is read by plain iteration
+        return None

@@ -166,7 +166,7 @@ async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first
 
     spec = await ModelSpec.objects.acreate(name="failing", backend="scripted", source="-")
     registry.install("failing", ScriptedBackend(chunks=["kept ", "too ", RuntimeError("boom")]))
-    request = api.start(spec, HELLO, loop=asyncio.get_running_loop())
+    request = api.start(spec, HELLO)
     await asyncio.sleep(0.2)  # let every item arrive, so they are read together
     received = []
     with pytest.raises(ModelhubError, match="boom"):
@@ -185,13 +185,10 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_load_error(tiny_spec, settings
 
 
 async def test_a_minimum_interval_coalesces_chunks_into_fewer_frames(db):
-    import asyncio
-
     spec = await ModelSpec.objects.acreate(name="chatty", backend="scripted", source="-")
     registry.install("chatty", ScriptedBackend(chunks=[f"t{i} " for i in range(20)], delay=0.01))
-    loop = asyncio.get_running_loop()
-    every = [text async for text in api.start(spec, HELLO, loop=loop).chunks()]
-    coalesced = [text async for text in api.start(spec, HELLO, loop=loop).chunks(min_interval=0.05)]
+    every = [text async for text in api.start(spec, HELLO).chunks()]
+    coalesced = [text async for text in api.start(spec, HELLO).chunks(min_interval=0.05)]
     assert "".join(every) == "".join(coalesced) == "".join(f"t{i} " for i in range(20))
     assert len(every) >= 15 and len(coalesced) <= 8
     assert coalesced[0] == "t0 "  # the first chunk is not held back
@@ -205,3 +202,29 @@ def test_a_registered_scripted_model_echoes_with_the_delay_its_source_sets(db):
     broken = ModelSpec.objects.create(name="broken-echo", backend="scripted", source="echo delay=soon")
     with pytest.raises(ModelLoadError, match="delay must be a number"):
         list(api.start(broken, HELLO))
+
+
+def test_a_reservation_holds_a_place_until_it_starts_or_is_released_once(db):
+    from modelhub.arrivals import arrivals
+    from modelhub.models import Adapter
+
+    spec = ModelSpec.objects.create(name="echoing", backend="scripted", source="-")
+    other = ModelSpec.objects.create(name="other", backend="scripted", source="-")
+    registry.install("echoing", ScriptedBackend(chunks=["ok"]))
+
+    started = api.reserve()
+    assert len(arrivals) == 1  # running replies would hold their next step for it
+    assert "".join(started.start(spec, HELLO)) == "ok"
+    started.release()  # settled already: nothing more happens
+    assert len(arrivals) == 0
+
+    refused = api.reserve()
+    refused.release()
+    refused.release()
+    assert len(arrivals) == 0
+
+    failing = api.reserve()  # a start that raises settles it too
+    foreign = Adapter.objects.create(name="foreign", base=other, path="/adapters/foreign")
+    with pytest.raises(ModelhubError, match="belongs to"):
+        failing.start(spec, HELLO, adapter=foreign)
+    assert len(arrivals) == 0

@@ -1,8 +1,9 @@
 """The app's models, one subject per module, gathered here so Django registers them all and
 `from conversations.models import Conversation` works everywhere.
 
-    chat.py       Conversation, Message, Comparison: a conversation's tree of messages and every
+    chat.py       Conversation, Message: a conversation's tree of messages and every
                   state change of a reply
+    comparison.py Comparison: one question answered by two model choices, and the verdict
     feedback.py   Feedback, FeedbackTag, Preference, and Verdict (the one vote enum): what users
                   say about answers
     privacy.py    PrivacySettings: each user's training-consent default
@@ -14,7 +15,8 @@ never this package.
 """
 
 from conversations.models.arena import Arena, ArenaMatch
-from conversations.models.chat import Comparison, Conversation, Message
+from conversations.models.chat import Conversation, Message
+from conversations.models.comparison import Comparison
 from conversations.models.datasets import DatasetSnapshot
 from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict
 from conversations.models.privacy import PrivacySettings

@@ -273,14 +273,8 @@ class ArenaMatch(models.Model):
         for turn in prompt[1:] if has_system else prompt:
             question = conversation.messages.create(role=turn["role"], content=turn["content"], parent=question,
                                                     status=Message.Status.COMPLETE)
-        answers = [
-            conversation.messages.create(
-                role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent=question,
-                model_name=arena.base.name, adapter_name=adapter.name if adapter else "",
-                generation_options=arena.options,
-            )
-            for adapter in (arena.candidate, arena.opponent)
-        ]
+        answers = [conversation.new_reply(question.pk, arena.base.name, adapter, arena.options)
+                   for adapter in (arena.candidate, arena.opponent)]
         Conversation.objects.filter(pk=conversation.pk).update(leaf=question, updated_at=timezone.now())
         return cls.objects.create(arena=arena, position=position, prompt=prompt, candidate_answer=answers[0],
                                   opponent_answer=answers[1], candidate_left=candidate_left)

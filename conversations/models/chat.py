@@ -18,7 +18,8 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from conversations import tree, writers
-from conversations.models.feedback import Feedback, Preference, Verdict
+from conversations.models.comparison import Comparison
+from conversations.models.feedback import Feedback, Preference
 from conversations.models.privacy import PrivacySettings
 from modelhub.models import Adapter, ModelSpec, pick_default
 
@@ -207,15 +208,14 @@ class Conversation(models.Model):
         Conversation.objects.select_for_update().filter(pk=self.pk).first()
         if self.messages.filter(status=Message.Status.STREAMING).exists():
             return None
-        reply = self.messages.create(
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.STREAMING,
-            parent_id=parent.pk if parent else self.leaf_id,
-            model_name=spec.name,
-            adapter_name=adapter.name if adapter else "",
-            generation_options=options,
+        return self._grow(self.new_reply(parent.pk if parent else self.leaf_id, spec.name, adapter, options))
+
+    def new_reply(self, parent_id, model_name, adapter, options):
+        """The one way a `streaming` assistant row is made (chat, comparison, arena): written by this process."""
+        return self.messages.create(
+            role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent_id=parent_id, model_name=model_name,
+            adapter_name=adapter.name if adapter else "", generation_options=options,
         )
-        return self._grow(reply)
 
     @transaction.atomic
     def start_comparison(self, content, first, second):
@@ -227,13 +227,7 @@ class Conversation(models.Model):
         if self.messages.filter(status=Message.Status.STREAMING).exists():
             return None
         question = self.add_user_message(content)
-        left, right = (
-            self.messages.create(
-                role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent=question, model_name=spec.name,
-                adapter_name=adapter.name if adapter else "", generation_options=options,
-            )
-            for spec, adapter, options in (first, second)
-        )
+        left, right = (self.new_reply(question.pk, spec.name, adapter, options) for spec, adapter, options in (first, second))
         self._grow(left)
         return Comparison.objects.create(conversation=self, question=question, left=left, right=right)
 
@@ -250,8 +244,7 @@ class Conversation(models.Model):
 
     def add_failed_reply(self, error):
         """An assistant row that says why no reply could be generated (no usable model, say)."""
-        reply = self.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent=self.leaf)
-        self._grow(reply)
+        reply = self._grow(self.new_reply(self.leaf_id, "", None, {}))
         reply.finish(Message.Status.ERROR, "", error=error)
         return reply
 
@@ -395,28 +388,3 @@ class Message(models.Model):
                 Conversation.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
         self.refresh_from_db()
         return bool(updated)
-
-
-class Comparison(models.Model):
-    """Two answers to one question from two model choices, and which one the user preferred."""
-
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="comparisons")
-    question = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="+")
-    left = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_left")
-    right = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="comparison_as_right")
-    choice = models.CharField(max_length=10, blank=True, choices=Verdict.choices_of(
-        Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD))
-    created_at = models.DateTimeField(default=timezone.now)
-    decided_at = models.DateTimeField(null=True, blank=True)
-
-    @transaction.atomic
-    def decide(self, choice):
-        """Store the user's verdict (and the `Preference` it expresses); the preferred answer
-        (left on a tie or both bad) continues the branch."""
-        if choice not in Verdict.votes():
-            raise ValueError(f"unknown choice {choice!r}")
-        self.choice, self.decided_at = choice, timezone.now()
-        self.save(update_fields=["choice", "decided_at"])
-        Preference.record(Preference.Source.COMPARISON, self.left, self.right, choice, self.conversation.owner_id,
-                          comparison=self)
-        self.conversation.switch_to(self.right if choice == Verdict.RIGHT else self.left)

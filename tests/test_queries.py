@@ -21,7 +21,7 @@ def spec(db):
 
 def grow(conversation, spec, turns):
     """`turns` question/answer pairs on the active branch, every other answer rated (the first one
-    too), the second one regenerated."""
+    too), the second one regenerated, and last a question answered side by side."""
     for i in range(turns):
         conversation.add_user_message(f"question {i}")
         reply = conversation.start_reply(spec, {})
@@ -31,6 +31,9 @@ def grow(conversation, spec, turns):
         if i == 1:  # a second version of this answer: the page shows ‹ 2/2 ›
             again = conversation.start_reply(spec, {}, parent=reply.parent)
             again.finish(Message.Status.COMPLETE, f"answer {i}, again")
+    comparison = conversation.start_comparison("which is better?", (spec, None, {}), (spec, None, {}))
+    for answer in (comparison.left, comparison.right):  # the last turn: two answers side by side
+        answer.finish(Message.Status.COMPLETE, "one of two")
     return conversation
 
 
@@ -46,9 +49,11 @@ def test_a_conversation_page_costs_the_same_queries_at_4_and_500_messages(owner_
     assert large.messages.count() >= 500
 
     few, many = queries(owner_client, small.get_absolute_url()), queries(owner_client, large.get_absolute_url())
+    page = owner_client.get(large.get_absolute_url()).content.decode()
+    assert page.count('data-raw="one of two"') == 2 and "answer 249" in page and "2/2" in page  # all of it is shown
     assert few == many
-    assert many <= 11  # session, user; the conversation, its messages, comparisons, feedback, their tags,
-    # preferences; the model menu (models, adapters); the sidebar
+    assert many <= 10  # session, user; the conversation, its messages (with their comparisons), feedback,
+    # their tags, preferences; the model menu (models, adapters); the sidebar
 
 
 def test_the_sidebar_costs_the_same_queries_for_2_and_60_conversations(owner_client, owner, spec):

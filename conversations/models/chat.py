@@ -124,15 +124,19 @@ class Conversation(models.Model):
 
         An answer that is half of a side-by-side comparison carries `comparison`, whose
         other answer is shown beside it. Every answer shown carries the owner's feedback
-        (`owner_feedback`, `preferred_by_owner`). Five queries, however long the path: the
-        messages, the comparisons, the feedback, its tags (only if there is feedback) and the
-        sibling preferences.
+        (`owner_feedback`, `preferred_by_owner`). Four queries, however long the path: the
+        messages with their comparisons, the feedback, its tags (only if there is feedback) and
+        the sibling preferences.
         """
-        messages = list(self.messages.all())
+        messages = list(self.messages.select_related("comparison_as_left"))
+        by_id = {message.pk: message for message in messages}
         path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
         comparisons = {}
-        for comparison in self.comparisons.select_related("left", "right"):
-            comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
+        for message in messages:
+            comparison = getattr(message, "comparison_as_left", None)  # None: not the left answer of one
+            if comparison is not None:
+                comparison.left, comparison.right = message, by_id[comparison.right_id]
+                comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
         shown = path + [answer for c in set(comparisons.values()) for answer in (c.left, c.right)]
         feedback = {f.message_id: f for f in Feedback.objects.filter(user_id=self.owner_id, message__in=shown)
                     .prefetch_related("tags")}

@@ -209,10 +209,17 @@ class Conversation(models.Model):
         answer as a sibling). Refuses (returns None) while another reply of this
         conversation streams: one reply at a time keeps the history well defined.
         """
-        Conversation.objects.select_for_update().filter(pk=self.pk).first()
-        if self.messages.filter(status=Message.Status.STREAMING).exists():
+        if not self._lock_if_idle():
             return None
         return self._grow(self.new_reply(parent.pk if parent else self.leaf_id, spec.name, adapter, options))
+
+    def _lock_if_idle(self):
+        """Lock this conversation's row (until the transaction ends); False while one of its replies streams.
+
+        turns.prepare takes the same lock first; these methods check again for callers that come
+        without a turn (tests, commands)."""
+        Conversation.objects.select_for_update().filter(pk=self.pk).first()
+        return not self.messages.filter(status=Message.Status.STREAMING).exists()
 
     def new_reply(self, parent_id, model_name, adapter, options):
         """The one way a `streaming` assistant row is made (chat, comparison, arena): written by this process."""
@@ -227,8 +234,7 @@ class Conversation(models.Model):
 
         Returns the Comparison, or None while another reply streams.
         """
-        Conversation.objects.select_for_update().filter(pk=self.pk).first()
-        if self.messages.filter(status=Message.Status.STREAMING).exists():
+        if not self._lock_if_idle():
             return None
         question = self.add_user_message(content)
         left, right = (self.new_reply(question.pk, spec.name, adapter, options) for spec, adapter, options in (first, second))
@@ -238,8 +244,7 @@ class Conversation(models.Model):
     @transaction.atomic
     def resume_reply(self, reply, spec, options):
         """Continue an answer that hit the token limit: the same row streams again."""
-        Conversation.objects.select_for_update().filter(pk=self.pk).first()
-        if self.messages.filter(status=Message.Status.STREAMING).exists():
+        if not self._lock_if_idle():
             return None
         reply.status, reply.finish_reason, reply.generation_options = Message.Status.STREAMING, "", options
         reply.writer, reply.heartbeat_at = writers.identity(), timezone.now()

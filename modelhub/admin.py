@@ -63,6 +63,9 @@ def describe_runtime(name):
         return f"loading ({info['loading_for_seconds']:.0f}s so far{progress})"
     if info["state"] != "ready":
         return info["state"]
+    if "server" in info:
+        return (f"served by {info['server']} as {info['served_model']}; {info['running']} replying "
+                f"(at most {info['peak_batch']} at once so far), last used {time.time() - info['last_used_at']:.0f}s ago")
     memory = info.get("memory_bytes")
     parts = [info.get("device"), info.get("dtype"), info.get("quantization")]
     text = "loaded on " + ", ".join(str(p) for p in parts if p)
@@ -88,7 +91,15 @@ class ModelSpecAdmin(admin.ModelAdmin):
     actions = ["load_models", "unload_models", "reload_models"]
     fieldsets = [
         (None, {"fields": ["name", "display_name", "backend", "source", "revision", "runtime", "try_it"]}),
-        ("Loading", {"fields": ["dtype", "device", "quantization", "double_quant", "compute_dtype", "context_length"]}),
+        ("Loading", {"fields": ["dtype", "device", "quantization", "double_quant", "compute_dtype", "context_length",
+                                "load_at_start"]}),
+        ("OpenAI-compatible server", {
+            "fields": ["server_url", "served_model_name", "api_key_env", "connect_timeout", "read_timeout",
+                       "base_model_alias", "load_adapters_at_runtime"],
+            "description": "For the backend \"OpenAI-compatible server\": chatsite sends each reply to this server "
+                           "(vLLM, SGLang, TGI, llama.cpp) and keeps everything else. Adapters are served names "
+                           "(vLLM: --lora-modules NAME=FOLDER).",
+        }),
         ("Chat", {"fields": ["system_prompt", "chat_template"]}),
         ("Generation defaults", {"fields": ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"]}),
         ("Access", {"fields": ["enabled", "is_default", "visibility"]}),
@@ -190,7 +201,24 @@ class AdapterAdmin(admin.ModelAdmin):
     def promote(self, request, queryset):
         for adapter in queryset:
             adapter.promote()
+            self._load_on_server(request, adapter)
         self.message_user(request, f"Promoted: {', '.join(a.name for a in queryset)}.")
+
+    def save_model(self, request, adapter, form, change):
+        super().save_model(request, adapter, form, change)
+        if adapter.enabled:
+            self._load_on_server(request, adapter)
+
+    def _load_on_server(self, request, adapter):
+        """An adapter of a remote model whose server loads adapters at run time is loaded there now."""
+        try:
+            said = adapter.load_on_server()
+        except ModelhubError as exc:
+            self.message_user(request, f"{adapter.name} is saved but its server did not load it: {exc.message}",
+                              messages.WARNING)
+            return
+        if said:
+            self.message_user(request, f"{adapter.base.server_url} loaded {adapter.name}: {said}")
 
 
 # --- fine-tuning ----------------------------------------------------------------

@@ -44,6 +44,7 @@ class Request:
         self.usage = None
         self.error = None
         self._cancel = threading.Event()
+        self._on_cancel = None  # a remote request closes its stream (remote.py)
         self._taken = False  # by the worker (to serve or fail it) or by cancel() (to end it unserved)
         self._take_lock = threading.Lock()
         self._loop = loop
@@ -61,8 +62,16 @@ class Request:
     def cancel(self):
         """Stop this reply: one still queued ends here and now, one being written at its next step."""
         self._cancel.set()
+        if self._on_cancel is not None:
+            self._on_cancel()
         if self._take():  # no worker has it: nobody else will ever end it
             self.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - self.started))
+
+    def on_cancel(self, callback):
+        """Have `cancel()` call `callback` (in the cancelling thread); at once if it was already cancelled."""
+        self._on_cancel = callback
+        if self._cancel.is_set():
+            callback()
 
     def _take(self):
         """True for the one caller (worker or cancel) that takes this request; it alone ends it."""

@@ -6,12 +6,16 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
 from modelhub.backends import scripted_delay
 from modelhub.options import GenerationOptions, ModelhubError
-from modelhub.validators import OptionValidator, adapter_config_problem, validate_chat_template, validate_device
+from modelhub.validators import (
+    OptionValidator, adapter_config_problem, validate_chat_template, validate_device, validate_env_name,
+    validate_server_url,
+)
 
 DEFAULTS = GenerationOptions()
 
@@ -43,6 +47,7 @@ class ModelSpec(models.Model):
     class Backend(models.TextChoices):
         TRANSFORMERS = "transformers", "Hugging Face transformers"
         SCRIPTED = "scripted", "Scripted replies (tests and demos)"
+        REMOTE = "openai", "OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp)"
 
     class DType(models.TextChoices):
         AUTO = "auto"
@@ -64,8 +69,9 @@ class ModelSpec(models.Model):
     display_name = models.CharField(max_length=200, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.TRANSFORMERS)
     source = models.CharField(
-        max_length=500,
-        help_text="A local folder (absolute, or relative to the project) or a Hugging Face Hub repo id.",
+        max_length=500, blank=True,
+        help_text="A local folder (absolute, or relative to the project) or a Hugging Face Hub repo id. For a "
+                  "remote server: the same weights (fine-tunes train on them); empty if you will not fine-tune.",
     )
     revision = models.CharField(max_length=100, blank=True, help_text="Hub branch, tag or commit.")
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.AUTO)
@@ -84,6 +90,31 @@ class ModelSpec(models.Model):
         blank=True, validators=[validate_chat_template], help_text="Jinja chat template overriding the tokenizer's."
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
+    load_at_start = models.BooleanField(
+        default=False, help_text="Load it in the background when a server or model worker starts (the default "
+                                 "model always is), so that the first reply does not wait for the load.")
+    # An OpenAI-compatible server (backend "openai"): the server generates, chatsite keeps the rest.
+    server_url = models.URLField(
+        max_length=500, blank=True, validators=[validate_server_url],
+        help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).")
+    served_model_name = models.CharField(
+        max_length=200, blank=True, help_text="The model name the server serves (empty: this model's name).")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, validators=[validate_env_name],
+        help_text="The environment variable holding its API key (the key itself is never stored here).")
+    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(600)],
+                                        help_text="Seconds to wait for a connection to the server.")
+    read_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+                                     help_text="Seconds the server may stay silent before the reply fails.")
+    base_model_alias = models.CharField(
+        max_length=200, blank=True,
+        help_text="Served name to use for base-model requests instead (e.g. an all-zero LoRA adapter). On vLLM's "
+                  "CPU build, base requests batched with adapter requests get an adapter applied; `manage.py "
+                  "modelhub zero-adapter` writes such an adapter and `modelhub test --mixed` checks.")
+    load_adapters_at_runtime = models.BooleanField(
+        default=False, help_text="Load an adapter on the server when it is enabled here (vLLM with "
+                                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1); otherwise start the server with "
+                                 "--lora-modules NAME=FOLDER for each adapter.")
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens of prompt + reply; empty reads it from the model config."
     )
@@ -118,6 +149,11 @@ class ModelSpec(models.Model):
             errors["double_quant"] = "Double quantization applies to 4-bit models only."
         if self.quantization != self.Quantization.NONE and self.device == "mps":
             errors["quantization"] = "bitsandbytes quantization runs on CPU and CUDA devices, not on mps."
+        if self.backend == self.Backend.REMOTE:
+            if not self.server_url:
+                errors["server_url"] = "A remote model needs its server's URL."
+        elif not self.source:
+            errors["source"] = "This field is required."
         if self.backend == self.Backend.SCRIPTED:
             try:
                 scripted_delay(self.source)
@@ -141,15 +177,34 @@ class ModelSpec(models.Model):
         return path if path.is_dir() else None
 
     def check_source(self):
-        """Raise ValidationError unless the source is a loadable causal LM with a chat template."""
+        """Raise ValidationError unless the model can serve: a loadable causal LM with a chat template, or
+        a remote server that answers and serves it. Returns a one-line description of what was found."""
         from modelhub.loading import inspect_source
 
-        if self.backend != self.Backend.TRANSFORMERS:
+        if self.backend == self.Backend.SCRIPTED:
             return ""
+        remote = self.backend == self.Backend.REMOTE
         try:
-            return inspect_source(self.load_settings())
+            return self.check_server() if remote else inspect_source(self.load_settings())
         except ModelhubError as exc:
-            raise ValidationError({"source": exc.message}) from exc
+            raise ValidationError({"server_url" if remote else "source": exc.message}) from exc
+
+    def check_server(self):
+        """A one-line description of the remote server; raises ModelhubError in one sentence if it does
+        not answer, is not an OpenAI API, or does not serve this model."""
+        from modelhub.remote import check_server
+
+        return check_server(self.remote_settings())
+
+    def remote_settings(self):
+        """The remote server's address, names and timeouts as plain values."""
+        from modelhub.remote import RemoteSettings
+
+        return RemoteSettings(
+            url=self.server_url, model=self.served_model_name or self.name, api_key_env=self.api_key_env,
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            base_alias=self.base_model_alias,
+        )
 
     def load_settings(self):
         """Everything the loader needs, as plain values (the worker thread never touches the ORM)."""
@@ -223,10 +278,23 @@ class Adapter(models.Model):
         problem = self.config_problem()
         if problem:
             raise ValidationError({"path": problem})
+        if self.base.backend == ModelSpec.Backend.REMOTE and not self.base.source:
+            return  # no local weights to check against: the server checks when it loads the adapter
         try:
             check_adapter(self.base.load_settings(), self.local_path)
         except ModelhubError as exc:
             raise ValidationError({"path": exc.message}) from exc
+
+    def load_on_server(self):
+        """Load this adapter on its remote base's server when that server loads adapters at run time
+        (vLLM's POST /v1/load_lora_adapter); what the server said, or "" when there is nothing to do.
+        The folder must be readable by the server under the same path."""
+        base = self.base
+        if base.backend != ModelSpec.Backend.REMOTE or not base.load_adapters_at_runtime:
+            return ""
+        from modelhub.remote import load_adapter
+
+        return load_adapter(base.remote_settings(), self.name, self.local_path)
 
     def promote(self):
         """Serve this adapter: a fine-tuned adapter is registered disabled until someone promotes it."""

@@ -23,6 +23,7 @@ from django.conf import settings
 from modelhub.backends import ScriptedBackend, TransformersBackend
 from modelhub.engine import Worker
 from modelhub.generation import warm_up
+from modelhub.remote import RemoteWorker
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,15 @@ class Registry:
         """The worker serving this spec, started (and its model loading) if needed."""
         with self._lock:
             worker = self._workers.get(spec.name)
-            if worker is not None and worker.state not in ("failed", "closed"):
+            if worker is not None and worker.state not in ("failed", "closed") and _still_fits(worker, spec):
                 return worker
-            evicted = []
-            while len(self._workers) >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
-                evicted.append(victim)
-            worker = _worker(spec.name, _loader(spec), on_ready=self._after_load)
+            evicted = [worker] if worker is not None and worker.state not in ("failed", "closed") else []  # outdated
+            if spec.backend == spec.Backend.REMOTE:  # nothing to load, no memory to budget
+                worker = RemoteWorker(spec.name, spec.remote_settings())
+            else:
+                while self._local_count() >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
+                    evicted.append(victim)
+                worker = _worker(spec.name, _loader(spec), on_ready=self._after_load)
             self._workers[spec.name] = worker
             self.load_counts[spec.name] += 1
             self._start_reaper()
@@ -88,9 +92,13 @@ class Registry:
 
     # --- memory budget ---------------------------------------------------------
 
+    def _local_count(self):
+        return sum(not isinstance(w, RemoteWorker) for w in self._workers.values())
+
     def _pop_lru_idle(self, exclude=None):
-        """Remove and return the least recently used idle worker, or None (lock held)."""
-        idle = [w for name, w in self._workers.items() if name != exclude and w.idle]
+        """Remove and return the least recently used idle local worker, or None (lock held)."""
+        idle = [w for name, w in self._workers.items()
+                if name != exclude and w.idle and not isinstance(w, RemoteWorker)]
         if not idle:
             return None
         victim = min(idle, key=lambda w: w.last_used)
@@ -140,6 +148,14 @@ class Registry:
                 self.unload_disabled()
             except Exception:  # the reaper must outlive a database hiccup
                 log.exception("modelhub reaper cycle failed")
+
+
+def _still_fits(worker, spec):
+    """A remote model's worker follows its spec: an admin who changed the URL gets a new one."""
+    is_remote = spec.backend == spec.Backend.REMOTE
+    if isinstance(worker, RemoteWorker) != is_remote:
+        return False
+    return not is_remote or worker.settings == spec.remote_settings()
 
 
 def _worker(name, load, on_ready=None):

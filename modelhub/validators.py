@@ -78,3 +78,20 @@ def adapter_config_problem(folder):
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         return f"{path}: r (the LoRA rank) must be a whole number above 0"
     return ""
+
+
+validate_env_name = RegexValidator(
+    r"\A[A-Za-z_][A-Za-z0-9_]*\Z", "The name of an environment variable: letters, digits and _, not starting with a digit."
+)
+
+
+def validate_server_url(url):
+    """An OpenAI API root over http(s), without credentials or a query (the key goes in api_key_env)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Use an http:// or https:// URL, e.g. http://gpu-box:8000/v1.")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValidationError("Give the API root alone: no user:password@, ?query or #fragment (keys go in the "
+                              "API key variable).")

@@ -27,6 +27,7 @@ def add_form(source, **extra):
         "dtype": "float32", "device": "cpu", "quantization": "none", "compute_dtype": "auto", "chat_template": "",
         "visibility": "all", "context_length": "", "system_prompt": "", "temperature": "0.7", "top_p": "0.95",
         "top_k": "50", "max_new_tokens": "64", "repetition_penalty": "1.0", "enabled": "on",
+        "connect_timeout": "5", "read_timeout": "60",
     }
     data.update(extra)
     return data

@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test browser bench bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz clean
+.PHONY: install run test test-vllm browser bench bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -22,7 +22,12 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 test: install browser
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not vllm" $(PYTEST_ARGS)
+
+# chatsite in front of a real vLLM (CPU build, its own cached venv: tests/vllm_env.sh, 3.4 GB).
+test-vllm: install
+	bash tests/vllm_env.sh
+	$(PY) -m pytest tests -m vllm $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not used);
 # the live tests of the deployed setup start redis-servers of their own.
@@ -30,7 +35,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-bench: bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz
+bench: bench-stream bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -41,6 +46,9 @@ bench-serve: install
 
 bench-finetune: install
 	$(PY) bench/finetune.py
+
+bench-first-reply: install
+	$(PY) bench/first_reply.py
 
 # Live servers on SQLite (one daphne) and on PostgreSQL + Redis (two daphnes): both must be running
 # at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379; BENCH_ARGS="--backend sqlite" skips them.

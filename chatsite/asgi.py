@@ -6,13 +6,19 @@ Served by daphne (`make run`). Around the routing:
   renews this process's own and ends orphans every CHAT_HEARTBEAT_SECONDS (daphne has no
   lifespan events, hence the per-request check, which costs nothing after the first);
 - websockets must come from this site's own origin (origins.py);
+- once daphne runs, the default model (and those marked "load at start") starts loading in
+  the background (`modelhub.api.preload`, MODELHUB_PRELOAD), so the first reply does not
+  wait for the load; the database query runs in a thread of its own, never on the event
+  loop, and a database that is away or not migrated yet only means models load on first use;
 - on SIGTERM daphne stops its Twisted reactor; before it does, every reply this process
   is writing is stopped and saved with its text (within CHAT_SHUTDOWN_SECONDS).
 """
 
 import asyncio
+import logging
 import os
 import sys
+import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -23,11 +29,16 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the apps loa
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.db import DatabaseError, connection  # noqa: E402
 
 from chatsite.origins import SameOriginValidator  # noqa: E402
 from conversations import replies  # noqa: E402
+from conversations.durable import first_line  # noqa: E402
 from conversations.heartbeat import Heartbeat  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
+from modelhub import api  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 class KeepHeartbeat:
@@ -50,10 +61,32 @@ def _save_replies_before_shutdown():
     return defer.Deferred.fromFuture(asyncio.ensure_future(replies.shut_down(settings.CHAT_SHUTDOWN_SECONDS)))
 
 
+def _preload_models():
+    """The server runs: start loading the models its first replies should not wait for, off the event loop."""
+    if settings.MODELHUB_WORKERS:  # model worker processes write the replies (and preload): none loads here
+        return
+    threading.Thread(target=_preload, name="modelhub-preload", daemon=True).start()
+
+
+def _preload():
+    """`api.preload()` in its own thread; a database that fails (away, not migrated yet) is logged, not raised."""
+    try:
+        names = api.preload()
+    except DatabaseError as exc:
+        log.warning("no model is loaded at start, each loads on its first use: the database failed (%s)",
+                    first_line(exc))
+        return
+    finally:
+        connection.close()  # this thread's own connection: nothing else would close it
+    if names:
+        log.info("loading at start: %s", ", ".join(names))
+
+
 if "daphne.server" in sys.modules:  # daphne's reactor is installed (and runs when daphne serves)
     from twisted.internet import reactor  # noqa: E402
 
     reactor.addSystemEventTrigger("before", "shutdown", _save_replies_before_shutdown)
+    reactor.callWhenRunning(_preload_models)  # only when it serves: not in a command or a test that imports this
 
 
 heartbeat = Heartbeat(on_recovered=replies.after_recovery)

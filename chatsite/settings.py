@@ -193,6 +193,9 @@ MODELHUB_TORCH_THREADS = env_int("MODELHUB_TORCH_THREADS", 0, minimum=0)
 # (0: no limit); past either, the least recently used idle model is unloaded.
 MODELHUB_MAX_LOADED_MODELS = env_int("MODELHUB_MAX_LOADED_MODELS", 2, minimum=1)
 MODELHUB_MAX_MEMORY_GB = env_float("MODELHUB_MAX_MEMORY_GB", 0.0, minimum=0)
+# Load the default model (and those marked "load at start") in the background when the server
+# starts (chatsite/asgi.py), so the first reply does not wait for the load; off: on first use.
+MODELHUB_PRELOAD = env_bool("MODELHUB_PRELOAD", True)
 # Unload a model that served nothing for this many seconds (0: never).
 MODELHUB_IDLE_UNLOAD_SECONDS = env_float("MODELHUB_IDLE_UNLOAD_SECONDS", 3600.0, minimum=0)
 MODELHUB_BUILTIN_DIR = BASE_DIR / "modelhub" / "builtin"
@@ -209,3 +212,10 @@ MODELHUB_KV_CACHE_MB = env_float("MODELHUB_KV_CACHE_MB", 512.0, minimum=0)
 # step for its request, and prompts already queued wait as long to be prefilled with it:
 # it starts at once, and turns sent together start together; 0: off.
 MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.1, minimum=0)
+# Model worker processes (`manage.py modelhub_worker`): with MODELHUB_WORKERS on, web processes
+# load no model and hand every chat reply to a worker over the channel layer (Redis); a reply
+# no worker takes within MODELHUB_WORKER_TIMEOUT_SECONDS fails with a message saying so.
+MODELHUB_WORKERS = env_bool("MODELHUB_WORKERS", False)
+MODELHUB_WORKER_TIMEOUT_SECONDS = env_float("MODELHUB_WORKER_TIMEOUT_SECONDS", 10.0, minimum=0.5)
+if MODELHUB_WORKERS and not REDIS_URL:
+    raise ImproperlyConfigured("MODELHUB_WORKERS needs REDIS_URL: web and worker processes talk over Redis")

@@ -18,6 +18,8 @@ Server frames (JSON):
     {"type": "message", "message_id", "status", "html"[, "offset"]}  a message, rendered (with
                                            `offset`: a reply being written, as far as it goes)
     {"type": "chunk", "message_id", "offset", "text"}  text to append at `offset` (UTF-16 units)
+    {"type": "status", "message_id", "text"}           what a reply waits for before its first chunk
+                                           ("loading chitchat… 3 s, loading weights"), every 0.5 s
     {"type": "done", "message_id", "status", "html"}   the reply's final rendering
     {"type": "title", "title"}                         the conversation's (new) title
     {"type": "path", "html"}                           the whole active branch, after a branch change

@@ -60,6 +60,17 @@ def snapshot_frame(message, text):
     return {**message_frame(message, text), "offset": utf16_length(text)}
 
 
+def status_frame(message_id, text):
+    """What a reply waits for before its first chunk, for its page to show in place of "writing…";
+    the first chunk (or the final message) ends it. Sent again every so often while the wait lasts."""
+    return {"type": "status", "message_id": message_id, "text": text}
+
+
+def loading_text(model_name, seconds, progress=""):
+    """A reply's status while its model loads: "loading chitchat… 3 s, loading weights"."""
+    return f"loading {model_name}… {seconds:.0f} s" + (f", {progress}" if progress else "")
+
+
 def path_frame(conversation):
     """The whole active branch, rendered, for watchers to redraw after a branch change or a lost socket."""
     conversation.refresh_from_db(fields=["leaf"])

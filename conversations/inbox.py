@@ -74,10 +74,14 @@ class Inbox:
 
     def _deliver(self, message):
         kind = message.get("type")
-        if kind == "reply.stop":
+        if kind in ("reply.stop", "reply.taken"):
             task = self.replies.get(message.get("message_id"))
-            if task is not None:
+            if task is None:
+                return
+            if kind == "reply.stop":
                 task.stop("stopped")
+            elif hasattr(task, "taken"):  # a reply handed to a model worker, which took it (handoff.py)
+                task.taken()
             return
         if kind not in ("reply.sync", "reply.watching"):
             return

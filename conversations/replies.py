@@ -27,8 +27,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import durable, writers
-from conversations.frames import (ChatError, SessionEnded, message_frame, publish, send_to, snapshot_frame,
-                                  tell_watchers, tell_writers, utf16_length)
+from conversations.frames import (ChatError, SessionEnded, loading_text, message_frame, publish, send_to,
+                                  snapshot_frame, status_frame, tell_watchers, tell_writers, utf16_length)
+from conversations.handoff import HandedOver
 from conversations.inbox import Inbox
 from conversations.models import Arena, Conversation, Message
 from conversations.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
@@ -43,6 +44,7 @@ inbox = Inbox(_replies)  # where stop, sync and roll-call answers for these repl
 
 SHUTDOWN = "The server stopped while this reply was written; this is the text it had."
 ROLL_CALL_SECONDS = 1.0  # how long a reply without local watchers waits for pages in other processes to answer
+LOADING_STATUS_SECONDS = 0.5  # how often a reply waiting for its model's load tells its pages how far it got
 
 
 async def begin(user, conversation_id, turn, guard=None):
@@ -68,7 +70,7 @@ async def begin(user, conversation_id, turn, guard=None):
             else:
                 raise ChatError("database_unavailable", "The database is not answering, so your message was not "
                                                         "saved. It is back in the box: try again in a moment.")
-        tasks = [_start_task(plan, reservations.pop()) for plan in plans]
+        tasks = [_start(plan, reservations) for plan in plans]
         try:
             for frame in frames:
                 await publish(conversation_id, frame)
@@ -81,12 +83,32 @@ async def begin(user, conversation_id, turn, guard=None):
             reservation.release()
 
 
-def _start_task(plan, reservation):
+def _start(plan, reservations):
+    if settings.MODELHUB_WORKERS:  # a model worker process writes it (handoff.py)
+        return _hand_over(plan)
+    return start_task(plan, reservations.pop())
+
+
+def start_task(plan, reservation):
+    """Write this reply here: its task, in `_replies` and `writers.writing` until it ends."""
     task = ReplyTask(plan.reply, plan.spec, plan.adapter, plan.history, reservation)
     _replies[plan.reply.pk] = task
     writers.writing.add(plan.reply.pk)
     task.task = asyncio.create_task(task.run(), name=f"reply-{plan.reply.pk}")
     return task
+
+
+def _hand_over(plan):
+    handed = HandedOver(plan.reply, inbox, forget=_forget)
+    _replies[plan.reply.pk] = handed
+    writers.writing.add(plan.reply.pk)
+    handed.task = asyncio.create_task(handed.run(), name=f"handoff-{plan.reply.pk}")
+    return handed
+
+
+def _forget(task):
+    _replies.pop(task.reply.pk, None)
+    writers.writing.discard(task.reply.pk)
 
 
 def _streaming_ids(user, conversation_id, guard):
@@ -175,6 +197,11 @@ class ReplyTask:
         self.announced = asyncio.Event()  # set once watchers have the reply's message: frames may follow
         self.watched_at = time.monotonic()  # when a page last said it watches (roll call, sync)
         self.flush_failing = False
+        # Roll calls left unanswered before it is interrupted: one after a web process's last page left (the
+        # grace already passed); a model worker, which calls the roll all along, waits for a second one so that
+        # a page reconnecting at that moment does not cost the reply.
+        self.roll_calls_to_miss = 1
+        self.missed_roll_calls = 0
 
     @property
     def conversation_id(self):
@@ -212,8 +239,7 @@ class ReplyTask:
                 self.request.cancel()
             await self._finish(Message.Status.ERROR, error=f"The server failed while writing this reply ({exc}).")
         finally:
-            _replies.pop(self.reply.pk, None)
-            writers.writing.discard(self.reply.pk)
+            _forget(self)
             self.reservation.release()  # cancelled before it reached modelhub (else this does nothing)
             asyncio.ensure_future(inbox.leave(self.conversation_id))
 
@@ -225,7 +251,7 @@ class ReplyTask:
                 self.request.cancel()
             await self.announced.wait()
             last_flush = time.monotonic()
-            async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
+            async for text in self._chunks():
                 text = _clean(text)
                 offset = utf16_length(self.text)
                 self.text += text
@@ -283,6 +309,31 @@ class ReplyTask:
                 return
             await asyncio.sleep(pause)
 
+    # --- waiting for the model ------------------------------------------------------
+
+    async def _chunks(self):
+        """The request's text as it comes; until the first chunk, the pages hear what the reply waits for."""
+        first = asyncio.Event()
+        telling = asyncio.create_task(self._tell_loading(first), name=f"reply-{self.reply.pk}-loading")
+        try:
+            async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
+                first.set()
+                yield text
+        finally:
+            first.set()
+            await telling  # at once, or after the publish in flight: no status frame follows the reply's end
+
+    async def _tell_loading(self, first):
+        """While the model loads, a `status` frame every LOADING_STATUS_SECONDS (a page that connects meanwhile
+        gets one too) with the load's progress, until the first chunk; never cancelled mid-publish."""
+        while not first.is_set() and (loading := api.loading(self.spec)) is not None:
+            text = loading_text(self.spec, *loading)
+            await publish(self.conversation_id, status_frame(self.reply.pk, text))
+            try:
+                await asyncio.wait_for(first.wait(), LOADING_STATUS_SECONDS)
+            except TimeoutError:
+                pass
+
     # --- is anybody watching? ------------------------------------------------------
 
     def check_watchers_later(self):
@@ -304,10 +355,15 @@ class ReplyTask:
         await asyncio.sleep(ROLL_CALL_SECONDS)
         if _watchers[self.conversation_id] > 0:
             return
-        if self.watched_at < asked:
+        if self.watched_at >= asked:
+            self.missed_roll_calls = 0
+            self.check_watchers_later()  # watched elsewhere: ask again once that page may have left
+            return
+        self.missed_roll_calls += 1
+        if self.missed_roll_calls >= self.roll_calls_to_miss:
             self.stop("interrupted")
         else:
-            self.check_watchers_later()  # watched elsewhere: ask again once that page may have left
+            self.check_watchers_later()
 
 
 async def after_recovery(messages):

@@ -11,18 +11,22 @@ first (a chat turn) reserves the reply before saving, so running replies make ro
 `reservation = api.reserve()`, then `reservation.start(...)` or `reservation.release()`.
 With `adapter=api.get_adapter(spec, "name")` the reply comes from that LoRA adapter on
 the shared base model.
-Nothing here imports torch; the model loads in its worker thread on first use.
+Nothing here imports torch; the model loads in its worker thread on first use, or when a
+server starts (`preload`: the default model and those marked `load_at_start`).
 """
 
 import asyncio
+import logging
 
 from django.conf import settings
 
 from modelhub.arrivals import arrivals
 from modelhub.engine import Request
-from modelhub.models import Adapter, ModelSpec
+from modelhub.models import Adapter, ModelSpec, pick_default
 from modelhub.options import ModelNotFound
 from modelhub.registry import registry
+
+log = logging.getLogger(__name__)
 
 
 def get_spec(name=None):
@@ -37,6 +41,40 @@ def get_spec(name=None):
 def options_for(spec, overrides=None):
     """The spec's defaults with the caller's overrides, validated."""
     return spec.default_options().merged(overrides or {}).validated(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
+
+
+def preload():
+    """Start loading the default model and the enabled models marked `load_at_start`; their names.
+
+    For a server (or a model worker) that starts: its first reply then need not wait for
+    the load. Each model loads in its worker's thread (this returns at once, and never
+    imports torch); one loaded or loading already is not loaded again. At most
+    MODELHUB_MAX_LOADED_MODELS local models are asked for (the default first): loading
+    more would only unload them again. Nothing when MODELHUB_PRELOAD is off. Reads the
+    database: a database that is away or not migrated raises its DatabaseError.
+    """
+    if not settings.MODELHUB_PRELOAD:
+        return []
+    specs = list(ModelSpec.objects.enabled())
+    default = pick_default(specs)
+    wanted = [default] if default is not None else []
+    wanted += [spec for spec in specs if spec.load_at_start and spec != default]
+    names, local = [], 0
+    for spec in wanted:
+        if spec.backend != spec.Backend.REMOTE:
+            if local == settings.MODELHUB_MAX_LOADED_MODELS:
+                log.warning("not loading %s at start: MODELHUB_MAX_LOADED_MODELS=%d models are already loading",
+                            spec.name, local)
+                continue
+            local += 1
+        registry.worker(spec)
+        names.append(spec.name)
+    return names
+
+
+def loading(spec):
+    """While the spec's model loads: (seconds so far, its progress text, e.g. "loading weights"); else None."""
+    return registry.loading(spec.name)
 
 
 def get_adapter(spec, name):

@@ -94,7 +94,7 @@ class ModelSpec(models.Model):
         default=False, help_text="Load it in the background when a server or model worker starts (the default "
                                  "model always is), so that the first reply does not wait for the load.")
     # An OpenAI-compatible server (backend "openai"): the server generates, chatsite keeps the rest.
-    server_url = models.URLField(
+    server_url = models.CharField(
         max_length=500, blank=True, validators=[validate_server_url],
         help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).")
     served_model_name = models.CharField(
@@ -181,9 +181,9 @@ class ModelSpec(models.Model):
         a remote server that answers and serves it. Returns a one-line description of what was found."""
         from modelhub.loading import inspect_source
 
-        if self.backend == self.Backend.SCRIPTED:
-            return ""
         remote = self.backend == self.Backend.REMOTE
+        if self.backend == self.Backend.SCRIPTED or (remote and not self.server_url):  # clean() says what is missing
+            return ""
         try:
             return self.check_server() if remote else inspect_source(self.load_settings())
         except ModelhubError as exc:

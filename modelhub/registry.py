@@ -1,10 +1,10 @@
 """Registered models (database rows) -> loaded models (workers), behind one lock.
 
-A model is loaded on first use, in its own worker thread, so the caller never
-waits on a load and a second request for a model that is still loading queues
-behind it instead of loading it twice: a duplicate load of a big model is an
-outage, not a slowdown. Loading one model never holds the lock that requests for
-another model need.
+A model is loaded on first use (or when a server starts: `api.preload`), in its
+own worker thread, so the caller never waits on a load and a second request for a
+model that is still loading queues behind it instead of loading it twice: a
+duplicate load of a big model is an outage, not a slowdown. Loading one model
+never holds the lock that requests for another model need.
 
 Memory is bounded two ways (settings): at most MODELHUB_MAX_LOADED_MODELS models,
 and at most MODELHUB_MAX_MEMORY_GB of weights. When a model must load past either
@@ -83,6 +83,15 @@ class Registry:
             closing = [self._workers.pop(n) for n in names]
         _close_all(closing)
         return names
+
+    def loading(self, name):
+        """While this model loads: (seconds so far, its progress text); None when it is not loading."""
+        with self._lock:
+            worker = self._workers.get(name)
+        if worker is None or worker.state != "loading":
+            return None
+        info = worker.describe()
+        return info["loading_for_seconds"], info["progress"]
 
     def status(self):
         """name -> runtime description (state, device, dtype, quantization, memory, adapters...)."""
@@ -176,6 +185,7 @@ def _loader(spec):
     threads = settings.MODELHUB_TORCH_THREADS
 
     def load(progress):
+        progress("importing torch and transformers")  # the first seconds of a load on a fresh process
         from modelhub import loading
 
         if threads:

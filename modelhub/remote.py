@@ -163,7 +163,7 @@ class RemoteWorker:
         except ModelhubError as exc:
             request.fail(exc)
         except Exception as exc:  # noqa: BLE001 - any failure is this reply's alone, said in a sentence
-            request.fail(describe_failure(exc, self.settings))
+            request.fail(describe_failure(exc, self.settings, midway=usage.time_to_first_token is not None))
 
     async def _stream(self, request, usage):
         client = self._openai()
@@ -216,14 +216,18 @@ def sampling(options):
     return fields
 
 
-def describe_failure(exc, settings):
-    """A failure talking to the server as one ModelhubError, in a sentence a user can act on."""
+def describe_failure(exc, settings, midway=False):
+    """A failure talking to the server as one ModelhubError, in a sentence a user can act on.
+    `midway`: the reply had begun (the server went away or went silent in the middle of it)."""
     import httpx2
     import openai
 
     where = f"the model server at {settings.url}"
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return ModelhubError(f"{where} did not answer within {settings.read_timeout:g}s", code="remote_timeout")
+    if midway and isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        cause = exc.__cause__ or exc
+        return ModelhubError(f"{where} broke off the reply: {cause}", code="remote_failed")
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return ModelhubError(f"cannot reach {where}: {cause}", code="remote_unavailable")

@@ -168,6 +168,12 @@ class Site:
         self.servers.append(server)
         return server
 
+    def worker(self, *models, **settings):
+        """A model worker process (`manage.py modelhub_worker`) serving these models (none named: all)."""
+        worker = ModelWorker(self, {key: str(value) for key, value in settings.items()}, models).start()
+        self.servers.append(worker)
+        return worker
+
     def close(self):
         for server in self.servers:
             server.kill()
@@ -220,6 +226,33 @@ class Server:
     @property
     def log(self):
         return self.log_path.read_text(errors="replace")
+
+
+class ModelWorker(Server):
+    """One `manage.py modelhub_worker` process; like a Server, but it listens on the channel layer, not a port."""
+
+    def __init__(self, site, settings, models):
+        super().__init__(site, settings)
+        self.models = models
+        self.log_path = site.folder / f"worker-{self.port}.log"
+
+    def start(self):
+        command = [sys.executable, str(ROOT / "manage.py"), "modelhub_worker"]
+        if self.models:
+            command += ["--models", *self.models]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, env={**self.site.env, **self.settings}, cwd=ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "ready: serving" not in self.log:  # its receive loops run
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the model worker did not start:\n{self.log[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def pid(self):
+        return self.process.pid
 
 
 def session_code(username, password="live-pass-123", **user_fields):

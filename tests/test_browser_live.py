@@ -1,13 +1,16 @@
 """The chat page survives a lost socket, in a real browser (Debian's Chromium through Playwright):
 the server restarted mid-reply (the embedded default), and Redis restarted mid-reply (the
 deployed setup, PostgreSQL + Redis). The page says it is reconnecting, keeps what the user typed,
-reconnects with backoff and catches up without a reload.
+reconnects with backoff and catches up without a reload. And a first reply that waits for its
+model's load says so ("loading tiny… 2 s, loading weights") until its text starts.
 """
+
+import re
 
 import pytest
 
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
-from tests.test_browser import ARTIFACTS, browser  # noqa: F401  (the module's Chromium, a fixture)
+from tests.test_browser import ARTIFACTS, browser, watch_for_policy_violations  # noqa: F401  (browser: a fixture)
 
 pytestmark = [pytest.mark.slow]
 
@@ -101,5 +104,51 @@ def test_the_page_shows_the_whole_reply_after_redis_restarts_mid_reply(browser, 
         page.wait_for_selector('.message-assistant:last-child[data-status="complete"] >> text=after the restart',
                                timeout=30000)
         assert page.errors == []
+    finally:
+        site.close()
+
+
+COLD_SETUP = SHELL_PRELUDE + """
+from modelhub.models import ModelSpec
+from conversations.models import Conversation
+owner = User.objects.create_user("owner", password="live-pass-123")
+ModelSpec.objects.create(name="tiny", display_name="tiny <b>cold</b>", source={source!r}, dtype="float32",
+                         device="cpu", max_new_tokens=16, is_default=True)
+conversation = Conversation.objects.create(owner=owner)
+print(json.dumps({{"cookie": session_for("owner"), "conversation": conversation.pk}}))
+"""
+
+BADGE = ".message-assistant:last-child .badge.streaming"
+
+
+def test_a_reply_waiting_for_its_model_to_load_says_so_then_streams(browser, tmp_path, tiny_model_dir):  # noqa: F811
+    """The first reply of a server that did not load its model at start: the tiny Llama loads, torch and
+    transformers imported first, while the page shows it; the model's name is shown as text, never markup."""
+    site = Site(tmp_path, MODELHUB_PRELOAD=0)
+    try:
+        info = site.setup(COLD_SETUP.format(source=str(tiny_model_dir)))
+        server = site.server()
+        page = open_chat(browser, server, info)
+        reports = watch_for_policy_violations(page)
+        page.evaluate("""() => {  // every text the reply's badge has had
+            window.__badges = [];
+            new MutationObserver(() => {
+                const badge = document.querySelector('.message-assistant:last-child .badge');
+                if (badge && badge.textContent !== window.__badges[window.__badges.length - 1])
+                    window.__badges.push(badge.textContent);
+            }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+        }""")
+        send(page, "hello there")
+        page.wait_for_selector(f"{BADGE}:has-text('loading tiny <b>cold</b>…')", timeout=15000)
+        page.screenshot(path=ARTIFACTS / "browser-loading-model.png")
+        assert page.locator(f"{BADGE} b").count() == 0
+        page.wait_for_selector('.message-assistant:last-child[data-status="complete"]', timeout=60000)
+
+        badges = page.evaluate("window.__badges")
+        loading = [i for i, text in enumerate(badges) if re.fullmatch(r"loading tiny <b>cold</b>… \d+ s(, .+)?", text)]
+        assert loading, badges
+        assert "writing…" in badges[loading[-1]:], badges  # the text started: the badge says so again
+        assert any("importing torch and transformers" in text for text in badges), badges
+        assert page.errors == [] and reports == []
     finally:
         site.close()

@@ -133,6 +133,7 @@
   function appendChunk(frame) {
     const text = document.querySelector("#message-" + frame.message_id + " .message-text");
     if (!text) return;
+    endStatus(text.closest(".message"));
     const have = text.textContent.length;
     // Offsets are UTF-16 positions: skip what a snapshot already showed.
     if (frame.offset + frame.text.length <= have) return;
@@ -142,6 +143,24 @@
     }
     text.append(frame.text.slice(have - frame.offset));
     scrollDown();
+  }
+
+  // What a reply waits for before its first chunk ("loading chitchat… 3 s, loading weights") takes the
+  // place of its "writing…" badge (as text: never markup) until the text starts.
+  function showStatus(frame) {
+    const article = document.getElementById("message-" + frame.message_id);
+    const badge = article && article.querySelector(".badge.streaming");
+    if (!badge || article.dataset.started) return;  // the text came first: this status is stale
+    if (badge.dataset.writing === undefined) badge.dataset.writing = badge.textContent;
+    badge.textContent = frame.text;
+  }
+
+  function endStatus(article) {
+    article.dataset.started = "1";
+    const badge = article.querySelector(".badge.streaming");
+    if (!badge || badge.dataset.writing === undefined) return;
+    badge.textContent = badge.dataset.writing;
+    delete badge.dataset.writing;
   }
 
   // The active branch again and the replies being written as far as they go: after a lost
@@ -175,6 +194,7 @@
       upsert(frame.html);
       unsent = "";
     } else if (frame.type === "chunk") appendChunk(frame);
+    else if (frame.type === "status") showStatus(frame);
     else if (frame.type === "error") {
       showError(frame.message);
       if (unsent && !input.value) input.value = unsent;

@@ -1,0 +1,176 @@
+"""A model worker process (`manage.py modelhub_worker`): owns the models, writes the replies.
+
+Web processes hand replies over (handoff.py); a worker receives them on the channels of
+the models it serves (`handoff.model_channel`), takes each row over in one conditional
+UPDATE and writes it with the very ReplyTask a web process would run (replies.py): chunks
+to the conversation's group, partial text saved every CHAT_FLUSH_SECONDS, stop and sync from
+any process through its inbox, and its heartbeat renewing its rows. Nobody watches in a
+worker process, so each reply calls the roll across processes every
+CHAT_ORPHAN_GRACE_SECONDS and is interrupted once no page anywhere answers. Arena answers are
+offered the same way and written in a thread, as a web process would (arena/generation.py).
+
+Several workers may serve the same model: each request goes to one of them (a channel's
+messages are shared out among its receivers). A worker killed mid-reply leaves its rows to
+the other processes' heartbeats, which mark them `interrupted` with their last flushed text
+(at once on the same host, within CHAT_WRITER_TIMEOUT_SECONDS elsewhere). SIGTERM stops
+and saves its replies, as in a web process.
+"""
+
+import asyncio
+import logging
+import signal
+import time
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connections
+from django.utils import timezone
+
+from conversations import durable, replies, writers
+from conversations.arena import generation as arena_generation
+from conversations.frames import message_frame, publish, send_to
+from conversations.handoff import model_channel
+from conversations.heartbeat import Heartbeat
+from conversations.models import Message
+from conversations.turns import Plan
+from modelhub import api
+from modelhub.models import ModelSpec
+from modelhub.options import ModelhubError
+from modelhub.registry import registry
+
+log = logging.getLogger(__name__)
+
+RESCAN_SECONDS = 30.0  # a worker for every model looks for newly enabled ones this often
+
+
+async def serve(names=None, stop=None):
+    """Serve these models (None: every enabled one, new ones included) until `stop` is set."""
+    stop = stop or asyncio.Event()
+    heartbeat = Heartbeat(on_recovered=replies.after_recovery)
+    await heartbeat.ensure()
+    receivers = {}
+    # Loading starts now, in the models' own threads, so that the first reply does not wait: the models
+    # named (this worker's own), or, serving every model, those a server loads at start (api.preload).
+    if names:
+        await database_sync_to_async(_load)(names)
+    else:
+        await database_sync_to_async(api.preload)()
+    while not stop.is_set():
+        new = [spec for spec in await database_sync_to_async(_specs)(names) if spec.name not in receivers]
+        for spec in new:
+            receivers[spec.name] = asyncio.create_task(_receive(spec.name), name=f"receive-{spec.name}")
+        if new:
+            log.info("ready: serving %s", ", ".join(f"{spec.name} (channel {model_channel(spec.name)})" for spec in new))
+        try:
+            await asyncio.wait_for(stop.wait(), RESCAN_SECONDS)
+        except TimeoutError:
+            pass
+    await replies.shut_down(settings.CHAT_SHUTDOWN_SECONDS)
+
+
+def _load(names):
+    for spec in _specs(names):
+        registry.worker(spec)
+
+
+def _specs(names):
+    specs = ModelSpec.objects.enabled()
+    if names:
+        found = list(specs.filter(name__in=names))
+        missing = sorted(set(names) - {spec.name for spec in found})
+        if missing:
+            log.warning("not serving %s: no enabled model by that name", ", ".join(missing))
+        return found
+    return list(specs)
+
+
+def run(names=None):
+    """The process: serve until SIGTERM or SIGINT, then save the replies being written."""
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(names, stop)
+
+    asyncio.run(main())
+
+
+async def _receive(model_name):
+    """Take this model's requests, one receive loop per channel, never cancelled (see inbox.py)."""
+    layer = get_channel_layer()
+    channel = model_channel(model_name)
+    pause = 0.5
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except Exception as exc:  # noqa: BLE001 - Redis away: wait for it
+            log.warning("receiving on %s failed (%s); retrying", channel, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            continue
+        pause = 0.5
+        if time.time() > message.get("deadline", 0):
+            log.warning("%s offered too long ago, dropped (the web process has failed it)", message.get("type"))
+        elif message.get("type") == "reply.generate":
+            asyncio.ensure_future(_take(message))
+        elif message.get("type") == "arena.generate":
+            asyncio.ensure_future(asyncio.to_thread(_write_arena, message["arena_id"], message.get("writer")))
+
+
+def _write_arena(arena_id, offered_by):
+    """An arena's answers, written here (a thread's work) once this process is their writer."""
+    try:
+        taken = arena_generation.take_over(arena_id, offered_by)
+    finally:
+        connections.close_all()
+    if taken:
+        arena_generation.run(arena_id)
+
+
+async def _take(message):
+    """Take the offered reply over and write it; a stale or already-ended offer is dropped."""
+    message_id = message.get("message_id")
+    reservation = api.reserve()
+    try:
+        plan = await durable.call(_claim, message_id, message.get("writer"))
+    except ModelhubError as exc:  # its model or adapter is gone: the row says so
+        reservation.release()
+        row = await durable.call(_fail, message_id, exc.message)
+        await publish(row.conversation_id, {"type": "error", "code": exc.code, "message": exc.message})
+        await publish(row.conversation_id, {**await durable.call(message_frame, row), "type": "done"})
+        return
+    if plan is None:
+        reservation.release()
+        log.info("reply %s: no longer offered (taken, stopped or failed), dropped", message_id)
+        return
+    task = replies.start_task(plan, reservation)
+    await replies.inbox.join(plan.reply.conversation_id)  # stops sent from now on reach it
+    await send_to(message["reply_to"], {"type": "reply.taken", "message_id": message_id})
+    task.announced.set()  # the web process published the turn's frames before offering it
+    task.roll_calls_to_miss = 2
+    task.check_watchers_later()
+
+
+def _claim(message_id, offered_by):
+    """Become the row's writer if it is still offered by that process; its Plan, or None."""
+    taken = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=offered_by).update(
+        writer=writers.identity(), heartbeat_at=timezone.now())
+    if not taken:
+        return None
+    writers.writing.add(message_id)  # from here the heartbeat renews it, whatever happens next
+    reply = Message.objects.select_related("conversation").get(pk=message_id)
+    try:
+        spec = api.get_spec(reply.model_name)
+        adapter = api.get_adapter(spec, reply.adapter_name) if reply.adapter_name else None
+    except ModelhubError:
+        writers.writing.discard(message_id)
+        raise
+    return Plan(reply, spec, adapter, reply.conversation.history(upto=reply))
+
+
+def _fail(message_id, error):
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=writers.identity()).update(
+        status=Message.Status.ERROR, error=error, finished_at=timezone.now())
+    return Message.objects.get(pk=message_id)

@@ -30,13 +30,9 @@ from django.utils import timezone
 from conversations import durable, writers
 from conversations.frames import message_frame, publish, send_to, snapshot_frame, tell_writers
 from conversations.models import Message
+from modelhub.workers import model_channel
 
 log = logging.getLogger(__name__)
-
-
-def model_channel(model_name):
-    """The channel-layer channel that the workers serving this model receive requests on."""
-    return f"modelhub.model.{model_name}"
 
 
 def no_worker_message(model_name, seconds):

@@ -1,7 +1,7 @@
 """A model worker process (`manage.py modelhub_worker`): owns the models, writes the replies.
 
 Web processes hand replies over (handoff.py); a worker receives them on the channels of
-the models it serves (`handoff.model_channel`), takes each row over in one conditional
+the models it serves (`modelhub.workers.model_channel`), takes each row over in one conditional
 UPDATE and writes it with the very ReplyTask a web process would run (replies.py): chunks
 to the conversation's group, partial text saved every CHAT_FLUSH_SECONDS, stop and sync from
 any process through its inbox, and its heartbeat renewing its rows. Nobody watches in a
@@ -24,20 +24,21 @@ import time
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from conversations import durable, replies, writers
 from conversations.arena import generation as arena_generation
 from conversations.frames import message_frame, publish, send_to
-from conversations.handoff import model_channel
 from conversations.heartbeat import Heartbeat
 from conversations.models import Message
 from conversations.turns import Plan
 from modelhub import api
-from modelhub.models import ModelSpec
+from modelhub.models import ModelSpec, ModelWorker
+from modelhub.models.worker import REPORT_SECONDS
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
+from modelhub.workers import answer_try, model_channel
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,44 @@ async def serve(names=None, stop=None):
     receivers = {}
     # Loading starts now, in the models' own threads, so that the first reply does not wait: the models
     # named (this worker's own), or, serving every model, those a server loads at start (api.preload).
-    if names:
-        await database_sync_to_async(_load)(names)
-    else:
-        await database_sync_to_async(api.preload)()
+    try:
+        if names:
+            await database_sync_to_async(_load)(names)
+        else:
+            await database_sync_to_async(api.preload)()
+    except DatabaseError as exc:
+        log.warning("no model loaded at start, each loads on its first reply: %s", durable.first_line(exc))
+    rescan_at = 0.0
     while not stop.is_set():
-        new = [spec for spec in await database_sync_to_async(_specs)(names) if spec.name not in receivers]
-        for spec in new:
-            receivers[spec.name] = asyncio.create_task(_receive(spec.name), name=f"receive-{spec.name}")
-        if new:
-            log.info("ready: serving %s", ", ".join(f"{spec.name} (channel {model_channel(spec.name)})" for spec in new))
+        if time.monotonic() >= rescan_at:
+            try:
+                new = [spec for spec in await database_sync_to_async(_specs)(names) if spec.name not in receivers]
+            except DatabaseError as exc:  # the database is away: look again at the next report
+                log.warning("could not read the models to serve: %s", durable.first_line(exc))
+                new = []
+            else:
+                rescan_at = time.monotonic() + RESCAN_SECONDS
+            for spec in new:
+                receivers[spec.name] = asyncio.create_task(_receive(spec.name), name=f"receive-{spec.name}")
+            if new:
+                log.info("ready: serving %s", ", ".join(f"{s.name} (channel {model_channel(s.name)})" for s in new))
+        await _report(list(receivers))
         try:
-            await asyncio.wait_for(stop.wait(), RESCAN_SECONDS)
+            await asyncio.wait_for(stop.wait(), REPORT_SECONDS)
         except TimeoutError:
             pass
+    await database_sync_to_async(ModelWorker.leave)(writers.identity())
     await replies.shut_down(settings.CHAT_SHUTDOWN_SECONDS)
+
+
+async def _report(names):
+    """Tell the admin (ModelWorker rows) what this worker serves and how each model is doing."""
+    status = registry.status()
+    served = {name: status.get(name, {"state": "not loaded"}) for name in names}
+    try:
+        await database_sync_to_async(ModelWorker.report)(writers.identity(), served)
+    except DatabaseError as exc:  # the heartbeat says so too; serving goes on
+        log.warning("could not report to the database: %s", durable.first_line(exc))
 
 
 def _load(names):
@@ -115,6 +139,8 @@ async def _receive(model_name):
             log.warning("%s offered too long ago, dropped (the web process has failed it)", message.get("type"))
         elif message.get("type") == "reply.generate":
             asyncio.ensure_future(_take(message))
+        elif message.get("type") == "prompt.try":
+            asyncio.ensure_future(answer_try(message))
         elif message.get("type") == "arena.generate":
             asyncio.ensure_future(asyncio.to_thread(_write_arena, message["arena_id"], message.get("writer")))
 

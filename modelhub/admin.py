@@ -10,6 +10,7 @@ for one and chats on other models go on. Fine-tunes run in their own process
 import time
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
@@ -19,8 +20,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from modelhub import api
-from modelhub.models import Adapter, FinetuneJob, ModelSpec
+from modelhub import api, workers
+from modelhub.models import Adapter, FinetuneJob, ModelSpec, ModelWorker
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
 
@@ -53,9 +54,18 @@ class AdapterForm(forms.ModelForm):
 
 
 def describe_runtime(name):
+    """How the model is doing: in this process, or, with model workers on, in each live worker."""
+    if settings.MODELHUB_WORKERS:
+        serving = ModelWorker.objects.serving(name)
+        if not serving:
+            return "no live model worker serves it (start manage.py modelhub_worker)"
+        return "; ".join(f"worker {worker}: {describe_status(info)}" for worker, info in serving)
     info = registry.status().get(name)
-    if info is None:
-        return "not loaded"
+    return "not loaded" if info is None else describe_status(info)
+
+
+def describe_status(info):
+    """One model's runtime status (Worker.describe / RemoteWorker.describe) in a line."""
     if info["state"] == "failed":
         return f"failed: {info['error']}"
     if info["state"] == "loading":
@@ -115,19 +125,32 @@ class ModelSpecAdmin(admin.ModelAdmin):
             return "-"
         return format_html('<a href="{}">Try a prompt</a>', reverse("admin:modelhub_modelspec_test", args=[spec.pk]))
 
+    def _loaded_by_workers(self, request):
+        if settings.MODELHUB_WORKERS:
+            self.message_user(request, "The model workers load models (at start and on first use), not the web "
+                                       "processes: restart a worker (manage.py modelhub_worker) to reload.",
+                              messages.WARNING)
+        return settings.MODELHUB_WORKERS
+
     @admin.action(description="Load selected models", permissions=["change"])
     def load_models(self, request, queryset):
+        if self._loaded_by_workers(request):
+            return
         for spec in queryset:
             registry.worker(spec)
         self.message_user(request, f"Loading {queryset.count()} model(s); the runtime column shows progress.")
 
     @admin.action(description="Unload selected models", permissions=["change"])
     def unload_models(self, request, queryset):
+        if self._loaded_by_workers(request):
+            return
         unloaded = [spec.name for spec in queryset if registry.unload(spec.name)]
         self.message_user(request, f"Unloaded: {', '.join(unloaded) or 'none were loaded'}.")
 
     @admin.action(description="Reload selected models", permissions=["change"])
     def reload_models(self, request, queryset):
+        if self._loaded_by_workers(request):
+            return
         for spec in queryset:
             registry.unload(spec.name)
             registry.worker(spec)
@@ -175,7 +198,16 @@ class ModelSpecAdmin(admin.ModelAdmin):
 
 
 async def _stream(spec, prompt, adapter):
-    request = api.start(spec, [{"role": "user", "content": prompt}], {"max_new_tokens": 64}, adapter=adapter)
+    """The reply's text, from this process's model, or from a model worker (MODELHUB_WORKERS)."""
+    messages, overrides = [{"role": "user", "content": prompt}], {"max_new_tokens": 64}
+    if settings.MODELHUB_WORKERS:
+        try:
+            async for text in workers.try_prompt(spec, messages, overrides, adapter):
+                yield text
+        except ModelhubError as exc:
+            yield f"\n[error: {exc.message}]"
+        return
+    request = api.start(spec, messages, overrides, adapter=adapter)
     try:
         async for text in request.chunks():
             yield text

@@ -188,3 +188,14 @@ def test_the_feedback_page_shows_the_rated_answer_without_an_inline_style_the_po
     assert '<pre class="feedback-answer">line one\n  line &lt;b&gt;two&lt;/b&gt;</pre>' in page
     assert "chatsite/admin.css" in page  # where .feedback-answer keeps the line breaks
     assert [what for what, pattern in INLINE.items() if pattern.search(page)] == []
+
+
+@pytest.mark.parametrize("action", ["load_models", "unload_models", "reload_models"])
+def test_with_model_workers_on_the_web_process_loads_nothing_and_says_who_does(admin_client, tiny_spec, settings,
+                                                                               action):
+    settings.MODELHUB_WORKERS = True
+    changelist = reverse("admin:modelhub_modelspec_changelist")
+    response = admin_client.post(changelist, {"action": action, "_selected_action": [tiny_spec.pk]}, follow=True)
+    assert "The model workers load models" in response.content.decode()
+    assert "no live model worker serves it" in response.content.decode()  # the runtime column
+    assert registry.status() == {}

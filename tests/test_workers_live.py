@@ -189,3 +189,44 @@ async def test_an_arenas_answers_are_written_by_the_worker_not_the_web_process(s
     assert {status for status, _, _ in answers} == {"complete"}
     assert all(content.startswith("question number") for _, content, _ in answers)  # echoed by the worker's model
     assert all(f":{worker.pid}:" in writer for _, _, writer in answers)
+
+
+def admin_session(site):
+    """A superuser's session cookie and a CSRF token pair for the admin pages of the live servers."""
+    return site.setup(SHELL_PRELUDE + """
+User.objects.create_superuser("boss", password="live-pass-123")
+print(json.dumps({"cookie": session_for("boss")}))
+""")["cookie"]
+
+
+def http(server, path, cookie, data=None):
+    from urllib.parse import urlencode
+    from urllib.request import Request, urlopen
+
+    csrf = "LiveCsrfToken0123456789abcdefghi"  # 32 letters and digits, the same in cookie and form
+    headers = {"Cookie": f"sessionid={cookie}; csrftoken={csrf}", "Referer": server.url + path}
+    body = urlencode({**data, "csrfmiddlewaretoken": csrf}).encode() if data is not None else None
+    with urlopen(Request(server.url + path, data=body, headers=headers), timeout=30) as response:
+        return response.read().decode()
+
+
+async def test_the_admin_shows_each_workers_runtime_and_tries_a_prompt_on_a_worker(site):
+    worker = site.worker("echo")
+    a = site.server()
+    cookie = await asyncio.to_thread(admin_session, site)
+    spec_id = site.rows("SELECT id FROM modelhub_modelspec WHERE name = 'echo'")[0][0]
+
+    page = await asyncio.to_thread(http, a, "/admin/modelhub/modelspec/", cookie)
+    assert f"worker {worker_name(site, worker)}: loaded" in page
+
+    reply = await asyncio.to_thread(http, a, f"/admin/modelhub/modelspec/{spec_id}/test/stream/", cookie,
+                                    {"prompt": "try this on the worker", "adapter": ""})
+    assert reply == "try this on the worker"  # the scripted model echoes it, in the worker process
+
+    assert "Traceback" not in a.log and "Traceback" not in worker.log
+
+
+def worker_name(site, worker):
+    host, pid = site.rows("SELECT host, pid FROM modelhub_modelworker")[0]
+    assert pid == worker.pid
+    return f"{host}:{pid}"

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from conversations import writers
-from conversations.handoff import model_channel
 from conversations.models import Arena, ArenaMatch, Message
+from modelhub.workers import model_channel
 
 
 def start_generation(arena):

@@ -1,0 +1,80 @@
+"""A LoRA adapter served on top of its base model."""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from modelhub.models.spec import ModelSpec
+from modelhub.options import ModelhubError
+from modelhub.validators import adapter_config_problem
+
+class AdapterQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True, base__enabled=True)
+
+
+class Adapter(models.Model):
+    """A LoRA adapter (a peft folder) served on top of its base model without reloading it."""
+
+    name = models.SlugField(max_length=100)
+    base = models.ForeignKey(ModelSpec, on_delete=models.CASCADE, related_name="adapters")
+    path = models.CharField(max_length=500, help_text="A folder with adapter_config.json and the adapter weights.")
+    enabled = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+    provenance = models.JSONField(default=dict, blank=True, help_text="How it was made: data, base revision, metrics.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AdapterQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["base__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["base", "name"], name="unique_adapter_name_per_base")]
+
+    def __str__(self):
+        return f"{self.base.name} + {self.name}"
+
+    @property
+    def local_path(self):
+        path = Path(self.path).expanduser()
+        return path if path.is_absolute() else settings.BASE_DIR / path
+
+    def clean(self):
+        problem = self.config_problem()
+        if problem:
+            raise ValidationError({"path": problem})
+
+    def config_problem(self):
+        """Why the folder's adapter_config.json is not a LoRA config peft can read, or ""."""
+        return adapter_config_problem(self.local_path)
+
+    def check_fits_base(self):
+        """Raise ValidationError unless the folder is a peft adapter that fits the base's modules."""
+        from modelhub.loading import check_adapter
+
+        problem = self.config_problem()
+        if problem:
+            raise ValidationError({"path": problem})
+        if self.base.backend == ModelSpec.Backend.REMOTE and not self.base.source:
+            return  # no local weights to check against: the server checks when it loads the adapter
+        try:
+            check_adapter(self.base.load_settings(), self.local_path)
+        except ModelhubError as exc:
+            raise ValidationError({"path": exc.message}) from exc
+
+    def load_on_server(self):
+        """Load this adapter on its remote base's server when that server loads adapters at run time
+        (vLLM's POST /v1/load_lora_adapter); what the server said, or "" when there is nothing to do.
+        The folder must be readable by the server under the same path."""
+        base = self.base
+        if base.backend != ModelSpec.Backend.REMOTE or not base.load_adapters_at_runtime:
+            return ""
+        from modelhub.remote import load_adapter
+
+        return load_adapter(base.remote_settings(), self.name, self.local_path)
+
+    def promote(self):
+        """Serve this adapter: a fine-tuned adapter is registered disabled until someone promotes it."""
+        self.enabled = True
+        self.save(update_fields=["enabled"])

@@ -161,7 +161,7 @@ def test_generation_options_merge_casts_and_validates():
         GenerationOptions().merged({"ignore_eos": "yes"})
 
 
-async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first(db):
+async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first(transactional_db):
     import asyncio
 
     spec = await ModelSpec.objects.acreate(name="failing", backend="scripted", source="-")
@@ -184,7 +184,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_load_error(tiny_spec, settings
         list(api.start(tiny_spec, HELLO))
 
 
-async def test_a_minimum_interval_coalesces_chunks_into_fewer_frames(db):
+async def test_a_minimum_interval_coalesces_chunks_into_fewer_frames(transactional_db):
     spec = await ModelSpec.objects.acreate(name="chatty", backend="scripted", source="-")
     registry.install("chatty", ScriptedBackend(chunks=[f"t{i} " for i in range(20)], delay=0.01))
     every = [text async for text in api.start(spec, HELLO).chunks()]

@@ -168,3 +168,12 @@ async def test_a_chat_reply_from_an_unreachable_server_ends_as_an_error_and_keep
     rows = [(m.role, m.status, m.content) async for m in Message.objects.filter(conversation=conversation)]
     assert rows == [("user", "complete", "hello there"), ("assistant", "error", "")]
     await communicator.disconnect()
+
+
+def test_a_remote_model_that_names_no_weights_cannot_be_fine_tuned(db, closed_url, tmp_path):
+    from modelhub.finetune import FinetuneError
+    from modelhub.models import FinetuneJob
+
+    spec = remote_spec(closed_url)  # no source: nothing local to train
+    with pytest.raises(FinetuneError, match="names no weights to train on"):
+        FinetuneJob.objects.create_for(spec, "sft", tmp_path / "t.jsonl", tmp_path / "e.jsonl")

@@ -21,7 +21,7 @@ from django.urls import reverse
 
 from modelhub import api
 from modelhub.mixing import mixed_batch_differences, write_zero_adapter
-from modelhub.models import Adapter, ModelSpec
+from modelhub.models import Adapter, FinetuneJob, ModelSpec
 from tests.live import SHELL_PRELUDE, Site, frames_until, open_socket, text_of
 from tests.vllm_server import VllmServer, ensure_venv
 
@@ -174,7 +174,7 @@ def test_a_served_name_the_server_does_not_list_is_refused_in_the_admin(admin_cl
 def site_for(tmp_path, server, adapters, **settings):
     site = Site(tmp_path, **settings)
     site.info = site.setup(SHELL_PRELUDE + f"""
-from modelhub.models import Adapter, ModelSpec
+from modelhub.models import Adapter, FinetuneJob, ModelSpec
 from conversations.models import Conversation
 owner = User.objects.create_user("owner", password="live-pass-123")
 spec = ModelSpec.objects.create(name="chitchat", backend="openai", server_url={server.base_url!r},
@@ -262,3 +262,36 @@ async def test_a_vllm_that_dies_mid_reply_fails_the_reply_and_keeps_its_text(tmp
     finally:
         site.close()
         dying.stop()
+
+
+def test_the_feedback_loop_closes_on_a_remote_model_a_fine_tune_of_its_weights_served_by_vllm_once_promoted(
+        admin_client, vllm, tmp_path, settings):
+    from modelhub.finetune import run_job
+    from tests.test_finetune import PHRASE, sft_rows, write_jsonl
+
+    settings.MODELHUB_ADAPTERS_DIR = tmp_path / "adapters"
+    spec = remote(vllm, load_adapters_at_runtime=True)
+    train = write_jsonl(tmp_path / "train.jsonl", sft_rows(40, seed=10))
+    evals = write_jsonl(tmp_path / "eval.jsonl", sft_rows(8, seed=11))
+    hparams = {"epochs": 10, "learning_rate": 1e-2, "eval_steps": 10, "lora_dropout": 0.0, "batch_size": 4}
+    job = FinetuneJob.objects.create_for(spec, "sft", train, evals, {}, hparams, None, "learned")
+    adapter = run_job(job)  # trains on the spec's source: the very weights vLLM serves
+    job.refresh_from_db()
+    assert job.metrics["eval_after"]["loss"] < job.metrics["eval_before"]["loss"] - 0.5
+    assert "learned" not in vllm.models()
+
+    response = admin_client.post(reverse("admin:modelhub_adapter_changelist"),
+                                 {"action": "promote", "_selected_action": [adapter.pk]}, follow=True)
+    assert "loaded learned" in response.content.decode()
+    question = [{"role": "user", "content": "what do you think about the weather?"}]
+    served = api.get_adapter(spec, "learned")
+    text = "".join(api.start(spec, question, GREEDY, adapter=served))
+    assert text.strip() == PHRASE  # what the corrections taught, answered by vLLM
+    assert "".join(api.start(spec, question, GREEDY)).strip() != PHRASE
+
+
+def test_the_admin_runtime_column_shows_the_server_serving_the_model(admin_client, vllm):
+    spec = remote(vllm)
+    "".join(api.start(spec, [{"role": "user", "content": "hi"}], GREEDY))
+    page = admin_client.get(reverse("admin:modelhub_modelspec_changelist")).content.decode()
+    assert f"served by {vllm.base_url} as chitchat; 0 replying (at most 1 at once so far)" in page

@@ -22,6 +22,9 @@ class FinetuneJobQuerySet(models.QuerySet):
 
         if method not in METHODS:
             raise FinetuneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if not base.source:
+            raise FinetuneError(f"{base.name} names no weights to train on: a remote model is fine-tuned on the "
+                                "same weights as its server's, so set its source to their folder or Hub id")
         hp = Hyperparameters.from_dict(hparams or {})
         with transaction.atomic():
             job = self.create(

@@ -230,3 +230,18 @@ def worker_name(site, worker):
     host, pid = site.rows("SELECT host, pid FROM modelhub_modelworker")[0]
     assert pid == worker.pid
     return f"{host}:{pid}"
+
+
+async def test_a_workers_reply_goes_on_while_a_page_watches_and_is_interrupted_once_none_does(site):
+    a = site.server(CHAT_ORPHAN_GRACE_SECONDS=0.5)
+    site.worker("echo", CHAT_ORPHAN_GRACE_SECONDS=0.5)  # it calls the roll every half second
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    ws = await open_socket(a, cookie, conversation)
+    _, reply = await ask(ws, words(60))  # 3 s: six roll calls, each answered by the page
+    frames = await frames_until(ws, "done")
+    assert frames[-1]["status"] == "complete" and reply_row(site, reply) == ("complete", words(60))
+
+    _, reply = await ask(ws, words(400))
+    await ws.close()  # nobody watches anywhere now
+    status, content = wait_for_row(site, reply, lambda status, _: status != "streaming", timeout=10)
+    assert status == "interrupted" and 0 < len(content) < len(words(400))

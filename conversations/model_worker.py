@@ -71,7 +71,7 @@ async def serve(names=None, stop=None):
             else:
                 rescan_at = time.monotonic() + RESCAN_SECONDS
             for spec in new:
-                receivers[spec.name] = asyncio.create_task(_receive(spec.name), name=f"receive-{spec.name}")
+                receivers[spec.name] = asyncio.create_task(_receive(spec.name, stop), name=f"receive-{spec.name}")
             if new:
                 log.info("ready: serving %s", ", ".join(f"{s.name} (channel {model_channel(s.name)})" for s in new))
         await _report(list(receivers))
@@ -79,8 +79,11 @@ async def serve(names=None, stop=None):
             await asyncio.wait_for(stop.wait(), REPORT_SECONDS)
         except TimeoutError:
             pass
-    await database_sync_to_async(ModelWorker.leave)(writers.identity())
     await replies.shut_down(settings.CHAT_SHUTDOWN_SECONDS)
+    try:
+        await database_sync_to_async(ModelWorker.leave)(writers.identity())
+    except DatabaseError:
+        pass  # its row is not shown once it stops reporting
 
 
 async def _report(names):
@@ -121,8 +124,9 @@ def run(names=None):
     asyncio.run(main())
 
 
-async def _receive(model_name):
-    """Take this model's requests, one receive loop per channel, never cancelled (see inbox.py)."""
+async def _receive(model_name, stopping):
+    """Take this model's requests, one receive loop per channel, never cancelled (see inbox.py). Once the
+    worker is `stopping`, a request it receives is put back on the channel for another worker."""
     layer = get_channel_layer()
     channel = model_channel(model_name)
     pause = 0.5
@@ -135,7 +139,10 @@ async def _receive(model_name):
             pause = min(pause * 2, 5.0)
             continue
         pause = 0.5
-        if time.time() > message.get("deadline", 0):
+        if stopping.is_set():
+            await send_to(channel, message)
+            await asyncio.sleep(0.05)  # the other workers' turn: this one only passes requests back now
+        elif time.time() > message.get("deadline", 0):
             log.warning("%s offered too long ago, dropped (the web process has failed it)", message.get("type"))
         elif message.get("type") == "reply.generate":
             asyncio.ensure_future(_take(message))

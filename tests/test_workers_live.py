@@ -245,3 +245,17 @@ async def test_a_workers_reply_goes_on_while_a_page_watches_and_is_interrupted_o
     await ws.close()  # nobody watches anywhere now
     status, content = wait_for_row(site, reply, lambda status, _: status != "streaming", timeout=10)
     assert status == "interrupted" and 0 < len(content) < len(words(400))
+
+
+async def test_with_two_workers_one_stopping_the_next_turns_are_answered_by_the_other(site):
+    a = site.server()
+    first, second = site.worker("echo"), site.worker("echo")
+    cookie, conversations = site.info["cookie"], site.info["conversations"]
+    assert await asyncio.to_thread(first.stop) == 0
+    for conversation in conversations[:3]:
+        ws = await open_socket(a, cookie, conversation)
+        await ws.send(json.dumps({"type": "send", "content": words(4)}))
+        frames = await frames_until(ws, "done")
+        assert frames[-1]["status"] == "complete"
+        assert f":{second.pid}:" in writer_of(site, frames[-1]["message_id"])
+        await ws.close()

@@ -13,6 +13,7 @@ import logging
 import time
 
 from channels.layers import get_channel_layer
+from django.db import models
 from django.template.loader import render_to_string
 
 from conversations import tree
@@ -49,10 +50,20 @@ def message_frame(message, text=None):
     """A whole message rendered by the same template the page uses (runs the ORM: call it in a thread)."""
     if text is not None:
         message.content = text
-    tree.annotate_siblings([message], list(Message.objects.filter(conversation_id=message.conversation_id,
-                                                                  parent_id=message.parent_id)))
-    html = render_to_string("conversations/_message.html", {"message": message})
-    return {"type": "message", "message_id": message.pk, "status": message.status, "html": html}
+    return message_frames([message])[0]
+
+
+def message_frames(messages):
+    """Several messages of one conversation as frames, their siblings read in one query."""
+    if not messages:
+        return []
+    parents = {message.parent_id for message in messages}
+    nulls = models.Q(parent__isnull=True) if None in parents else models.Q(pk__in=[])
+    siblings = Message.objects.filter(models.Q(parent_id__in=parents - {None}) | nulls,
+                                      conversation_id=messages[0].conversation_id)
+    tree.annotate_siblings(messages, list(siblings))
+    return [{"type": "message", "message_id": message.pk, "status": message.status,
+             "html": render_to_string("conversations/_message.html", {"message": message})} for message in messages]
 
 
 def snapshot_frame(message, text):

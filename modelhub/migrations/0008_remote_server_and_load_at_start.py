@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='modelspec',
             name='api_key_env',
-            field=models.CharField(blank=True, help_text='The environment variable holding its API key (the key itself is never stored here).', max_length=100, validators=[django.core.validators.RegexValidator('\\A[A-Za-z_][A-Za-z0-9_]*\\Z', 'The name of an environment variable: letters, digits and _, not starting with a digit.')]),
+            field=models.CharField(blank=True, help_text='The environment variable holding its API key (the key itself is never stored here).', max_length=100, validators=[django.core.validators.RegexValidator('\\A[A-Za-z_][A-Za-z0-9_]*\\Z', 'The name of an environment variable: letters, digits and _, not starting with a digit.')], verbose_name='API key variable'),
         ),
         migrations.AddField(
             model_name='modelspec',
@@ -50,7 +50,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='modelspec',
             name='server_url',
-            field=models.CharField(blank=True, help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).", max_length=500, validators=[modelhub.validators.validate_server_url]),
+            field=models.CharField(blank=True, help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).", max_length=500, validators=[modelhub.validators.validate_server_url], verbose_name='server URL'),
         ),
         migrations.AlterField(
             model_name='modelspec',

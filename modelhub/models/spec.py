@@ -92,12 +92,12 @@ class ModelSpec(models.Model):
                                  "model always is), so that the first reply does not wait for the load.")
     # An OpenAI-compatible server (backend "openai"): the server generates, chatsite keeps the rest.
     server_url = models.CharField(
-        max_length=500, blank=True, validators=[validate_server_url],
+        "server URL", max_length=500, blank=True, validators=[validate_server_url],
         help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).")
     served_model_name = models.CharField(
         max_length=200, blank=True, help_text="The model name the server serves (empty: this model's name).")
     api_key_env = models.CharField(
-        max_length=100, blank=True, validators=[validate_env_name],
+        "API key variable", max_length=100, blank=True, validators=[validate_env_name],
         help_text="The environment variable holding its API key (the key itself is never stored here).")
     connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(600)],
                                         help_text="Seconds to wait for a connection to the server.")

@@ -43,7 +43,7 @@ class Registry:
                 return worker
             evicted = [worker] if worker is not None and worker.state not in ("failed", "closed") else []  # outdated
             if spec.backend == spec.Backend.REMOTE:  # nothing to load, no memory to budget
-                worker = RemoteWorker(spec.name, spec.remote_settings())
+                worker = RemoteWorker(spec.name, spec.remote_settings(), hold=settings.MODELHUB_ARRIVAL_HOLD_SECONDS)
             else:
                 while self._local_count() >= settings.MODELHUB_MAX_LOADED_MODELS and (victim := self._pop_lru_idle()):
                     evicted.append(victim)

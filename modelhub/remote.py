@@ -3,9 +3,10 @@
 Such an engine batches, pages its KV cache and mixes LoRA adapters itself, so here a remote
 model is a backend at the request level: a request in, chunks out, cancel. `RemoteWorker`
 stands where `engine.Worker` stands for a local model (the registry hands out either), and
-callers get the same `Request`, chunks, `Usage` and `ModelhubError`s.
+callers get the same `Request`, chunks, `Usage` and `ModelhubError`s. It speaks the API with
+httpx2 (the HTTP client the official `openai` package is built on) and its server-sent-events parser.
 
-One thread per remote model runs an asyncio loop with one `AsyncOpenAI` client (its connection
+One thread per remote model runs an asyncio loop with one `httpx2.AsyncClient` (its connection
 pool); each request is one streamed chat completion there. Cancelling a request cancels its
 task, which closes the HTTP stream; vLLM aborts a request whose client went away. Whatever goes
 wrong (no connection, an HTTP error, silence past `read_timeout`, a stream cut mid-reply) ends
@@ -18,6 +19,7 @@ may be sent under another served name (`base_alias`): see `ModelSpec.base_model_
 """
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -63,9 +65,11 @@ class RemoteSettings:
 class RemoteWorker:
     """Serves one remote model's requests from an event loop in its own thread."""
 
-    def __init__(self, name, settings):
+    def __init__(self, name, settings, hold=0.0):
+        """`hold`: seconds a request may wait for replies on their way (modelhub.arrivals), see `_arrive`."""
         self.name = name
         self.settings = settings
+        self.hold = hold
         self.state = "ready"  # nothing to load: a server that is down fails each request, clearly
         self.error = ""
         self.load_seconds = 0.0
@@ -73,6 +77,9 @@ class RemoteWorker:
         self.last_used_at = time.time()
         self.peak = 0
         self._tasks = {}  # request -> its task (loop thread only)
+        self._held = []  # requests waiting for the replies on their way (loop thread only)
+        self._held_at = 0.0
+        self._flusher = None
         self._closing = False
         self._loop = asyncio.new_event_loop()
         self._client = None
@@ -81,7 +88,7 @@ class RemoteWorker:
 
     @property
     def idle(self):
-        return not self._tasks
+        return not self._tasks and not self._held
 
     def submit(self, request):
         try:
@@ -89,7 +96,7 @@ class RemoteWorker:
                 raise ModelLoadError(f"model {self.name!r} is not loaded")
             self.last_used, self.last_used_at = time.monotonic(), time.time()
             if request.claim():  # else a cancel already ended it
-                self._loop.call_soon_threadsafe(self._spawn, request)
+                self._loop.call_soon_threadsafe(self._arrive, request)
                 request.on_cancel(lambda: self._loop.call_soon_threadsafe(self._cancel, request))
         finally:
             arrivals.settle(request.arrival)
@@ -110,10 +117,27 @@ class RemoteWorker:
 
     def describe(self):
         return {"state": self.state, "error": self.error, "last_used_at": self.last_used_at,
-                "load_seconds": self.load_seconds, "running": len(self._tasks), "waiting": 0,
+                "load_seconds": self.load_seconds, "running": len(self._tasks), "waiting": len(self._held),
                 "peak_batch": self.peak, "server": self.settings.url, "served_model": self.settings.model}
 
     # --- the loop thread -------------------------------------------------------
+
+    def _arrive(self, request):
+        """Send it now, or, while other replies of this process are being saved (announced in
+        modelhub.arrivals), together with them, at most `hold` seconds after the last one came: as on a
+        local model, replies asked for together start together, and on a machine the server shares the
+        saves run before it takes the cores rather than 10-50 times slower beside it (bench/scale.py)."""
+        self._held.append(request)
+        self._held_at = time.monotonic()
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._send_held())
+
+    async def _send_held(self):
+        while self.hold and len(arrivals) and time.monotonic() - self._held_at < self.hold:
+            await asyncio.sleep(0.005)
+        held, self._held, self._flusher = self._held, [], None
+        for request in held:
+            self._spawn(request)
 
     def _spawn(self, request):
         task = self._loop.create_task(self._serve(request))
@@ -125,6 +149,9 @@ class RemoteWorker:
         task = self._tasks.get(request)
         if task is not None:
             task.cancel()
+        elif request in self._held:  # not sent yet
+            self._held.remove(request)
+            request.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - request.started))
 
 
     def _ended(self, request):
@@ -134,20 +161,23 @@ class RemoteWorker:
             request.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - request.started))
 
     async def _shut(self):
+        held, self._held = self._held, []
+        for request in held:
+            request.fail(ModelhubError(f"model {self.name!r} was unloaded", code="model_unloaded"))
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
 
-    def _openai(self):
+    def _http(self):
         if self._client is None:
-            from openai import AsyncOpenAI
+            import httpx2
 
             settings = self.settings
-            self._client = AsyncOpenAI(base_url=settings.url, api_key=settings.api_key(),
-                                       timeout=settings.timeout(), max_retries=0)
+            self._client = httpx2.AsyncClient(timeout=settings.timeout(),
+                                              headers={"Authorization": f"Bearer {settings.api_key()}"})
         return self._client
 
     async def _serve(self, request):
@@ -167,35 +197,56 @@ class RemoteWorker:
             request.fail(describe_failure(exc, self.settings, midway=usage.time_to_first_token is not None))
 
     async def _stream(self, request, usage):
-        client = self._openai()
-        stream = await client.chat.completions.create(
-            model=self.settings.served_name(request.adapter), messages=request.messages, stream=True,
-            stream_options={"include_usage": True}, **sampling(request.options),
-        )
-        kind = stream.response.headers.get("content-type", "").split(";")[0]
-        if kind != "text/event-stream":
-            await stream.close()
-            raise ModelhubError(f"the model server at {self.settings.url} did not answer as an OpenAI-compatible "
-                                f"API (it sent {kind or 'no content type'}, not an event stream)", code="remote_failed")
+        """One streamed chat completion, read with httpx2's own server-sent-events parser: each event is
+        plain JSON here (building the openai client's typed objects for every token took most of the web
+        process's CPU in front of vLLM, bench/scale.py)."""
+        settings = self.settings
+        body = {"model": settings.served_name(request.adapter), "messages": request.messages, "stream": True,
+                "stream_options": {"include_usage": True}, **sampling(request.options)}
         finish = ""
-        async with stream:  # leaving it (the end, a cancel, an error) closes the HTTP response
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage.prompt_tokens = chunk.usage.prompt_tokens
-                    usage.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    text = choice.delta.content if choice.delta is not None else None
-                    if text:
-                        if usage.time_to_first_token is None:
-                            usage.time_to_first_token = time.monotonic() - request.started
-                        request.emit(text)
-                    finish = choice.finish_reason or finish
+        async with self._http().sse(f"{settings.url.rstrip('/')}/chat/completions", method="POST", json=body) as events:
+            response = events.response  # leaving the block (the end, a cancel, an error) closes it
+            if response.status_code >= 400:
+                await response.aread()
+                raise status_failure(response, settings)
+            kind = response.headers.get("content-type", "").split(";")[0]
+            if kind != "text/event-stream":
+                raise ModelhubError(f"the model server at {settings.url} did not answer as an OpenAI-compatible "
+                                    f"API (it sent {kind or 'no content type'}, not an event stream)",
+                                    code="remote_failed")
+            async for event in events:
+                if event.data == "[DONE]":
+                    break
+                finish = self._take(event.data, request, usage) or finish
         if not finish:
-            raise ModelhubError(f"the model server at {self.settings.url} ended the stream before the reply "
+            raise ModelhubError(f"the model server at {settings.url} ended the stream before the reply "
                                 "was finished", code="remote_failed")
-        usage.finish_reason = "length" if finish == "length" else "stop" if finish == "stop" else finish
+        usage.finish_reason = finish
         usage.duration = time.monotonic() - request.started
         request.finish(usage)
+
+    def _take(self, data, request, usage):
+        """One chunk of the stream: pass its text on, note the usage; its finish reason, if it has one."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise ModelhubError(f"the model server at {self.settings.url} sent an event that is not JSON: "
+                                f"{data[:100]!r}", code="remote_failed") from None
+        if "error" in chunk:  # an error after the stream began (vLLM sends it as an event)
+            raise ModelhubError(f"the model server at {self.settings.url} failed mid-reply: "
+                                f"{_error_text(chunk)}", code="remote_failed")
+        if chunk.get("usage"):
+            usage.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
+            usage.completion_tokens = chunk["usage"].get("completion_tokens", 0)
+        finish = ""
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if usage.time_to_first_token is None:
+                    usage.time_to_first_token = time.monotonic() - request.started
+                request.emit(text)
+            finish = choice.get("finish_reason") or finish
+        return finish
 
 
 def sampling(options):
@@ -212,52 +263,49 @@ def sampling(options):
         extra["repetition_penalty"] = options.repetition_penalty
     if options.ignore_eos:
         extra["ignore_eos"] = True
-    if extra:
-        fields["extra_body"] = extra
-    return fields
+    return fields | extra
 
 
 def describe_failure(exc, settings, midway=False):
     """A failure talking to the server as one ModelhubError, in a sentence a user can act on.
     `midway`: the reply had begun (the server went away or went silent in the middle of it)."""
     import httpx2
-    import openai
 
     where = f"the model server at {settings.url}"
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+    if isinstance(exc, httpx2.TimeoutException):
         return ModelhubError(f"{where} did not answer within {settings.read_timeout:g}s", code="remote_timeout")
-    if midway and isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        cause = exc.__cause__ or exc
-        return ModelhubError(f"{where} broke off the reply: {cause}", code="remote_failed")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return ModelhubError(f"cannot reach {where}: {cause}", code="remote_unavailable")
-    if isinstance(exc, openai.APIStatusError):
-        message = _server_message(exc)
-        status = exc.status_code
-        if status in (401, 403):
-            return ModelhubError(f"{where} refused the API key (HTTP {status}): {message}", code="remote_refused")
-        if status == 404:
-            return ModelhubError(f"{where} does not serve this model (HTTP 404): {message}", code="unknown_model")
-        if status == 400 and "context length" in message.lower():
-            return PromptTooLong(f"the conversation is too long for the model: {message}")
-        return ModelhubError(f"{where} answered HTTP {status}: {message}", code="remote_failed")
-    if isinstance(exc, openai.APIResponseValidationError):
-        return ModelhubError(f"{where} did not answer as an OpenAI-compatible API", code="remote_failed")
-    if isinstance(exc, (httpx2.HTTPError, openai.OpenAIError)):
+    if isinstance(exc, httpx2.TransportError):
+        if midway or not isinstance(exc, httpx2.ConnectError):
+            return ModelhubError(f"{where} broke off the reply: {exc or type(exc).__name__}", code="remote_failed")
+        return ModelhubError(f"cannot reach {where}: {exc}", code="remote_unavailable")
+    if isinstance(exc, httpx2.HTTPError):
         return ModelhubError(f"{where} broke off the reply: {exc or type(exc).__name__}", code="remote_failed")
     log.error("remote generation failed", exc_info=exc)
     return ModelhubError(f"generation failed: {exc}", code="generation_failed")
 
 
-def _server_message(exc):
-    body = exc.body
-    if isinstance(body, dict):
-        body = body.get("error", body)
-        if isinstance(body, dict):
-            body = body.get("message", body)
-    text = str(body or exc.message or "")
-    return text[:300]
+def status_failure(response, settings):
+    """An HTTP error answer (its body read) as one ModelhubError."""
+    where, status = f"the model server at {settings.url}", response.status_code
+    try:
+        message = _error_text(response.json())
+    except ValueError:
+        message = response.text.strip()[:300] or response.reason_phrase
+    if status in (401, 403):
+        return ModelhubError(f"{where} refused the API key (HTTP {status}): {message}", code="remote_refused")
+    if status == 404:
+        return ModelhubError(f"{where} does not serve this model (HTTP 404): {message}", code="unknown_model")
+    if status == 400 and "context length" in message.lower():
+        return PromptTooLong(f"the conversation is too long for the model: {message}")
+    return ModelhubError(f"{where} answered HTTP {status}: {message}", code="remote_failed")
+
+
+def _error_text(body):
+    """The message of an OpenAI-shaped error body ({"error": {"message": ...}}), or the body itself."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return str(error)[:300]
 
 
 # --- health and adapters: plain HTTP calls, for the admin and the CLI ------------

@@ -177,3 +177,29 @@ def test_a_remote_model_that_names_no_weights_cannot_be_fine_tuned(db, closed_ur
     spec = remote_spec(closed_url)  # no source: nothing local to train
     with pytest.raises(FinetuneError, match="names no weights to train on"):
         FinetuneJob.objects.create_for(spec, "sft", tmp_path / "t.jsonl", tmp_path / "e.jsonl")
+
+
+def test_a_remote_request_waits_for_replies_being_saved_then_goes_with_them(db, settings):
+    """While another turn is being saved (announced with api.reserve), a request is held, at most
+    MODELHUB_ARRIVAL_HOLD_SECONDS after the last one came, so that a burst reaches the server together."""
+    import time
+
+    settings.MODELHUB_ARRIVAL_HOLD_SECONDS = 5.0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.3)
+    spec = remote_spec(f"http://127.0.0.1:{listener.getsockname()[1]}/v1")
+    try:
+        saving = api.reserve()  # another turn, still being saved
+        request = api.start(spec, [{"role": "user", "content": "hello"}], {"max_new_tokens": 8})
+        with pytest.raises(socket.timeout):
+            listener.accept()  # held: nothing reached the server
+        saving.release()  # that turn's request went its own way: the held one goes now
+        started = time.monotonic()
+        connection, _ = listener.accept()
+        assert time.monotonic() - started < 0.3
+        connection.close()
+        request.cancel()
+    finally:
+        listener.close()

@@ -45,7 +45,6 @@ class HandedOver:
 
     def __init__(self, reply, inbox, forget):
         self.reply = reply
-        self.text = ""
         self.inbox = inbox
         self._forget = forget  # removes it from the process's replies once it is over
         self.announced = asyncio.Event()  # set by begin once the turn's frames are out
@@ -70,7 +69,8 @@ class HandedOver:
         pass  # the worker calls the roll while it writes
 
     async def snapshot(self):
-        return await durable.call(snapshot_frame, self.reply, "", within=settings.CHAT_DB_RETRY_SECONDS)
+        return await durable.call(snapshot_frame, self.reply, self.reply.content,  # empty, or an answer to continue
+                                  within=settings.CHAT_DB_RETRY_SECONDS)
 
     async def send_snapshot(self, channel):
         await send_to(channel, {"type": "chat.frame", "frame": await self.snapshot()})

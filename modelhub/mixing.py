@@ -32,17 +32,14 @@ def mixed_batch_differences(spec, adapters, rounds=3, max_new_tokens=24):
     """Greedy requests for the base and each adapter, asked together and then one by one; returns
     [(who, prompt, together, alone)] for every reply that differed (empty: the model mixes right)."""
     options = {"temperature": 0, "max_new_tokens": max_new_tokens}
-    cases = [(adapter, prompt) for _ in range(rounds) for prompt in PROMPTS for adapter in [None, *adapters]]
-    started = [api.start(spec, _ask(prompt), options, adapter=adapter) for adapter, prompt in cases]
+    choices = [("(base)", None)] + [(adapter.name, adapter) for adapter in adapters]
+    cases = [(who, adapter, prompt) for _ in range(rounds) for prompt in PROMPTS for who, adapter in choices]
+    started = [api.start(spec, _ask(prompt), options, adapter=adapter) for _, adapter, prompt in cases]
     together = [_text(request) for request in started]
-    alone = {}
-    for adapter, prompt in cases:
-        key = (adapter.name if adapter else "", prompt)
-        if key not in alone:
-            alone[key] = _text(api.start(spec, _ask(prompt), options, adapter=adapter))
-    return [(key[0] or "(base)", key[1], text, alone[key])
-            for (adapter, prompt), text in zip(cases, together)
-            if text != alone[key := (adapter.name if adapter else "", prompt)]]
+    alone = {(who, prompt): _text(api.start(spec, _ask(prompt), options, adapter=adapter))
+             for who, adapter in choices for prompt in PROMPTS}
+    return [(who, prompt, text, alone[who, prompt])
+            for (who, _, prompt), text in zip(cases, together) if text != alone[who, prompt]]
 
 
 def _ask(prompt):

@@ -50,6 +50,12 @@ class RemoteSettings:
                                 code="remote_refused")
         return key
 
+    def endpoint(self, path):
+        return f"{self.url.rstrip('/')}/{path}"
+
+    def headers(self):
+        return {"Authorization": f"Bearer {self.api_key()}"}
+
     def timeout(self):
         import httpx2
 
@@ -153,7 +159,6 @@ class RemoteWorker:
             self._held.remove(request)
             request.finish(Usage(finish_reason="cancelled", duration=time.monotonic() - request.started))
 
-
     def _ended(self, request):
         task = self._tasks.pop(request)
         self.last_used, self.last_used_at = time.monotonic(), time.time()
@@ -176,8 +181,7 @@ class RemoteWorker:
             import httpx2
 
             settings = self.settings
-            self._client = httpx2.AsyncClient(timeout=settings.timeout(),
-                                              headers={"Authorization": f"Bearer {settings.api_key()}"})
+            self._client = httpx2.AsyncClient(timeout=settings.timeout(), headers=settings.headers())
         return self._client
 
     async def _serve(self, request):
@@ -204,7 +208,7 @@ class RemoteWorker:
         body = {"model": settings.served_name(request.adapter), "messages": request.messages, "stream": True,
                 "stream_options": {"include_usage": True}, **sampling(request.options)}
         finish = ""
-        async with self._http().sse(f"{settings.url.rstrip('/')}/chat/completions", method="POST", json=body) as events:
+        async with self._http().sse(settings.endpoint("chat/completions"), method="POST", json=body) as events:
             response = events.response  # leaving the block (the end, a cancel, an error) closes it
             if response.status_code >= 400:
                 await response.aread()
@@ -274,9 +278,7 @@ def describe_failure(exc, settings, midway=False):
     where = f"the model server at {settings.url}"
     if isinstance(exc, httpx2.TimeoutException):
         return ModelhubError(f"{where} did not answer within {settings.read_timeout:g}s", code="remote_timeout")
-    if isinstance(exc, httpx2.TransportError):
-        if midway or not isinstance(exc, httpx2.ConnectError):
-            return ModelhubError(f"{where} broke off the reply: {exc or type(exc).__name__}", code="remote_failed")
+    if isinstance(exc, httpx2.ConnectError) and not midway:
         return ModelhubError(f"cannot reach {where}: {exc}", code="remote_unavailable")
     if isinstance(exc, httpx2.HTTPError):
         return ModelhubError(f"{where} broke off the reply: {exc or type(exc).__name__}", code="remote_failed")
@@ -346,11 +348,9 @@ def load_adapter(settings, name, folder):
 def _call(settings, method, path, payload=None, ok_if=lambda response: False):
     import httpx2
 
-    headers = {"Authorization": f"Bearer {settings.api_key()}"}
-    url = f"{settings.url.rstrip('/')}/{path}"
     try:
-        with httpx2.Client(timeout=settings.timeout(), headers=headers) as client:
-            response = client.request(method, url, json=payload)
+        with httpx2.Client(timeout=settings.timeout(), headers=settings.headers()) as client:
+            response = client.request(method, settings.endpoint(path), json=payload)
     except httpx2.TimeoutException:
         raise ModelhubError(f"the server at {settings.url} did not answer within {settings.read_timeout:g}s",
                             code="remote_timeout") from None

@@ -9,11 +9,13 @@
     privacy.py    PrivacySettings: each user's training-consent default
     datasets.py   DatasetSnapshot: what a training-data export wrote (conversations/training_data/)
     arena.py      Arena, ArenaMatch: blind votes on a candidate adapter (conversations/arena/)
+    api_key.py    ApiKey: how a tool calling the OpenAI-compatible API acts as its user
 
 Modules of this package import each other by their own names (`conversations.models.chat`),
 never this package.
 """
 
+from conversations.models.api_key import ApiKey
 from conversations.models.arena import Arena, ArenaMatch
 from conversations.models.chat import Conversation, Message
 from conversations.models.comparison import Comparison
@@ -22,6 +24,6 @@ from conversations.models.feedback import Feedback, FeedbackTag, Preference, Ver
 from conversations.models.privacy import PrivacySettings
 
 __all__ = [
-    "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "Feedback", "FeedbackTag", "Message",
+    "ApiKey", "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "Feedback", "FeedbackTag", "Message",
     "Preference", "PrivacySettings", "Verdict",
 ]

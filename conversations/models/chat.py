@@ -69,6 +69,11 @@ class Conversation(models.Model):
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The last message of the active branch.",
     )
+    api_key = models.ForeignKey(
+        "conversations.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations",
+        help_text="The key of the API call this conversation keeps (conversations/openai_api/); none for chats.",
+    )
+    api_key_name = models.CharField(max_length=100, blank=True, help_text="That key's name, kept if it is deleted.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

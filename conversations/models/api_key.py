@@ -1,0 +1,87 @@
+"""API keys: how a tool that speaks the OpenAI API (conversations/openai_api/) acts as a user.
+
+A user creates, names and revokes their own keys (the Keys page); staff can revoke any in the
+admin. The key itself is shown once, when it is created: the database keeps its SHA-256 digest
+and its first characters (to tell keys apart), never the key. A key is 32 random bytes, so a
+plain hash is enough (no salt, no slow hash: there is no dictionary to guess it from), and a
+lookup is one indexed query. A revoked key, or a key of a user who is no longer active, fails at
+once. A key acts as its user in every way (models, adapters, reply cap, consent), except that
+one made with `keep_calls` off leaves no conversation behind.
+"""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+PREFIX = "cs-"  # what a chatsite key starts with, so that a key pasted in the wrong place is recognisable
+SHOWN_CHARACTERS = 10  # of the key, kept in clear to tell keys apart: PREFIX and 7 random characters
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # a call writes `last_used_at` at most this often per key
+
+
+def digest_of(raw):
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def of(self, user):
+        return self.filter(user=user)
+
+    def live(self):
+        return self.filter(revoked_at__isnull=True, user__is_active=True)
+
+    def issue(self, user, name, keep_calls=True):
+        """A new key of `user`: (ApiKey, the key in clear), the only time the clear key exists."""
+        raw = PREFIX + secrets.token_urlsafe(32)
+        key = self.create(user=user, name=name.strip()[:100], keep_calls=keep_calls, prefix=raw[:SHOWN_CHARACTERS],
+                          digest=digest_of(raw))
+        return key, raw
+
+    def authenticate(self, raw):
+        """The live key whose digest matches `raw` (its user loaded), or None; notes when it was used."""
+        if not isinstance(raw, str) or not raw.startswith(PREFIX) or len(raw) > 200:
+            return None
+        key = self.live().select_related("user").filter(digest=digest_of(raw)).first()
+        if key is not None:
+            key.note_use()
+        return key
+
+
+class ApiKey(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, help_text="What the key is for (an editor, a notebook, a script).")
+    prefix = models.CharField(max_length=SHOWN_CHARACTERS, help_text="The key's first characters, to tell keys apart.")
+    digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the key; the key is not stored.")
+    keep_calls = models.BooleanField(
+        default=True, help_text="Calls with this key are kept as conversations of its user (consent as set there).")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def revoked(self):
+        return self.revoked_at is not None
+
+    def revoke(self):
+        """From now on the key fails; a call streaming with it meanwhile ends with its reply saved."""
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=self.revoked_at)
+
+    def note_use(self):
+        now = timezone.now()
+        if self.last_used_at is None or now - self.last_used_at >= LAST_USED_RESOLUTION:
+            self.last_used_at = now
+            ApiKey.objects.filter(pk=self.pk).update(last_used_at=now)

@@ -23,6 +23,7 @@ import re
 import time
 
 from modelhub.options import ModelLoadError, Usage
+from modelhub.stopping import StopMatcher
 
 
 class TransformersBackend:
@@ -146,7 +147,7 @@ class ScriptedBackend:
         if chunks is None:  # echo the last message word by word, whitespace and all
             chunks = re.findall(r"\s*\S+", messages[-1]["content"])
         usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
-        sequence = ScriptedSequence(list(chunks), options.max_new_tokens, usage, request.started)
+        sequence = ScriptedSequence(list(chunks), options.max_new_tokens, usage, request.started, options.stop)
         self._running.append(sequence)
         return sequence
 
@@ -176,10 +177,11 @@ class ScriptedBackend:
 
 
 class ScriptedSequence:
-    """One scripted reply: its remaining chunks, handed out one per decode step."""
+    """One scripted reply: its remaining chunks, handed out one per decode step (cut at a stop string)."""
 
-    def __init__(self, chunks, max_new_tokens, usage, started):
+    def __init__(self, chunks, max_new_tokens, usage, started, stop=()):
         self.chunks = chunks
+        self.stops = StopMatcher(stop)
         self.limit = max_new_tokens
         self.usage = usage
         self.started = started
@@ -201,12 +203,16 @@ class ScriptedSequence:
         if self.usage.time_to_first_token is None:
             self.usage.time_to_first_token = time.monotonic() - self.started
         self.usage.completion_tokens += 1
-        self.text += chunk
-        if self.usage.completion_tokens >= min(self.limit, len(self.chunks)):
+        self.text += self.stops.add(chunk)
+        if self.stops.stopped:
+            self.end("stop")
+        elif self.usage.completion_tokens >= min(self.limit, len(self.chunks)):
             self.end("stop" if len(self.chunks) <= self.limit else "length")
 
     def end(self, reason):
-        self.finish_reason = self.finish_reason or reason
+        if not self.finish_reason:
+            self.finish_reason = reason
+            self.text += self.stops.flush()
 
     def take_text(self):
         text, self.text = self.text, ""

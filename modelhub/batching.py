@@ -34,6 +34,7 @@ from transformers import DynamicCache
 from modelhub.decoding import Detokenizer, Sampler
 from modelhub.options import ModelhubError, Usage
 from modelhub.prompts import build_prompt
+from modelhub.stopping import StopMatcher
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Sequence:
         self.adapter = adapter or BASE
         self.sampler = sampler
         self.detokenizer = detokenizer
+        self.stops = StopMatcher(options.stop)  # between the detokenizer and the caller
         self.started = started
         self.cache = DynamicCache()
         self.fed = 0  # prompt tokens already in the cache
@@ -78,21 +80,25 @@ class Sequence:
         return self.prompt_ids[: self.fed] + self.tokens[:-1]
 
     def accept(self, token):
-        """Record the sampled token; end the reply on an end-of-turn token or at max_new_tokens."""
+        """Record the sampled token; end the reply on an end-of-turn token, a stop string or at max_new_tokens."""
         if not self.tokens:
             self.usage.time_to_first_token = time.monotonic() - self.started
         self.tokens.append(token)
         if token in self.sampler.eos_ids:
             self.end("stop")
             return
-        self.text += self.detokenizer.add(token)
-        if len(self.tokens) >= self.options.max_new_tokens:
+        self.text += self.stops.add(self.detokenizer.add(token))
+        if self.stops.stopped:
+            self.end("stop")
+        elif len(self.tokens) >= self.options.max_new_tokens:
             self.end("length")
 
     def end(self, reason):
         if not self.finish_reason:
-            self.finish_reason = reason
-            self.text += self.detokenizer.flush()
+            self.text += self.stops.add(self.detokenizer.flush()) + self.stops.flush()
+            # What the detokenizer held back may complete a stop string: then that is why it ended.
+            self.finish_reason = "stop" if self.stops.stopped and reason == "length" else reason
+        # Every token sampled counts, those that formed a stop string too (as vLLM counts them).
         self.usage.completion_tokens = len(self.tokens)
 
     def take_text(self):

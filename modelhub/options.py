@@ -40,6 +40,8 @@ class PromptTooLong(ModelhubError):
 MIN_TEMPERATURE = 0.01  # between 0 (greedy) and this, logits / temperature overflow float32 into inf and nan
 MAX_TOP_K = 1_000_000  # more than any vocabulary: a larger k would keep every token, as 0 (off) does
 MAX_SEED = 2**63 - 1  # torch.Generator takes -2**63..2**64-1 (negative ones wrap); this fits a signed 64-bit column
+MAX_STOP_STRINGS = 4  # the OpenAI API's limit
+MAX_STOP_LENGTH = 200  # characters per stop string: text that long is held back while it might begin one
 WHOLE_NUMBER_OPTIONS = {"top_k", "max_new_tokens", "seed"}
 
 _RANGES = {  # option: (is this number in range, given the max_new_tokens limit; what to say otherwise)
@@ -64,6 +66,13 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these strings it would contain (stopping.py)
+
+    def __post_init__(self):
+        # As in the OpenAI API, one string is a list of one; a list becomes a tuple (the options stay hashable).
+        # Anything else is left as it is, for `problems` to name.
+        if self.stop is None or isinstance(self.stop, (str, list)):
+            object.__setattr__(self, "stop", _stop_tuple(self.stop))
 
     def validated(self, max_new_tokens_limit):
         """Self, when every option has its type and range; else InvalidOptions naming each problem."""
@@ -80,6 +89,10 @@ class GenerationOptions:
             if name == "ignore_eos":
                 if not isinstance(value, bool):
                     problems[name] = "ignore_eos must be true or false"
+                continue
+            if name == "stop":
+                if problem := _stop_problem(value):
+                    problems[name] = problem
                 continue
             if name == "seed" and value is None:
                 continue
@@ -103,7 +116,33 @@ class GenerationOptions:
         return replace(self, **{key: _cast(key, value) for key, value in overrides.items()})
 
     def as_dict(self):
-        return asdict(self)
+        """Plain JSON values (`stop` as a list), as a message's stored generation_options hold them."""
+        return {**asdict(self), "stop": list(self.stop)}
+
+
+def _stop_tuple(value):
+    """None (JSON's null), one string or a list of strings as a tuple; anything else unchanged."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _stop_type_problem(value):
+    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+        return "stop must be a string or a list of strings"
+    return None
+
+
+def _stop_problem(value):
+    """What is wrong with a `stop` value (type, then count and lengths), or None."""
+    problem = _stop_type_problem(value)
+    if problem is None and len(value) > MAX_STOP_STRINGS:
+        problem = f"stop takes at most {MAX_STOP_STRINGS} strings"
+    elif problem is None and not all(1 <= len(item) <= MAX_STOP_LENGTH for item in value):
+        problem = f"each stop string must be 1 to {MAX_STOP_LENGTH} characters long"
+    return problem
 
 
 def _type_problem(name, value):
@@ -118,6 +157,11 @@ def _type_problem(name, value):
 
 
 def _cast(name, value):
+    if name == "stop":  # a JSON list (or one string, or null) from a request or a stored message
+        value = _stop_tuple(value)
+        if problem := _stop_type_problem(value):
+            raise InvalidOptions(problem)
+        return value
     if name == "ignore_eos":
         if not isinstance(value, bool):
             raise InvalidOptions("ignore_eos must be true or false")

@@ -256,10 +256,14 @@ class RemoteWorker:
 def sampling(options):
     """GenerationOptions as chat-completion fields. top_k, repetition_penalty and ignore_eos are not
     OpenAI fields: they go as extra fields (vLLM, SGLang and llama.cpp read them) only when they do
-    something, so a server that knows none of them is not sent any by default."""
+    something, so a server that knows none of them is not sent any by default. `stop` is sent only
+    when set: the server stops, leaves the stop string out of the text (as stopping.py does here) and
+    says finish_reason "stop"."""
     fields = {"temperature": options.temperature, "top_p": options.top_p, "max_tokens": options.max_new_tokens}
     if options.seed is not None:
         fields["seed"] = options.seed
+    if options.stop:
+        fields["stop"] = list(options.stop)
     extra = {}
     if options.top_k:
         extra["top_k"] = options.top_k

@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-vllm browser bench bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply clean
+.PHONY: install run test test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -35,7 +35,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-bench: bench-stream bench-serve bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply
+bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -47,6 +47,9 @@ bench-scale: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+bench-api: install
+	$(PY) bench/api.py
 
 bench-finetune: install
 	$(PY) bench/finetune.py

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "chatsite.metrics.count_responses",  # outermost: counts every response, redirects and errors included
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -93,6 +94,11 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+# Counts that every process must see (API calls in flight that leave no row: conversations/cap.py) live in the
+# cache: Redis when deployed, this process's memory in the embedded default (one process).
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": "chatsite"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -133,6 +139,32 @@ CONTENT_SECURITY_POLICY = {
 # No Referer header to other sites (links in answers); browsers take the Content-Type as given.
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Error reports show no API key in clear: not in the Authorization header (Django hides it by name) nor in a
+# traceback's variables (this filter, by the key's look).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "chatsite.reporting.KeyRedactingFilter"
+
+# --- Production profile (README: "Production settings"; tests/test_production_profile.py) ---------
+# Off by default: the embedded default (`make run`) serves plain http on 127.0.0.1. With the documented
+# environment, `manage.py check --deploy` reports nothing: HTTPS only, cookies sent over HTTPS only, and
+# browsers told to stay on HTTPS. Plain-http requests are redirected, but for what the private network
+# asks each process directly: a load balancer's probes and Prometheus's scrapes.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a proxy that ends TLS and sets X-Forwarded-Proto (and strips any the client sent), requests it
+# received over HTTPS count as secure; never set it where clients reach daphne directly.
+if env_bool("CHATSITE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Metrics and health checks (README: "Metrics and health checks"; chatsite/metrics.py, health.py) ----
+# /metrics answers staff users, and a scraper that sends "Authorization: Bearer <METRICS_TOKEN>" (empty:
+# staff only). /healthz and /readyz answer anyone.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 LOGGING = {
     "version": 1,
@@ -217,5 +249,7 @@ MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.1, 
 # no worker takes within MODELHUB_WORKER_TIMEOUT_SECONDS fails with a message saying so.
 MODELHUB_WORKERS = env_bool("MODELHUB_WORKERS", False)
 MODELHUB_WORKER_TIMEOUT_SECONDS = env_float("MODELHUB_WORKER_TIMEOUT_SECONDS", 10.0, minimum=0.5)
+# A model worker serves its own metrics on this port (manage.py modelhub_worker --metrics-port; 0: none).
+MODELHUB_WORKER_METRICS_PORT = env_int("MODELHUB_WORKER_METRICS_PORT", 0, minimum=0)
 if MODELHUB_WORKERS and not REDIS_URL:
     raise ImproperlyConfigured("MODELHUB_WORKERS needs REDIS_URL: web and worker processes talk over Redis")

@@ -9,7 +9,8 @@ from django.utils.html import format_html
 
 from conversations.arena.leaderboard import SOURCES, leaderboard
 from conversations.forms import SnapshotFinetuneForm, SnapshotForm
-from conversations.models import Arena, Conversation, DatasetSnapshot, Feedback, FeedbackTag, Message, Preference
+from conversations.models import (ApiKey, Arena, Conversation, DatasetSnapshot, Feedback, FeedbackTag, Message,
+                                  Preference)
 from conversations.models.datasets import SnapshotChanged
 from conversations.training_data.export import export_snapshot
 
@@ -92,6 +93,32 @@ class PreferenceAdmin(ReadOnlyAdmin):
     list_display = ["__str__", "user", "source", "verdict", "updated_at"]
     list_filter = ["source", "verdict", "chosen__model_name"]
     list_select_related = ["user"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made by their users (the API keys page); staff read and revoke them, superusers may delete them.
+    The digest is never shown, nor editable: it is what a call proves it holds the key with."""
+
+    list_display = ["name", "user", "shown_prefix", "keep_calls", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["keep_calls", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "name", "prefix"]
+    exclude = ["digest"]
+    readonly_fields = ["user", "name", "prefix", "keep_calls", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="key", ordering="prefix")
+    def shown_prefix(self, key):
+        return f"{key.prefix}…"
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = queryset.revoke()
+        self.message_user(request, f"Revoked {revoked} key(s); calls with them fail from now on.", messages.SUCCESS)
 
 
 @admin.register(DatasetSnapshot)

@@ -1,6 +1,7 @@
 from django import forms
 
 from conversations.models import Feedback, FeedbackTag
+from conversations.models.api_key import NAME_LENGTH
 from conversations.models.datasets import FORMAT_CHOICES
 from conversations.training_data.examples import Filters
 from modelhub import api
@@ -109,6 +110,20 @@ class PrivacyForm(forms.Form):
         required=False, label="Use my new conversations to improve the models",
     )
     apply_to_existing = forms.BooleanField(required=False, label="Apply this to all my existing conversations too")
+
+
+class ApiKeyForm(forms.Form):
+    """A new API key: its name, and whether calls made with it are kept as conversations."""
+
+    name = forms.CharField(
+        max_length=NAME_LENGTH, strip=True, help_text="What the key is for: an editor, a notebook, a script.",
+        error_messages={"required": "Give the key a name, to tell it from your other keys."},
+    )
+    dont_keep_calls = forms.BooleanField(
+        required=False, label="Do not keep my calls",
+        help_text="Calls with this key leave no conversation behind (otherwise each call is kept as one, "
+                  "with your privacy settings).",
+    )
 
 
 class ConsentForm(forms.Form):

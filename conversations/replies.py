@@ -47,10 +47,12 @@ ROLL_CALL_SECONDS = 1.0  # how long a reply without local watchers waits for pag
 LOADING_STATUS_SECONDS = 0.5  # how often a reply waiting for its model's load tells its pages how far it got
 
 
-async def begin(user, conversation_id, turn, guard=None):
+async def begin(user, conversation_id, turn, guard=None, follow=None):
     """Save the turn, create (or reopen) the reply rows and start their tasks. Raises ChatError.
 
     `guard`: a check to pass first, in the same trip to the database (turns.prepare).
+    `follow`: awaited with the saved conversation before any frame of it is published (an API
+    call, whose conversation is new, joins its group there: openai_api/calls.py).
 
     The replies are reserved in modelhub first (`api.reserve`): replies running meanwhile
     hold their next step for them, so they start as soon as they are saved. Saving and
@@ -72,8 +74,10 @@ async def begin(user, conversation_id, turn, guard=None):
                                                         "saved. It is back in the box: try again in a moment.")
         tasks = [_start(plan, reservations) for plan in plans]
         try:
+            if follow is not None:
+                await follow(conversation)
             for frame in frames:
-                await publish(conversation_id, frame)
+                await publish(conversation.pk, frame)
         finally:
             for task in tasks:
                 task.announced.set()

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 
+from conversations import cap
 from conversations.forms import ModelChoiceForm
 from conversations.frames import ChatError, SessionEnded, message_frames, path_frame
 from conversations.models import Conversation, Message
@@ -27,11 +28,12 @@ BUSY = "A reply is still being written; stop it or wait for it to finish."
 class Turn:
     """What the user asked for: a new message, an edited question, another answer, or more of one."""
 
-    kind: str  # send, edit, regenerate, continue, compare
+    kind: str  # send, edit, regenerate, continue, compare, call (an API call: a new conversation)
     content: str = ""
     message_id: int | None = None
     overrides: dict = field(default_factory=dict)
     models: list = field(default_factory=list)  # compare: two model-choice keys ("m3", "m3-a7")
+    call: object = None  # call: what openai_api.requests parsed (key, spec, adapter, messages)
 
 
 @dataclass
@@ -54,6 +56,8 @@ def prepare(user, conversation_id, turn, saved, guard=None):
         with transaction.atomic():
             saved["turn"] = _save(user, conversation_id, turn)
     conversation, plans, new_messages = saved["turn"]
+    if turn.kind == "call":  # a new conversation: no page shows it yet
+        return conversation, plans, []
     frames = [{"type": "title", "title": conversation.title}]
     if turn.kind in ("edit", "regenerate", "compare"):  # a new branch: every watcher redraws the active path
         frames.append(path_frame(conversation))
@@ -63,6 +67,8 @@ def prepare(user, conversation_id, turn, saved, guard=None):
 
 
 def _save(user, conversation_id, turn):
+    if turn.kind == "call":
+        return _save_call(user, turn)
     if turn.kind == "compare":
         return _save_comparison(user, conversation_id, turn)
     return _save_turn(user, conversation_id, turn)
@@ -74,17 +80,29 @@ def _idle_conversation(user, conversation_id, replies=1):
                     .filter(pk=conversation_id).first())
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-    streaming = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
-                                       status=Message.Status.STREAMING)
-    counts = streaming.aggregate(here=Count("pk", filter=Q(conversation_id=conversation.pk)), writing=Count("pk"))
+    counts = _streaming(user).aggregate(here=Count("pk", filter=Q(conversation_id=conversation.pk)),
+                                        writing=Count("pk"))
     if counts["here"]:
         raise ChatError("busy", BUSY)
-    limit = settings.CHAT_MAX_REPLIES_PER_USER
-    writing = counts["writing"]
-    if writing + replies > limit:
-        raise ChatError("too_many_replies", f"{writing} of your replies are being written in other conversations "
-                                            f"(at most {limit} at once): wait for one to finish, or stop it.")
+    cap.check(user, counts["writing"], replies)
     return conversation
+
+
+def _streaming(user):
+    return Message.objects.filter(conversation__in=Conversation.objects.for_user(user), status=Message.Status.STREAMING)
+
+
+def _save_call(user, turn):
+    """An API call kept as a new conversation of the key's user: its messages, then the streaming reply."""
+    call = turn.call
+    cap.check(user, _streaming(user).count(), 1)
+    try:
+        options = api.options_for(call.spec, turn.overrides).as_dict()
+    except InvalidOptions as exc:
+        raise ChatError(exc.code, exc.message) from exc
+    conversation = call.key.start_conversation(call.spec, call.adapter, call.messages)
+    reply = conversation.start_reply(call.spec, options, call.adapter)
+    return conversation, [Plan(reply, call.spec, call.adapter, conversation.history(upto=reply))], []
 
 
 def _save_comparison(user, conversation_id, turn):

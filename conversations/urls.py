@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import views
+from conversations import keys, views
 from conversations.arena import views as arena_views
 
 app_name = "conversations"
@@ -20,6 +20,8 @@ urlpatterns = [
     path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
+    path("keys/", keys.api_keys, name="api_keys"),
+    path("keys/<int:pk>/revoke/", keys.api_key_revoke, name="api_key_revoke"),
     path("arena/", arena_views.arena_list, name="arena_list"),
     path("arena/new/", arena_views.arena_new, name="arena_new"),
     path("arena/<int:pk>/", arena_views.arena_detail, name="arena"),

@@ -202,7 +202,7 @@ async def _stream(spec, prompt, adapter):
     messages, overrides = [{"role": "user", "content": prompt}], {"max_new_tokens": 64}
     if settings.MODELHUB_WORKERS:
         try:
-            async for text in workers.try_prompt(spec, messages, overrides, adapter):
+            async for text in workers.WorkerRequest(spec, messages, overrides, adapter).chunks():
                 yield text
         except ModelhubError as exc:
             yield f"\n[error: {exc.message}]"

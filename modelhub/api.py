@@ -12,19 +12,23 @@ first (a chat turn) reserves the reply before saving, so running replies make ro
 With `adapter=api.get_adapter(spec, "name")` the reply comes from that LoRA adapter on
 the shared base model.
 Nothing here imports torch; the model loads in its worker thread on first use, or when a
-server starts (`preload`: the default model and those marked `load_at_start`).
+server starts (`preload`: the default model and those marked `load_at_start`). A server's
+probes and metrics read `runtime()`, `gpu_memory()` and `check_default()`: none loads anything.
 """
 
 import asyncio
+import dataclasses
 import logging
+import sys
 
 from django.conf import settings
 
 from modelhub.arrivals import arrivals
 from modelhub.engine import Request
-from modelhub.models import Adapter, ModelSpec, pick_default
-from modelhub.options import ModelNotFound
+from modelhub.models import Adapter, ModelSpec, ModelWorker, pick_default
+from modelhub.options import ModelhubError, ModelLoadError, ModelNotFound
 from modelhub.registry import registry
+from modelhub.remote import check_server
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,65 @@ def preload():
 def loading(spec):
     """While the spec's model loads: (seconds so far, its progress text, e.g. "loading weights"); else None."""
     return registry.loading(spec.name)
+
+
+def runtime():
+    """name -> runtime status of each model this process serves, as the admin's runtime column shows it:
+    state, running and waiting replies, peak_batch (the largest batch so far), memory_bytes and, for a
+    local model, its prefix cache (kv_reuse.py: kv_cache_bytes, kv_cache_entries, kv_cache_hits,
+    kv_reused_tokens). Reads no database; never waits on a model."""
+    return registry.status()
+
+
+def gpu_memory():
+    """{"cuda:N": (allocated, reserved, total bytes)} of this process's CUDA devices; empty unless a model
+    already put torch on a GPU here: never imports torch, never starts CUDA (a scrape must cost nothing)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return {}
+    cuda = torch.cuda
+    return {f"cuda:{i}": (cuda.memory_allocated(i), cuda.memory_reserved(i), cuda.get_device_properties(i).total_memory)
+            for i in range(cuda.device_count())}
+
+
+def check_default(timeout=2.0):
+    """Can the default model serve? A sentence saying why; ModelhubError if not. Never loads weights.
+
+    Loaded or loading here: yes. With model workers on: a live worker serves it. Otherwise what a load
+    would need is at hand: a scripted model; a local folder with its config.json (the built-in model's
+    too); a Hub id in the local cache (or, online, fetched on first use); a remote server that answers
+    `GET /models` with it within `timeout` seconds. Reads the database.
+    """
+    spec = get_spec()
+    state = registry.status().get(spec.name, {}).get("state")
+    if state in ("ready", "loading"):
+        return f"{spec.name} is {'loaded' if state == 'ready' else 'loading'}"
+    if settings.MODELHUB_WORKERS:
+        if not ModelWorker.objects.serving(spec.name):
+            raise ModelhubError(f"no live model worker serves {spec.name}", code="no_model_worker")
+        return f"{spec.name} is served by a model worker"
+    if spec.backend == spec.Backend.SCRIPTED:
+        return f"{spec.name} is scripted"
+    if spec.backend == spec.Backend.REMOTE:
+        remote = spec.remote_settings()
+        return check_server(dataclasses.replace(remote, connect_timeout=min(remote.connect_timeout, timeout),
+                                                read_timeout=min(remote.read_timeout, timeout)))
+    return _weights_at_hand(spec)
+
+
+def _weights_at_hand(spec):
+    folder = spec.local_path
+    if folder is None and not spec.source.startswith(("/", ".", "~")):  # a Hub repo id, as the loader reads it
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec.source, "config.json", revision=spec.revision or None), str):
+            return f"{spec.name}: {spec.source} is in the Hugging Face cache"
+        if constants.HF_HUB_OFFLINE:
+            raise ModelLoadError(f"{spec.source} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+        return f"{spec.name}: {spec.source} downloads from the Hub on first use"
+    if folder is None or not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{spec.source} is not a model folder (no config.json)")
+    return f"{spec.name}: {folder} has its config.json"
 
 
 def get_adapter(spec, name):

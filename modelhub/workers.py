@@ -5,8 +5,9 @@ processes load none (conversations/model_worker.py runs the worker, conversation
 hands chat replies to it). A worker receives on `model_channel(name)` for each model it serves:
 a channel's messages are shared out among its receivers, so each request reaches one worker.
 
-The admin's *Try a prompt* asks a worker too (`try_prompt`): the worker streams the reply's
-text back to a channel of the asker's own (`answer_try`), which nothing else reads.
+The admin's *Try a prompt* and API calls that keep no row ask a worker too (`WorkerRequest`): the
+worker streams the reply's text back to a channel of the asker's own (`answer_try`), which nothing
+else reads, and ends with the reply's usage.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from modelhub import api
-from modelhub.options import ModelhubError
+from modelhub.options import ModelhubError, Usage
 
 
 def model_channel(model_name):
@@ -26,27 +27,46 @@ def model_channel(model_name):
     return f"modelhub.model.{model_name}"
 
 
-async def try_prompt(spec, messages, overrides, adapter=None):
-    """A short reply from a worker serving `spec`, as text chunks; ModelhubError if none answers or it fails."""
-    layer = get_channel_layer()
-    # A named channel of its own, not the process's "!" channel: abandoning its receive (the page was
-    # closed) touches nothing else of the process (see conversations/inbox.py).
-    reply_to = f"modelhub.try.{secrets.token_hex(8)}"
-    timeout = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
-    await layer.send(model_channel(spec.name), {
-        "type": "prompt.try", "model": spec.name, "messages": messages, "overrides": overrides,
-        "adapter": adapter.name if adapter else "", "reply_to": reply_to, "deadline": time.time() + timeout})
-    while True:
-        try:
-            message = await asyncio.wait_for(layer.receive(reply_to), timeout)
-        except TimeoutError:
-            raise ModelhubError(f"no model worker serving {spec.name} answered within {timeout:g} s",
-                                code="no_model_worker") from None
-        if message["type"] == "prompt.error":
-            raise ModelhubError(message["message"], code=message["code"])
-        if message["type"] == "prompt.end":
-            return
-        yield message["text"]
+class WorkerRequest:
+    """A reply that a worker serving `spec` writes for a caller that keeps no row of it (the admin's
+    *Try a prompt*, an API call whose key keeps nothing), read like a local Request: `chunks()`,
+    then `usage`; `cancel()` stops it on the worker within a step.
+
+    Its text comes back on a named channel of its own, not the process's "!" channel: abandoning
+    its receive (the caller went away) touches nothing else of the process (see
+    conversations/inbox.py). The worker hears a cancel on `<that channel>.cancel`."""
+
+    def __init__(self, spec, messages, overrides, adapter=None):
+        self.request = {"type": "prompt.try", "model": spec.name, "messages": messages, "overrides": overrides,
+                        "adapter": adapter.name if adapter else "", "reply_to": f"modelhub.try.{secrets.token_hex(8)}"}
+        self.model_name = spec.name
+        self.usage = None
+        self.cancelled = False
+
+    async def chunks(self, min_interval=0.0):
+        """The reply's text as the worker sends it (it paces itself); ModelhubError if none answers or it fails."""
+        layer = get_channel_layer()
+        timeout = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
+        reply_to = self.request["reply_to"]
+        await layer.send(model_channel(self.model_name), {**self.request, "deadline": time.time() + timeout})
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(reply_to), timeout)
+            except TimeoutError:
+                raise ModelhubError(f"no model worker serving {self.model_name} answered within {timeout:g} s",
+                                    code="no_model_worker") from None
+            if message["type"] == "prompt.error":
+                raise ModelhubError(message["message"], code=message["code"])
+            if message["type"] == "prompt.end":
+                self.usage = Usage(**message["usage"])
+                return
+            yield message["text"]
+
+    def cancel(self):
+        if not self.cancelled:
+            self.cancelled = True
+            asyncio.ensure_future(get_channel_layer().send(self.request["reply_to"] + ".cancel",
+                                                           {"type": "prompt.cancel"}))
 
 
 async def answer_try(message):
@@ -58,6 +78,7 @@ async def answer_try(message):
         spec = await database_sync_to_async(api.get_spec)(message["model"])
         adapter = await database_sync_to_async(api.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
         request = api.start(spec, message["messages"], message["overrides"], adapter=adapter)
+        cancelling = asyncio.ensure_future(_cancel_on_request(layer, reply_to + ".cancel", request))
         async for text in request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
             await layer.send(reply_to, {"type": "prompt.chunk", "text": text})
     except ModelhubError as exc:
@@ -66,4 +87,11 @@ async def answer_try(message):
     finally:
         if request is not None:
             request.cancel()  # ended already, or the channel failed: stop generating
-    await layer.send(reply_to, {"type": "prompt.end"})
+            cancelling.cancel()
+    await layer.send(reply_to, {"type": "prompt.end", "usage": request.usage.as_dict()})
+
+
+async def _cancel_on_request(layer, channel, request):
+    """Cancel `request` when its asker says so on `channel` (a named channel of this request alone)."""
+    await layer.receive(channel)
+    request.cancel()

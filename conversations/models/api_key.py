@@ -10,16 +10,24 @@ one made with `keep_calls` off leaves no conversation behind.
 """
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from conversations.models.chat import Conversation, Message, title_from
 
 PREFIX = "cs-"  # what a chatsite key starts with, so that a key pasted in the wrong place is recognisable
 SHOWN_CHARACTERS = 10  # of the key, kept in clear to tell keys apart: PREFIX and 7 random characters
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # a call writes `last_used_at` at most this often per key
+NAME_LENGTH = 100
+# A key, or most of one, in any text: error reports show it redacted (chatsite/reporting.py).
+# A key is PREFIX and 43 characters of token_urlsafe; the shown prefix (7 of them) does not match.
+KEY_PATTERN = re.compile(r"(?<![\w-])" + re.escape(PREFIX) + r"[\w-]{20,}")
 
 
 def digest_of(raw):
@@ -34,9 +42,13 @@ class ApiKeyQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True, user__is_active=True)
 
     def issue(self, user, name, keep_calls=True):
-        """A new key of `user`: (ApiKey, the key in clear), the only time the clear key exists."""
+        """A new key of `user`: (ApiKey, the key in clear), the only time the clear key exists.
+        A name that is blank or longer than NAME_LENGTH is refused (ValidationError), not cut."""
+        name = name.strip()
+        if not 0 < len(name) <= NAME_LENGTH:
+            raise ValidationError(f"A key's name is 1 to {NAME_LENGTH} characters.", code="name")
         raw = PREFIX + secrets.token_urlsafe(32)
-        key = self.create(user=user, name=name.strip()[:100], keep_calls=keep_calls, prefix=raw[:SHOWN_CHARACTERS],
+        key = self.create(user=user, name=name, keep_calls=keep_calls, prefix=raw[:SHOWN_CHARACTERS],
                           digest=digest_of(raw))
         return key, raw
 
@@ -49,10 +61,16 @@ class ApiKeyQuerySet(models.QuerySet):
             key.note_use()
         return key
 
+    def revoke(self):
+        """Revoke the live keys among these (the admin's action); returns how many."""
+        return self.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+    revoke.queryset_only = True  # never `ApiKey.objects.revoke()`: that would revoke every key
+
 
 class ApiKey(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100, help_text="What the key is for (an editor, a notebook, a script).")
+    name = models.CharField(max_length=NAME_LENGTH, help_text="What the key is for (an editor, a notebook, a script).")
     prefix = models.CharField(max_length=SHOWN_CHARACTERS, help_text="The key's first characters, to tell keys apart.")
     digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the key; the key is not stored.")
     keep_calls = models.BooleanField(
@@ -85,3 +103,21 @@ class ApiKey(models.Model):
         if self.last_used_at is None or now - self.last_used_at >= LAST_USED_RESOLUTION:
             self.last_used_at = now
             ApiKey.objects.filter(pk=self.pk).update(last_used_at=now)
+
+    def start_conversation(self, spec, adapter, prompt):
+        """A new conversation of the key's user that keeps one call: the system prompt, then the call's
+        messages (the last one the user's question), on one branch; the reply row comes next (turns.py).
+
+        `prompt`: [{"role": "system" | "user" | "assistant", "content": str}], system messages first."""
+        system = "\n\n".join(m["content"] for m in prompt if m["role"] == "system")
+        turns = [m for m in prompt if m["role"] != "system"]
+        first_question = next(m["content"] for m in turns if m["role"] == "user")
+        conversation = Conversation.objects.start_for(self.user, model=spec, adapter=adapter)
+        parent = None
+        for turn in turns:
+            parent = conversation.messages.create(role=turn["role"], content=turn["content"], parent=parent,
+                                                  status=Message.Status.COMPLETE)
+        conversation.system_prompt, conversation.title, conversation.leaf = system, title_from(first_question), parent
+        conversation.api_key, conversation.api_key_name = self, self.name
+        conversation.save(update_fields=["system_prompt", "title", "leaf", "api_key", "api_key_name"])
+        return conversation

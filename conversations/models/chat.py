@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from chatsite import metrics
 from conversations import tree, writers
 from conversations.models.comparison import Comparison
 from conversations.models.feedback import Feedback, Preference
@@ -189,7 +190,7 @@ class Conversation(models.Model):
             role=Message.Role.USER, content=content, status=Message.Status.COMPLETE, parent_id=parent_id
         )
         if self.title == DEFAULT_TITLE:
-            self.title = _title_from(content)
+            self.title = title_from(content)
             return self._grow(message, "title")
         return self._grow(message)
 
@@ -268,7 +269,7 @@ class Conversation(models.Model):
         return self.messages.filter(status=Message.Status.STREAMING).last()
 
 
-def _title_from(content):
+def title_from(content):
     words = " ".join(content.split())
     if len(words) <= 60:
         return words or DEFAULT_TITLE
@@ -402,5 +403,6 @@ class Message(models.Model):
             updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)
             if updated:
                 Conversation.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
+                transaction.on_commit(lambda: metrics.record_reply(status, self.model_name, usage))
         self.refresh_from_db()
         return bool(updated)

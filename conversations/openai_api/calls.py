@@ -1,0 +1,167 @@
+"""The life of one API call, kept as a conversation or not; views.py turns it into HTTP.
+
+    KeptCall    the key keeps calls: the call is saved as a new conversation of the key's user
+                and answered by the chat's own path (replies.begin: the user's question saved
+                before generation, the reply row `streaming`, written in this process or by a
+                model worker, batched with every other reply, under the same reply cap). The
+                call follows the conversation's group as a page does (and answers roll calls,
+                so a worker keeps writing), and reads the stored row at the end: the usage it
+                returns is the stored reply's.
+    UnkeptCall  the key keeps nothing: no row at all; the model is asked directly (modelhub in
+                this process, or a model worker: workers.WorkerRequest), and the call holds a
+                place under the reply cap while it runs (cap.py).
+
+Both: `start()` (ApiError if refused), `async for text in call.chunks()`, then `call.outcome`;
+`stop()` when the client went away (the stored reply ends `stopped`), `close()` always.
+"""
+
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from conversations import cap, durable, replies
+from conversations.frames import ChatError, group_for, send_to
+from conversations.models import Conversation, Message
+from conversations.openai_api.requests import ApiError
+from conversations.turns import Turn
+from modelhub import api
+from modelhub.options import ModelhubError
+from modelhub.workers import WorkerRequest
+
+STATUS_OF_CODE = {"too_many_replies": 429, "busy": 429, "prompt_too_long": 400, "unknown_model": 404,
+                  "invalid_options": 400, "no_model_worker": 503, "model_load_failed": 503,
+                  "database_unavailable": 503}
+
+
+def api_error(code, message):
+    return ApiError(STATUS_OF_CODE.get(code, 500), message, code=code)
+
+
+@dataclass
+class Outcome:
+    status: str  # a Message status: complete, stopped, error…
+    text: str
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: ApiError | None = None
+
+
+def start(call):
+    return KeptCall(call) if call.key.keep_calls else UnkeptCall(call)
+
+
+class KeptCall:
+    def __init__(self, call):
+        self.call = call
+        self.user = call.key.user
+        self.channel = self.conversation_id = self.reply = self.outcome = None
+        self.error = None  # the reply's error frame, if it failed
+
+    async def start(self):
+        self.channel = await get_channel_layer().new_channel()
+        try:
+            self.reply = await replies.begin(self.user, None, Turn("call", overrides=self.call.overrides,
+                                                                   call=self.call), follow=self._follow)
+        except ChatError as exc:
+            raise api_error(exc.code, exc.message) from None
+
+    async def _follow(self, conversation):
+        """Hear the conversation's frames from before its first one (replies.begin calls this)."""
+        self.conversation_id = conversation.pk
+        replies.watch(conversation.pk)
+        await get_channel_layer().group_add(group_for(conversation.pk), self.channel)
+
+    async def chunks(self):
+        layer = get_channel_layer()
+        while True:
+            message = await layer.receive(self.channel)
+            if message.get("type") == "reply.roll_call":  # a worker writing it asks whether anyone still reads
+                await send_to(message["reply_to"], {"type": "reply.watching", "conversation_id": self.conversation_id})
+                continue
+            frame = message.get("frame") or {}
+            if frame.get("type") == "chunk" and frame.get("message_id") == self.reply.pk:
+                yield frame["text"]
+            elif frame.get("type") == "error":
+                self.error = api_error(frame.get("code"), frame.get("message", ""))
+            elif frame.get("type") == "done" and frame.get("message_id") == self.reply.pk:
+                break
+        row = await durable.call(Message.objects.get, pk=self.reply.pk, within=settings.CHAT_SAVE_RETRY_SECONDS)
+        error = self.error or api_error("model_error", row.error) if row.status == Message.Status.ERROR else None
+        self.outcome = Outcome(row.status, row.content, row.finish_reason, row.prompt_tokens or 0,
+                               row.completion_tokens or 0, error)
+
+    async def stop(self):
+        """The client went away: stop the reply (saved `stopped`, with its text), wherever it is written."""
+        if self.conversation_id is None:
+            return
+        try:
+            await replies.stop(self.user, self.conversation_id)
+        except ChatError:  # it ended meanwhile
+            pass
+
+    async def close(self):
+        if self.conversation_id is None:
+            return
+        replies.unwatch(self.conversation_id)
+        try:
+            await get_channel_layer().group_discard(group_for(self.conversation_id), self.channel)
+        except Exception:  # noqa: BLE001 - the group expires on its own
+            pass
+
+
+class UnkeptCall:
+    def __init__(self, call):
+        self.call = call
+        self.user = call.key.user
+        self.request = self.outcome = None
+        self.holding = False
+
+    async def start(self):
+        try:
+            await durable.call(_take_place, self.user, within=settings.CHAT_DB_RETRY_SECONDS)
+        except ChatError as exc:
+            raise api_error(exc.code, exc.message) from None
+        self.holding = True
+        call = self.call
+        messages = call.messages
+        if messages[0]["role"] != "system" and call.spec.system_prompt:  # as a conversation's history() does
+            messages = [{"role": "system", "content": call.spec.system_prompt}, *messages]
+        try:
+            if settings.MODELHUB_WORKERS:
+                self.request = WorkerRequest(call.spec, messages, call.overrides, call.adapter)
+            else:
+                self.request = api.start(call.spec, messages, call.overrides, adapter=call.adapter)
+        except ModelhubError as exc:
+            raise api_error(exc.code, exc.message) from None
+
+    async def chunks(self):
+        text = []
+        try:
+            async for piece in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
+                text.append(piece)
+                yield piece
+        except ModelhubError as exc:
+            self.outcome = Outcome(Message.Status.ERROR, "".join(text), error=api_error(exc.code, exc.message))
+            return
+        usage = self.request.usage
+        status = Message.Status.STOPPED if usage.finish_reason == "cancelled" else Message.Status.COMPLETE
+        self.outcome = Outcome(status, "".join(text), usage.finish_reason, usage.prompt_tokens,
+                               usage.completion_tokens)
+
+    async def stop(self):
+        if self.request is not None:
+            self.request.cancel()
+
+    async def close(self):
+        if self.holding:
+            self.holding = False
+            await database_sync_to_async(cap.give_back_unkept_place)(self.user)
+
+
+def _take_place(user):
+    writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
+                                     status=Message.Status.STREAMING).count()
+    cap.take_unkept_place(user, writing)

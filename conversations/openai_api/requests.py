@@ -1,0 +1,174 @@
+"""What an API client asks, read and checked before anything is saved or generated.
+
+`read(body, key)` turns a `/v1/chat/completions` body into a `Call` (the model and adapter the
+key's user may use, the messages, the generation options) or raises `ApiError`, which becomes
+an error in OpenAI's shape with its status code. Runs in the database thread.
+
+Model names: a model's name (`chitchat`), or `name:adapter` for one of its enabled LoRA
+adapters (`chitchat:support-v2`); `/v1/models` lists exactly the ones the key's user may use.
+Options not given take the model's defaults (as in chat), not OpenAI's.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from modelhub.models import ModelSpec
+from modelhub.options import InvalidOptions
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# OpenAI's name for each option that chatsite's options (modelhub/options.py) know, and extras vLLM also takes.
+OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_completion_tokens": "max_new_tokens",
+           "max_tokens": "max_new_tokens", "seed": "seed", "stop": "stop", "top_k": "top_k",
+           "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"}
+# Fields whose meaning chatsite cannot honour: refused unless they ask for what it does anyway.
+UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"), "logprobs": (None, False),
+               "top_logprobs": (None, 0), "logit_bias": (None, {}), "presence_penalty": (None, 0),
+               "frequency_penalty": (None, 0), "response_format": (None, {"type": "text"}), "audio": (None,),
+               "modalities": (None, ["text"]), "prediction": (None,)}
+
+
+class ApiError(Exception):
+    """A refusal in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+             405: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+
+    def __init__(self, status, message, code=None, param=None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self):
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+    def response(self):
+        return JsonResponse(self.body(), status=self.status)
+
+
+@dataclass
+class Call:
+    """One chat completion asked with `key`: the model (and adapter) to answer, the prompt, the options."""
+
+    key: object
+    model: str  # as the client named it, echoed in every response
+    spec: ModelSpec
+    adapter: object
+    messages: list  # [{"role", "content"}], system messages first, the last one the user's
+    overrides: dict = field(default_factory=dict)  # chatsite option names
+    stream: bool = False
+    include_usage: bool = False
+
+
+def usable_models(user):
+    """{API model name: (spec, adapter or None)} that this user may use, in the model menu's order."""
+    names = {}
+    for spec in ModelSpec.objects.visible_to(user).prefetch_related("adapters"):
+        names[spec.name] = (spec, None)
+        for adapter in spec.adapters.all():
+            if adapter.enabled:
+                names[f"{spec.name}:{adapter.name}"] = (spec, adapter)
+    return names
+
+
+def read(body, key):
+    """The Call this body asks for with `key`; ApiError naming the first problem."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "The body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+    _refuse_unsupported(data)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "`model` is required: one of the names /v1/models lists.", param="model",
+                       code="missing_model")
+    found = usable_models(key.user).get(model)
+    if found is None:
+        raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.", param="model",
+                       code="model_not_found")
+    spec, adapter = found
+    call = Call(key, model, spec, adapter, _messages(data.get("messages")), _overrides(data, spec))
+    call.stream = _flag(data, "stream")
+    options = data.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or not call.stream):
+        raise ApiError(400, "`stream_options` is an object, and only for `stream: true`.", param="stream_options")
+    call.include_usage = bool(options and _flag(options, "include_usage"))
+    return call
+
+
+def _flag(data, name):
+    value = data.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"`{name}` must be true or false.", param=name)
+    return value
+
+
+def _refuse_unsupported(data):
+    if data.get("n") not in (None, 1):
+        raise ApiError(400, "Only `n: 1` is supported: ask again for more choices.", param="n")
+    for name, allowed in UNSUPPORTED.items():
+        if name in data and data[name] not in allowed:
+            raise ApiError(400, f"`{name}` is not supported by this server.", param=name, code="unsupported_parameter")
+
+
+def _messages(messages):
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty list.", param="messages")
+    read_ = []
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ApiError(400, f"`{param}.role` must be one of system, developer, user or assistant.", param=param)
+        role = ROLES[message["role"]]
+        if role == "system" and read_ and read_[-1]["role"] != "system":
+            raise ApiError(400, f"`{param}`: system messages must come before the conversation's turns.", param=param)
+        content = _text(message.get("content"), param)
+        if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise ApiError(400, f"`{param}.content` is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters.",
+                           param=param, code="message_too_long")
+        read_.append({"role": role, "content": content})
+    if read_[-1]["role"] != "user":
+        raise ApiError(400, "The last message must be the user's: it is what the model answers.", param="messages")
+    return read_
+
+
+def _text(content, param):
+    """A message's text: a string, or a list of text parts (what newer clients send)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        if all(part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+            return "".join(part["text"] for part in content)
+        raise ApiError(400, f"`{param}.content`: only text parts are supported.", param=param,
+                       code="unsupported_content")
+    raise ApiError(400, f"`{param}.content` must be a string or a list of text parts.", param=param)
+
+
+def _overrides(data, spec):
+    """The options given, by chatsite's names, checked against the model's limits."""
+    overrides = {}
+    for name, option in OPTIONS.items():
+        value = data.get(name)
+        if value is None or (option in overrides and name == "max_tokens"):  # max_completion_tokens wins
+            continue
+        if option == "ignore_eos":
+            if not isinstance(value, bool):
+                raise ApiError(400, f"`{name}` must be true or false.", param=name)
+        elif isinstance(value, bool) or (option != "stop" and not isinstance(value, (int, float))):
+            raise ApiError(400, f"`{name}` must be a number.", param=name)
+        overrides[option] = value
+    try:
+        problems = spec.default_options().merged(overrides).problems(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
+    except InvalidOptions as exc:
+        raise ApiError(400, exc.message) from None
+    if problems:
+        option = next(iter(problems))
+        param = next((name for name, known in OPTIONS.items() if known == option and name in data), option)
+        raise ApiError(400, "; ".join(problems.values()), param=param, code="invalid_value")
+    return overrides

@@ -1,0 +1,113 @@
+"""The OpenAI-compatible endpoints: `GET /v1/models`, `POST /v1/chat/completions`.
+
+A call authenticates with `Authorization: Bearer <key>` (an ApiKey, never a session cookie,
+hence no CSRF token), is read (requests.py), run (calls.py) and answered in OpenAI's shapes
+(shapes.py): a whole completion, or server-sent events when `stream` is true. Closing the
+connection mid-stream cancels the view (Django's ASGI handler), which stops the reply within a
+decode step; a kept call's reply is then stored `stopped` with its text.
+"""
+
+import asyncio
+import logging
+
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from conversations import durable
+from conversations.models import ApiKey
+from conversations.openai_api import calls, shapes
+from conversations.openai_api.requests import ApiError, read, usable_models
+
+log = logging.getLogger(__name__)
+
+
+async def _key_of(request):
+    """The live key the request carries; ApiError 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    key = None
+    if scheme.lower() == "bearer" and raw.strip():
+        key = await durable.call(ApiKey.objects.authenticate, raw.strip())
+    if key is None:
+        raise ApiError(401, "Incorrect or revoked API key. Create one on the site's API keys page.",
+                       code="invalid_api_key")
+    return key
+
+
+def _models_of(user):
+    names = usable_models(user)
+    return shapes.model_list(names, {name: int(spec.created_at.timestamp()) for name, (spec, _) in names.items()
+                                     if getattr(spec, "created_at", None)})
+
+
+async def models(request):
+    if request.method != "GET":
+        return ApiError(405, "Use GET.", code="method_not_allowed").response()
+    try:
+        key = await _key_of(request)
+    except ApiError as exc:
+        return exc.response()
+    return JsonResponse(await durable.call(_models_of, key.user))
+
+
+@csrf_exempt  # a bearer key, never a cookie, authenticates these calls
+async def chat_completions(request):
+    if request.method != "POST":
+        return ApiError(405, "Use POST.", code="method_not_allowed").response()
+    try:
+        key = await _key_of(request)
+        call = await durable.call(read, request.body, key)
+        running = calls.start(call)
+        try:
+            await running.start()
+        except BaseException:
+            await running.close()
+            raise
+    except ApiError as exc:
+        return exc.response()
+    if call.stream:
+        response = StreamingHttpResponse(_events(call, running), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass the events on as they come
+        return response
+    return await _whole(call, running)
+
+
+async def _whole(call, running):
+    try:
+        async for _ in running.chunks():
+            pass
+    except asyncio.CancelledError:
+        await _stop(running)
+        raise
+    finally:
+        await running.close()
+    outcome = running.outcome
+    if outcome.error is not None:
+        return outcome.error.response()
+    completion = shapes.Completion(call.model)
+    return JsonResponse(completion.whole(outcome.text, outcome.finish_reason, outcome.prompt_tokens,
+                                         outcome.completion_tokens))
+
+
+async def _events(call, running):
+    completion = shapes.Completion(call.model, call.include_usage)
+    try:
+        yield completion.first()
+        async for text in running.chunks():
+            yield completion.text(text)
+        outcome = running.outcome
+        if outcome.error is not None:
+            yield shapes.event(outcome.error.body())
+            return
+        yield completion.last(outcome.finish_reason, outcome.prompt_tokens, outcome.completion_tokens)
+    except (asyncio.CancelledError, GeneratorExit):  # the client closed the connection
+        await _stop(running)
+        raise
+    finally:
+        await running.close()
+
+
+async def _stop(running):
+    """Stop the call's reply even though this task is being cancelled."""
+    await asyncio.shield(running.stop())

@@ -1,7 +1,7 @@
 """The OpenAI-compatible API, live, through the official `openai` client: a real daphne serving the
 built-in model (the real transformers path) with a LoRA adapter made here, over real sockets, in the
-embedded default (SQLite, channel layer in memory) and the deployed setup (PostgreSQL, Redis, two
-daphne processes).
+embedded default (SQLite, channel layer in memory), the deployed setup (PostgreSQL, Redis, two
+daphne processes), and the same with a model worker process writing every reply (MODELHUB_WORKERS).
 
 Every answer is checked against what was stored: the conversation a kept call leaves behind (its
 text, its usage, its key's name, its consent), and nothing at all for a key that keeps no calls.
@@ -49,18 +49,22 @@ def adapter(tmp_path_factory):
     return make_adapter(tmp_path_factory.mktemp("adapters") / "tone", seed=1)
 
 
-@pytest.fixture(scope="module", params=["embedded", "deployed"])
+@pytest.fixture(scope="module", params=["embedded", "deployed", "workers"])
 def site(request, tmp_path_factory, adapter):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "embedded":
         site = Site(folder, CHAT_MAX_REPLIES_PER_USER=2)
     else:
-        site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=2)
+        workers = {"MODELHUB_WORKERS": 1} if request.param == "workers" else {}
+        site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=2,
+                    **workers)
     try:
         site.keys = site.setup(SETUP.format(adapter=str(adapter)))
-        site.server()
-        if request.param == "deployed":
-            site.server()  # a second web process: calls go to either
+        site.webs = [site.server()]
+        if request.param != "embedded":
+            site.webs.append(site.server())  # a second web process: calls go to either
+        if request.param == "workers":
+            site.worker()  # the web processes load no model: a model worker writes every reply
         yield site
         assert not [server.log_path.name for server in site.servers if "Traceback" in server.log]
     finally:
@@ -68,7 +72,7 @@ def site(request, tmp_path_factory, adapter):
 
 
 def client(site, key="owner", server=0):
-    return openai.OpenAI(base_url=site.servers[server].url + "/v1", api_key=site.keys[key], max_retries=0,
+    return openai.OpenAI(base_url=site.webs[server].url + "/v1", api_key=site.keys[key], max_retries=0,
                          timeout=120)
 
 
@@ -150,7 +154,7 @@ def test_a_stop_sequence_ends_the_answer_right_before_it(site):
 def test_a_wrong_or_revoked_key_gets_401_and_nothing_is_stored(site):
     before = site.rows("SELECT count(*) FROM conversations_message")
     for key in ("cs-not-a-key", site.keys["revoked"]):
-        api = openai.OpenAI(base_url=site.servers[0].url + "/v1", api_key=key, max_retries=0)
+        api = openai.OpenAI(base_url=site.webs[0].url + "/v1", api_key=key, max_retries=0)
         with pytest.raises(openai.AuthenticationError) as caught:
             api.chat.completions.create(model="chitchat", messages=QUESTION, **GREEDY)
         assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
@@ -231,11 +235,11 @@ def test_the_api_refuses_cookies_and_other_methods_in_openai_error_shape(site):
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(site.servers[0].url + "/v1/chat/completions", method="GET")
+    request = urllib.request.Request(site.webs[0].url + "/v1/chat/completions", method="GET")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 405 and json.loads(caught.value.read())["error"]["code"] == "method_not_allowed"
-    request = urllib.request.Request(site.servers[0].url + "/v1/chat/completions", method="POST",
+    request = urllib.request.Request(site.webs[0].url + "/v1/chat/completions", method="POST",
                                      data=json.dumps({"model": "chitchat", "messages": QUESTION}).encode(),
                                      headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as caught:

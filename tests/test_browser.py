@@ -320,3 +320,38 @@ def test_the_chat_the_arena_and_the_admin_keep_to_the_content_security_policy(br
     context.close()
     assert reports == []
 
+
+
+def test_a_key_made_on_the_keys_page_calls_the_api_and_the_call_shows_in_the_sidebar(page, server):
+    """A user makes a key (shown once), a tool uses it with the official openai client, the user sees the
+    call as a conversation with its key's name, and revoking the key ends its use at once."""
+    import openai
+
+    page.click("a:text-is('API keys')")
+    page.fill("#id_name", "my notebook")
+    page.click("text=Create key")
+    raw = page.locator("#new-key").inner_text().strip()
+    assert raw.startswith("cs-")
+    page.screenshot(path=ARTIFACTS / "browser-api-key-created.png")
+    page.goto(f"{server}/keys/")
+    assert raw not in page.content()  # shown once
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=raw, max_retries=0, timeout=60)
+    reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello from a tool"}])
+    assert reply.choices[0].message.content.strip() == "hello from a tool"
+
+    page.click("text=← Chats")
+    entry = page.locator(".conversation-list li", has_text="hello from a tool")
+    expect(entry.locator(".badge.api")).to_have_text("API")
+    entry.locator("a").click()
+    expect(page.locator("#api-call")).to_have_text("API call · key “my notebook”")
+    expect(last_reply(page)).to_contain_text("hello from a tool")
+    page.screenshot(path=ARTIFACTS / "browser-api-call-in-sidebar.png")
+
+    page.click("a:text-is('API keys')")
+    page.wait_for_url(f"{server}/keys/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tr", has_text="my notebook").get_by_role("button", name="Revoke").click()
+    expect(page.locator("tr", has_text="my notebook")).to_contain_text("revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()

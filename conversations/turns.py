@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
 
 from conversations import cap
 from conversations.forms import ModelChoiceForm
@@ -80,22 +79,23 @@ def _idle_conversation(user, conversation_id, replies=1):
                     .filter(pk=conversation_id).first())
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-    counts = _streaming(user).aggregate(here=Count("pk", filter=Q(conversation_id=conversation.pk)),
-                                        writing=Count("pk"))
-    if counts["here"]:
+    writing = _streaming_in(user)
+    if conversation.pk in writing:
         raise ChatError("busy", BUSY)
-    cap.check(user, counts["writing"], replies)
+    cap.check(user, len(writing), replies)
     return conversation
 
 
-def _streaming(user):
-    return Message.objects.filter(conversation__in=Conversation.objects.for_user(user), status=Message.Status.STREAMING)
+def _streaming_in(user):
+    """The conversation of each of the user's replies being written (one query, no aggregate to compile)."""
+    return list(Message.objects.filter(conversation__owner=user, conversation__sealed=False,
+                                       status=Message.Status.STREAMING).values_list("conversation_id", flat=True))
 
 
 def _save_call(user, turn):
     """An API call kept as a new conversation of the key's user: its messages, then the streaming reply."""
     call = turn.call
-    cap.check(user, _streaming(user).count(), 1)
+    cap.check(user, len(_streaming_in(user)), 1)
     try:
         options = api.options_for(call.spec, turn.overrides).as_dict()
     except InvalidOptions as exc:
@@ -159,7 +159,7 @@ def _save_turn(user, conversation_id, turn):
         reply = conversation.resume_reply(target, spec, options)
     else:
         parent = target.parent if turn.kind == "regenerate" else None
-        reply = conversation.start_reply(spec, options, adapter, parent=parent)
+        reply = conversation.start_reply(spec, options, adapter, parent=parent, locked=True)
     if reply is None:
         raise ChatError("busy", BUSY)
     new_messages = [message for message in (user_message, reply) if message is not None]

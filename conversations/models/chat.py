@@ -210,14 +210,15 @@ class Conversation(models.Model):
         return self._grow(tree.newest_leaf_under(message, list(self.messages.all())))
 
     @transaction.atomic(savepoint=False)
-    def start_reply(self, spec, options, adapter=None, parent=None):
+    def start_reply(self, spec, options, adapter=None, parent=None, locked=False):
         """Create the assistant row, `streaming`, that a generation task will fill.
 
         Its parent is the end of the active branch (or `parent`, to regenerate an
         answer as a sibling). Refuses (returns None) while another reply of this
         conversation streams: one reply at a time keeps the history well defined.
+        `locked`: the caller holds this conversation's row lock and found it idle (turns.prepare).
         """
-        if not self._lock_if_idle():
+        if not locked and not self._lock_if_idle():
             return None
         return self._grow(self.new_reply(parent.pk if parent else self.leaf_id, spec.name, adapter, options))
 

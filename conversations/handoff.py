@@ -27,6 +27,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 
+from chatsite import metrics
 from conversations import durable, writers
 from conversations.frames import message_frame, publish, send_to, snapshot_frame, tell_writers
 from conversations.models import Message
@@ -121,4 +122,8 @@ def _fail_if_ours(message_id, status, error):
     """End the row with this status if this process still writes it; the row, or None."""
     ended = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=writers.identity()).update(
         status=status, error=error, finished_at=timezone.now())
-    return Message.objects.get(pk=message_id) if ended else None
+    if not ended:
+        return None
+    message = Message.objects.get(pk=message_id)
+    metrics.record_reply(status, message.model_name)
+    return message

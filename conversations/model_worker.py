@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
+from chatsite import metrics
 from conversations import durable, replies, writers
 from conversations.arena import generation as arena_generation
 from conversations.frames import message_frame, publish, send_to
@@ -204,6 +205,9 @@ def _claim(message_id, offered_by):
 
 
 def _fail(message_id, error):
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=writers.identity()).update(
+    ended = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=writers.identity()).update(
         status=Message.Status.ERROR, error=error, finished_at=timezone.now())
-    return Message.objects.get(pk=message_id)
+    message = Message.objects.get(pk=message_id)
+    if ended:
+        metrics.record_reply(Message.Status.ERROR, message.model_name)
+    return message

@@ -191,6 +191,16 @@ def test_a_reply_is_counted_once_when_its_finish_commits(conversation, django_ca
         "chatsite_replies_total", status="error", model="scripted")
 
 
+def test_a_reply_whose_writer_died_is_counted_interrupted_when_it_is_recovered(conversation):
+    spec, _ = install_scripted()
+    reply = conversation.start_reply(spec, {})
+    Message.objects.filter(pk=reply.pk).update(writer="")  # no process writes it any more
+    before = scrape()
+    assert [m.pk for m in Message.objects.interrupt_orphans()] == [reply.pk]
+    assert scrape()("chatsite_replies_total", status="interrupted", model="scripted") - before(
+        "chatsite_replies_total", status="interrupted", model="scripted") == 1
+
+
 # --- gauges read at scrape time ----------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from chatsite.asgi import KeepHeartbeat
 from conversations import writers
 from conversations.heartbeat import Heartbeat
 from conversations.models import Message
-from conversations.models.chat import WRITER_GONE
+from conversations.models.message import WRITER_GONE
 
 HOST = socket.gethostname()
 

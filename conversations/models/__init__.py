@@ -1,8 +1,8 @@
 """The app's models, one subject per module, gathered here so Django registers them all and
 `from conversations.models import Conversation` works everywhere.
 
-    chat.py       Conversation, Message: a conversation's tree of messages and every
-                  state change of a reply
+    chat.py       Conversation: a conversation's tree of messages and every state change of a turn
+    message.py    Message: a message, and the end of a reply (partial saves, finish, orphans)
     comparison.py Comparison: one question answered by two model choices, and the verdict
     feedback.py   Feedback, FeedbackTag, Preference, and Verdict (the one vote enum): what users
                   say about answers
@@ -17,7 +17,8 @@ never this package.
 
 from conversations.models.api_key import ApiKey
 from conversations.models.arena import Arena, ArenaMatch
-from conversations.models.chat import Conversation, Message
+from conversations.models.chat import Conversation
+from conversations.models.message import Message
 from conversations.models.comparison import Comparison
 from conversations.models.datasets import DatasetSnapshot
 from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict

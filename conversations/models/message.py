@@ -1,0 +1,153 @@
+"""A message, and the end of a reply: partial saves while it streams, the one final save
+(`Message.finish`), and replies whose writing process is gone (`Message.objects.interrupt_orphans`).
+The conversation a message belongs to, and every turn's state change, are in chat.py.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+from django.utils.functional import cached_property
+
+from chatsite import metrics
+from conversations import writers
+from conversations.models.feedback import Preference
+
+WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."
+
+
+class MessageQuerySet(models.QuerySet):
+    def orphaned(self):
+        """Replies still `streaming` whose writer is gone (see writers.py); never one this process writes."""
+        streaming = self.filter(status=Message.Status.STREAMING)
+        names = set(streaming.values_list("writer", flat=True).distinct())
+        gone = [name for name in names if writers.is_gone(name)]
+        silent = timezone.now() - timedelta(seconds=settings.CHAT_WRITER_TIMEOUT_SECONDS)
+        return streaming.filter(
+            models.Q(writer__in=gone) | models.Q(heartbeat_at__lt=silent) | models.Q(heartbeat_at=None)
+        ).exclude(pk__in=list(writers.writing))
+
+    def interrupt_orphans(self):
+        """Mark orphaned replies `interrupted`, keeping the text last flushed; returns them."""
+        ids = list(self.orphaned().values_list("pk", flat=True))
+        if ids:
+            Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
+                status=Message.Status.INTERRUPTED, finished_at=timezone.now(), error=WRITER_GONE,
+            )
+        ended = list(Message.objects.filter(pk__in=ids, status=Message.Status.INTERRUPTED))
+        for message in ended:
+            metrics.record_reply(Message.Status.INTERRUPTED, message.model_name)
+        return ended
+
+    def renew(self):
+        """This process is alive: renew the heartbeat of the replies it writes."""
+        ids = list(writers.writing)
+        return self.filter(pk__in=ids, status=Message.Status.STREAMING).update(heartbeat_at=timezone.now())
+
+    def rateable(self):
+        """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
+        return self.filter(role=Message.Role.ASSISTANT).exclude(
+            status__in=[Message.Status.STREAMING, Message.Status.ERROR]
+        )
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"
+        INTERRUPTED = "interrupted"
+        ERROR = "error"
+
+    conversation = models.ForeignKey("conversations.Conversation", on_delete=models.CASCADE,
+                                     related_name="messages")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    error = models.TextField(blank=True)
+    notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply, e.g. history truncation.")
+    model_name = models.CharField(max_length=100, blank=True)
+    adapter_name = models.CharField(max_length=100, blank=True)
+    generation_options = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    time_to_first_token = models.FloatField(null=True, blank=True, help_text="seconds")
+    duration = models.FloatField(null=True, blank=True, help_text="seconds")
+    finish_reason = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    writer = models.CharField(max_length=120, blank=True, default=writers.identity,
+                              help_text="The process that saved this row, and writes it while it streams.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, default=timezone.now,
+                                        help_text="Renewed by the writer while the reply streams.")
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.role} #{self.pk} ({self.status})"
+
+    @property
+    def tokens_per_second(self):
+        if self.completion_tokens and self.duration and self.time_to_first_token is not None:
+            decode_time = self.duration - self.time_to_first_token
+            if decode_time > 0 and self.completion_tokens > 1:
+                return (self.completion_tokens - 1) / decode_time
+        return None
+
+    @cached_property
+    def owner_feedback(self):
+        """The conversation owner's feedback on this answer (`active_path` fills it for a whole page)."""
+        return self.feedback.filter(user_id=self.conversation.owner_id).prefetch_related("tags").first()
+
+    @cached_property
+    def preferred_by_owner(self):
+        return self.pk in Preference.objects.preferred_ids(self.conversation.owner_id, [self])
+
+    @property
+    def rateable(self):
+        return self.role == Message.Role.ASSISTANT and self.status not in (Message.Status.STREAMING, Message.Status.ERROR)
+
+    def save_partial(self, content, notice=""):
+        """Flush the text streamed so far, so a crash loses at most a few seconds."""
+        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
+            content=content, notice=notice, heartbeat_at=timezone.now()
+        )
+
+    def finish(self, status, content, usage=None, error="", notice=""):
+        """End a streaming reply exactly once with its final text, status and usage.
+
+        The writer's own final save also wins over an `interrupted` another process put
+        there while this one was silent (a database outage, say): its text is the whole.
+        """
+        fields = {
+            "status": status,
+            "content": content,
+            "error": error,
+            "notice": notice,
+            "finished_at": timezone.now(),
+        }
+        if usage is not None:
+            fields.update(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                time_to_first_token=usage.time_to_first_token,
+                duration=usage.duration,
+                finish_reason=usage.finish_reason,
+            )
+        mine = models.Q(status=Message.Status.INTERRUPTED, writer=writers.identity())
+        with transaction.atomic():
+            updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)
+            if updated:
+                type(self).conversation.field.related_model.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
+                transaction.on_commit(lambda: metrics.record_reply(status, self.model_name, usage))
+        self.refresh_from_db()
+        return bool(updated)

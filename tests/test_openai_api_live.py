@@ -247,3 +247,9 @@ def test_the_api_refuses_cookies_and_other_methods_in_openai_error_shape(site):
     assert caught.value.code == 401
     body = json.loads(caught.value.read())["error"]
     assert body["type"] == "invalid_request_error" and body["code"] == "invalid_api_key"
+    huge = json.dumps({"model": "chitchat", "messages": [{"role": "user", "content": "x" * 3_000_000}]}).encode()
+    request = urllib.request.Request(site.webs[0].url + "/v1/chat/completions", method="POST", data=huge,
+                                     headers={"Authorization": f"Bearer {site.keys['owner']}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 413 and json.loads(caught.value.read())["error"]["code"] == "request_too_large"

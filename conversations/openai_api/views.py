@@ -10,6 +10,8 @@ decode step; a kept call's reply is then stored `stopped` with its text.
 import asyncio
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -56,7 +58,12 @@ async def chat_completions(request):
         return ApiError(405, "Use POST.", code="method_not_allowed").response()
     try:
         key = await _key_of(request)
-        call = await durable.call(read, request.body, key)
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            raise ApiError(413, f"The body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                           code="request_too_large") from None
+        call = await durable.call(read, body, key)
         running = calls.start(call)
         try:
             await running.start()

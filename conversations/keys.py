@@ -6,7 +6,6 @@ a message or a log, and that response is not cached. Only its digest is kept (mo
 """
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -16,18 +15,11 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from conversations.forms import ApiKeyForm
 from conversations.models import ApiKey
-from modelhub.models import Adapter, ModelSpec
+from conversations.openai_api.requests import usable_models
 
 
 def _get_key_for_user(request, pk):
     return get_object_or_404(ApiKey.objects.of(request.user), pk=pk)
-
-
-def _model_names(user):
-    """The names a call may ask for: each model this user may chat with, and `model:adapter` for its adapters."""
-    specs = ModelSpec.objects.visible_to(user).order_by("name").prefetch_related(
-        Prefetch("adapters", queryset=Adapter.objects.filter(enabled=True).order_by("name")))
-    return [name for spec in specs for name in (spec.name, *(f"{spec.name}:{a.name}" for a in spec.adapters.all()))]
 
 
 @never_cache
@@ -41,7 +33,7 @@ def api_keys(request):
                                                 keep_calls=not form.cleaned_data["dont_keep_calls"])
         form = ApiKeyForm()
     context = {"form": form, "new_key": new_key, "raw_key": raw_key, "keys": ApiKey.objects.of(request.user),
-               "base_url": request.build_absolute_uri("/v1"), "model_names": _model_names(request.user)}
+               "base_url": request.build_absolute_uri("/v1"), "model_names": list(usable_models(request.user))}
     return render(request, "conversations/api_keys.html", context)
 
 

@@ -213,6 +213,14 @@ CHAT_STREAM_INTERVAL_SECONDS = env_float("CHAT_STREAM_INTERVAL_SECONDS", 0.05, m
 CHAT_FLUSH_SECONDS = env_float("CHAT_FLUSH_SECONDS", 2.0, minimum=0.1)
 # Where feedback exports (dataset snapshots: train/eval JSONL and a card) are written.
 CHAT_DATASETS_DIR = Path(env_str("CHAT_DATASETS_DIR", str(VAR_DIR / "datasets")))
+# Evaluation reports (manage.py evaluate, the admin): at most this many held-out rows each, and the
+# paired bootstrap's resamples (every metric recomputed per resample, for each candidate).
+EVALUATION_MAX_ROWS = env_int("EVALUATION_MAX_ROWS", 200, minimum=1)
+EVALUATION_RESAMPLES = env_int("EVALUATION_RESAMPLES", 1000, minimum=0)
+# Answers of an evaluation are at most this long (or the base model's own limit, if lower).
+EVALUATION_MAX_NEW_TOKENS = env_int("EVALUATION_MAX_NEW_TOKENS", 128, minimum=1)
+# A fine-tune on a snapshot ends with a report of the base vs the new adapter on its held-out rows.
+EVALUATION_AFTER_FINETUNE = env_bool("EVALUATION_AFTER_FINETUNE", True)
 
 # --- modelhub ---------------------------------------------------------------
 # Device for models whose own device is "auto": auto picks a CUDA GPU when there is one.

@@ -1,5 +1,6 @@
 import json
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
@@ -8,7 +9,8 @@ from django.urls import path
 from django.utils.html import format_html
 
 from conversations.arena.leaderboard import SOURCES, leaderboard
-from conversations.forms import SnapshotFinetuneForm, SnapshotForm
+from conversations.evaluation_admin import create_and_start
+from conversations.forms import SnapshotEvaluateForm, SnapshotFinetuneForm, SnapshotForm
 from conversations.models import (ApiKey, Arena, Conversation, DatasetSnapshot, Feedback, FeedbackTag, Message,
                                   Preference)
 from conversations.models.datasets import SnapshotChanged
@@ -130,13 +132,34 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
     fields = ["format", "filters", "scrubbed", "eval_fraction", "withdrawn", "train_path", "train_sha256", "eval_path",
               "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
     readonly_fields = fields
-    actions = ["finetune"]
+    actions = ["finetune", "evaluate"]
 
     def has_change_permission(self, request, obj=None):
         return False
 
     def has_finetune_permission(self, request):
         return request.user.has_perm("modelhub.add_finetunejob")
+
+    def has_evaluate_permission(self, request):
+        return request.user.has_perm("conversations.add_evaluationreport")
+
+    @admin.action(description="Evaluate base vs its adapters on this snapshot (in the background)",
+                  permissions=["evaluate"])
+    def evaluate(self, request, queryset):
+        """A form for the base model, then an EvaluationReport of it and all its adapters, run in a thread."""
+        snapshot = queryset.first()
+        if queryset.count() != 1:
+            self.message_user(request, "Pick one snapshot to evaluate on.", messages.ERROR)
+            return None
+        form = SnapshotEvaluateForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            base = form.cleaned_data["base"]
+            report = create_and_start(request, snapshot, base, list(base.adapters.all()))
+            return redirect("admin:conversations_evaluationreport_change", report.pk) if report else None
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
+                   "snapshot": snapshot, "title": f"Evaluate a base model and its adapters on {snapshot}",
+                   "max_rows": settings.EVALUATION_MAX_ROWS}
+        return TemplateResponse(request, "conversations/admin_snapshot_evaluate.html", context)
 
     @admin.action(description="Fine-tune an adapter on this snapshot (in the background)", permissions=["finetune"])
     def finetune(self, request, queryset):
@@ -191,6 +214,21 @@ class ArenaAdmin(ReadOnlyAdmin):
     list_select_related = ["base", "candidate", "opponent", "snapshot", "created_by"]
     fields = ["created_by", "snapshot", "base", "candidate", "opponent", "options", "seed", "status", "created_at"]
     readonly_fields = fields
+    actions = ["evaluate"]
+
+    def has_evaluate_permission(self, request):
+        return request.user.has_perm("conversations.add_evaluationreport")
+
+    @admin.action(description="Evaluate base vs this arena's adapters on its snapshot (in the background)",
+                  permissions=["evaluate"])
+    def evaluate(self, request, queryset):
+        arena = queryset.select_related("snapshot", "base", "candidate", "opponent").first()
+        if queryset.count() != 1 or arena.snapshot is None:
+            self.message_user(request, "Pick one arena whose snapshot still exists.", messages.ERROR)
+            return None
+        adapters = [arena.candidate, *([arena.opponent] if arena.opponent else [])]
+        report = create_and_start(request, arena.snapshot, arena.base, adapters)
+        return redirect("admin:conversations_evaluationreport_change", report.pk) if report else None
 
     def get_queryset(self, request):
         return super().get_queryset(request).with_counts()
@@ -224,8 +262,6 @@ class ArenaAdmin(ReadOnlyAdmin):
 
 def _start_finetune(request, snapshot, data):
     """The admin's side of `manage.py finetune --snapshot`; messages the user, returns the job or None."""
-    from django.conf import settings
-
     from modelhub.finetune import run_in_background
     from modelhub.models import FinetuneJob
     from modelhub.options import ModelhubError

@@ -155,3 +155,10 @@ class SnapshotFinetuneForm(forms.Form):
     adapter_name = forms.SlugField(required=False, max_length=100, help_text="Default: method-job-ID, e.g. sft-job-12.")
     epochs = forms.FloatField(initial=3.0, min_value=0.1, max_value=100)
     learning_rate = forms.FloatField(initial=2e-4, min_value=1e-7, max_value=1.0)
+
+
+class SnapshotEvaluateForm(forms.Form):
+    """The admin's "Evaluate base vs its adapters on this snapshot" form: which base (all its adapters are compared)."""
+
+    base = forms.ModelChoiceField(queryset=ModelSpec.objects.filter(adapters__isnull=False).distinct(),
+                                  help_text="Compared with every adapter of it, enabled or not.")

@@ -27,6 +27,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from conversations import durable, writers
+from conversations.exact_prompt import reply_notice
 from conversations.frames import (ChatError, SessionEnded, loading_text, message_frame, publish, send_to,
                                   snapshot_frame, status_frame, tell_watchers, tell_writers, utf16_length)
 from conversations.handoff import HandedOver
@@ -271,11 +272,7 @@ class ReplyTask:
             await self._finish(Message.Status.ERROR, error=exc.message)
             return
         usage = self.request.usage
-        if usage.truncated_messages:
-            self.notice = (
-                f"The {usage.truncated_messages} oldest message(s) did not fit the model's context "
-                "window and were left out of this reply's prompt."
-            )
+        self.notice = reply_notice(usage, self.adapter)  # history left out, an adapter's other template
         status, error = Message.Status.COMPLETE, ""
         if usage.finish_reason == "cancelled":
             status = Message.Status.STOPPED

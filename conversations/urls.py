@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import keys, views
+from conversations import exact_prompt, keys, views
 from conversations.arena import views as arena_views
 
 app_name = "conversations"
@@ -18,6 +18,7 @@ urlpatterns = [
     path("c/<int:pk>/m/<int:message_id>/feedback/", views.message_feedback, name="feedback"),
     path("c/<int:pk>/m/<int:message_id>/rate/", views.message_rate, name="rate"),
     path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
+    path("c/<int:pk>/m/<int:message_id>/prompt/", exact_prompt.message_prompt, name="prompt"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
     path("keys/", keys.api_keys, name="api_keys"),

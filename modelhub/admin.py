@@ -223,7 +223,19 @@ class AdapterAdmin(admin.ModelAdmin):
     list_display = ["name", "base", "path", "enabled", "eval_loss", "created_at"]
     list_filter = ["enabled", "base"]
     search_fields = ["name", "description"]
+    readonly_fields = ["template_hash"]
     actions = ["promote"]
+
+    def get_list_display(self, request):
+        served = {}  # base pk -> the hash of its chat template now, read once per page from its tokenizer files
+
+        @admin.display(description="chat template")
+        def template_check(adapter):
+            if adapter.base_id not in served:
+                served[adapter.base_id] = adapter.base.served_template_hash()
+            return adapter.template_check(served[adapter.base_id])
+
+        return [*self.list_display[:-1], template_check, self.list_display[-1]]
 
     @admin.display(description="held-out loss")
     def eval_loss(self, adapter):

@@ -23,6 +23,7 @@ import re
 import time
 
 from modelhub.options import ModelLoadError, Usage
+from modelhub.prompts import messages_as_sent
 from modelhub.stopping import StopMatcher
 
 
@@ -146,7 +147,8 @@ class ScriptedBackend:
         chunks = self.chunks
         if chunks is None:  # echo the last message word by word, whitespace and all
             chunks = re.findall(r"\s*\S+", messages[-1]["content"])
-        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages))
+        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages),
+                      prompt_text=messages_as_sent(messages))  # no template: it echoes
         sequence = ScriptedSequence(list(chunks), options.max_new_tokens, usage, request.started, options.stop)
         self._running.append(sequence)
         return sequence

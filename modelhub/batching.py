@@ -33,7 +33,7 @@ from transformers import DynamicCache
 
 from modelhub.decoding import Detokenizer, Sampler
 from modelhub.options import ModelhubError, Usage
-from modelhub.prompts import build_prompt
+from modelhub.prompts import fit_prompt, template_hash
 from modelhub.stopping import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -202,14 +202,17 @@ class Decoder:
         eos = loaded.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos_ids = sorted(set(eos) | ({loaded.tokenizer.eos_token_id} - {None}))
+        self.template_hash = template_hash(loaded.tokenizer)  # the template every prompt here is rendered with
 
     def open(self, messages, options, adapter=None, started=None):
         """A new sequence for this reply, its prompt built and matched against stored prefixes."""
         loaded = self.loaded
-        prompt_ids, cut = build_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
+        prompt = fit_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
+        prompt_ids = prompt.ids
         sampler = Sampler(options, self.eos_ids, loaded.model.device)
         seq = Sequence(prompt_ids, options, adapter, sampler, Detokenizer(loaded.tokenizer), started or time.monotonic())
-        seq.usage.truncated_messages = cut
+        seq.usage.truncated_messages = prompt.left_out
+        seq.usage.prompt_text, seq.usage.template_hash = prompt.text, self.template_hash
         if self.prefix_cache is not None:
             reused, layers = self.prefix_cache.lookup(seq.adapter, prompt_ids)
             if reused:

@@ -19,8 +19,6 @@ torch, transformers, peft, trl and datasets are imported inside functions, so
 Django start-up and page views never pay for them.
 """
 
-import hashlib
-import json
 import math
 import os
 import subprocess
@@ -33,6 +31,7 @@ from pathlib import Path
 
 from modelhub.loading import LoadSettings, fetch, load
 from modelhub.options import ModelhubError
+from modelhub.prompts import chat_template_sha256  # the template the adapter learns with
 
 METHODS = ("sft", "dpo")
 COLUMNS = {"sft": {"messages"}, "dpo": {"prompt", "chosen", "rejected"}}
@@ -173,13 +172,6 @@ def lora_config(model, hp: Hyperparameters):
         r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
         target_modules=targets, task_type="CAUSAL_LM",
     )
-
-
-def chat_template_sha256(tokenizer):
-    """A fingerprint of the chat template the adapter learnt: serving with another one is a mismatch."""
-    template = tokenizer.chat_template or ""
-    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- trainer ------------------------------------------------------------------

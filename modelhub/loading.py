@@ -108,6 +108,21 @@ def fetch(settings: LoadSettings, progress=None):
         raise _explain_missing(settings.source, exc) from exc
 
 
+def served_chat_template(settings: LoadSettings):
+    """The chat template this model's prompts are rendered with once loaded, read without its weights:
+    the override, else its tokenizer's, from files at hand only (a folder, or the Hub cache; nothing is
+    downloaded). None when it cannot be known here."""
+    if settings.chat_template:
+        return settings.chat_template
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(settings.source, local_files_only=True, **_hub_kwargs(settings))
+    except Exception:  # noqa: BLE001 - no folder, not cached, no tokenizer files: unknown, not an error
+        return None
+    return tokenizer.chat_template
+
+
 def progress_bar_class(progress):
     """A tqdm class that also reports its state as one line of text to `progress`."""
     from tqdm.auto import tqdm

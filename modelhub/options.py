@@ -203,6 +203,11 @@ class Usage:
     finish_reason: str = ""  # stop (end of turn), length, cancelled, error
     truncated_messages: int = 0  # oldest history messages left out to fit the context
     cached_prompt_tokens: int = 0  # prompt tokens whose keys and values were reused from an earlier turn
+    # The prompt exactly as the model got it (prompts.py), recorded once at admission: the chat template's
+    # text after truncation; where a server applies the template itself (remote, scripted), the JSON
+    # messages sent. template_hash (prompts.template_hash) names the template; "" when chatsite did not render.
+    prompt_text: str = ""
+    template_hash: str = ""
 
     def as_dict(self):
         return asdict(self)

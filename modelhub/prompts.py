@@ -4,25 +4,74 @@ A causal LM produces the reply one token at a time, each conditioned on the prom
 and everything generated so far. We format the conversation with the tokenizer's
 own chat template and cut the oldest turns when it would not fit the context
 window (saying how many were cut). The model runner (batching.py) opens every
-sequence with `build_prompt`.
+sequence with `fit_prompt`, whose `Prompt` keeps the exact text the model was given,
+and `template_hash` names the chat template that rendered it. A model whose server
+applies the template itself (remote.py) can only show the messages sent (`messages_as_sent`).
 """
+
+import hashlib
+import json
+from dataclasses import dataclass
 
 from modelhub.options import PromptTooLong
 
 
-def render_prompt(tokenizer, messages):
-    """Prompt token ids; a history that ends with an assistant turn is continued, not answered."""
+@dataclass(frozen=True)
+class Prompt:
+    """A reply's prompt exactly as the model got it: its token ids, their text, and how many
+    of the oldest history messages were left out to fit the context window."""
+
+    ids: list
+    text: str
+    left_out: int = 0
+
+
+def chat_template_sha256(tokenizer_or_template):
+    """The SHA-256 (hex) of a chat template: the tokenizer's `chat_template` string as given (a dict of
+    named templates as sorted JSON; none as ""), UTF-8 encoded. A fine-tune records it (the template
+    the adapter learnt); serving the adapter under another one is a mismatch."""
+    template = getattr(tokenizer_or_template, "chat_template", tokenizer_or_template) or ""
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def template_hash(tokenizer_or_template):
+    """The first 16 hex digits of `chat_template_sha256`: what a reply and an adapter record.
+    Equal hashes: the same template renders the same prompt from the same messages."""
+    return chat_template_sha256(tokenizer_or_template)[:16]
+
+
+def messages_as_sent(messages):
+    """What chatsite can show of a prompt it does not render (a remote server applies its own
+    chat template): the JSON messages it sent."""
+    return json.dumps(list(messages), ensure_ascii=False, indent=2)
+
+
+def render_text(tokenizer, messages):
+    """The prompt's text; a history that ends with an assistant turn is continued, not answered."""
     if messages and messages[-1]["role"] == "assistant":
-        ids = tokenizer.apply_chat_template(
-            messages, continue_final_message=True, tokenize=True, return_dict=False
-        )
-    else:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids)
+        return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _encode(tokenizer, text):
+    # As apply_chat_template(tokenize=True) does: the template writes the special tokens itself.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def render_prompt(tokenizer, messages):
+    """Prompt token ids (see render_text)."""
+    return _encode(tokenizer, render_text(tokenizer, messages))
 
 
 def build_prompt(tokenizer, messages, context_length, max_new_tokens):
-    """Token ids of the longest suffix of the history that fits, and how many messages were cut.
+    """Token ids of the longest suffix of the history that fits, and how many messages were cut."""
+    prompt = fit_prompt(tokenizer, messages, context_length, max_new_tokens)
+    return prompt.ids, prompt.left_out
+
+
+def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
+    """The `Prompt` of the longest suffix of the history that fits, rendered once per try.
 
     The system prompt is always kept, and so is the last message; the kept history
     starts with a user turn, as strict chat templates require.
@@ -34,12 +83,13 @@ def build_prompt(tokenizer, messages, context_length, max_new_tokens):
     starts = [s for s in starts if s <= len(turns) - 1]
 
     def fits(start):
-        ids = render_prompt(tokenizer, system + turns[start:])
-        return ids if len(ids) <= budget else None
+        text = render_text(tokenizer, system + turns[start:])
+        ids = _encode(tokenizer, text)
+        return Prompt(ids, text, start) if len(ids) <= budget else None
 
-    ids = fits(starts[0])
-    if ids is not None:
-        return ids, starts[0]
+    prompt = fits(starts[0])
+    if prompt is not None:
+        return prompt
     # Fit is monotonic in the start: binary search for the earliest start that fits.
     lo, hi, best = 1, len(starts) - 1, None
     while lo <= hi:
@@ -48,7 +98,7 @@ def build_prompt(tokenizer, messages, context_length, max_new_tokens):
         if candidate is None:
             lo = mid + 1
         else:
-            best, hi = (candidate, starts[mid]), mid - 1
+            best, hi = candidate, mid - 1
     if best is None:
         raise PromptTooLong(
             f"the last message does not fit the model's context window of {context_length} tokens "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from modelhub.arrivals import arrivals
 from modelhub.options import ModelhubError, ModelLoadError, PromptTooLong, Usage
+from modelhub.prompts import messages_as_sent
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class RemoteWorker:
         return self._client
 
     async def _serve(self, request):
-        usage = Usage()
+        usage = Usage(prompt_text=messages_as_sent(request.messages))  # the server renders its own template
         try:
             await self._stream(request, usage)
         except asyncio.CancelledError:

@@ -234,7 +234,7 @@ def test_unknown_hyperparameters_and_taken_adapter_names_are_refused_before_queu
     assert not FinetuneJob.objects.exists()
 
 
-def test_the_command_trains_from_files_and_registers_a_disabled_adapter(tiny_spec, tmp_path):
+def test_the_command_trains_from_files_and_registers_a_disabled_adapter(tiny_spec, tiny_model_dir, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(4))
 
     call_command(
@@ -245,6 +245,8 @@ def test_the_command_trains_from_files_and_registers_a_disabled_adapter(tiny_spe
     adapter = Adapter.objects.get(name="cli")
     assert adapter.enabled is False and adapter.provenance["dataset"] == {"snapshot": 7}
     assert adapter.jobs.get().status == "succeeded"
+    template = (tiny_model_dir / "chat_template.jinja").read_text()  # the template it trained with, hashed
+    assert adapter.template_hash == hashlib.sha256(template.encode()).hexdigest()[:16]
 
 
 # --- who may train and promote ------------------------------------------------------

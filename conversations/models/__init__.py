@@ -9,6 +9,7 @@
     privacy.py    PrivacySettings: each user's training-consent default
     datasets.py   DatasetSnapshot: what a training-data export wrote (conversations/training_data/)
     arena.py      Arena, ArenaMatch: blind votes on a candidate adapter (conversations/arena/)
+    evaluation.py EvaluationReport: a base and its adapters scored side by side on a snapshot's held-out rows
     api_key.py    ApiKey: how a tool calling the OpenAI-compatible API acts as its user
 
 Modules of this package import each other by their own names (`conversations.models.chat`),
@@ -21,10 +22,11 @@ from conversations.models.chat import Conversation
 from conversations.models.message import Message
 from conversations.models.comparison import Comparison
 from conversations.models.datasets import DatasetSnapshot
+from conversations.models.evaluation import EvaluationReport
 from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict
 from conversations.models.privacy import PrivacySettings
 
 __all__ = [
-    "ApiKey", "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "Feedback", "FeedbackTag", "Message",
-    "Preference", "PrivacySettings", "Verdict",
+    "ApiKey", "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "EvaluationReport", "Feedback",
+    "FeedbackTag", "Message", "Preference", "PrivacySettings", "Verdict",
 ]

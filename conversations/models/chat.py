@@ -130,7 +130,7 @@ class Conversation(models.Model):
         messages with their comparisons, the feedback, its tags (only if there is feedback) and
         the sibling preferences.
         """
-        messages = list(self.messages.select_related("comparison_as_left"))
+        messages = list(self.messages.select_related("comparison_as_left").defer("prompt"))  # prompts: O(n²) text
         by_id = {message.pk: message for message in messages}
         path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
         comparisons = {}
@@ -162,7 +162,7 @@ class Conversation(models.Model):
         system = self.system_prompt or (self.model.system_prompt if self.model else "")
         if system:
             messages.append({"role": "system", "content": system})
-        loaded = list(self.messages.all()) if loaded is None else loaded
+        loaded = list(self.messages.defer("prompt")) if loaded is None else loaded
         path = tree.path_to(upto.pk if upto else self.leaf_id, loaded)
         for message in path:
             if message.status != Message.Status.ERROR and message.content:

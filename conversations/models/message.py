@@ -80,6 +80,12 @@ class Message(models.Model):
     time_to_first_token = models.FloatField(null=True, blank=True, help_text="seconds")
     duration = models.FloatField(null=True, blank=True, help_text="seconds")
     finish_reason = models.CharField(max_length=20, blank=True)
+    # The prompt exactly as the model got it (an assistant reply's only; prompt_view.py shows it to the owner).
+    prompt = models.TextField(blank=True, help_text="The rendered chat template after truncation, or the JSON "
+                                                    "messages sent where a remote server renders it.")
+    prompt_template_hash = models.CharField(max_length=16, blank=True,
+                                            help_text="Its chat template's hash; blank: not rendered by chatsite.")
+    prompt_left_out = models.PositiveIntegerField(default=0, help_text="Oldest messages left out to fit the context.")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     writer = models.CharField(max_length=120, blank=True, default=writers.identity,
@@ -143,6 +149,9 @@ class Message(models.Model):
                 duration=usage.duration,
                 finish_reason=usage.finish_reason,
             )
+            if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
+                fields.update(prompt=usage.prompt_text, prompt_template_hash=usage.template_hash,
+                              prompt_left_out=usage.truncated_messages)
         mine = models.Q(status=Message.Status.INTERRUPTED, writer=writers.identity())
         with transaction.atomic():
             updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)

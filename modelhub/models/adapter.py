@@ -24,6 +24,10 @@ class Adapter(models.Model):
     enabled = models.BooleanField(default=True)
     description = models.TextField(blank=True)
     provenance = models.JSONField(default=dict, blank=True, help_text="How it was made: data, base revision, metrics.")
+    template_hash = models.CharField(
+        max_length=16, blank=True,
+        help_text="The chat template it was trained with (modelhub.prompts.template_hash), set by its fine-tune; "
+                  "blank: unknown (registered by hand).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = AdapterQuerySet.as_manager()
@@ -73,6 +77,21 @@ class Adapter(models.Model):
         from modelhub.remote import load_adapter
 
         return load_adapter(base.remote_settings(), self.name, self.local_path)
+
+    def template_differs(self, served_hash):
+        """Was this adapter trained with another chat template than `served_hash`? Never when either is
+        unknown (blank): an adapter registered by hand, or a prompt chatsite did not render."""
+        return bool(self.template_hash and served_hash and self.template_hash != served_hash)
+
+    def template_check(self, served_hash):
+        """In words: does the base's chat template `served_hash` match the one this adapter learnt?"""
+        if not self.template_hash:
+            return "unknown (not recorded)"
+        if not served_hash:
+            return f"unknown (trained with {self.template_hash}; the base's template is not at hand)"
+        if self.template_differs(served_hash):
+            return f"differs: trained with {self.template_hash}, base now {served_hash}"
+        return "matches"
 
     def promote(self):
         """Serve this adapter: a fine-tuned adapter is registered disabled until someone promotes it."""

@@ -134,6 +134,7 @@ class FinetuneJob(models.Model):
                 name=self.adapter_name, base=self.base, path=str(result.adapter_dir), enabled=False,
                 description=f"{self.get_method_display()} by fine-tune job {self.pk}",
                 provenance=self.lineage(result),
+                template_hash=result.chat_template_sha256[:16],  # as prompts.template_hash: what replies record
             )
             self._set(
                 status=self.Status.SUCCEEDED, metrics=result.metrics, loss_history=result.history,

@@ -219,6 +219,18 @@ class ModelSpec(models.Model):
             context_length=self.context_length,
         )
 
+    def served_template_hash(self):
+        """prompts.template_hash of the chat template this model's prompts are rendered with, read from
+        its tokenizer files without loading weights (it imports transformers: for the admin, not pages).
+        "" where chatsite renders no template (scripted; remote: the server does) or it is not at hand."""
+        if self.backend != self.Backend.TRANSFORMERS:
+            return ""
+        from modelhub.loading import served_chat_template
+        from modelhub.prompts import template_hash
+
+        template = served_chat_template(self.load_settings())
+        return template_hash(template) if template is not None else ""
+
     def default_options(self):
         return GenerationOptions(
             temperature=self.temperature,

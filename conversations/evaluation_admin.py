@@ -1,0 +1,145 @@
+"""The admin's evaluation reports: the list, a report's page (its table of metrics side by side with
+differences and 95% intervals, and a plot), "Export JSON", and running a report in the background
+for the snapshot and arena actions (conversations/admin.py).
+
+A report runs in a daemon thread of the web process, as an arena's answers do: its answers go
+through the model's worker like any reply, and its perplexity loads a second copy of the base
+(modelhub/evaluation.py). At most EVALUATION_MAX_ROWS held-out rows are evaluated. A process
+that dies mid-run leaves the report `running`: it holds nothing else up; run it again.
+"""
+
+import base64
+import io
+import logging
+import threading
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import connections, transaction
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
+from django.urls import path
+
+from conversations.models import EvaluationReport
+from conversations.models.evaluation import EvaluationError
+from modelhub.text_scores import LOWER_IS_BETTER, METRICS
+
+log = logging.getLogger(__name__)
+
+
+def start_in_background(report):
+    """Run the report in a daemon thread once its row is committed."""
+    transaction.on_commit(lambda: threading.Thread(target=_run, args=(report.pk,), name=f"evaluation-{report.pk}",
+                                                   daemon=True).start())
+
+
+def _run(report_id):
+    try:
+        EvaluationReport.objects.select_related("base", "snapshot").get(pk=report_id).run()
+    except Exception:  # stored on the report by run(); the log has the traceback
+        log.exception("evaluation report %s failed", report_id)
+    finally:
+        connections.close_all()  # this thread's own database connection
+
+
+def create_and_start(request, snapshot, base, adapters):
+    """The admin's side of `manage.py evaluate`: messages the user; the started report, or None."""
+    try:
+        report = EvaluationReport.objects.create_for(snapshot, base, adapters, created_by=request.user)
+    except EvaluationError as exc:
+        messages.error(request, str(exc))
+        return None
+    start_in_background(report)
+    messages.success(request, f"Started {report} on {snapshot}: its page shows the result when it is done.")
+    return report
+
+
+def table(report):
+    """One row per metric: (metric, lower is better, [(value, difference or None)] per candidate)."""
+    rows = []
+    for metric in METRICS:
+        cells = [((report.metrics.get(name) or {}).get(metric), report.differences.get(name, {}).get(metric))
+                 for name in report.candidates]
+        rows.append((metric, metric in LOWER_IS_BETTER, cells))
+    return rows
+
+
+def plot_png(report):
+    """Each adapter's difference to the base per metric, with its 95% interval, as a PNG data URI.
+
+    One small panel per metric (their scales differ); matplotlib's Agg backend, imported here only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    others = report.candidates[1:]
+    shown = [metric for metric in METRICS if any(metric in report.differences.get(name, {}) for name in others)]
+    if not shown:
+        return ""
+    figure = Figure(figsize=(2.4 * min(len(shown), 5), 2.2 * ((len(shown) + 4) // 5)), layout="constrained")
+    for index, metric in enumerate(shown):
+        axes = figure.add_subplot((len(shown) + 4) // 5, min(len(shown), 5), index + 1)
+        for position, name in enumerate(others):
+            diff = report.differences.get(name, {}).get(metric)
+            if diff is None:
+                continue
+            low, high = diff["low"], diff["high"]
+            error = [[diff["difference"] - low], [high - diff["difference"]]] if low is not None else None
+            axes.errorbar([position], [diff["difference"]], yerr=error, fmt="o", capsize=4)
+        axes.axhline(0, color="grey", linewidth=0.8)
+        axes.set_xlim(-0.5, len(others) - 0.5)
+        axes.set_title(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""), fontsize=8)
+        axes.set_xticks(range(len(others)), [name.rsplit(" + ", 1)[-1] for name in others], fontsize=7)
+        axes.tick_params(axis="y", labelsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@admin.register(EvaluationReport)
+class EvaluationReportAdmin(admin.ModelAdmin):
+    """Reports are made by `manage.py evaluate` or the snapshot and arena actions; here they are read."""
+
+    list_display = ["__str__", "snapshot", "status", "created_by", "created_at", "finished_at"]
+    list_filter = ["status", "base"]
+    list_select_related = ["base", "snapshot", "created_by"]
+    fields = ["status", "error", "metrics_table", "plot", "export", "snapshot", "base", "adapter_names", "options",
+              "max_rows", "seed", "resamples", "arena", "created_by", "created_at", "finished_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.json_view)
+        return [path("<int:pk>/json/", view, name="conversations_evaluationreport_json"), *super().get_urls()]
+
+    def json_view(self, request, pk):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        report = get_object_or_404(EvaluationReport.objects.select_related("base"), pk=pk)
+        response = JsonResponse(report.as_json(), json_dumps_params={"indent": 2, "ensure_ascii": False})
+        response["Content-Disposition"] = f'attachment; filename="evaluation-{report.pk}.json"'
+        return response
+
+    @admin.display(description="metrics")
+    def metrics_table(self, report):
+        if not report.candidates:
+            return "-"
+        arena = [report.arena.get(name) for name in report.candidates] if report.arena else []
+        return render_to_string("admin/conversations/evaluationreport/metrics.html",
+                                {"report": report, "rows": table(report), "arena": arena})
+
+    @admin.display(description="differences to the base")
+    def plot(self, report):
+        uri = plot_png(report) if report.status == report.Status.SUCCEEDED else ""
+        return render_to_string("admin/conversations/evaluationreport/plot.html", {"uri": uri})
+
+    @admin.display(description="export")
+    def export(self, report):
+        return render_to_string("admin/conversations/evaluationreport/export.html", {"report": report})

@@ -267,10 +267,10 @@ def test_hostile_markup_from_the_user_and_the_model_never_runs_or_loads(page):
     send(page, HOSTILE)  # the echo model answers with exactly this markup
     wait_done(page)
     page.wait_for_timeout(500)
-    hrefs = [link.get_attribute("href") for link in page.locator(".message a[href]").all()]
+    texts = ".message-text"  # what the user and the model wrote (the page's own links and icons are not in it)
+    hrefs = [link.get_attribute("href") for link in page.locator(f"{texts} a[href]").all()]
     assert hrefs and all(href.startswith(("http://", "https://", "#")) for href in hrefs)
     assert page.evaluate("window.__pwned") is None
-    texts = ".message-text"  # what the user and the model wrote (the page's own icons are not in it)
     assert page.locator(f"{texts} img, {texts} iframe, {texts} svg, {texts} script").count() == 0
     page.screenshot(path=ARTIFACTS / "browser-xss.png")
 

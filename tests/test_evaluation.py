@@ -291,3 +291,14 @@ def test_the_arena_action_evaluates_the_base_against_the_arenas_adapters(client,
     report = EvaluationReport.objects.get()
     assert started == [report] and report.base == spec and report.adapter_names == ["echo"]
     assert response.url == reverse("admin:conversations_evaluationreport_change", args=[report.pk])
+
+
+def test_answers_holding_nul_are_stored_with_it_replaced_as_a_replys_text_is(db, tmp_path):
+    spec, _ = install_scripted(chunks=["bad ", "\x00", " bytes"])  # what a random model can write
+    adapter = Adapter.objects.create(name="echo", base=spec, path=str(tmp_path), enabled=False)
+    report = EvaluationReport.objects.create_for(make_snapshot(tmp_path, sft_rows()), spec, [adapter])
+    report.run(resamples=5)
+
+    report.refresh_from_db()  # PostgreSQL refuses NUL in jsonb: the row was saved
+    assert report.status == "succeeded"
+    assert report.rows[0]["answers"]["scripted"] == "bad \ufffd bytes"

@@ -36,6 +36,18 @@ class EvaluationError(ValueError):
     """The evaluation cannot be made as asked: the message says why."""
 
 
+def _storable(value):
+    """JSON fit for any database: NUL, which PostgreSQL refuses in jsonb text, becomes U+FFFD (as in a reply's
+    text: conversations/replies.py); a model's answers can hold it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
+
+
 def reference_rows(snapshot, limit=None):
     """(prompt messages, reference answer) of the snapshot's held-out rows, in file order; at most `limit`."""
     try:
@@ -164,7 +176,7 @@ class EvaluationReport(models.Model):
             self.finish(self.Status.FAILED, error=getattr(exc, "message", None) or str(exc) or type(exc).__name__)
             raise
         self.candidates, self.metrics, self.differences = result["candidates"], result["metrics"], result["differences"]
-        self.rows, self.resamples = result["rows"], resamples
+        self.rows, self.resamples = _storable(result["rows"]), resamples
         self.arena = arena_win_rates(self.base, adapters)
         self.finish(self.Status.SUCCEEDED)
         return self

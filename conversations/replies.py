@@ -33,6 +33,7 @@ from conversations.frames import (ChatError, SessionEnded, loading_text, message
 from conversations.handoff import HandedOver
 from conversations.inbox import Inbox
 from conversations.models import Arena, Conversation, Message
+from conversations.models.message import storable
 from conversations.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
 from modelhub import api
 from modelhub.options import ModelhubError
@@ -181,11 +182,6 @@ async def shut_down(timeout):
         await asyncio.wait(late, timeout=timeout / 2)
 
 
-def _clean(text):
-    """Model text fit to store: NUL (which PostgreSQL refuses in text) becomes U+FFFD."""
-    return text.replace("\x00", "\ufffd")
-
-
 class ReplyTask:
     def __init__(self, reply, spec, adapter, history, reservation):
         self.reply = reply
@@ -257,7 +253,7 @@ class ReplyTask:
             await self.announced.wait()
             last_flush = time.monotonic()
             async for text in self._chunks():
-                text = _clean(text)
+                text = storable(text)
                 offset = utf16_length(self.text)
                 self.text += text
                 await publish(self.conversation_id,

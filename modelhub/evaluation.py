@@ -21,6 +21,7 @@ import gc
 
 from modelhub import api
 from modelhub.loading import attach_adapter, load
+from modelhub.prompts import encode, render_text
 from modelhub.text_scores import compare
 
 GREEDY = {"temperature": 0.0}
@@ -32,12 +33,11 @@ GREEDY = {"temperature": 0.0}
 def answer_tokens(tokenizer, prompt, reference):
     """(prompt ids, answer ids): the prompt as served (the chat template with its generation prompt),
     then what the template writes for the reference answer after it (its end-of-turn marker too)."""
-    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    prompt_text = render_text(tokenizer, prompt)
     full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": reference}], tokenize=False)
     answer_text = full[len(prompt_text):] if full.startswith(prompt_text) else reference + (tokenizer.eos_token or "")
     # Encoded apart, as the serving path encodes the prompt: the answer's first token never merges with it.
-    encode = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return encode(prompt_text), encode(answer_text)
+    return encode(tokenizer, prompt_text), encode(tokenizer, answer_text)
 
 
 def reference_nll(loaded, rows):

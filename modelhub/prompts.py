@@ -54,14 +54,14 @@ def render_text(tokenizer, messages):
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _encode(tokenizer, text):
+def encode(tokenizer, text):
     # As apply_chat_template(tokenize=True) does: the template writes the special tokens itself.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def render_prompt(tokenizer, messages):
     """Prompt token ids (see render_text)."""
-    return _encode(tokenizer, render_text(tokenizer, messages))
+    return encode(tokenizer, render_text(tokenizer, messages))
 
 
 def build_prompt(tokenizer, messages, context_length, max_new_tokens):
@@ -84,7 +84,7 @@ def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
 
     def fits(start):
         text = render_text(tokenizer, system + turns[start:])
-        ids = _encode(tokenizer, text)
+        ids = encode(tokenizer, text)
         return Prompt(ids, text, start) if len(ids) <= budget else None
 
     prompt = fits(starts[0])

@@ -14,6 +14,7 @@ test can make the database unreachable for a while.
 """
 
 import asyncio
+import http.server
 import json
 import os
 import select
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +125,19 @@ class SqliteDatabase:
     def rows(self, sql, params=()):
         with sqlite3.connect(self.path, timeout=20) as connection:
             return connection.execute(sql.replace("%s", "?"), params).fetchall()
+
+
+@contextmanager
+def http_server(handler):
+    """A real HTTP server on a free local port, answering with `handler` (an http.server request handler
+    class) from a thread of its own, for as long as the block runs: its base URL, ".../v1"."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Site:

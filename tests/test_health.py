@@ -7,7 +7,6 @@ that is not there, a remote model server that is down. Nothing checked is mocked
 
 import http.server
 import json
-import threading
 import time
 from io import StringIO
 
@@ -18,7 +17,7 @@ from django.db import connections
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
 from tests.conftest import install_scripted
-from tests.live import free_port
+from tests.live import free_port, http_server
 from tests.test_remote import closed_url, remote_spec, silent_server  # noqa: F401 - fixtures shared with those tests
 
 ALL_OK = {"database": "ok", "channel_layer": "ok", "default_model": "ok"}
@@ -83,14 +82,9 @@ class _OpenAIModels(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_remote_default_model_is_ready_when_its_server_lists_it(client):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIModels)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote_spec(f"http://127.0.0.1:{server.server_port}/v1")
+    with http_server(_OpenAIModels) as url:
+        remote_spec(url)
         response = readyz(client)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert response.status_code == 200 and response.body["checks"]["default_model"] == "ok"
 
 

@@ -6,7 +6,6 @@ import hashlib
 import html
 import http.server
 import json
-import threading
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,6 +18,7 @@ from modelhub.models import Adapter, ModelSpec
 from modelhub.options import Usage
 from modelhub.prompts import template_hash
 from tests.conftest import add_reply
+from tests.live import http_server
 from tests.test_consumer import frames_until, open_socket, scripted
 from tests.test_modelhub_serving import make_adapter
 from tests.test_security_headers import INLINE
@@ -126,11 +126,8 @@ class _Completions(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def completions_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Completions) as url:
+        yield url
 
 
 def test_a_remote_server_renders_its_own_template_so_the_messages_sent_are_kept(db, completions_server):

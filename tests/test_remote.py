@@ -19,6 +19,7 @@ from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.options import ModelhubError
+from tests.live import http_server
 from tests.test_admin import add_form
 from tests.test_consumer import frames_until, open_socket
 
@@ -40,11 +41,8 @@ class _Html(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def html_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Html)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Html) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ remote model sends `stop` to its server (a real HTTP server here; vLLM in test_v
 
 import http.server
 import json
-import threading
 from dataclasses import replace
 
 import pytest
@@ -22,6 +21,7 @@ from modelhub.engine import Request, Worker
 from modelhub.loading import LoadSettings, load
 from modelhub.options import GenerationOptions, InvalidOptions
 from tests.conftest import install_scripted
+from tests.live import http_server
 from tests.test_batching import PROMPTS, Served, ask
 from tests.test_remote import remote_spec
 
@@ -233,11 +233,8 @@ class _Completions(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def completions_server():
     _Completions.bodies = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", _Completions.bodies
-    server.shutdown()
-    server.server_close()
+    with http_server(_Completions) as url:
+        yield url, _Completions.bodies
 
 
 def test_a_remote_model_sends_the_stop_strings_to_its_server(db, completions_server):

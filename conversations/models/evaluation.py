@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from conversations.models.arena import Arena
 from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
-from modelhub.evaluation import evaluate
+from conversations.models.message import storable
+from modelhub.evaluation import candidate_name, evaluate
 from modelhub.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,9 @@ class EvaluationError(ValueError):
 
 
 def _storable(value):
-    """JSON fit for any database: NUL, which PostgreSQL refuses in jsonb text, becomes U+FFFD (as in a reply's
-    text: conversations/replies.py); a model's answers can hold it."""
+    """JSON fit for any database: each string `storable`, as a reply's text is (a model's answers can hold NUL)."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return storable(value)
     if isinstance(value, list):
         return [_storable(item) for item in value]
     if isinstance(value, dict):
@@ -91,7 +91,7 @@ def arena_win_rates(base, adapters):
                 totals[key] += results[key]
         if totals["voted"]:
             wins = totals["win"] + 0.5 * (totals["tie"] + totals["both_bad"])
-            found[f"{base.name} + {adapter.name}"] = {"win_rate": wins / totals["voted"], "votes": totals["voted"]}
+            found[candidate_name(base, adapter)] = {"win_rate": wins / totals["voted"], "votes": totals["voted"]}
     return found
 
 

@@ -17,6 +17,11 @@ from conversations.models.feedback import Preference
 WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."
 
 
+def storable(text):
+    """Model text fit to store: NUL (which PostgreSQL refuses in text and jsonb) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
 class MessageQuerySet(models.QuerySet):
     def orphaned(self):
         """Replies still `streaming` whose writer is gone (see writers.py); never one this process writes."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.http import JsonResponse
 
+from conversations.forms import ModelChoiceForm
+
 from modelhub.models import ModelSpec
 from modelhub.options import InvalidOptions
 
@@ -63,14 +65,9 @@ class Call:
 
 
 def usable_models(user):
-    """{API model name: (spec, adapter or None)} that this user may use, in the model menu's order."""
-    names = {}
-    for spec in ModelSpec.objects.visible_to(user).prefetch_related("adapters"):
-        names[spec.name] = (spec, None)
-        for adapter in spec.adapters.all():
-            if adapter.enabled:
-                names[f"{spec.name}:{adapter.name}"] = (spec, adapter)
-    return names
+    """{API model name: (spec, adapter or None)}: the chat's model menu (ModelChoiceForm), named for the API."""
+    return {spec.name + (f":{adapter.name}" if adapter else ""): (spec, adapter)
+            for spec, adapter, _ in ModelChoiceForm(user).options.values()}
 
 
 def read(body, key):

@@ -67,5 +67,5 @@ def event(data):
 
 
 def model_list(names, created):
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": created.get(name, 0),
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": created[name],
                                         "owned_by": "chatsite"} for name in names]}

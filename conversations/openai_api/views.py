@@ -38,8 +38,7 @@ async def _key_of(request):
 
 def _models_of(user):
     names = usable_models(user)
-    return shapes.model_list(names, {name: int(spec.created_at.timestamp()) for name, (spec, _) in names.items()
-                                     if getattr(spec, "created_at", None)})
+    return shapes.model_list(names, {name: int(spec.created_at.timestamp()) for name, (spec, _) in names.items()})
 
 
 async def models(request):

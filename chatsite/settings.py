@@ -252,6 +252,10 @@ MODELHUB_KV_CACHE_MB = env_float("MODELHUB_KV_CACHE_MB", 512.0, minimum=0)
 # step for its request, and prompts already queued wait as long to be prefilled with it:
 # it starts at once, and turns sent together start together; 0: off.
 MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.1, minimum=0)
+# The attention view (modelhub/attention.py) recomputes one pass over a reply with its attention
+# weights, layers × heads × tokens² floats: at most this many tokens, and this many MiB of weights.
+MODELHUB_ATTENTION_MAX_TOKENS = env_int("MODELHUB_ATTENTION_MAX_TOKENS", 1024, minimum=2)
+MODELHUB_ATTENTION_MAX_MB = env_float("MODELHUB_ATTENTION_MAX_MB", 512.0, minimum=1)
 # Model worker processes (`manage.py modelhub_worker`): with MODELHUB_WORKERS on, web processes
 # load no model and hand every chat reply to a worker over the channel layer (Redis); a reply
 # no worker takes within MODELHUB_WORKER_TIMEOUT_SECONDS fails with a message saying so.

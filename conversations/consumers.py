@@ -10,6 +10,9 @@ Client frames (JSON):
     {"type": "edit", "message_id", "content"[, "options"]}   a new version of a question (new branch)
     {"type": "regenerate", "message_id"[, "options"]}       another answer (a sibling of that one)
     {"type": "continue", "message_id"[, "options"]}         more of an answer cut by the token limit
+    {"type": "alternative", "message_id", "token", "choice"[, "options"]}  another answer that begins as this
+                                           one did up to `token`, then writes alternative `choice` there
+                                           and goes on (inspect_tokens.py)
     {"type": "compare", "content", "models": [key, key]}    one question to two model choices at once
     {"type": "stop"}                       stop the reply being written
     {"type": "sync"}                       after a lost socket: the active branch again, and where

@@ -14,7 +14,8 @@ from django.conf import settings
 from conversations.frames import ChatError
 from conversations.turns import Turn
 
-TURNS = ("send", "edit", "regenerate", "continue", "compare")
+TURNS = ("send", "edit", "regenerate", "continue", "compare", "alternative")
+MAX_INDEX = 10**6  # more tokens than any reply has
 OTHERS = ("stop", "sync")
 MAX_ID = 2**63 - 1  # the database's bigint
 
@@ -53,9 +54,17 @@ def parse(text_data, bytes_data=None):
     if not isinstance(options, dict):
         raise ChatError("invalid_options", "'options' must be a JSON object.")
     content = _content(frame) if kind in ("send", "edit", "compare") else ""
-    message_id = _message_id(frame) if kind in ("edit", "regenerate", "continue") else None
+    message_id = _message_id(frame) if kind in ("edit", "regenerate", "continue", "alternative") else None
     models = frame.get("models") if kind == "compare" and isinstance(frame.get("models"), list) else []
-    return Command(kind, Turn(kind, content, message_id, options, models))
+    at = (_index(frame, "token"), _index(frame, "choice")) if kind == "alternative" else None
+    return Command(kind, Turn(kind, content, message_id, options, models, at=at))
+
+
+def _index(frame, name):
+    value = frame.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INDEX:
+        raise ChatError("unknown_alternative", f"The frame needs the integer {name!r} of the alternative to branch from.")
+    return value
 
 
 def _shown(value):

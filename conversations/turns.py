@@ -16,6 +16,7 @@ from django.db import transaction
 from conversations import cap
 from conversations.forms import ModelChoiceForm
 from conversations.frames import ChatError, SessionEnded, message_frames, path_frame
+from conversations.inspect_tokens import branch_start
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
@@ -27,12 +28,13 @@ BUSY = "A reply is still being written; stop it or wait for it to finish."
 class Turn:
     """What the user asked for: a new message, an edited question, another answer, or more of one."""
 
-    kind: str  # send, edit, regenerate, continue, compare, call (an API call: a new conversation)
+    kind: str  # send, edit, regenerate, continue, compare, alternative, call (an API call: a new conversation)
     content: str = ""
     message_id: int | None = None
     overrides: dict = field(default_factory=dict)
     models: list = field(default_factory=list)  # compare: two model-choice keys ("m3", "m3-a7")
     call: object = None  # call: what openai_api.requests parsed (key, spec, adapter, messages)
+    at: tuple | None = None  # alternative: (token index, alternative index) in the answer's token probabilities
 
 
 @dataclass
@@ -58,7 +60,7 @@ def prepare(user, conversation_id, turn, saved, guard=None):
     if turn.kind == "call":  # a new conversation: no page shows it yet
         return conversation, plans, []
     frames = [{"type": "title", "title": conversation.title}]
-    if turn.kind in ("edit", "regenerate", "compare"):  # a new branch: every watcher redraws the active path
+    if turn.kind in ("edit", "regenerate", "compare", "alternative"):  # a new branch: every watcher redraws the active path
         frames.append(path_frame(conversation))
     else:
         frames += message_frames(new_messages)
@@ -138,6 +140,7 @@ def _save_turn(user, conversation_id, turn):
             raise ChatError("unknown_message", f"There is no {role} message {turn.message_id!r} here to {turn.kind}.")
         if turn.kind == "continue" and target.finish_reason != "length":
             raise ChatError("cannot_continue", "Only an answer cut by the token limit can be continued.")
+        begins = branch_start(target, *turn.at) if turn.kind == "alternative" else ("", None)
     try:
         spec, adapter = conversation.model_for(user)
         if spec is None:
@@ -157,6 +160,8 @@ def _save_turn(user, conversation_id, turn):
         user_message = conversation.edit(target, turn.content)
     if turn.kind == "continue":
         reply = conversation.resume_reply(target, spec, options)
+    elif turn.kind == "alternative":  # a sibling that begins with the tokens up to the alternative
+        reply = conversation.start_reply(spec, options, adapter, parent=target.parent, locked=True, begins=begins)
     else:
         parent = target.parent if turn.kind == "regenerate" else None
         reply = conversation.start_reply(spec, options, adapter, parent=parent, locked=True)

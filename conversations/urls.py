@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import exact_prompt, keys, views
+from conversations import attention_view, exact_prompt, inspect_tokens, keys, views
 from conversations.arena import views as arena_views
 
 app_name = "conversations"
@@ -19,6 +19,10 @@ urlpatterns = [
     path("c/<int:pk>/m/<int:message_id>/rate/", views.message_rate, name="rate"),
     path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
     path("c/<int:pk>/m/<int:message_id>/prompt/", exact_prompt.message_prompt, name="prompt"),
+    path("c/<int:pk>/m/<int:message_id>/inspect/", inspect_tokens.message_inspect, name="inspect"),
+    path("c/<int:pk>/m/<int:message_id>/attention/", attention_view.message_attention, name="attention"),
+    path("c/<int:pk>/m/<int:message_id>/attention/<str:kind>.png", attention_view.attention_png,
+         name="attention_png"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
     path("keys/", keys.api_keys, name="api_keys"),

@@ -112,6 +112,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
         }),
         ("Chat", {"fields": ["system_prompt", "chat_template"]}),
         ("Generation defaults", {"fields": ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"]}),
+        ("Inspection", {"fields": ["token_probabilities"]}),
         ("Access", {"fields": ["enabled", "is_default", "visibility"]}),
     ]
 

@@ -17,18 +17,21 @@ probes and metrics read `runtime()`, `gpu_memory()` and `check_default()`: none 
 """
 
 import asyncio
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import sys
+import threading
 
 from django.conf import settings
 
 from modelhub.arrivals import arrivals
-from modelhub.engine import Request
 from modelhub.models import Adapter, ModelSpec, ModelWorker, pick_default
 from modelhub.options import ModelhubError, ModelLoadError, ModelNotFound
 from modelhub.registry import registry
 from modelhub.remote import check_server
+from modelhub.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,11 @@ def get_spec(name=None):
 
 
 def options_for(spec, overrides=None):
-    """The spec's defaults with the caller's overrides, validated."""
-    return spec.default_options().merged(overrides or {}).validated(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
+    """The spec's defaults with the caller's overrides, validated. Whether token probabilities are kept
+    is the model's switch (`ModelSpec.token_probabilities`), whatever the overrides say."""
+    defaults = spec.default_options()
+    options = defaults.merged(overrides or {}).validated(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
+    return dataclasses.replace(options, logprobs=defaults.logprobs)
 
 
 def preload():
@@ -138,6 +144,44 @@ def _weights_at_hand(spec):
     if folder is None or not (folder / "config.json").is_file():
         raise ModelLoadError(f"{spec.source} is not a model folder (no config.json)")
     return f"{spec.name}: {folder} has its config.json"
+
+
+ATTENTION_WAIT_SECONDS = 300  # a model loaded for the attention view may take minutes
+_recent_attention = collections.OrderedDict()  # the last few passes: a page shows several views of one
+_recent_attention_lock = threading.Lock()
+
+
+def attention(spec, messages, reply, adapter=None):
+    """Attention weights (modelhub.attention.Attention) of one forward pass over `messages`' prompt and
+    `reply` (its token ids, or its text) on this spec's model, with an Adapter of it or none.
+
+    The model is loaded if it is not (and waited for). A ModelhubError says why not: a model
+    chatsite does not run, model workers holding the models, a sequence over the limits."""
+    if spec.backend != spec.Backend.TRANSFORMERS:
+        raise ModelhubError(f"{spec} runs outside chatsite ({spec.get_backend_display()}), so its attention "
+                            "weights cannot be read.", code="no_attention")
+    if settings.MODELHUB_WORKERS:
+        raise ModelhubError("This server hands replies to model worker processes (MODELHUB_WORKERS), which hold "
+                            "the models; the attention view needs the model loaded in the web process.",
+                            code="no_attention")
+    key = (spec.name, spec.updated_at, adapter.pk if adapter else None, repr(messages), repr(reply))
+    with _recent_attention_lock:
+        if key in _recent_attention:
+            _recent_attention.move_to_end(key)
+            return _recent_attention[key]
+    pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
+    limits = (settings.MODELHUB_ATTENTION_MAX_TOKENS, settings.MODELHUB_ATTENTION_MAX_MB)
+    job = registry.worker(spec).run_job(lambda backend: backend.attention(messages, reply, pair, *limits))
+    try:
+        result = job.result(timeout=ATTENTION_WAIT_SECONDS)
+    except concurrent.futures.TimeoutError:
+        raise ModelhubError(f"{spec} did not finish loading within {ATTENTION_WAIT_SECONDS} s; try again "
+                            "in a while.", code="attention_timeout") from None
+    with _recent_attention_lock:
+        _recent_attention[key] = result
+        while len(_recent_attention) > 2:
+            _recent_attention.popitem(last=False)
+    return result
 
 
 def get_adapter(spec, name):

@@ -61,6 +61,17 @@ class TransformersBackend:
     def prefill(self, passes):
         self.decoder.prefill(passes)
 
+    def attention(self, messages, reply, adapter, max_tokens, max_mb):
+        """Attention weights of one pass over a finished reply (attention.py); a Job in the worker's thread."""
+        from modelhub.attention import compute
+
+        name = None
+        if adapter is not None:
+            name, folder = adapter
+            if self.loaded.adapters.get(name) != folder:
+                self._attach(name, folder)
+        return compute(self.loaded, messages, reply, name, max_tokens, max_mb)
+
     def decode(self):
         return self.decoder.decode()
 

@@ -4,7 +4,7 @@
 nothing itself: it opens a sequence, runs the prefill passes it is given, runs one
 decode step for every running row, and releases a sequence that left.
 
-Each request becomes a `Sequence`. Its prompt is prefilled into a KV cache of its
+Each request becomes a `Sequence` (sequence.py). Its prompt is prefilled into a KV cache of its
 own, starting from the longest stored prefix of earlier turns when there is one
 (kv_reuse.py). New prompts the scheduler puts together go through the model in one
 left-padded pass; a prompt alone (one that continues a stored prefix, or is longer
@@ -13,7 +13,8 @@ cache for every running sequence, left-padded to a common length, with an attent
 mask that hides the padding and position ids that count only each row's real
 tokens, so a row computes exactly what it would compute alone. Every decode step
 feeds each row its last token and samples its next one with that request's own
-settings. A finished, stopped or failed sequence leaves between steps; the other
+settings; a request that keeps token probabilities gets them from the same scores
+(logprobs.py: the greedy rows' in one batched softmax). A finished, stopped or failed sequence leaves between steps; the other
 rows' keys, values, mask and positions are untouched. A forward pass that fails (an
 exception in the model, out of memory) fails the rows it was computing: their
 half-written caches are dropped, and after running out of memory the stored
@@ -32,79 +33,12 @@ import torch
 from transformers import DynamicCache
 
 from modelhub.decoding import Detokenizer, Sampler
-from modelhub.options import ModelhubError, Usage
+from modelhub.logprobs import score
+from modelhub.options import ModelhubError
 from modelhub.prompts import fit_prompt, template_hash
-from modelhub.stopping import StopMatcher
+from modelhub.sequence import Sequence
 
 log = logging.getLogger(__name__)
-
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-class Sequence:
-    """One reply: its prompt, its own cache until it joins the batch, its tokens and new text."""
-
-    def __init__(self, prompt_ids, options, adapter, sampler, detokenizer, started):
-        self.prompt_ids = prompt_ids
-        self.options = options
-        self.adapter = adapter or BASE
-        self.sampler = sampler
-        self.detokenizer = detokenizer
-        self.stops = StopMatcher(options.stop)  # between the detokenizer and the caller
-        self.started = started
-        self.cache = DynamicCache()
-        self.fed = 0  # prompt tokens already in the cache
-        self.tokens = []  # sampled tokens, the end-of-turn token included
-        self.text = ""  # text produced since the caller last took it
-        self.finish_reason = ""
-        self.error = None
-        self.usage = Usage(prompt_tokens=len(prompt_ids))
-
-    @property
-    def prefilled(self):
-        return self.fed == len(self.prompt_ids)
-
-    @property
-    def to_feed(self):
-        """Prompt tokens not in the cache yet."""
-        return len(self.prompt_ids) - self.fed
-
-    @property
-    def ready(self):
-        """Out of prefill: its first token is sampled (it decodes with the batch, or already ended)."""
-        return bool(self.tokens)
-
-    @property
-    def cached_ids(self):
-        """The tokens whose keys and values are in this sequence's cache (the last sampled one is not fed yet)."""
-        return self.prompt_ids[: self.fed] + self.tokens[:-1]
-
-    def accept(self, token):
-        """Record the sampled token; end the reply on an end-of-turn token, a stop string or at max_new_tokens."""
-        if not self.tokens:
-            self.usage.time_to_first_token = time.monotonic() - self.started
-        self.tokens.append(token)
-        if token in self.sampler.eos_ids:
-            self.end("stop")
-            return
-        self.text += self.stops.add(self.detokenizer.add(token))
-        if self.stops.stopped:
-            self.end("stop")
-        elif len(self.tokens) >= self.options.max_new_tokens:
-            self.end("length")
-
-    def end(self, reason):
-        if not self.finish_reason:
-            self.text += self.stops.add(self.detokenizer.flush()) + self.stops.flush()
-            # What the detokenizer held back may complete a stop string: then that is why it ended.
-            self.finish_reason = "stop" if self.stops.stopped and reason == "length" else reason
-        # Every token sampled counts, those that formed a stop string too (as vLLM counts them).
-        self.usage.completion_tokens = len(self.tokens)
-
-    def take_text(self):
-        text, self.text = self.text, ""
-        return text
-
 
 def _left_pad(tensor, length, dim):
     """`tensor` grown to `length` along `dim` with zeros in front."""
@@ -296,7 +230,7 @@ class Decoder:
         """Sample the token after the prompt; the sequence then joins the batch (unless that ended it)."""
         try:
             with torch.inference_mode():
-                seq.accept(seq.sampler(logits, seq.prompt_ids, 0))
+                self._accept(seq, logits, seq.prompt_ids)
             if not seq.finish_reason:
                 self.batch.add(seq)
         except Exception as exc:  # noqa: BLE001 - this sequence's failure, reported by the worker
@@ -333,14 +267,33 @@ class Decoder:
                 rows_at, eos_at = torch.tensor(suppress, device=logits.device), torch.tensor(self.eos_ids, device=logits.device)
                 logits[rows_at[:, None], eos_at] = float("-inf")
             greedy = logits.argmax(-1).tolist()
+            scored = self._score_greedy(rows, logits, greedy)
             for i, seq in enumerate(rows):
                 try:
                     if seq.sampler.greedy:
-                        seq.accept(greedy[i])
+                        seq.accept(greedy[i], scored.get(i))
                     else:
-                        seq.accept(seq.sampler(logits[i], seq.prompt_ids + seq.tokens, len(seq.tokens)))
+                        self._accept(seq, logits[i], seq.prompt_ids + seq.tokens)
                 except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
                     seq.error = exc
+
+    @staticmethod
+    def _score_greedy(rows, logits, greedy):
+        """{row: (logprob, top)} for the greedy rows that keep probabilities, in one batched softmax."""
+        keep = [i for i, seq in enumerate(rows) if seq.sampler.greedy and seq.logprobs is not None]
+        if not keep:
+            return {}
+        k = max(rows[i].logprobs.k for i in keep)
+        at = torch.tensor(keep, device=logits.device)
+        scored = score(logits.index_select(0, at), [greedy[i] for i in keep], k)
+        return {i: (logprob, top[: rows[i].logprobs.k]) for i, (logprob, top) in zip(keep, scored)}
+
+    @staticmethod
+    def _accept(seq, logits, context_ids):
+        """Sample one sequence's next token with its own settings (and score it, if it keeps probabilities)."""
+        scores = seq.sampler.scores(logits, context_ids, len(seq.tokens))
+        token = seq.sampler.choose(scores)
+        seq.accept(token, score(scores, [token], seq.logprobs.k)[0] if seq.logprobs is not None else None)
 
     def _failure(self, exc):
         """The error a forward pass's rows end with: running out of memory is told as such."""

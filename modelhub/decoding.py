@@ -50,12 +50,19 @@ class Sampler:
 
     def __call__(self, scores, context_ids, generated):
         """The next token from `scores` ([vocab]) after `context_ids` (prompt and reply so far)."""
+        return self.choose(self.scores(scores, context_ids, generated))
+
+    def scores(self, scores, context_ids, generated):
+        """The scores the token is drawn from ([1, vocab]): the logits after the penalty and warpers."""
         scores = scores.unsqueeze(0).float()
         if self.suppresses_eos(generated):
             scores[:, self.eos_ids] = float("-inf")  # `ignore_eos`: always reach max_new_tokens
         if self.processors:
             ids = torch.tensor([context_ids], device=scores.device)
             scores = self.processors(ids, scores)
+        return scores
+
+    def choose(self, scores):
         if not self.do_sample:
             return int(scores.argmax(-1))
         probs = torch.softmax(scores, dim=-1)

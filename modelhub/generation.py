@@ -8,7 +8,8 @@ prompts.py (`build_prompt` and `render_prompt` are imported from here too).
 """
 
 from modelhub.backends import TransformersBackend
-from modelhub.engine import Request, Worker
+from modelhub.engine import Worker
+from modelhub.request import Request
 from modelhub.loading import LoadedModel
 from modelhub.options import GenerationOptions
 from modelhub.prompts import build_prompt, render_prompt  # noqa: F401 - older callers import them from here

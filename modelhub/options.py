@@ -42,7 +42,8 @@ MAX_TOP_K = 1_000_000  # more than any vocabulary: a larger k would keep every t
 MAX_SEED = 2**63 - 1  # torch.Generator takes -2**63..2**64-1 (negative ones wrap); this fits a signed 64-bit column
 MAX_STOP_STRINGS = 4  # the OpenAI API's limit
 MAX_STOP_LENGTH = 200  # characters per stop string: text that long is held back while it might begin one
-WHOLE_NUMBER_OPTIONS = {"top_k", "max_new_tokens", "seed"}
+MAX_LOGPROBS = 20  # alternatives per token, as the OpenAI API's top_logprobs
+WHOLE_NUMBER_OPTIONS = {"top_k", "max_new_tokens", "seed", "logprobs"}
 
 _RANGES = {  # option: (is this number in range, given the max_new_tokens limit; what to say otherwise)
     "temperature": (lambda v, _: v == 0 or MIN_TEMPERATURE <= v <= 2,
@@ -52,7 +53,10 @@ _RANGES = {  # option: (is this number in range, given the max_new_tokens limit;
     "max_new_tokens": (lambda v, limit: 1 <= v <= limit, "max_new_tokens must be between 1 and {limit}"),
     "repetition_penalty": (lambda v, _: 0.5 <= v <= 2, "repetition_penalty must be between 0.5 and 2"),
     "seed": (lambda v, _: 0 <= v <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (or unset, for a random one)"),
+    "logprobs": (lambda v, _: 0 <= v <= MAX_LOGPROBS,
+                 f"logprobs must be between 0 and {MAX_LOGPROBS} alternatives per token (or unset, for none kept)"),
 }
+NULLABLE_OPTIONS = {"seed", "logprobs"}  # None: a random seed; no probabilities kept
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class GenerationOptions:
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     stop: tuple[str, ...] = ()  # the reply ends before the first of these strings it would contain (stopping.py)
+    logprobs: int | None = None  # keep each token's probability and this many alternatives' (logprobs.py)
 
     def __post_init__(self):
         # As in the OpenAI API, one string is a list of one; a list becomes a tuple (the options stay hashable).
@@ -94,7 +99,7 @@ class GenerationOptions:
                 if problem := _stop_problem(value):
                     problems[name] = problem
                 continue
-            if name == "seed" and value is None:
+            if name in NULLABLE_OPTIONS and value is None:
                 continue
             in_range, message = _RANGES[name]
             problem = _type_problem(name, value)
@@ -166,7 +171,7 @@ def _cast(name, value):
         if not isinstance(value, bool):
             raise InvalidOptions("ignore_eos must be true or false")
         return value
-    if name == "seed" and value is None:
+    if name in NULLABLE_OPTIONS and value is None:
         return None
     if isinstance(value, str):
         value = _parse_number(name, value)
@@ -208,6 +213,8 @@ class Usage:
     # messages sent. template_hash (prompts.template_hash) names the template; "" when chatsite did not render.
     prompt_text: str = ""
     template_hash: str = ""
+    # Each sampled token's probability and its alternatives' (logprobs.py), when the options asked; else None.
+    token_logprobs: list | None = None
 
     def as_dict(self):
         return asdict(self)

@@ -10,7 +10,8 @@ import pytest
 
 from modelhub.arrivals import arrivals
 from modelhub.backends import ScriptedBackend
-from modelhub.engine import Request, Worker
+from modelhub.engine import Worker
+from modelhub.request import Request
 from modelhub.options import GenerationOptions
 
 OPTIONS = GenerationOptions(max_new_tokens=400).validated(2048)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub import api, loading
 from modelhub.backends import TransformersBackend
-from modelhub.engine import Request
+from modelhub.request import Request
 from modelhub.kv_reuse import PrefixCache
 from modelhub.models import Adapter
 from modelhub.options import ModelhubError

@@ -18,7 +18,8 @@ from asgiref.sync import sync_to_async
 from conversations.models import Conversation
 from modelhub import api, loading
 from modelhub.backends import ScriptedBackend
-from modelhub.engine import Request, Worker
+from modelhub.engine import Worker
+from modelhub.request import Request
 from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.registry import registry
@@ -123,14 +124,14 @@ def test_a_failed_forward_pass_fails_every_row_of_its_step_and_the_next_requests
 def test_a_failure_in_one_rows_sampling_fails_that_row_alone(tiny_spec, monkeypatch):
     from modelhub.decoding import Sampler
 
-    sample = Sampler.__call__
+    scores = Sampler.scores
 
     def fragile(self, logits, ids, step):  # only sampled rows call this after their first token
         if step == 3:
             raise RuntimeError("probabilities contain nan")
-        return sample(self, logits, ids, step)
+        return scores(self, logits, ids, step)
 
-    monkeypatch.setattr(Sampler, "__call__", fragile)
+    monkeypatch.setattr(Sampler, "scores", fragile)
     served = Served(tiny_spec)
     served.open()
     alone = read(served.start(ask("hi"), max_new_tokens=12, ignore_eos=True))

@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub import api
 from modelhub.backends import TransformersBackend
-from modelhub.engine import Request, Worker
+from modelhub.engine import Worker
+from modelhub.request import Request
 from modelhub.loading import LoadSettings, load
 from modelhub.options import GenerationOptions, InvalidOptions
 from tests.conftest import install_scripted

@@ -130,7 +130,7 @@ class Conversation(models.Model):
         messages with their comparisons, the feedback, its tags (only if there is feedback) and
         the sibling preferences.
         """
-        messages = list(self.messages.select_related("comparison_as_left").defer("prompt"))  # prompts: O(n²) text
+        messages = list(self.messages.light().select_related("comparison_as_left"))  # prompts: O(n²) text
         by_id = {message.pk: message for message in messages}
         path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
         comparisons = {}
@@ -162,7 +162,7 @@ class Conversation(models.Model):
         system = self.system_prompt or (self.model.system_prompt if self.model else "")
         if system:
             messages.append({"role": "system", "content": system})
-        loaded = list(self.messages.defer("prompt")) if loaded is None else loaded
+        loaded = list(self.messages.defer(*Message.LARGE_FIELDS)) if loaded is None else loaded
         path = tree.path_to(upto.pk if upto else self.leaf_id, loaded)
         for message in path:
             if message.status != Message.Status.ERROR and message.content:
@@ -206,17 +206,19 @@ class Conversation(models.Model):
         return self._grow(tree.newest_leaf_under(message, list(self.messages.all())))
 
     @transaction.atomic(savepoint=False)
-    def start_reply(self, spec, options, adapter=None, parent=None, locked=False):
+    def start_reply(self, spec, options, adapter=None, parent=None, locked=False, begins=("", None)):
         """Create the assistant row, `streaming`, that a generation task will fill.
 
         Its parent is the end of the active branch (or `parent`, to regenerate an
         answer as a sibling). Refuses (returns None) while another reply of this
         conversation streams: one reply at a time keeps the history well defined.
         `locked`: the caller holds this conversation's row lock and found it idle (turns.prepare).
+        `begins`: (text, token probabilities) the reply starts with, which the model continues
+        (a branch from an alternative token: inspect_tokens.py).
         """
         if not locked and not self._lock_if_idle():
             return None
-        return self._grow(self.new_reply(parent.pk if parent else self.leaf_id, spec.name, adapter, options))
+        return self._grow(self.new_reply(parent.pk if parent else self.leaf_id, spec.name, adapter, options, begins))
 
     def _lock_if_idle(self):
         """Lock this conversation's row (until the transaction ends); False while one of its replies streams.
@@ -226,11 +228,13 @@ class Conversation(models.Model):
         Conversation.objects.select_for_update().filter(pk=self.pk).first()
         return not self.messages.filter(status=Message.Status.STREAMING).exists()
 
-    def new_reply(self, parent_id, model_name, adapter, options):
+    def new_reply(self, parent_id, model_name, adapter, options, begins=("", None)):
         """The one way a `streaming` assistant row is made (chat, comparison, arena): written by this process."""
+        content, token_probs = begins
         return self.messages.create(
             role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent_id=parent_id, model_name=model_name,
-            adapter_name=adapter.name if adapter else "", generation_options=options,
+            adapter_name=adapter.name if adapter else "", generation_options=options, content=content,
+            token_probs=token_probs,
         )
 
     @transaction.atomic

@@ -50,6 +50,12 @@ class MessageQuerySet(models.QuerySet):
         ids = list(writers.writing)
         return self.filter(pk__in=ids, status=Message.Status.STREAMING).update(heartbeat_at=timezone.now())
 
+    def light(self):
+        """Without the columns that grow with a reply, but saying whether its token probabilities were kept."""
+        return self.defer(*Message.LARGE_FIELDS).annotate(
+            has_token_probs=models.ExpressionWrapper(models.Q(token_probs__isnull=False),
+                                                     output_field=models.BooleanField()))
+
     def rateable(self):
         """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
         return self.filter(role=Message.Role.ASSISTANT).exclude(
@@ -91,6 +97,9 @@ class Message(models.Model):
     prompt_template_hash = models.CharField(max_length=16, blank=True,
                                             help_text="Its chat template's hash; blank: not rendered by chatsite.")
     prompt_left_out = models.PositiveIntegerField(default=0, help_text="Oldest messages left out to fit the context.")
+    # Each token's probability and its likeliest alternatives' (modelhub/logprobs.py), where the model's switch
+    # was on: [[token_id, text, logprob, [[alt_id, alt_text, alt_logprob], ...]], ...]; None: not kept.
+    token_probs = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     writer = models.CharField(max_length=120, blank=True, default=writers.identity,
@@ -99,6 +108,9 @@ class Message(models.Model):
                                         help_text="Renewed by the writer while the reply streams.")
 
     objects = MessageQuerySet.as_manager()
+
+    # Columns that grow with a reply (or its history): loaded for one reply's own page, never for a list.
+    LARGE_FIELDS = ("prompt", "token_probs")
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -124,8 +136,27 @@ class Message(models.Model):
         return self.pk in Preference.objects.preferred_ids(self.conversation.owner_id, [self])
 
     @property
+    def inspectable(self):
+        """Its token probabilities were kept (the Inspect link); read without loading them where annotated."""
+        if "has_token_probs" in self.__dict__:  # MessageQuerySet.with_probability_flag
+            return self.has_token_probs
+        return self.role == Message.Role.ASSISTANT and self.token_probs is not None
+
+    @property
     def rateable(self):
         return self.role == Message.Role.ASSISTANT and self.status not in (Message.Status.STREAMING, Message.Status.ERROR)
+
+    def _token_probs_after(self, usage):
+        """The reply's token probabilities once this stream's are added: a continued answer (or a branch from
+        an alternative, which starts with its prefix's) keeps one record for its whole text; None: none kept."""
+        new = getattr(usage, "token_logprobs", None)
+        if new is None:
+            return None
+        if self.token_probs is None and self.content:  # its first part kept none: a record of half would lie
+            return None
+        return (self.token_probs or []) + [[token, storable(text), logprob, [[alt, storable(alt_text), alt_lp]
+                                            for alt, alt_text, alt_lp in alts]]
+                                           for token, text, logprob, alts in new]
 
     def save_partial(self, content, notice=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
@@ -157,6 +188,8 @@ class Message(models.Model):
             if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
                 fields.update(prompt=usage.prompt_text, prompt_template_hash=usage.template_hash,
                               prompt_left_out=usage.truncated_messages)
+                if (kept := self._token_probs_after(usage)) is not None:
+                    fields["token_probs"] = kept
         mine = models.Q(status=Message.Status.INTERRUPTED, writer=writers.identity())
         with transaction.atomic():
             updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)

@@ -107,7 +107,7 @@ class Prompts:
     def before(self, answer):
         conversation = answer.conversation
         if conversation.pk not in self._loaded:
-            messages = list(conversation.messages.all())
+            messages = list(conversation.messages.defer(*Message.LARGE_FIELDS))
             self._loaded[conversation.pk] = (messages, {m.pk: m for m in messages})
         messages, by_id = self._loaded[conversation.pk]
         parent = by_id.get(answer.parent_id)

@@ -15,6 +15,7 @@ from modelhub.validators import (
 )
 
 DEFAULTS = GenerationOptions()
+KEPT_ALTERNATIVES = 5  # alternatives kept per token where the switch is on (the Inspect view shows them)
 
 
 class ModelSpecQuerySet(models.QuerySet):
@@ -124,6 +125,10 @@ class ModelSpec(models.Model):
                                                  validators=[OptionValidator("max_new_tokens")])
     repetition_penalty = models.FloatField(default=DEFAULTS.repetition_penalty,
                                            validators=[OptionValidator("repetition_penalty")])
+    token_probabilities = models.BooleanField(
+        default=False, help_text="Keep each token's probability and its 5 likeliest alternatives with every reply "
+                                 "(the Inspect view, branching from an alternative). Local models only; costs a "
+                                 "softmax and a top-k per token, and about 150 bytes per token stored.")
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -238,4 +243,10 @@ class ModelSpec(models.Model):
             top_k=self.top_k,
             max_new_tokens=self.max_new_tokens,
             repetition_penalty=self.repetition_penalty,
+            logprobs=KEPT_ALTERNATIVES if self.keeps_token_probabilities else None,
         )
+
+    @property
+    def keeps_token_probabilities(self):
+        """The switch is on and chatsite runs the model (a remote server's or a script's replies keep none)."""
+        return self.token_probabilities and self.backend == self.Backend.TRANSFORMERS

@@ -127,6 +127,9 @@
       startEdit(article);
     } else if (button.dataset.action === "regenerate" || button.dataset.action === "continue") {
       send({ type: button.dataset.action, message_id: id });
+    } else if (button.dataset.action === "alternative") {
+      send({ type: "alternative", message_id: id, token: Number(button.dataset.token),
+             choice: Number(button.dataset.choice) });
     }
   });
 

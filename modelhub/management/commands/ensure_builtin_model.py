@@ -27,6 +27,7 @@ class Command(BaseCommand):
                 "top_k": 40,
                 "max_new_tokens": 96,
                 "repetition_penalty": 1.1,
+                "token_probabilities": True,  # small enough to keep them, and a model to learn the Inspect view on
             },
         )
         if not ModelSpec.objects.filter(is_default=True).exists():

@@ -1,0 +1,83 @@
+"""Each sampled token's probability and its most likely alternatives, as the sampler saw them.
+
+A causal LM gives at every step a distribution over the next token. With
+`GenerationOptions.logprobs` set, a reply keeps, for each token it sampled, that
+token's log-probability and the `logprobs` most likely tokens with theirs. They come
+from the very scores the token was drawn from: after the repetition penalty,
+temperature, top-k and top-p when the request samples (tokens those cut off have
+probability 0 and are not listed), the model's own distribution when it is greedy.
+So a token's probability is the chance it had of being the one written.
+
+Greedy rows of a decode step are scored in one batched log-softmax; a sampled row
+with the scores its sampler built. Texts are found once, when the reply ends
+(`TokenLogprobs.export`), so a decode step pays for a softmax and a top-k only.
+
+The record, a plain JSON list stored with the message (Usage.token_logprobs):
+    [[token_id, text, logprob, [[alt_id, alt_text, alt_logprob], ...]], ...]
+one entry per sampled token, the end-of-turn token included (its text is "").
+`text` is what the token added to the reply; joined, they are the reply's text
+(before a stop string is cut off).
+"""
+
+import math
+
+import torch
+
+DIGITS = 5  # log-probabilities are stored to 1e-5: a probability then differs by less than 1e-5
+
+
+def score(scores, chosen, k):
+    """[(logprob of chosen[i], [(alt_id, alt_logprob)] best first)] for each row of `scores` [rows, vocab]."""
+    logprobs = torch.log_softmax(scores.float(), dim=-1)
+    index = torch.tensor(chosen, device=logprobs.device).unsqueeze(1)
+    picked = logprobs.gather(1, index).squeeze(1).tolist()
+    if k:
+        values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        tops = [list(zip(row_ids, row_values)) for row_ids, row_values in zip(ids.tolist(), values.tolist())]
+    else:
+        tops = [[] for _ in chosen]
+    return list(zip(picked, tops))
+
+
+class TokenLogprobs:
+    """One reply's record, filled token by token while it decodes."""
+
+    def __init__(self, k):
+        self.k = k
+        self.entries = []  # [token, text, logprob, [(alt_id, alt_logprob)]]
+
+    def add(self, token, scored, text):
+        logprob, top = scored
+        self.entries.append([token, text, logprob, [(i, lp) for i, lp in top if math.isfinite(lp)]])
+
+    def add_text(self, text):
+        """Text the detokenizer held back until the reply ended belongs to the last token."""
+        if self.entries and text:
+            self.entries[-1][1] += text
+
+    def export(self, tokenizer):
+        """The JSON record (module docstring), alternatives' texts decoded in one batch.
+
+        An alternative's text is what it would have added after the token before it (decoding it
+        alone would drop a SentencePiece tokenizer's leading space)."""
+        pairs, alone = [], []
+        for n, (_, _, _, top) in enumerate(self.entries):
+            before = [self.entries[n - 1][0]] if n else []
+            pairs += [before + [alt] for alt, _ in top]
+            alone += [before] * len(top)
+        texts = iter(added_texts(tokenizer, pairs, alone))
+        return [[token, text, round(logprob, DIGITS), [[alt, next(texts), round(lp, DIGITS)] for alt, lp in top]]
+                for token, text, logprob, top in self.entries]
+
+
+def added_texts(tokenizer, pairs, alone, skip_special_tokens=True):
+    """For each [before..., alt]: the text `alt` adds after `before` (after the part of it that is whole
+    characters: a token that completes a character `before` began shows that character)."""
+    if not pairs:
+        return []
+    kwargs = {"skip_special_tokens": skip_special_tokens, "clean_up_tokenization_spaces": False}
+    full = tokenizer.batch_decode(pairs, **kwargs)
+    heads = tokenizer.batch_decode(alone, **kwargs)
+    heads = [h.rstrip("\ufffd") for h in heads]
+    return [f[len(h):] if f.startswith(h) else tokenizer.decode(p[-1:], **kwargs)
+            for f, h, p in zip(full, heads, pairs)]

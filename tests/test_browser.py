@@ -41,7 +41,8 @@ from modelhub.models import ModelSpec
 User.objects.create_user("alice", password="{password}")
 User.objects.create_superuser("root", password="{password}")
 ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.04", is_default=True)
-ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="cpu", max_new_tokens=48)
+ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="cpu", max_new_tokens=48,
+                         token_probabilities=True)
 """
 
 

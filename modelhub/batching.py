@@ -284,8 +284,8 @@ class Decoder:
         if not keep:
             return {}
         k = max(rows[i].logprobs.k for i in keep)
-        at = torch.tensor(keep, device=logits.device)
-        scored = score(logits.index_select(0, at), [greedy[i] for i in keep], k)
+        kept = logits if len(keep) == len(rows) else logits.index_select(0, torch.tensor(keep, device=logits.device))
+        scored = score(kept, [greedy[i] for i in keep], k)
         return {i: (logprob, top[: rows[i].logprobs.k]) for i, (logprob, top) in zip(keep, scored)}
 
     @staticmethod

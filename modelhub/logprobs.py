@@ -27,16 +27,19 @@ DIGITS = 5  # log-probabilities are stored to 1e-5: a probability then differs b
 
 
 def score(scores, chosen, k):
-    """[(logprob of chosen[i], [(alt_id, alt_logprob)] best first)] for each row of `scores` [rows, vocab]."""
-    logprobs = torch.log_softmax(scores.float(), dim=-1)
-    index = torch.tensor(chosen, device=logprobs.device).unsqueeze(1)
-    picked = logprobs.gather(1, index).squeeze(1).tolist()
-    if k:
-        values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-        tops = [list(zip(row_ids, row_values)) for row_ids, row_values in zip(ids.tolist(), values.tolist())]
-    else:
-        tops = [[] for _ in chosen]
-    return list(zip(picked, tops))
+    """[(logprob of chosen[i], [(alt_id, alt_logprob)] best first)] for each row of `scores` [rows, vocab].
+
+    A log-probability is a score minus the row's log-sum-exp: the top k and the chosen token are read
+    from the scores, so no [rows, vocab] log-softmax is written out (it would double a step's cost here)."""
+    scores = scores.float()
+    total = torch.logsumexp(scores, dim=-1, keepdim=True)
+    index = torch.tensor(chosen, device=scores.device).unsqueeze(1)
+    picked = (scores.gather(1, index) - total).squeeze(1).tolist()
+    if not k:
+        return [(logprob, []) for logprob in picked]
+    values, ids = scores.topk(min(k, scores.shape[-1]), dim=-1)
+    values = (values - total).tolist()
+    return [(logprob, list(zip(row_ids, row_values))) for logprob, row_ids, row_values in zip(picked, ids.tolist(), values)]
 
 
 class TokenLogprobs:
@@ -60,24 +63,36 @@ class TokenLogprobs:
 
         An alternative's text is what it would have added after the token before it (decoding it
         alone would drop a SentencePiece tokenizer's leading space)."""
-        pairs, alone = [], []
+        pairs, heads = [], []
         for n, (_, _, _, top) in enumerate(self.entries):
             before = [self.entries[n - 1][0]] if n else []
             pairs += [before + [alt] for alt, _ in top]
-            alone += [before] * len(top)
-        texts = iter(added_texts(tokenizer, pairs, alone))
+            heads.append(before)
+        head_texts = _decode_batch(tokenizer, heads, skip_special_tokens=True)
+        texts = iter(added_texts(tokenizer, pairs, [head for head, (*_, top) in zip(head_texts, self.entries)
+                                                    for _ in top], heads_decoded=True))
         return [[token, text, round(logprob, DIGITS), [[alt, next(texts), round(lp, DIGITS)] for alt, lp in top]]
                 for token, text, logprob, top in self.entries]
 
 
-def added_texts(tokenizer, pairs, alone, skip_special_tokens=True):
+def added_texts(tokenizer, pairs, alone, skip_special_tokens=True, heads_decoded=False):
     """For each [before..., alt]: the text `alt` adds after `before` (after the part of it that is whole
-    characters: a token that completes a character `before` began shows that character)."""
+    characters: a token that completes a character `before` began shows that character). `alone`: each
+    `before`, as ids, or already decoded (`heads_decoded`)."""
     if not pairs:
         return []
-    kwargs = {"skip_special_tokens": skip_special_tokens, "clean_up_tokenization_spaces": False}
-    full = tokenizer.batch_decode(pairs, **kwargs)
-    heads = tokenizer.batch_decode(alone, **kwargs)
+    full = _decode_batch(tokenizer, pairs, skip_special_tokens)
+    heads = alone if heads_decoded else _decode_batch(tokenizer, alone, skip_special_tokens)
     heads = [h.rstrip("\ufffd") for h in heads]
-    return [f[len(h):] if f.startswith(h) else tokenizer.decode(p[-1:], **kwargs)
+    return [f[len(h):] if f.startswith(h) else _decode_batch(tokenizer, [p[-1:]], skip_special_tokens)[0]
             for f, h, p in zip(full, heads, pairs)]
+
+
+def _decode_batch(tokenizer, sequences, skip_special_tokens):
+    """Texts of many short id lists: in one call of the Rust tokenizer where there is one (transformers'
+    batch_decode decodes them one by one), without clean-up of spaces, as the reply's text is decoded."""
+    rust = getattr(tokenizer, "_tokenizer", None)
+    if rust is not None and hasattr(rust, "decode_batch"):
+        return rust.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+    return tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens,
+                                  clean_up_tokenization_spaces=False)

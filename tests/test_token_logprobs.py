@@ -10,6 +10,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from modelhub.options import GenerationOptions, InvalidOptions
+from modelhub.request import Request
 from tests.test_batching import PROMPTS, Served, adapter_rows, ask, read, reference_models, served  # noqa: F401 - fixtures
 from tests.test_modelhub_serving import adapter_dirs  # noqa: F401 - a fixture
 
@@ -49,9 +50,15 @@ def assert_matches(record, rows):
             assert math.exp(lp) == pytest.approx(math.exp(ref_lp), abs=1e-4)
 
 
+@pytest.fixture(autouse=True)
+def switch_on(tiny_spec):
+    """The model keeps token probabilities (api.options_for then asks for 5 alternatives a token)."""
+    tiny_spec.token_probabilities = True
+    tiny_spec.save()
+
+
 def run(served, messages, adapter=None, **options):
-    request = served.start(messages, adapter, logprobs=5, **options)
-    return request
+    return served.start(messages, adapter, **options)
 
 
 def test_a_greedy_replys_probabilities_equal_a_separate_forward_pass(served, reference_models):
@@ -81,7 +88,8 @@ def test_probabilities_kept_in_a_batch_equal_those_kept_alone(tiny_spec, referen
             (PROMPTS[4], "beta", SAMPLED)]
     served = Served(tiny_spec)
     together = [run(served, ask(p), adapter_rows.get(a), **o) for p, a, o in plan]
-    plain = served.start(ask(PROMPTS[5]))  # a row that keeps nothing shares the batch
+    plain = served.worker.submit(Request(ask(PROMPTS[5]), GenerationOptions(temperature=0, max_new_tokens=16)))
+    # (a row that keeps nothing shares the batch: a request made without api.options_for)
     served.open()
     for request in together + [plain]:
         read(request)
@@ -138,8 +146,10 @@ def test_a_bad_logprobs_value_is_refused(value):
         GenerationOptions().merged({"logprobs": value}).validated(512)
 
 
-def test_no_probabilities_are_kept_unless_asked(served):
-    request = served.start(ask(PROMPTS[0]))
+def test_no_probabilities_are_kept_where_the_models_switch_is_off_whatever_the_caller_asks(served, tiny_spec):
+    tiny_spec.token_probabilities = False
+    tiny_spec.save()
+    request = served.start(ask(PROMPTS[0]), logprobs=5)
     served.open()
     read(request)
     assert request.usage.token_logprobs is None

@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply clean
+.PHONY: install run test test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -35,7 +35,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply
+bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -56,6 +56,9 @@ bench-finetune: install
 
 bench-first-reply: install
 	$(PY) bench/first_reply.py
+
+bench-logprobs: install
+	$(PY) bench/logprobs.py
 
 # Live servers on SQLite (one daphne) and on PostgreSQL + Redis (two daphnes): both must be running
 # at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379; BENCH_ARGS="--backend sqlite" skips them.

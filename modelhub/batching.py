@@ -14,7 +14,7 @@ mask that hides the padding and position ids that count only each row's real
 tokens, so a row computes exactly what it would compute alone. Every decode step
 feeds each row its last token and samples its next one with that request's own
 settings; a request that keeps token probabilities gets them from the same scores
-(logprobs.py: the greedy rows' in one batched softmax). A finished, stopped or failed sequence leaves between steps; the other
+(logprobs.py: every row that keeps them, scored together in one batched pass). A finished, stopped or failed sequence leaves between steps; the other
 rows' keys, values, mask and positions are untouched. A forward pass that fails (an
 exception in the model, out of memory) fails the rows it was computing: their
 half-written caches are dropped, and after running out of memory the stored
@@ -267,26 +267,38 @@ class Decoder:
                 rows_at, eos_at = torch.tensor(suppress, device=logits.device), torch.tensor(self.eos_ids, device=logits.device)
                 logits[rows_at[:, None], eos_at] = float("-inf")
             greedy = logits.argmax(-1).tolist()
-            scored = self._score_greedy(rows, logits, greedy)
+            kept = []  # rows that keep probabilities: (sequence, the scores its token came from, token)
             for i, seq in enumerate(rows):
                 try:
                     if seq.sampler.greedy:
-                        seq.accept(greedy[i], scored.get(i))
+                        scores, token = logits[i : i + 1], greedy[i]
                     else:
-                        self._accept(seq, logits[i], seq.prompt_ids + seq.tokens)
+                        scores = seq.sampler.scores(logits[i], seq.prompt_ids + seq.tokens, len(seq.tokens))
+                        token = seq.sampler.choose(scores)
+                    if seq.logprobs is None:
+                        seq.accept(token)
+                    else:
+                        kept.append((seq, scores, token))
                 except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
                     seq.error = exc
+            if kept:
+                self._accept_scored(kept)
 
     @staticmethod
-    def _score_greedy(rows, logits, greedy):
-        """{row: (logprob, top)} for the greedy rows that keep probabilities, in one batched softmax."""
-        keep = [i for i, seq in enumerate(rows) if seq.sampler.greedy and seq.logprobs is not None]
-        if not keep:
-            return {}
-        k = max(rows[i].logprobs.k for i in keep)
-        kept = logits if len(keep) == len(rows) else logits.index_select(0, torch.tensor(keep, device=logits.device))
-        scored = score(kept, [greedy[i] for i in keep], k)
-        return {i: (logprob, top[: rows[i].logprobs.k]) for i, (logprob, top) in zip(keep, scored)}
+    def _accept_scored(kept):
+        """Score the rows that keep probabilities in one batched pass (logprobs.score), then accept their tokens."""
+        k = max(seq.logprobs.k for seq, _, _ in kept)
+        try:
+            scored = score(torch.cat([scores for _, scores, _ in kept]), [token for _, _, token in kept], k)
+        except Exception as exc:  # noqa: BLE001 - these rows' failure, reported by the worker
+            for seq, _, _ in kept:
+                seq.error = exc
+            return
+        for (seq, _, token), (logprob, top) in zip(kept, scored):
+            try:
+                seq.accept(token, (logprob, top[: seq.logprobs.k]))
+            except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
+                seq.error = exc
 
     @staticmethod
     def _accept(seq, logits, context_ids):

@@ -8,8 +8,8 @@ temperature, top-k and top-p when the request samples (tokens those cut off have
 probability 0 and are not listed), the model's own distribution when it is greedy.
 So a token's probability is the chance it had of being the one written.
 
-Greedy rows of a decode step are scored in one batched log-softmax; a sampled row
-with the scores its sampler built. Texts are found once, when the reply ends
+The rows of a decode step that keep them are scored together in one batched pass: a
+greedy row's logits, a sampled row's scores as its sampler built them. Texts are found once, when the reply ends
 (`TokenLogprobs.export`), so a decode step pays for a softmax and a top-k only.
 
 The record, a plain JSON list stored with the message (Usage.token_logprobs):

@@ -1,6 +1,7 @@
 """The admin's evaluation reports: the list, a report's page (its table of metrics side by side with
-differences and 95% intervals, and a plot), "Export JSON", and running a report in the background
-for the snapshot and arena actions (conversations/admin.py).
+differences and 95% intervals, and a plot), "Export JSON", running a report in the background
+for the snapshot and arena actions (conversations/admin.py), and the adapter list's action
+(added to modelhub's Adapter admin by `extend_adapter_admin`: modelhub knows nothing of reports).
 
 A report runs in a daemon thread of the web process, as an arena's answers do: its answers go
 through the model's worker like any reply, and its perplexity loads a second copy of the base
@@ -13,16 +14,20 @@ import io
 import logging
 import threading
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import connections, transaction
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import path
 
+from conversations.forms import AdapterEvaluateForm
 from conversations.models import EvaluationReport
 from conversations.models.evaluation import EvaluationError
+from modelhub.models import Adapter
 from modelhub.text_scores import LOWER_IS_BETTER, METRICS
 
 log = logging.getLogger(__name__)
@@ -143,3 +148,36 @@ class EvaluationReportAdmin(admin.ModelAdmin):
     @admin.display(description="export")
     def export(self, report):
         return render_to_string("admin/conversations/evaluationreport/export.html", {"report": report})
+
+
+def evaluate_adapters(modeladmin, request, queryset):
+    """The adapter list's action: the chosen adapters (of one base) against their base, on a snapshot picked next."""
+    adapters = list(queryset.select_related("base"))
+    if len({adapter.base_id for adapter in adapters}) != 1:
+        modeladmin.message_user(request, "Pick adapters of one base model.", messages.ERROR)
+        return None
+    form = AdapterEvaluateForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        report = create_and_start(request, form.cleaned_data["snapshot"], adapters[0].base, adapters)
+        return redirect("admin:conversations_evaluationreport_change", report.pk) if report else None
+    context = {**modeladmin.admin_site.each_context(request), "opts": modeladmin.model._meta, "form": form,
+               "adapters": adapters, "base": adapters[0].base, "max_rows": settings.EVALUATION_MAX_ROWS,
+               "title": f"Evaluate {', '.join(a.name for a in adapters)} against {adapters[0].base.name}"}
+    return TemplateResponse(request, "conversations/admin_adapter_evaluate.html", context)
+
+
+def extend_adapter_admin(site=admin.site):
+    """Give modelhub's Adapter admin the evaluate action (ConversationsConfig.ready: every admin is registered)."""
+    registered = type(site.get_model_admin(Adapter))
+
+    class AdapterAdmin(registered):
+        actions = [*registered.actions, "evaluate"]
+
+        def has_evaluate_permission(self, request):
+            return request.user.has_perm("conversations.add_evaluationreport")
+
+        evaluate = admin.action(description="Evaluate against their base on a snapshot (in the background)",
+                                permissions=["evaluate"])(evaluate_adapters)
+
+    site.unregister(Adapter)
+    site.register(Adapter, AdapterAdmin)

@@ -1,6 +1,6 @@
 from django import forms
 
-from conversations.models import Feedback, FeedbackTag
+from conversations.models import DatasetSnapshot, Feedback, FeedbackTag
 from conversations.models.api_key import NAME_LENGTH
 from conversations.models.datasets import FORMAT_CHOICES
 from conversations.training_data.examples import Filters
@@ -162,3 +162,10 @@ class SnapshotEvaluateForm(forms.Form):
 
     base = forms.ModelChoiceField(queryset=ModelSpec.objects.filter(adapters__isnull=False).distinct(),
                                   help_text="Compared with every adapter of it, enabled or not.")
+
+
+class AdapterEvaluateForm(forms.Form):
+    """The admin's "Evaluate against their base on a snapshot" form, from the adapter list."""
+
+    snapshot = forms.ModelChoiceField(queryset=DatasetSnapshot.objects.order_by("-created_at"),
+                                      help_text="Its held-out rows with a reference answer are answered and scored.")

@@ -294,9 +294,9 @@ class Decoder:
             for seq, _, _ in kept:
                 seq.error = exc
             return
-        for (seq, _, token), (logprob, top) in zip(kept, scored):
+        for (seq, _, token), scored_row in zip(kept, scored):
             try:
-                seq.accept(token, (logprob, top[: seq.logprobs.k]))
+                seq.accept(token, scored_row)
             except Exception as exc:  # noqa: BLE001 - isolated to this row, reported by the worker
                 seq.error = exc
 

@@ -27,7 +27,7 @@ DIGITS = 5  # log-probabilities are stored to 1e-5: a probability then differs b
 
 
 def score(scores, chosen, k):
-    """[(logprob of chosen[i], [(alt_id, alt_logprob)] best first)] for each row of `scores` [rows, vocab].
+    """[(logprob of chosen[i], alt_ids, alt_logprobs) best first] for each row of `scores` [rows, vocab].
 
     A log-probability is a score minus the row's log-sum-exp: the top k and the chosen token are read
     from the scores, so no [rows, vocab] log-softmax is written out (it would double a step's cost here)."""
@@ -36,43 +36,58 @@ def score(scores, chosen, k):
     index = torch.tensor(chosen, device=scores.device).unsqueeze(1)
     picked = (scores.gather(1, index) - total).squeeze(1).tolist()
     if not k:
-        return [(logprob, []) for logprob in picked]
+        return [(logprob, [], []) for logprob in picked]
     values, ids = scores.topk(min(k, scores.shape[-1]), dim=-1)
-    values = (values - total).tolist()
-    return [(logprob, list(zip(row_ids, row_values))) for logprob, row_ids, row_values in zip(picked, ids.tolist(), values)]
+    return list(zip(picked, ids.tolist(), (values - total).tolist()))
 
 
 class TokenLogprobs:
-    """One reply's record, filled token by token while it decodes."""
+    """One reply's record, filled token by token while it decodes.
+
+    Kept in flat lists of numbers and strings, which Python's garbage collector does not track: a
+    container per token would make the collector's full passes (of a server's whole heap) more frequent."""
 
     def __init__(self, k):
         self.k = k
-        self.entries = []  # [token, text, logprob, [(alt_id, alt_logprob)]]
+        self.tokens, self.texts, self.logprobs = [], [], []
+        self.alt_ids, self.alt_logprobs, self.alt_counts = [], [], []
 
     def add(self, token, scored, text):
-        logprob, top = scored
-        self.entries.append([token, text, logprob, [(i, lp) for i, lp in top if math.isfinite(lp)]])
+        logprob, alt_ids, alt_logprobs = scored
+        kept = min(self.k, len(alt_ids))
+        while kept and alt_logprobs[kept - 1] == -math.inf:  # cut off by top-k or top-p: no chance at all
+            kept -= 1
+        self.tokens.append(token)
+        self.texts.append(text)
+        self.logprobs.append(logprob)
+        self.alt_ids.extend(alt_ids[:kept])
+        self.alt_logprobs.extend(alt_logprobs[:kept])
+        self.alt_counts.append(kept)
 
     def add_text(self, text):
         """Text the detokenizer held back until the reply ended belongs to the last token."""
-        if self.entries and text:
-            self.entries[-1][1] += text
+        if self.texts and text:
+            self.texts[-1] += text
 
     def export(self, tokenizer):
         """The JSON record (module docstring), alternatives' texts decoded in one batch.
 
         An alternative's text is what it would have added after the token before it (decoding it
         alone would drop a SentencePiece tokenizer's leading space)."""
-        pairs, heads = [], []
-        for n, (_, _, _, top) in enumerate(self.entries):
-            before = [self.entries[n - 1][0]] if n else []
-            pairs += [before + [alt] for alt, _ in top]
-            heads.append(before)
+        heads = [[]] + [[token] for token in self.tokens[:-1]]
         head_texts = _decode_batch(tokenizer, heads, skip_special_tokens=True)
-        texts = iter(added_texts(tokenizer, pairs, [head for head, (*_, top) in zip(head_texts, self.entries)
-                                                    for _ in top], heads_decoded=True))
-        return [[token, text, round(logprob, DIGITS), [[alt, next(texts), round(lp, DIGITS)] for alt, lp in top]]
-                for token, text, logprob, top in self.entries]
+        pairs, pair_heads, at = [], [], 0
+        for head, head_text, count in zip(heads, head_texts, self.alt_counts):
+            pairs += [head + [alt] for alt in self.alt_ids[at : at + count]]
+            pair_heads += [head_text] * count
+            at += count
+        texts = added_texts(tokenizer, pairs, pair_heads, heads_decoded=True)
+        record, at = [], 0
+        for token, text, logprob, count in zip(self.tokens, self.texts, self.logprobs, self.alt_counts):
+            alts = [[self.alt_ids[n], texts[n], round(self.alt_logprobs[n], DIGITS)] for n in range(at, at + count)]
+            record.append([token, text, round(logprob, DIGITS), alts])
+            at += count
+        return record
 
 
 def added_texts(tokenizer, pairs, alone, skip_special_tokens=True, heads_decoded=False):

@@ -293,6 +293,32 @@ def test_the_arena_action_evaluates_the_base_against_the_arenas_adapters(client,
     assert response.url == reverse("admin:conversations_evaluationreport_change", args=[report.pk])
 
 
+def test_the_adapter_action_evaluates_the_chosen_adapters_against_their_base_on_a_snapshot(client, staff, tmp_path,
+                                                                                            monkeypatch):
+    started = []
+    monkeypatch.setattr("conversations.evaluation_admin.start_in_background", started.append)
+    spec, _ = install_scripted()
+    chosen = [Adapter.objects.create(name=name, base=spec, path=str(tmp_path), enabled=False) for name in ("a", "b")]
+    Adapter.objects.create(name="not-chosen", base=spec, path=str(tmp_path), enabled=False)
+    snapshot = make_snapshot(tmp_path, sft_rows())
+    for codename in ("view_adapter", "change_adapter"):
+        staff.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(staff)
+    changelist = reverse("admin:modelhub_adapter_changelist")
+    picked = {"action": "evaluate", "_selected_action": [a.pk for a in chosen]}
+
+    assert "Evaluate against their base" not in client.get(changelist).content.decode()  # no permission to add
+    staff.user_permissions.add(Permission.objects.get(codename="add_evaluationreport"))
+    form = client.post(changelist, picked)
+    assert "held-out prompts" in form.content.decode() and not EvaluationReport.objects.exists()
+    response = client.post(changelist, {**picked, "apply": "1", "snapshot": snapshot.pk})
+
+    report = EvaluationReport.objects.get()
+    assert started == [report] and report.base == spec and report.adapter_names == ["a", "b"]
+    assert report.snapshot == snapshot
+    assert response.url == reverse("admin:conversations_evaluationreport_change", args=[report.pk])
+
+
 def test_answers_holding_nul_are_stored_with_it_replaced_as_a_replys_text_is(db, tmp_path):
     spec, _ = install_scripted(chunks=["bad ", "\x00", " bytes"])  # what a random model can write
     adapter = Adapter.objects.create(name="echo", base=spec, path=str(tmp_path), enabled=False)

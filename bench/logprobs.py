@@ -13,7 +13,7 @@ Writes bench/results/logprobs.json and prints `logprobs_overhead_ratio=<on/off>`
 the median over rounds of on ÷ off output tokens/s, the lower of the two decodings (issue
 15's target: >= 0.9).
 
-    .venv/bin/python bench/logprobs.py [--new-tokens 64] [--rounds 5] [--threads 2]
+    .venv/bin/python bench/logprobs.py [--new-tokens 128] [--rounds 9] [--threads 2]
 """
 
 import argparse
@@ -34,8 +34,8 @@ SAMPLED = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "logprobs.json"))
     return parser.parse_args()

@@ -1,24 +1,26 @@
 """The attention view of a finished reply: for a chosen reply token, what it attended to.
 
 modelhub recomputes one forward pass over the reply's prompt and tokens with attention
-weights (modelhub/attention.py; the model is loaded if it is not). The page shades every
+weights (modelhub/attention.py; the model is loaded if it is not; with model workers, a
+worker serving the model does it: modelhub/workers.py). The page shades every
 earlier token by the chosen token's attention, averaged or for one layer and head, and
 shows two images: that token's attention per layer and head (a row each, plus the
 mean), and the whole token × token map of one layer and head. Only the conversation's
-owner sees it (404 for anyone else); a model chatsite cannot run, a withdrawn model or a
-sequence over the limits gets a sentence saying why not.
+owner sees it (404 for anyone else); a model chatsite cannot run, a withdrawn model, no worker
+answering or a sequence over the limits gets a sentence saying why not.
 """
 
 import io
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from conversations.models import Conversation, Message
-from modelhub import api
+from modelhub import api, workers
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError
 
@@ -59,7 +61,8 @@ def _attention(request, conversation, message):
     # The tokens the model wrote, where they were kept (a stop string it wrote but the reply left out is not
     # shown); otherwise the reply's text, encoded again.
     reply = [token for token, *_ in record[: _shown_tokens(message)]] if record else message.content
-    return api.attention(spec, history, reply, adapter)
+    compute = workers.ask_attention if settings.MODELHUB_WORKERS else api.attention  # where the models are
+    return compute(spec, history, reply, adapter)
 
 
 def _shown_tokens(message):

@@ -39,7 +39,7 @@ from modelhub.models import ModelSpec, ModelWorker
 from modelhub.models.worker import REPORT_SECONDS
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
-from modelhub.workers import answer_try, model_channel
+from modelhub.workers import answer_attention, answer_try, model_channel
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ async def _receive(model_name, stopping):
             asyncio.ensure_future(_take(message))
         elif message.get("type") == "prompt.try":
             asyncio.ensure_future(answer_try(message))
+        elif message.get("type") == "attention.ask":
+            asyncio.ensure_future(answer_attention(message))
         elif message.get("type") == "arena.generate":
             asyncio.ensure_future(asyncio.to_thread(_write_arena, message["arena_id"], message.get("writer")))
 

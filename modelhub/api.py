@@ -155,15 +155,12 @@ def attention(spec, messages, reply, adapter=None):
     """Attention weights (modelhub.attention.Attention) of one forward pass over `messages`' prompt and
     `reply` (its token ids, or its text) on this spec's model, with an Adapter of it or none.
 
-    The model is loaded if it is not (and waited for). A ModelhubError says why not: a model
-    chatsite does not run, model workers holding the models, a sequence over the limits."""
+    The model is loaded here if it is not (and waited for): a web process with model workers asks
+    one instead (workers.ask_attention). A ModelhubError says why not: a model chatsite does not
+    run, a sequence over the limits."""
     if spec.backend != spec.Backend.TRANSFORMERS:
         raise ModelhubError(f"{spec} runs outside chatsite ({spec.get_backend_display()}), so its attention "
                             "weights cannot be read.", code="no_attention")
-    if settings.MODELHUB_WORKERS:
-        raise ModelhubError("This server hands replies to model worker processes (MODELHUB_WORKERS), which hold "
-                            "the models; the attention view needs the model loaded in the web process.",
-                            code="no_attention")
     key = (spec.name, spec.updated_at, adapter.pk if adapter else None, repr(messages), repr(reply))
     with _recent_attention_lock:
         if key in _recent_attention:

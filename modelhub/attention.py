@@ -36,6 +36,17 @@ class Attention:
     def heads(self):
         return self.weights.shape[1]
 
+    def as_message(self):
+        """For the channel layer (a model worker answering a web process): the weights as float16 bytes,
+        half the size, still far finer than a page shows."""
+        return {"tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "shape": list(self.weights.shape),
+                "weights": self.weights.to(torch.float16).numpy().tobytes()}
+
+    @classmethod
+    def from_message(cls, message):
+        weights = torch.frombuffer(bytearray(message["weights"]), dtype=torch.float16)
+        return cls(message["tokens"], message["prompt_tokens"], weights.reshape(message["shape"]).float())
+
     def row(self, position, layer=None, head=None):
         """What `position` attends to ([position + 1]): one layer's head, or the mean over heads and/or layers."""
         rows = self.weights[:, :, position, : position + 1]

@@ -7,13 +7,15 @@ a channel's messages are shared out among its receivers, so each request reaches
 
 The admin's *Try a prompt* and API calls that keep no row ask a worker too (`WorkerRequest`): the
 worker streams the reply's text back to a channel of the asker's own (`answer_try`), which nothing
-else reads, and ends with the reply's usage.
+else reads, and ends with the reply's usage. The attention view asks one for a pass over a finished
+reply (`ask_attention`, `answer_attention`): the weights come back in one message.
 """
 
 import asyncio
 import secrets
 import time
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -95,3 +97,46 @@ async def _cancel_on_request(layer, channel, request):
     """Cancel `request` when its asker says so on `channel` (a named channel of this request alone)."""
     await layer.receive(channel)
     request.cancel()
+
+
+def ask_attention(spec, messages, reply, adapter=None):
+    """The Attention (modelhub/attention.py) of one pass over a finished reply, computed by a worker serving
+    `spec`, for a web process that loads no model; ModelhubError if none answers or it fails. From a
+    sync view's thread."""
+    return async_to_sync(_ask_attention)(spec.name, messages, reply, adapter.name if adapter else "")
+
+
+async def _ask_attention(model_name, messages, reply, adapter_name):
+    layer = get_channel_layer()
+    reply_to = f"modelhub.attention.{secrets.token_hex(8)}"
+    offered = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
+    await layer.send(model_channel(model_name), {
+        "type": "attention.ask", "model": model_name, "messages": messages, "reply": reply, "adapter": adapter_name,
+        "reply_to": reply_to, "deadline": time.time() + offered})
+    try:  # a worker takes it at once; then it may load the model first
+        message = await asyncio.wait_for(layer.receive(reply_to), offered)
+        if message["type"] == "attention.taken":
+            message = await asyncio.wait_for(layer.receive(reply_to), api.ATTENTION_WAIT_SECONDS)
+    except TimeoutError:
+        raise ModelhubError(f"no model worker serving {model_name} answered in time; try again in a while",
+                            code="no_model_worker") from None
+    if message["type"] == "attention.error":
+        raise ModelhubError(message["message"], code=message["code"])
+    from modelhub.attention import Attention  # torch: only for a page that shows attention
+
+    return Attention.from_message(message)
+
+
+async def answer_attention(message):
+    """In a worker: the asked pass on this process's model (loaded if it is not), sent back in one message."""
+    layer = get_channel_layer()
+    await layer.send(message["reply_to"], {"type": "attention.taken"})
+    try:
+        spec = await database_sync_to_async(api.get_spec)(message["model"])
+        adapter = await database_sync_to_async(api.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
+        # Not in the database thread: the pass (and a load) takes a while, and the replies' saves go on meanwhile.
+        attention = await asyncio.to_thread(api.attention, spec, message["messages"], message["reply"], adapter)
+    except ModelhubError as exc:
+        await layer.send(message["reply_to"], {"type": "attention.error", "code": exc.code, "message": exc.message})
+        return
+    await layer.send(message["reply_to"], {"type": "attention.result", **attention.as_message()})

@@ -307,5 +307,5 @@ def test_attention_of_a_withdrawn_or_outside_model_says_why_not(owner_client, co
 
     tiny_spec.enabled = True
     tiny_spec.save()
-    settings.MODELHUB_WORKERS = True
-    assert "MODELHUB_WORKERS" in owner_client.get(url).content.decode()
+    settings.MODELHUB_WORKERS, settings.MODELHUB_WORKER_TIMEOUT_SECONDS = True, 0.5  # the models are in workers
+    assert "no model worker serving tiny answered" in owner_client.get(url).content.decode()

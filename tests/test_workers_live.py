@@ -259,3 +259,52 @@ async def test_with_two_workers_one_stopping_the_next_turns_are_answered_by_the_
         assert frames[-1]["status"] == "complete"
         assert f":{second.pid}:" in writer_of(site, frames[-1]["message_id"])
         await ws.close()
+
+
+def fetch(server, path, cookie):
+    """(status, content type, body) of a GET with this session."""
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    try:
+        with urlopen(Request(server.url + path, headers={"Cookie": f"sessionid={cookie}"}), timeout=120) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+async def test_a_reply_written_by_a_worker_keeps_its_token_probabilities_and_the_worker_computes_its_attention(site):
+    """The built-in model (probabilities on) served by a worker: the web processes load no model, yet the
+    Inspect view reads the kept probabilities and the attention page gets its pass from the worker."""
+    site.manage("ensure_builtin_model")
+    info = site.setup(SHELL_PRELUDE + """
+from conversations.models import Conversation
+from modelhub.models import ModelSpec
+spec = ModelSpec.objects.get(name="chitchat")
+spec.max_new_tokens = 12
+spec.save()
+c = Conversation.objects.create(owner=User.objects.get(username="owner"), model=spec)
+print(json.dumps({"conversation": c.pk}))
+""")
+    worker = site.worker("chitchat")
+    a = site.server()
+    cookie = site.info["cookie"]
+    ws = await open_socket(a, cookie, info["conversation"])
+    await ws.send(json.dumps({"type": "send", "content": "hello, how are you?"}))
+    done = (await frames_until(ws, "done", timeout=120))[-1]
+    await ws.close()
+    reply = done["message_id"]
+    kept = site.rows("SELECT token_probs::text FROM conversations_message WHERE id = %s", (reply,))[0][0]
+    assert kept is not None and json.loads(kept)[0][3]  # each token with its alternatives
+    base = f"/c/{info['conversation']}/m/{reply}"
+
+    status, _, body = await asyncio.to_thread(fetch, a, f"{base}/inspect/", cookie)
+    assert status == 200 and body.decode().count('class="tok ') >= len(json.loads(kept))
+    status, _, body = await asyncio.to_thread(fetch, a, f"{base}/attention/?token=1&layer=0&head=0", cookie)
+    page = body.decode()
+    assert status == 200 and 'class="atok' in page and "attention-why-not" not in page
+    status, kind, image = await asyncio.to_thread(fetch, a, f"{base}/attention/map.png?layer=0&head=0", cookie)
+    assert status == 200 and kind == "image/png" and image[:4] == b"\x89PNG"
+    assert "(quantization none)" in worker.log and "(quantization none)" not in a.log  # no model loaded on the web
+    for process in (a, worker):
+        assert "Traceback" not in process.log

@@ -36,7 +36,8 @@ class TokenRow:
     text: str
     probability: float
     alternatives: list
-    ends: bool = False  # the end-of-turn token: it adds no text
+    ends: bool = False  # the end-of-turn token, last: it adds no text
+    partial: bool = False  # a byte of a character the next token completes: it adds no text by itself
     cut: bool = False  # past the reply's text: a stop sequence the reply was cut before
 
     @property
@@ -47,11 +48,14 @@ class TokenRow:
 def token_rows(message):
     """The reply's tokens as the Inspect view lists them, each with its alternatives, best first."""
     rows, at = [], 0
-    for index, (token, text, logprob, alts) in enumerate(message.token_probs or []):
+    record = message.token_probs or []
+    for index, (token, text, logprob, alts) in enumerate(record):
         alternatives = [Alternative(n, alt_text, math.exp(alt_lp), alt == token)
                         for n, (alt, alt_text, alt_lp) in enumerate(alts)]
         cut = at >= len(message.content) and bool(text)
-        rows.append(TokenRow(index, text, math.exp(logprob), alternatives, ends=not text, cut=cut))
+        last = index == len(record) - 1
+        rows.append(TokenRow(index, text, math.exp(logprob), alternatives, ends=last and not text,
+                             partial=not last and not text, cut=cut))
         at += len(text)
     return rows
 

@@ -19,19 +19,19 @@ def test_inspect_shows_probabilities_and_an_alternative_starts_a_branch_from_it(
     tokens = reply.locator(".message-inspect .tokens > .tok")
     expect(tokens.first).to_be_visible()
     assert tokens.count() > 3
-    expect(reply.locator(".inspect-basis")).to_contain_text("greedy")
+    expect(reply.locator(".inspect-basis")).to_contain_text("after temperature 0.7, top-k 50, top-p 0.95")
     shaded = reply.locator(".message-inspect .tokens > .tok[class*=' p']")
     assert shaded.count() == tokens.count()
     token = tokens.nth(2)
     token.focus()
     alternatives = token.locator(".tok-alts")
     expect(alternatives).to_be_visible()
-    expect(alternatives.locator(".tok-alt.written")).to_have_count(1)
+    assert alternatives.locator(".tok-alt").count() >= 1
     page.screenshot(path=ARTIFACTS / "browser-inspect.png")
 
     button = alternatives.locator("button[data-action=alternative]").first
     chosen = button.locator(".alt-text").inner_text()
-    prefix = "".join(tokens.nth(n).evaluate("t => t.firstChild.textContent") for n in range(2))
+    prefix = "".join(tokens.nth(n).get_attribute("data-text") for n in range(2))
     button.click()
     expect(page.locator(".message-assistant .siblings").last).to_contain_text("2/2")
     wait_done(page)

@@ -57,7 +57,7 @@ def run(args, bench, spec):
             figures = {}
             for on in ((False, True) if index % 2 == 0 else (True, False)):
                 switch(spec, on)
-                results, wall = asyncio.run(bench.wave_with(PROMPTS, options))
+                results, wall = asyncio.run(bench.wave(PROMPTS, options["max_new_tokens"], options=options))
                 figures["on" if on else "off"] = summarize(results, wall)
                 if on:
                     stored = Message.objects.filter(pk__in=[r["message_id"] for r in results])
@@ -72,20 +72,6 @@ def run(args, bench, spec):
         out[name] = {"ratio_median": round(statistics.median(ratios), 4), "options": options, "rounds": rounds}
     out["logprobs_overhead_ratio"] = min(out[name]["ratio_median"] for name in ("greedy", "sampled"))
     return out
-
-
-class LogprobsBench(Bench):
-    async def wave_with(self, prompts, options):
-        """All prompts at once with these options, each in a new conversation (made before the timing)."""
-        ids = self.conversations(len(prompts))
-        connected, go = asyncio.Semaphore(0), asyncio.Event()
-        asks = [asyncio.ensure_future(self.client.ask(c, p, options, connected=connected, go=go))
-                for c, p in zip(ids, prompts)]
-        for _ in asks:
-            await connected.acquire()
-        go.set()
-        results = await asyncio.gather(*asks)
-        return results, max(r["e2e"] for r in results)
 
 
 def main():
@@ -111,8 +97,8 @@ def main():
         port = free_port()
         server = start_server(port)
         try:
-            bench = LogprobsBench(args, Client(port, django_client.cookies["sessionid"].value), user, spec)
-            asyncio.run(bench.wave_with(PROMPTS, fixed(8)))  # the model loads and warms up: not timed
+            bench = Bench(args, Client(port, django_client.cookies["sessionid"].value), user, spec)
+            asyncio.run(bench.wave(PROMPTS, 8))  # the model loads and warms up: not timed
             out = run(args, bench, spec)
         except BaseException:
             print((Path(var_dir) / "server.log").read_text()[-3000:], file=sys.stderr)

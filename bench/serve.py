@@ -190,15 +190,17 @@ class Bench:
         while the server is being timed (SQLite has one writer at a time)."""
         return [self.conversation() for _ in range(count)]
 
-    async def wave(self, prompts, n, adapters=None):
-        """All prompts sent at once (sockets already open), each in a new conversation.
+    async def wave(self, prompts, n, adapters=None, options=None):
+        """All prompts sent at once (sockets already open), each in a new conversation, greedy and `n` tokens
+        long unless `options` says otherwise.
 
         Returns the results and the seconds from the sends to the last token received.
         """
         adapters = adapters or [None] * len(prompts)
         ids = [self.conversation(a) for a in adapters]
         connected, go = asyncio.Semaphore(0), asyncio.Event()
-        asks = [asyncio.ensure_future(self.client.ask(c, p, fixed(n), connected=connected, go=go)) for c, p in zip(ids, prompts)]
+        options = options or fixed(n)
+        asks = [asyncio.ensure_future(self.client.ask(c, p, options, connected=connected, go=go)) for c, p in zip(ids, prompts)]
         for _ in asks:
             await connected.acquire()
         go.set()

@@ -294,7 +294,8 @@ def test_interactive_chat_leaves_out_a_line_that_is_not_utf8_and_answers_the_nex
         ('{"max_new_tokens": {"n": 1}}', "max_new_tokens must be a number"),
         ('{"temperature": null}', "temperature must be a number"),
         ('{"ignore_eos": 1}', "ignore_eos must be true or false"),
-        ('{"beams": 4, "logprobs": true}', "unknown option(s): beams, logprobs"),
+        ('{"beams": 4, "best_of": 2}', "unknown option(s): beams, best_of"),
+        ('{"logprobs": true}', "logprobs must be a number"),
         ('["temperature", 0]', "options must be a JSON object"),
     ],
 )

@@ -92,6 +92,19 @@ def test_thumbs_give_kto_rows_with_the_history_of_their_branch(rated):
                                          {"role": "user", "content": "And of Italy?"}]
 
 
+def test_a_correction_gives_kto_rows_the_correction_desirable_and_the_answer_it_corrects_not(owner, conversation):
+    answer = ask(conversation, "Capital of Spain?", "Lisbon.")
+    Feedback.record(owner, answer, correction="Madrid.")  # no thumbs: the correction alone
+
+    kto = export_snapshot("kto", eval_fraction=0)
+
+    prompt = [{"role": "user", "content": "Capital of Spain?"}]
+    assert sorted((row["completion"][0]["content"], row["label"]) for row in all_rows(kto)) == [
+        ("Lisbon.", False), ("Madrid.", True)]
+    assert all(row["prompt"] == prompt for row in all_rows(kto))
+    assert kto.counts["sources"] == {"correction": 2} and list(kto.feedback.all()) == [answer.feedback.get()]
+
+
 def test_preferred_siblings_and_side_by_side_verdicts_give_dpo_pairs_and_both_bad_gives_two_kto_false(owner,
                                                                                                       conversation):
     first = ask(conversation, "Tell a joke", "No.")

@@ -10,7 +10,8 @@ any) and the branch up to the user message the answer replies to
        verdicts, arena votes, and thumbs: an answer rated up against a sibling answer
        (same question) the same user rated down
 - kto: {"prompt", "completion": [answer], "label": bool}           from thumbs (up: true,
-       down: false) and "both bad" verdicts (both answers false); ties give nothing
+       down: false), "both bad" verdicts (both answers false) and corrections (the correction
+       true, the answer it corrects false, as DPO pairs them); ties give nothing
 
 Only conversations that allow training count (`for_training`), read at export time.
 """
@@ -127,7 +128,7 @@ def build(format, filters):
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     prompts = Prompts()
     builders = {"sft": [_sft_corrections], "dpo": [_dpo_corrections, _dpo_preferences, _dpo_thumbs],
-                "kto": [_kto_thumbs, _kto_both_bad]}[format]
+                "kto": [_kto_thumbs, _kto_both_bad, _kto_corrections]}[format]
     return [example for builder in builders for example in builder(filters, prompts)]
 
 
@@ -178,6 +179,21 @@ def _kto_thumbs(filters, prompts):
             row = {"prompt": prompt, "completion": assistant(feedback.message.content),
                    "label": feedback.rating == Feedback.Rating.UP}
             yield Example(row, "thumbs", {feedback.pk})
+
+
+def _kto_corrections(filters, prompts):
+    """The correction a desirable completion, the answer it corrects an undesirable one (a row the thumbs
+    already gave is kept once, with the thumbs as its source: thumbs come first)."""
+    for feedback in filters.feedback().exclude(correction=""):
+        original = feedback.message.content
+        prompt = prompts.before(feedback.message)
+        if not prompt:
+            continue
+        yield Example({"prompt": prompt, "completion": assistant(feedback.correction), "label": True},
+                      "correction", {feedback.pk})
+        if original.strip() and original.strip() != feedback.correction.strip():
+            yield Example({"prompt": prompt, "completion": assistant(original), "label": False},
+                          "correction", {feedback.pk})
 
 
 def _kto_both_bad(filters, prompts):

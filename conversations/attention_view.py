@@ -12,13 +12,13 @@ answering or a sequence over the limits gets a sentence saying why not.
 
 import io
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from conversations.inspect_tokens import token_rows
 from conversations.models import Conversation, Message
 from modelhub import api, workers
 from modelhub.models import Adapter, ModelSpec
@@ -60,19 +60,10 @@ def _attention(request, conversation, message):
     record = message.token_probs
     # The tokens the model wrote, where they were kept (a stop string it wrote but the reply left out is not
     # shown); otherwise the reply's text, encoded again.
-    reply = [token for token, *_ in record[: _shown_tokens(message)]] if record else message.content
+    shown = next((row.index for row in token_rows(message) if row.cut), len(record)) if record else 0
+    reply = [token for token, *_ in record[:shown]] if record else message.content
     compute = workers.ask_attention if settings.MODELHUB_WORKERS else api.attention  # where the models are
     return compute(spec, history, reply, adapter)
-
-
-def _shown_tokens(message):
-    """How many of the kept tokens make up the reply's text (the end-of-turn token included)."""
-    at = 0
-    for count, (_, text, _, _) in enumerate(message.token_probs, start=1):
-        if at >= len(message.content) and text:
-            return count - 1
-        at += len(text)
-    return len(message.token_probs)
 
 
 def _choice(request, attention):
@@ -158,6 +149,8 @@ def _labels(attention, upto):
 
 def _token_png(attention, position):
     """Rows: every layer's every head, then the mean; columns: the tokens up to the chosen one."""
+    import numpy as np  # (with matplotlib) only when an image is drawn
+
     rows = attention.weights[:, :, position, : position + 1].reshape(-1, position + 1).numpy()
     rows = np.concatenate([rows, rows.mean(0, keepdims=True)])
     names = [f"L{layer} H{head}" for layer in range(attention.layers) for head in range(attention.heads)] + ["mean"]

@@ -80,9 +80,9 @@ def basis(options):
 
 def why_none(message):
     """Why a reply has no token probabilities, in words for its owner."""
-    spec = ModelSpec.objects.filter(name=message.model_name).first()
     if message.status == Message.Status.STREAMING:
         return "This reply is still being written; inspect it once it ends."
+    spec = ModelSpec.objects.filter(name=message.model_name).first()
     if spec is None:
         return f"No token probabilities were kept for this reply, and its model {message.model_name!r} is no longer registered."
     if spec.backend != ModelSpec.Backend.TRANSFORMERS:

@@ -9,8 +9,9 @@ probability 0 and are not listed), the model's own distribution when it is greed
 So a token's probability is the chance it had of being the one written.
 
 The rows of a decode step that keep them are scored together in one batched pass: a
-greedy row's logits, a sampled row's scores as its sampler built them. Texts are found once, when the reply ends
-(`TokenLogprobs.export`), so a decode step pays for a softmax and a top-k only.
+greedy row's logits, a sampled row's scores as its sampler built them. Texts are found
+once, when the reply ends (`TokenLogprobs.export`), so a decode step pays for a
+log-sum-exp and a top-k only.
 
 The record, a plain JSON list stored with the message (Usage.token_logprobs):
     [[token_id, text, logprob, [[alt_id, alt_text, alt_logprob], ...]], ...]

@@ -3,6 +3,7 @@
 See the configuration table in README.md for each variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -22,8 +23,9 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "chatsite.admin_site.ChatsiteAdminConfig",  # django.contrib.admin, open to roles (admin_site.py)
     "django.contrib.auth",
+    "axes",  # failed-login throttling (below)
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -46,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -108,6 +111,21 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "conversations:list"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Roles and logins (README: "Roles and access"; conversations/roles.py, access.py) ------
+# Groups a new account joins (the roles: user, reviewer, model admin, admin; or a site's own groups).
+CHATSITE_NEW_USER_GROUPS = env_list("CHATSITE_NEW_USER_GROUPS", ["user"])
+# Failed logins (django-axes): LOGIN_FAILURE_LIMIT failures for one username from one address lock that
+# pair out for LOGIN_LOCKOUT_MINUTES (429 and a page saying when), counted in the database, so in every
+# process; a successful login resets the count. Behind a proxy, run daphne with --proxy-headers so the
+# address is the client's.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chatsite.lockout.locked_out"
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

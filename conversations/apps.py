@@ -1,4 +1,6 @@
 from django.apps import AppConfig
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_migrate, post_save
 
 
 class ConversationsConfig(AppConfig):
@@ -6,6 +8,10 @@ class ConversationsConfig(AppConfig):
 
     def ready(self):
         # django.contrib.admin (listed first) has registered every app's admin by now.
+        from conversations import access, roles
         from conversations.evaluation_admin import extend_adapter_admin
 
         extend_adapter_admin()
+        post_migrate.connect(roles.after_migrate, sender=self, dispatch_uid="conversations-roles")
+        post_save.connect(roles.join_new_user_groups, sender=get_user_model(), dispatch_uid="new-user-groups")
+        access.connect_signals()

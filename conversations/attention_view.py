@@ -13,11 +13,11 @@ answering or a sequence over the limits gets a sentence saying why not.
 import io
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from conversations.access import chat_required
 from conversations.inspect_tokens import token_rows
 from conversations.models import Conversation, Message
 from modelhub import api, workers
@@ -79,7 +79,7 @@ def _choice(request, attention):
     return attention.prompt_tokens + token, number("layer", attention.layers), number("head", attention.heads)
 
 
-@login_required
+@chat_required
 @require_GET
 def message_attention(request, pk, message_id):
     conversation, message = _reply(request, pk, message_id)
@@ -105,7 +105,7 @@ def message_attention(request, pk, message_id):
     return render(request, "conversations/attention.html", context)
 
 
-@login_required
+@chat_required
 @require_GET
 def attention_png(request, pk, message_id, kind):
     """`token`: the chosen token's attention per layer and head; `map`: one layer and head's token × token map."""

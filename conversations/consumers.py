@@ -28,6 +28,7 @@ Server frames (JSON):
     {"type": "path", "html"}                           the whole active branch, after a branch change
     {"type": "error", "code", "message"}               a refusal; the socket stays open
 Close codes: 4404 not this user's conversation (or none), 4401 logged out / session ended,
+4403 the account may not chat (no role allows it, or its role was removed while the socket was open),
 4503 the server could not set the socket up (the database or channel layer is away: retry).
 
 Every frame gets an answer: a frame the server cannot take is one `error` frame, never a
@@ -56,7 +57,8 @@ from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare
 
 from conversations import durable, replies
-from conversations.frames import ChatError, SessionEnded, group_for, path_frame, send_to
+from conversations.access import CHAT, may_chat
+from conversations.frames import AccessRevoked, ChatError, SessionEnded, group_for, path_frame, send_to, user_group
 from conversations.models import Conversation
 from conversations.protocol import MAX_ID, Bucket, admit, parse
 
@@ -66,7 +68,7 @@ log = logging.getLogger(__name__)
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     conversation_id = None
-    session_group = None
+    session_group = user_group = None
 
     async def __call__(self, scope, receive, send):
         """Serve the socket; however it ends (a crash included), it stops counting as a watcher."""
@@ -94,19 +96,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         pk = self.scope["url_route"]["kwargs"]["pk"]
         self.bucket = Bucket(settings.CHAT_SOCKET_FRAMES_PER_SECOND, settings.CHAT_SOCKET_FRAMES_BURST)
         try:
-            owned = pk <= MAX_ID and await durable.call(
-                Conversation.objects.for_user(user).filter(pk=pk).exists, within=settings.CHAT_DB_RETRY_SECONDS)
+            refused = 4404 if pk > MAX_ID else await durable.call(_refusal, user, pk,
+                                                                  within=settings.CHAT_DB_RETRY_SECONDS)
         except durable.UNREACHABLE:
             log.warning("chat socket refused: the database is not answering")
             await self.close(code=4503)
             return
-        if not owned:
-            await self.close(code=4404)
+        if refused:
+            await self.close(code=refused)
             return
         try:
             self.session_group = _session_group(_session_key(self.scope))
-            await self.channel_layer.group_add(self.session_group, self.channel_name)
-            await self.channel_layer.group_add(group_for(pk), self.channel_name)
+            self.user_group = user_group(user.pk)
+            for group in (self.session_group, self.user_group, group_for(pk)):
+                await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:  # noqa: BLE001 - Redis away: the page retries
             log.warning("chat socket refused: the channel layer failed (%s: %s)", type(exc).__name__, exc)
             await self.close(code=4503)
@@ -122,7 +125,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         pk, self.conversation_id = self.conversation_id, None
         replies.unwatch(pk)
-        for group in (group_for(pk), self.session_group):
+        for group in (group_for(pk), self.session_group, self.user_group):
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:  # noqa: BLE001 - the group expires on its own
@@ -139,7 +142,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except ChatError as exc:
             await self.send_json(exc.frame())
             if isinstance(exc, SessionEnded):
-                await self.close(code=4401)
+                await self.close(code=exc.close_code)
         except DatabaseError as exc:
             log.warning("chat frame refused: the database failed (%s)", durable.first_line(exc))
             await self.send_json(ChatError("database_unavailable", "The database is not answering; "
@@ -152,7 +155,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _handle(self, command):
         """Every frame's trip to the database first re-reads the session (`guard`), in the same trip."""
         user = self.scope["user"]
-        guard = partial(_still_logged_in, self.scope)
+        guard = partial(_check_session, self.scope)
         if command.kind == "stop":
             await replies.stop(user, self.conversation_id, guard)
         elif command.kind == "sync":
@@ -177,6 +180,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(SessionEnded().frame())
         await self.close(code=4401)
 
+    async def access_check(self, event):
+        """The user's access changed (access.py): read the account again; close if it may no longer chat."""
+        try:
+            await durable.call(_check_session, self.scope, within=settings.CHAT_DB_RETRY_SECONDS)
+        except SessionEnded as exc:
+            await self.send_json(exc.frame())
+            await self.close(code=exc.close_code)
+        except durable.UNREACHABLE:
+            log.warning("access check of a socket skipped: the database is not answering (its next frame checks)")
+
 
 class RefusingConsumer(AsyncWebsocketConsumer):
     """Any other websocket path: the handshake is refused (HTTP 403), as for a foreign origin."""
@@ -194,27 +207,40 @@ def _session_group(key):
     return "session-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
+def _refusal(user, pk):
+    """The close code refusing this socket, or None: 4404 not its conversation (or logged out), 4403 an
+    account that may not chat."""
+    if not user.is_authenticated:
+        return 4404
+    if not may_chat(user):
+        return 4403
+    return None if Conversation.objects.for_user(user).filter(pk=pk).exists() else 4404
+
+
 def _path_of(user, conversation_id, guard):
-    if not guard():
-        raise SessionEnded()
+    guard()
     conversation = Conversation.objects.for_user(user).filter(pk=conversation_id).first()
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
     return path_frame(conversation)
 
 
-def _still_logged_in(scope):
-    """The socket's session, read again from the store: still there, same user, active, same password."""
+def _check_session(scope):
+    """The socket's session, read again from the store: still there, same user, active, same password
+    (else SessionEnded), and the account may still chat (else AccessRevoked). True when all hold."""
     user = scope["user"]
     key = _session_key(scope)
     if not key or not user.is_authenticated:
-        return False
+        raise SessionEnded()
     data = import_module(settings.SESSION_ENGINE).SessionStore(key).load()
     if data.get(SESSION_KEY) != str(user.pk):
-        return False
+        raise SessionEnded()
     current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
-    return current is not None and constant_time_compare(data.get(HASH_SESSION_KEY, ""),
-                                                         current.get_session_auth_hash())
+    if current is None or not constant_time_compare(data.get(HASH_SESSION_KEY, ""), current.get_session_auth_hash()):
+        raise SessionEnded()
+    if not current.has_perm(CHAT):
+        raise AccessRevoked()
+    return True
 
 
 @receiver(user_logged_out)

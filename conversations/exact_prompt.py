@@ -5,10 +5,10 @@ modelhub records the prompt as the model got it (`Usage.prompt_text`, `template_
 `truncated_messages`: modelhub/prompts.py); `Message.finish` stores it on the reply.
 """
 
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from conversations.access import chat_required
 from conversations.models import Conversation, Message
 from modelhub.models import Adapter
 
@@ -32,7 +32,7 @@ def template_mismatch(adapter_name, trained_hash, served_hash):
             f"but this reply's prompt used {served_hash}.")
 
 
-@login_required
+@chat_required
 @require_GET
 def message_prompt(request, pk, message_id):
     """The prompt an answer of this user's conversation got (404 for anyone else's); a fragment for htmx."""

@@ -17,19 +17,19 @@ class RenameForm(forms.Form):
 
 
 class ModelChoiceForm(forms.Form):
-    """One select of "model" and "model + adapter" pairs this user may chat with."""
+    """One select of "model" and "model + adapter" pairs this user may chat with (their groups' access:
+    `ModelSpec.objects.usable_by`); the chat, compare and the API all choose from it."""
 
     choice = forms.ChoiceField(label="Model")
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.options = {}
-        self.specs = list(ModelSpec.objects.visible_to(user).prefetch_related("adapters"))  # for model_for too
+        self.specs = list(ModelSpec.objects.usable_by(user))  # for model_for too
         for spec in self.specs:
             self.options[f"m{spec.pk}"] = (spec, None, str(spec))
-            for adapter in spec.adapters.all():
-                if adapter.enabled:
-                    self.options[f"m{spec.pk}-a{adapter.pk}"] = (spec, adapter, f"{spec} + {adapter.name}")
+            for adapter in spec.usable_adapters:
+                self.options[f"m{spec.pk}-a{adapter.pk}"] = (spec, adapter, f"{spec} + {adapter.name}")
         self.fields["choice"].choices = [(key, label) for key, (_, _, label) in self.options.items()]
 
     @staticmethod

@@ -37,8 +37,19 @@ class ChatError(Exception):
 class SessionEnded(ChatError):
     """The socket's login session is over (logged out, account disabled, password changed)."""
 
+    close_code = 4401
+
+    def __init__(self, code="session_ended", message="You have been logged out. Log in again to go on."):
+        super().__init__(code, message)
+
+
+class AccessRevoked(SessionEnded):
+    """The account is still logged in but may no longer chat (its role was removed)."""
+
+    close_code = 4403
+
     def __init__(self):
-        super().__init__("session_ended", "You have been logged out. Log in again to go on.")
+        super().__init__("access_revoked", "Your account may no longer chat here: its role was changed. Ask an admin.")
 
 
 def utf16_length(text):
@@ -92,6 +103,11 @@ def path_frame(conversation):
 def group_for(conversation_id):
     """The channel-layer group that every open socket of this conversation joins."""
     return f"conversation-{conversation_id}"
+
+
+def user_group(user_id):
+    """The group every open socket of this user joins: told when their access changes (access.py)."""
+    return f"user-{user_id}"
 
 
 def writers_for(conversation_id):

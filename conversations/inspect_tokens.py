@@ -11,10 +11,10 @@ probabilities, and the model continues that text (turns.py, kind "alternative").
 import math
 from dataclasses import dataclass
 
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from conversations.access import chat_required
 from conversations.frames import ChatError
 from conversations.models import Conversation, Message
 from modelhub.models import ModelSpec
@@ -108,7 +108,7 @@ def branch_start(message, index, choice):
     return prefix + alt_text, record[:index] + [[alt, alt_text, alt_lp, record[index][3]]]
 
 
-@login_required
+@chat_required
 @require_GET
 def message_inspect(request, pk, message_id):
     """An answer's tokens coloured by probability, with their alternatives (404 for anyone else's)."""

@@ -5,7 +5,6 @@ A new key is shown once, in the response to the POST that made it: never in a UR
 a message or a log, and that response is not cached. Only its digest is kept (models/api_key.py).
 """
 
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -13,6 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from django_htmx.http import HttpResponseClientRedirect
 
+from conversations.access import chat_required
 from conversations.forms import ApiKeyForm
 from conversations.models import ApiKey
 from conversations.openai_api.requests import usable_models
@@ -23,7 +23,7 @@ def _get_key_for_user(request, pk):
 
 
 @never_cache
-@login_required
+@chat_required
 @require_http_methods(["GET", "POST"])
 def api_keys(request):
     """The user's keys, and the form that makes one; the response to a made key shows it, once."""
@@ -37,7 +37,7 @@ def api_keys(request):
     return render(request, "conversations/api_keys.html", context)
 
 
-@login_required
+@chat_required
 @require_POST
 def api_key_revoke(request, pk):
     _get_key_for_user(request, pk).revoke()

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from conversations import tree
+from conversations.access import chat_required
 from conversations.frames import path_frame, publish
 from conversations.forms import (ConsentForm, FeedbackForm, ModelChoiceForm, PrivacyForm, RatingForm, RenameForm,
                                  SettingsForm)
@@ -36,14 +37,14 @@ def _sidebar(request, current=None):
     }
 
 
-@login_required
+@chat_required
 @require_GET
 def conversation_list(request):
     template = "conversations/list.html#conversation-list" if request.htmx else "conversations/list.html"
     return render(request, template, _sidebar(request))
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_new(request):
     spec, adapter = ModelSpec.objects.visible_to(request.user).default(), None
@@ -54,7 +55,7 @@ def conversation_new(request):
     return redirect(conversation)
 
 
-@login_required
+@chat_required
 @require_GET
 def conversation_detail(request, pk):
     conversation = _get_conversation_for_user(request, pk)
@@ -74,7 +75,7 @@ def _settings_form(request, conversation, data=None, spec=None):
     return SettingsForm(spec, data, initial=initial)
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_settings(request, pk):
     conversation = _get_conversation_for_user(request, pk)
@@ -90,25 +91,28 @@ def conversation_settings(request, pk):
 
 
 def _model_form(request, conversation, data=None):
+    """The model menu, on the model that answers next; `withdrawn`: the chosen one, if the user lost it."""
     form = ModelChoiceForm(request.user, data)
     form.initial["choice"] = ModelChoiceForm.key_for(*conversation.model_for(request.user, form.specs))
+    form.withdrawn = conversation.withdrawn_from(request.user, form.specs)
     return form
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_model(request, pk):
     conversation = _get_conversation_for_user(request, pk)
     form = _model_form(request, conversation, request.POST)
     if form.is_valid():
         conversation.choose_model(*form.chosen())
+        form.withdrawn = ""
     context = {"current": conversation, "model_form": form}
     if request.htmx:
         return render(request, "conversations/detail.html#model", context, status=200 if form.is_valid() else 422)
     return redirect(conversation)
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_rename(request, pk):
     conversation = _get_conversation_for_user(request, pk)
@@ -121,7 +125,7 @@ def conversation_rename(request, pk):
     return redirect(conversation)
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_delete(request, pk):
     conversation = _get_conversation_for_user(request, pk)
@@ -131,7 +135,7 @@ def conversation_delete(request, pk):
     return redirect("conversations:list")
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_switch(request, pk, message_id):
     """Show another version of a message: its branch becomes the active path."""
@@ -143,7 +147,7 @@ def conversation_switch(request, pk, message_id):
     return _path_changed(request, conversation)
 
 
-@login_required
+@chat_required
 @require_POST
 def comparison_vote(request, pk, comparison_id):
     """Store which of two side-by-side answers the user preferred; the preferred one continues."""
@@ -166,7 +170,7 @@ def _path_changed(request, conversation):
     return redirect(conversation)
 
 
-@login_required
+@chat_required
 @require_POST
 def conversation_consent(request, pk):
     """Include this conversation in training data, or keep it out of every later export."""
@@ -196,7 +200,7 @@ def _feedback_block(request, message, form=None, saved=False, status=200):
     return render(request, "conversations/_feedback.html", context, status=status)
 
 
-@login_required
+@chat_required
 @require_http_methods(["GET", "POST"])
 def message_feedback(request, pk, message_id):
     """GET: the answer's feedback block (`?edit=1`: with its form open). POST: save tags, comment, correction."""
@@ -211,7 +215,7 @@ def message_feedback(request, pk, message_id):
     return _feedback_block(request, message, saved=True)
 
 
-@login_required
+@chat_required
 @require_POST
 def message_rate(request, pk, message_id):
     """Thumbs up or down (an empty rating takes it back); the feedback's details stay."""
@@ -223,7 +227,7 @@ def message_rate(request, pk, message_id):
     return _feedback_block(request, message)
 
 
-@login_required
+@chat_required
 @require_POST
 def message_prefer(request, pk, message_id):
     """Mark this answer as better than its regenerated siblings."""

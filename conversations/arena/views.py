@@ -1,7 +1,7 @@
 """Arena pages: open an arena, vote blind on its matches, promote the candidate.
 
-Who may do what: a staff account (anyone else is sent to the admin login) holding the Django
-model permissions of what the page shows or changes (without them: 403; a superuser has all):
+Who may do what: an account (logged out: the login page) holding the Django model permissions of
+what the page shows or changes (without them: 403; the role "model admin" has them all, a superuser too):
 
     the list of arenas        conversations.view_arena
     open one (the form)       conversations.add_arena, and view on the dataset snapshots and the
@@ -13,22 +13,21 @@ model permissions of what the page shows or changes (without them: 403; a superu
     promote                   conversations.view_arena and modelhub.change_adapter, as the Adapter
                               admin's "Promote" action
 
-Arenas are reached through `_get_arena_for_user` (404 for another staff member's arena: its
-creator is its voter). No GET writes: the arena turns ready when its generation ends or at
+Arenas are reached through `_get_arena_for_user` (404 for another account's arena: its creator is
+its voter). No GET writes: the arena turns ready when its generation ends or at
 a vote (`Arena.check_finished`). The match page never names the contenders before the vote:
 the answers are "A" and "B", and the vote's response reveals which was which.
 """
 
 from django import forms
-from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import permission_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from conversations.arena.generation import start_generation
 from conversations.models import Arena, DatasetSnapshot, Verdict
-from modelhub.models import Adapter
+from modelhub.models import Adapter, ModelSpec
 
 LIST = ("conversations.view_arena",)
 OPEN = ("conversations.add_arena", "conversations.view_datasetsnapshot", "modelhub.view_adapter")
@@ -50,12 +49,13 @@ class ArenaForm(forms.Form):
     prompts = forms.IntegerField(min_value=1, max_value=500, initial=20, label="Number of prompts")
 
     def __init__(self, user, *args, **kwargs):
-        """Offers only the snapshots and adapters (of enabled models) that `user` may view."""
+        """Offers only the snapshots and adapters (of enabled models open to their groups) `user` may view."""
         super().__init__(*args, **kwargs)
         if user.has_perm("conversations.view_datasetsnapshot"):
             self.fields["snapshot"].queryset = DatasetSnapshot.objects.all()
         if user.has_perm("modelhub.view_adapter"):
-            adapters = Adapter.objects.filter(base__enabled=True).select_related("base")
+            adapters = (Adapter.objects.open_to(user).filter(base__in=ModelSpec.objects.visible_to(user))
+                        .select_related("base"))
             self.fields["candidate"].queryset = self.fields["opponent"].queryset = adapters
 
     def clean(self):
@@ -71,7 +71,7 @@ def _get_arena_for_user(request, pk):
     return get_object_or_404(arenas, pk=pk)
 
 
-@staff_member_required
+@login_required
 @permission_required(LIST, raise_exception=True)
 @require_GET
 def arena_list(request):
@@ -85,7 +85,7 @@ def _list(request, form, status=200):
     return render(request, "conversations/arena_list.html", {"arenas": arenas, "form": form}, status=status)
 
 
-@staff_member_required
+@login_required
 @permission_required(OPEN, raise_exception=True)
 @require_POST
 def arena_new(request):
@@ -102,7 +102,7 @@ def arena_new(request):
     return _list(request, form, status=422)
 
 
-@staff_member_required
+@login_required
 @permission_required(PLAY, raise_exception=True)
 @require_GET
 def arena_detail(request, pk):
@@ -113,7 +113,7 @@ def arena_detail(request, pk):
     return render(request, template, context)
 
 
-@staff_member_required
+@login_required
 @permission_required(VOTE, raise_exception=True)
 @require_POST
 def arena_vote(request, pk, match_id):
@@ -133,7 +133,7 @@ def arena_vote(request, pk, match_id):
     return render(request, "conversations/arena_detail.html#voted", context)
 
 
-@staff_member_required
+@login_required
 @permission_required(PROMOTE, raise_exception=True)
 @require_POST
 def arena_promote(request, pk):

@@ -54,8 +54,8 @@ GREEDY = {"temperature": 0.0}
 
 class ArenaQuerySet(models.QuerySet):
     def for_user(self, user):
-        """The arenas this staff member opened (and votes in); none for anyone who is not staff."""
-        if not (user.is_authenticated and user.is_staff):
+        """The arenas this account opened (and votes in); none without the permission to view arenas."""
+        if not user.has_perm("conversations.view_arena"):
             return self.none()
         return self.filter(created_by=user)
 

@@ -79,6 +79,7 @@ class Conversation(models.Model):
     class Meta:
         ordering = ["-updated_at", "-id"]
         indexes = [models.Index(fields=["owner", "-updated_at"])]
+        permissions = [("chat", "Can chat (pages, socket, API keys, API) with the models their groups allow")]
 
     def __str__(self):
         return self.title
@@ -110,16 +111,26 @@ class Conversation(models.Model):
     def model_for(self, user, usable=None):
         """The model and adapter that answer next: the chosen ones while this user may use them.
 
-        `usable`: the models this user may use with their adapters prefetched, when the caller has
-        them already (a page's model menu); else they are loaded (two queries)."""
+        `usable`: `ModelSpec.objects.usable_by(user)`, when the caller has it already (a page's model
+        menu); else it is loaded (two queries)."""
         if usable is None:
-            usable = ModelSpec.objects.visible_to(user).prefetch_related("adapters")
+            usable = ModelSpec.objects.usable_by(user)
         usable = list(usable)
         spec = next((spec for spec in usable if spec.pk == self.model_id), None)
         if spec is None:
             return pick_default(usable), None
-        adapter = next((a for a in spec.adapters.all() if a.pk == self.adapter_id and a.enabled), None)
+        adapter = next((a for a in spec.usable_adapters if a.pk == self.adapter_id), None)
         return spec, adapter
+
+    def withdrawn_from(self, user, usable=None):
+        """The model (or "model + adapter") this conversation was set to that `user` may no longer use
+        (disabled, or limited to groups they are not in), as a name; "" if nothing was withdrawn."""
+        spec, adapter = self.model_for(user, usable)
+        kept_model = spec is not None and spec.pk == self.model_id
+        if self.model_id is None or (kept_model and (self.adapter_id is None or adapter is not None)):
+            return ""
+        name = str(spec if kept_model else self.model)
+        return f"{name} + {self.adapter.name}" if self.adapter_id else name
 
     def active_path(self):
         """The messages of the active branch, oldest first, with their sibling positions.

@@ -93,6 +93,7 @@ class Feedback(models.Model):
         ordering = ["-updated_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["user", "message"], name="one_feedback_per_user_and_message")]
         verbose_name_plural = "feedback"
+        permissions = [("review_feedback", "Can review feedback of consented conversations in the review queue")]
 
     def __str__(self):
         return f"{self.get_rating_display()} on message #{self.message_id}"

@@ -35,8 +35,9 @@ UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (Non
 class ApiError(Exception):
     """A refusal in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+             404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+             429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 
     def __init__(self, status, message, code=None, param=None):
         super().__init__(message)

@@ -1,7 +1,7 @@
 """The OpenAI-compatible endpoints: `GET /v1/models`, `POST /v1/chat/completions`.
 
 A call authenticates with `Authorization: Bearer <key>` (an ApiKey, never a session cookie,
-hence no CSRF token), is read (requests.py), run (calls.py) and answered in OpenAI's shapes
+hence no CSRF token) of an account that may chat (access.py; else 403), is read (requests.py), run (calls.py) and answered in OpenAI's shapes
 (shapes.py): a whole completion, or server-sent events when `stream` is true. Closing the
 connection mid-stream cancels the view (Django's ASGI handler), which stops the reply within a
 decode step; a kept call's reply is then stored `stopped` with its text.
@@ -16,6 +16,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from conversations import durable
+from conversations.access import NO_CHAT, may_chat
 from conversations.models import ApiKey
 from conversations.openai_api import calls, shapes
 from conversations.openai_api.requests import ApiError, read, usable_models
@@ -33,6 +34,8 @@ async def _key_of(request):
     if key is None:
         raise ApiError(401, "Incorrect or revoked API key. Create one on the site's API keys page.",
                        code="invalid_api_key")
+    if not await durable.call(may_chat, key.user):  # read on every call: a removed role stops its keys at once
+        raise ApiError(403, NO_CHAT, code="permission_denied")
     return key
 
 

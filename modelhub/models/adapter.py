@@ -6,13 +6,21 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from modelhub.models.spec import ModelSpec
+from modelhub.models.spec import ModelSpec, allowed_to
 from modelhub.options import ModelhubError
 from modelhub.validators import adapter_config_problem
 
 class AdapterQuerySet(models.QuerySet):
     def enabled(self):
         return self.filter(enabled=True, base__enabled=True)
+
+    def open_to(self, user):
+        """Adapters, enabled or not, open to `user`'s groups (their base's access is the caller's)."""
+        return self if user.is_superuser else allowed_to(self, Adapter.groups.through, "adapter", user)
+
+    def usable_by(self, user):
+        """Enabled adapters open to `user`'s groups (with their base's access: ModelSpec.usable_by)."""
+        return self.open_to(user).filter(enabled=True)
 
 
 class Adapter(models.Model):
@@ -22,6 +30,9 @@ class Adapter(models.Model):
     base = models.ForeignKey(ModelSpec, on_delete=models.CASCADE, related_name="adapters")
     path = models.CharField(max_length=500, help_text="A folder with adapter_config.json and the adapter weights.")
     enabled = models.BooleanField(default=True)
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="+",
+        help_text="Only members of these groups may use it (empty: everyone who may use its base model).")
     description = models.TextField(blank=True)
     provenance = models.JSONField(default=dict, blank=True, help_text="How it was made: data, base revision, metrics.")
     template_hash = models.CharField(

@@ -23,13 +23,31 @@ class ModelSpecQuerySet(models.QuerySet):
         return self.filter(enabled=True)
 
     def visible_to(self, user):
-        """Enabled models this user may chat with: staff-only models need a staff account."""
+        """Enabled models this user may chat with: staff-only models need a staff account, and a model
+        limited to groups needs one of them (a superuser passes both)."""
         models_ = self.enabled()
-        return models_ if user.is_staff else models_.filter(visibility=ModelSpec.Visibility.ALL)
+        if not user.is_staff:
+            models_ = models_.filter(visibility=ModelSpec.Visibility.ALL)
+        return models_ if user.is_superuser else allowed_to(models_, ModelSpec.groups.through, "modelspec", user)
+
+    def usable_by(self, user):
+        """`visible_to(user)`, each with `usable_adapters`: the enabled adapters this user may use (two queries)."""
+        adapters = self.model._meta.get_field("adapters").related_model.objects.usable_by(user)
+        return self.visible_to(user).prefetch_related(
+            models.Prefetch("adapters", queryset=adapters, to_attr="usable_adapters"))
 
     def default(self):
         """The default model within this queryset (`visible_to(user).default()` respects visibility)."""
         return pick_default(self.enabled())
+
+
+def allowed_to(queryset, through, field, user):
+    """The rows of `queryset` open to `user`'s groups: those limited to no group, or to one of theirs.
+    `through`: the rows' groups table, whose `field` points at the row."""
+    limits = through.objects.filter(**{field: models.OuterRef("pk")})
+    if not user.is_authenticated:
+        return queryset.filter(~models.Exists(limits))
+    return queryset.filter(~models.Exists(limits) | models.Exists(limits.filter(group__user=user)))
 
 
 def pick_default(specs):
@@ -88,6 +106,9 @@ class ModelSpec(models.Model):
         blank=True, validators=[validate_chat_template], help_text="Jinja chat template overriding the tokenizer's."
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="+",
+        help_text="Only members of these groups may use it: model menu, compare, arena, API (empty: everyone).")
     load_at_start = models.BooleanField(
         default=False, help_text="Load it in the background when a server or model worker starts (the default "
                                  "model always is), so that the first reply does not wait for the load.")

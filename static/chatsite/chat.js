@@ -228,8 +228,12 @@
     opened.addEventListener("close", function (event) {
       if (socket !== opened) return;
       updateButtons();
-      if (event.code === 4404 || event.code === 4403) {
+      if (event.code === 4404) {
         showError("This conversation is not available.");
+        return;
+      }
+      if (event.code === 4403) {
+        showError("Your account may no longer chat here: its role was changed. Ask an admin.");
         return;
       }
       if (event.code === 4401) {

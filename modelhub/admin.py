@@ -98,6 +98,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "backend", "quantization", "visibility"]
     search_fields = ["name", "display_name", "source"]
     readonly_fields = ["runtime", "try_it"]
+    filter_horizontal = ["groups"]
     actions = ["load_models", "unload_models", "reload_models"]
     fieldsets = [
         (None, {"fields": ["name", "display_name", "backend", "source", "revision", "runtime", "try_it"]}),
@@ -113,7 +114,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
         ("Chat", {"fields": ["system_prompt", "chat_template"]}),
         ("Generation defaults", {"fields": ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"]}),
         ("Inspection", {"fields": ["token_probabilities"]}),
-        ("Access", {"fields": ["enabled", "is_default", "visibility"]}),
+        ("Access", {"fields": ["enabled", "is_default", "visibility", "groups"]}),
     ]
 
     @admin.display(description="runtime")
@@ -225,6 +226,7 @@ class AdapterAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "base"]
     search_fields = ["name", "description"]
     readonly_fields = ["template_hash"]
+    filter_horizontal = ["groups"]
     actions = ["promote"]
 
     def get_list_display(self, request):

@@ -199,6 +199,11 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Replies one user may have being written at once, over all their conversations (a side-by-side
 # comparison writes two): more are refused, so one user cannot take every seat of a batch.
 CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
+# Quotas (conversations/quotas.py), the defaults that Admin → Quotas overrides per group and per user; 0: no
+# limit. Tokens (prompt + completion) of one user's replies from midnight (TIME_ZONE), and replies asked for
+# in any 60 seconds; over either, a turn or an API call is refused, saying when the count resets.
+CHAT_TOKENS_PER_DAY = env_int("CHAT_TOKENS_PER_DAY", 0, minimum=0)
+CHAT_REPLIES_PER_MINUTE = env_int("CHAT_REPLIES_PER_MINUTE", 0, minimum=0)
 # Seconds a reply keeps generating after its last watcher left, in every process (a reload
 # comes back within this time); then it is stopped and saved as "interrupted".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)

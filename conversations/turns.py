@@ -1,7 +1,7 @@
 """A turn: what the user asked for, saved before any reply is generated.
 
 `prepare(user, conversation_id, turn, saved)` checks that the conversation is the user's
-and idle and that the user is under their reply cap, then saves what the turn adds (the
+and idle and that the user is under their reply cap and quotas (quotas.py), then saves what the turn adds (the
 question, an edited question, a comparison) and the streaming reply row(s) in one
 transaction, and renders what the conversation's pages must see. It runs in the
 database thread. If the database goes away half way, the caller may call it again with
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import transaction
 
-from conversations import cap
+from conversations import cap, quotas
 from conversations.forms import ModelChoiceForm
 from conversations.frames import ChatError, SessionEnded, message_frames, path_frame
 from conversations.inspect_tokens import branch_start
@@ -85,6 +85,7 @@ def _idle_conversation(user, conversation_id, replies=1):
     if conversation.pk in writing:
         raise ChatError("busy", BUSY)
     cap.check(user, len(writing), replies)
+    quotas.check(user, replies)
     return conversation
 
 
@@ -98,6 +99,7 @@ def _save_call(user, turn):
     """An API call kept as a new conversation of the key's user: its messages, then the streaming reply."""
     call = turn.call
     cap.check(user, len(_streaming_in(user)), 1)
+    quotas.check(user)
     try:
         options = api.options_for(call.spec, turn.overrides).as_dict()
     except InvalidOptions as exc:

@@ -11,6 +11,8 @@
     arena.py      Arena, ArenaMatch: blind votes on a candidate adapter (conversations/arena/)
     evaluation.py EvaluationReport: a base and its adapters scored side by side on a snapshot's held-out rows
     api_key.py    ApiKey: how a tool calling the OpenAI-compatible API acts as its user
+    usage.py      Quota: an admin's limits for a user or a group; UnkeptCallUsage: what an API call that
+                  kept nothing used (conversations/quotas.py counts both)
 
 Modules of this package import each other by their own names (`conversations.models.chat`),
 never this package.
@@ -25,8 +27,9 @@ from conversations.models.datasets import DatasetSnapshot
 from conversations.models.evaluation import EvaluationReport
 from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict
 from conversations.models.privacy import PrivacySettings
+from conversations.models.usage import Quota, UnkeptCallUsage
 
 __all__ = [
     "ApiKey", "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "EvaluationReport", "Feedback",
-    "FeedbackTag", "Message", "Preference", "PrivacySettings", "Verdict",
+    "FeedbackTag", "Message", "Preference", "PrivacySettings", "Quota", "UnkeptCallUsage", "Verdict",
 ]

@@ -20,23 +20,29 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
-from conversations import cap, durable, replies
+from conversations import cap, durable, quotas, replies
 from conversations.frames import ChatError, group_for, send_to
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Message, UnkeptCallUsage
 from conversations.openai_api.requests import ApiError
 from conversations.turns import Turn
 from modelhub import api
 from modelhub.options import ModelhubError
 from modelhub.workers import WorkerRequest
 
-STATUS_OF_CODE = {"too_many_replies": 429, "busy": 429, "prompt_too_long": 400, "unknown_model": 404,
+STATUS_OF_CODE = {"too_many_replies": 429, "busy": 429, "quota_exceeded": 429, "prompt_too_long": 400, "unknown_model": 404,
                   "invalid_options": 400, "no_model_worker": 503, "model_load_failed": 503,
                   "database_unavailable": 503}
 
 
-def api_error(code, message):
-    return ApiError(STATUS_OF_CODE.get(code, 500), message, code=code)
+def api_error(code, message, retry_after=None):
+    return ApiError(STATUS_OF_CODE.get(code, 500), message, code=code, retry_after=retry_after)
+
+
+def refusal(exc):
+    """A ChatError as the API's error (a quota's: 429 with Retry-After)."""
+    return api_error(exc.code, exc.message, getattr(exc, "retry_after", None))
 
 
 @dataclass
@@ -66,7 +72,7 @@ class KeptCall:
             self.reply = await replies.begin(self.user, None, Turn("call", overrides=self.call.overrides,
                                                                    call=self.call), follow=self._follow)
         except ChatError as exc:
-            raise api_error(exc.code, exc.message) from None
+            raise refusal(exc) from None
 
     async def _follow(self, conversation):
         """Hear the conversation's frames from before its first one (replies.begin calls this)."""
@@ -116,14 +122,15 @@ class UnkeptCall:
     def __init__(self, call):
         self.call = call
         self.user = call.key.user
-        self.request = self.outcome = None
+        self.request = self.outcome = self.usage_id = None
         self.holding = False
 
     async def start(self):
         try:
-            await durable.call(_take_place, self.user, within=settings.CHAT_DB_RETRY_SECONDS)
+            self.usage_id = await durable.call(_take_place, self.user, self.call.model,
+                                               within=settings.CHAT_DB_RETRY_SECONDS)
         except ChatError as exc:
-            raise api_error(exc.code, exc.message) from None
+            raise refusal(exc) from None
         self.holding = True
         call = self.call
         messages = call.messages
@@ -159,9 +166,24 @@ class UnkeptCall:
         if self.holding:
             self.holding = False
             await database_sync_to_async(cap.give_back_unkept_place)(self.user)
+        usage = self.request.usage if self.request is not None else None
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            await durable.call(UnkeptCallUsage.objects.filter(pk=self.usage_id).update,
+                               prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0,
+                               within=settings.CHAT_SAVE_RETRY_SECONDS)
 
 
-def _take_place(user):
+def _take_place(user, model_name):
+    """Check the user's quotas and record the call's usage row, in one transaction; then take a place under
+    the reply cap. The row's id: its tokens are written when the call ends."""
+    with transaction.atomic():
+        quotas.check(user)
+        usage = UnkeptCallUsage.objects.create(user=user, model_name=model_name)
     writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
                                      status=Message.Status.STREAMING).count()
-    cap.take_unkept_place(user, writing)
+    try:
+        cap.take_unkept_place(user, writing)
+    except ChatError:
+        usage.delete()  # refused: it asked for nothing
+        raise
+    return usage.pk

@@ -39,16 +39,20 @@ class ApiError(Exception):
              404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
              429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 
-    def __init__(self, status, message, code=None, param=None):
+    def __init__(self, status, message, code=None, param=None, retry_after=None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
     def body(self):
         return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
 
     def response(self):
-        return JsonResponse(self.body(), status=self.status)
+        response = JsonResponse(self.body(), status=self.status)
+        if self.retry_after is not None:
+            response["Retry-After"] = str(self.retry_after)
+        return response
 
 
 @dataclass

@@ -204,6 +204,10 @@ CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
 # in any 60 seconds; over either, a turn or an API call is refused, saying when the count resets.
 CHAT_TOKENS_PER_DAY = env_int("CHAT_TOKENS_PER_DAY", 0, minimum=0)
 CHAT_REPLIES_PER_MINUTE = env_int("CHAT_REPLIES_PER_MINUTE", 0, minimum=0)
+# The review queue (conversations/review_queue.py): decisions each feedback item needs (2 or more: overlap,
+# and agreement is measured), and how long an assigned item stays its reviewer's before another may take it.
+CHAT_REVIEWS_PER_ITEM = env_int("CHAT_REVIEWS_PER_ITEM", 1, minimum=1)
+CHAT_REVIEW_ASSIGNMENT_MINUTES = env_float("CHAT_REVIEW_ASSIGNMENT_MINUTES", 30.0, minimum=1)
 # Seconds a reply keeps generating after its last watcher left, in every process (a reload
 # comes back within this time); then it is stopped and saved as "interrupted".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)

@@ -46,6 +46,17 @@ def chat_required(view):
     return checked
 
 
+def review_required(view):
+    """A page of the review queue: the login page for anyone logged out, 403 without `REVIEW`."""
+    @login_required
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.has_perm(REVIEW):
+            raise PermissionDenied("Your account may not review feedback: ask an admin for the reviewer role.")
+        return view(request, *args, **kwargs)
+    return checked
+
+
 def may_chat(user):
     return user.is_active and user.has_perm(CHAT)
 

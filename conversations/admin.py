@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from conversations import usage_admin  # noqa: F401 - registers Quota's admin and its usage page
+from conversations import review_admin, usage_admin  # noqa: F401 - register Review's and Quota's admins
 from conversations.arena.leaderboard import SOURCES, leaderboard
 from conversations.evaluation_admin import create_and_start
 from conversations.forms import SnapshotEvaluateForm, SnapshotFinetuneForm, SnapshotForm

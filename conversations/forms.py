@@ -139,13 +139,16 @@ class SnapshotForm(forms.Form):
     model = forms.CharField(required=False, max_length=100, help_text="Answers of this model (name)")
     adapter = forms.CharField(required=False, max_length=100, help_text="Answers of this adapter (name)")
     tag = forms.CharField(required=False, max_length=50, help_text="Feedback with this tag (leaves out preferences)")
+    reviewed = forms.BooleanField(required=False, label="Approved items only",
+                                  help_text="Only feedback the review queue approved, with the corrections as "
+                                            "approved (leaves out preferences: they are not reviewed)")
     eval_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
     scrub = forms.BooleanField(required=False, initial=True, label="Scrub e-mail, phone and IP addresses")
 
     def filters(self):
         data = self.cleaned_data
         return Filters(since=data["since"], until=data["until"], model=data["model"].strip(),
-                       adapter=data["adapter"].strip(), tag=data["tag"].strip())
+                       adapter=data["adapter"].strip(), tag=data["tag"].strip(), reviewed=data["reviewed"])
 
 
 class SnapshotFinetuneForm(forms.Form):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import attention_view, exact_prompt, inspect_tokens, keys, usage_views, views
+from conversations import attention_view, exact_prompt, inspect_tokens, keys, review_views, usage_views, views
 from conversations.arena import views as arena_views
 
 app_name = "conversations"
@@ -26,6 +26,9 @@ urlpatterns = [
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
     path("account/", usage_views.account, name="account"),
+    path("review/", review_views.queue, name="review_queue"),
+    path("review/next/", review_views.next_item, name="review_next"),
+    path("review/<int:pk>/", review_views.item, name="review_item"),
     path("keys/", keys.api_keys, name="api_keys"),
     path("keys/<int:pk>/revoke/", keys.api_key_revoke, name="api_key_revoke"),
     path("arena/", arena_views.arena_list, name="arena_list"),

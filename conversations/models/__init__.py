@@ -11,6 +11,7 @@
     arena.py      Arena, ArenaMatch: blind votes on a candidate adapter (conversations/arena/)
     evaluation.py EvaluationReport: a base and its adapters scored side by side on a snapshot's held-out rows
     api_key.py    ApiKey: how a tool calling the OpenAI-compatible API acts as its user
+    review.py     Review: a reviewer's decision on one feedback item (the review queue: review_queue.py)
     usage.py      Quota: an admin's limits for a user or a group; UnkeptCallUsage: what an API call that
                   kept nothing used (conversations/quotas.py counts both)
 
@@ -27,9 +28,10 @@ from conversations.models.datasets import DatasetSnapshot
 from conversations.models.evaluation import EvaluationReport
 from conversations.models.feedback import Feedback, FeedbackTag, Preference, Verdict
 from conversations.models.privacy import PrivacySettings
+from conversations.models.review import Review
 from conversations.models.usage import Quota, UnkeptCallUsage
 
 __all__ = [
     "ApiKey", "Arena", "ArenaMatch", "Comparison", "Conversation", "DatasetSnapshot", "EvaluationReport", "Feedback",
-    "FeedbackTag", "Message", "Preference", "PrivacySettings", "Quota", "UnkeptCallUsage", "Verdict",
+    "FeedbackTag", "Message", "Preference", "PrivacySettings", "Quota", "Review", "UnkeptCallUsage", "Verdict",
 ]

@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversations.models import Feedback, Message, Preference, Verdict
+from conversations.review_queue import approved
 
 FORMATS = ("sft", "dpo", "kto")
 SOURCES = ("correction", "thumbs", "sibling", "comparison", "arena")
@@ -47,17 +48,20 @@ class Example:
 
 @dataclass(frozen=True)
 class Filters:
-    """Which feedback an export takes: dates (inclusive, of the last edit), model, adapter, tag."""
+    """Which feedback an export takes: dates (inclusive, of the last edit), model, adapter, tag; `reviewed`:
+    only feedback the review queue approved (review_queue.approved), with the corrections as approved, and
+    no preferences (they are not reviewed)."""
 
     since: date | None = None
     until: date | None = None
     model: str = ""
     adapter: str = ""
     tag: str = ""
+    reviewed: bool = False
 
     def as_dict(self):
         return {"since": _iso(self.since), "until": _iso(self.until), "model": self.model,
-                "adapter": self.adapter, "tag": self.tag}
+                "adapter": self.adapter, "tag": self.tag, "reviewed": self.reviewed}
 
     def _dated(self, queryset):
         if self.since:
@@ -75,11 +79,26 @@ class Filters:
             rows = rows.filter(message__adapter_name=self.adapter)
         if self.tag:
             rows = rows.filter(tags__name=self.tag)
+        if self.reviewed:
+            rows = rows.filter(pk__in=approved().values("pk"))
         return rows.select_related("message__conversation__model").order_by("pk")
 
+    def corrections(self):
+        """The feedback with a correction, as it will be trained on: the user's, or (reviewed) the one its
+        latest approval left, which may be edited or emptied."""
+        if not self.reviewed:
+            return list(self.feedback().exclude(correction=""))
+        approved_corrections = dict(approved().values_list("pk", "reviewed_correction"))
+        found = []
+        for feedback in self.feedback():
+            feedback.correction = approved_corrections.get(feedback.pk) or ""
+            if feedback.correction:
+                found.append(feedback)
+        return found
+
     def preferences(self):
-        """Preferences carry no tags: a tag filter leaves none."""
-        if self.tag:
+        """Preferences carry no tags and are not reviewed: a tag filter or `reviewed` leaves none."""
+        if self.tag or self.reviewed:
             return Preference.objects.none()
         rows = self._dated(Preference.objects.for_training())
         rateable = Message.objects.rateable()
@@ -133,14 +152,14 @@ def build(format, filters):
 
 
 def _sft_corrections(filters, prompts):
-    for feedback in filters.feedback().exclude(correction=""):
+    for feedback in filters.corrections():
         prompt = prompts.before(feedback.message)
         if prompt:
             yield Example({"messages": prompt + assistant(feedback.correction)}, "correction", {feedback.pk})
 
 
 def _dpo_corrections(filters, prompts):
-    for feedback in filters.feedback().exclude(correction=""):
+    for feedback in filters.corrections():
         original = feedback.message.content
         prompt = prompts.before(feedback.message)
         if prompt and original.strip() and original.strip() != feedback.correction.strip():
@@ -184,7 +203,7 @@ def _kto_thumbs(filters, prompts):
 def _kto_corrections(filters, prompts):
     """The correction a desirable completion, the answer it corrects an undesirable one (a row the thumbs
     already gave is kept once, with the thumbs as its source: thumbs come first)."""
-    for feedback in filters.feedback().exclude(correction=""):
+    for feedback in filters.corrections():
         original = feedback.message.content
         prompt = prompts.before(feedback.message)
         if not prompt:

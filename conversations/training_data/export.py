@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from conversations.models.datasets import DatasetSnapshot, file_sha256
+from conversations.review_queue import agreement_report
 from conversations.training_data import examples
 from conversations.training_data.scrub import PLACEHOLDERS, Scrubber
 
@@ -155,6 +156,9 @@ def _card(snapshot, scrubber):
         "split": {"eval_fraction": snapshot.eval_fraction,
                   "method": "sha256 of the prompt messages (canonical JSON, before scrubbing) < eval_fraction"},
         "lineage": {"feedback": snapshot.feedback.count(), "preferences": snapshot.preferences.count()},
+        "review": {"approved_only": bool(snapshot.filters.get("reviewed")),
+                   "reviews_per_item": settings.CHAT_REVIEWS_PER_ITEM,
+                   **agreement_report(snapshot.feedback.values_list("pk", flat=True))},
         "files": {
             "train": {"path": snapshot.train_path, "sha256": snapshot.train_sha256, "rows": snapshot.counts["train"]},
             "eval": {"path": snapshot.eval_path, "sha256": snapshot.eval_sha256, "rows": snapshot.counts["eval"]},

@@ -51,6 +51,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", default="", help="answers of this model (name)")
         parser.add_argument("--adapter", default="", help="answers of this adapter (name)")
         parser.add_argument("--tag", default="", help="feedback with this tag (name); leaves out preferences")
+        parser.add_argument("--reviewed", action="store_true",
+                            help="only feedback the review queue approved, with the corrections as approved "
+                                 "(leaves out preferences)")
         parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (0.1)")
         parser.add_argument("--no-scrub", action="store_true", help="keep e-mail, phone and IP addresses")
 
@@ -58,7 +61,7 @@ class Command(BaseCommand):
         if options["since"] and options["until"] and options["since"] > options["until"]:
             raise CommandError(f"--since {options['since']} is after --until {options['until']}: nothing is in between")
         filters = Filters(since=options["since"], until=options["until"], model=options["model"],
-                          adapter=options["adapter"], tag=options["tag"])
+                          adapter=options["adapter"], tag=options["tag"], reviewed=options["reviewed"])
         try:
             snapshot = export_snapshot(options["format"], out=options["out"], filters=filters,
                                        scrub=not options["no_scrub"], eval_fraction=options["eval_fraction"])

@@ -1,0 +1,67 @@
+"""A reviewer's decision on one feedback item: raw feedback becomes training data once someone checked it.
+
+A `Review` is made when the queue assigns an item to a reviewer (conversations/review_queue.py) and is
+decided once: approved (with the correction as the reviewer left it, edited or not) or rejected. An
+assignment left undecided for CHAT_REVIEW_ASSIGNMENT_MINUTES is free for another reviewer. An item needs
+CHAT_REVIEWS_PER_ITEM decisions; it is *approved* when it has them and more approve than reject, and an
+export may take approved items only (training_data/examples.py `Filters.reviewed`), with the correction
+of its latest approval.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from conversations.models.feedback import Feedback
+
+
+class ReviewQuerySet(models.QuerySet):
+    def decided(self):
+        return self.exclude(decision=Review.Decision.PENDING)
+
+    def holding(self, now=None):
+        """Reviews that hold a place on their item: decided, or assigned recently enough."""
+        fresh = (now or timezone.now()) - timedelta(minutes=settings.CHAT_REVIEW_ASSIGNMENT_MINUTES)
+        return self.filter(~models.Q(decision=Review.Decision.PENDING) | models.Q(assigned_at__gte=fresh))
+
+
+class Review(models.Model):
+    class Decision(models.TextChoices):
+        PENDING = "", "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    feedback = models.ForeignKey(Feedback, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reviews")
+    decision = models.CharField(max_length=8, choices=Decision.choices, blank=True)
+    correction = models.TextField(blank=True, help_text="The correction as the reviewer approved it.")
+    edited = models.BooleanField(default=False, help_text="The reviewer changed the user's correction.")
+    note = models.TextField(blank=True)
+    assigned_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReviewQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-assigned_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["feedback", "reviewer"], name="one_review_per_reviewer")]
+
+    def __str__(self):
+        return f"{self.reviewer} on feedback #{self.feedback_id}: {self.get_decision_display()}"
+
+    @transaction.atomic
+    def decide(self, decision, correction=None, note=""):
+        """Approve (with `correction`, the user's if None) or reject, once; ValueError if decided already."""
+        review = type(self).objects.select_for_update().select_related("feedback").get(pk=self.pk)
+        if review.decision:
+            raise ValueError("this item was decided already")
+        if decision not in (self.Decision.APPROVED, self.Decision.REJECTED):
+            raise ValueError(f"unknown decision {decision!r}")
+        original = review.feedback.correction
+        review.correction = original if correction is None else correction.strip()
+        review.edited = review.correction != original
+        review.decision, review.note, review.decided_at = decision, note.strip(), timezone.now()
+        review.save()
+        return review

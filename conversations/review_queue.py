@@ -1,0 +1,126 @@
+"""The review queue: feedback of consented conversations, handed to reviewers one item at a time.
+
+    items        feedback on answers whose conversation allows training (`Feedback.for_training`),
+                 narrowed by `QueueFilters` (model, adapter, rating, reason tag, has a correction, dates)
+    next_for     the reviewer's own undecided item if it still matches, else the oldest item that has
+                 fewer than CHAT_REVIEWS_PER_ITEM reviews holding a place (decided, or assigned within
+                 CHAT_REVIEW_ASSIGNMENT_MINUTES) and none by this reviewer: assigned in one transaction,
+                 the item's row locked (skip_locked), so two reviewers are never given the same place
+    approved     items with their decisions, more approvals than rejections: what an export may take
+    agreement    who reviewed how many items and how much they agree (agreement.py): the admin's page and
+                 each snapshot's card
+
+The pages are review_views.py; a decision is `Review.decide`.
+"""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from conversations import agreement
+from conversations.models import Feedback, Message, Review
+
+CANDIDATES = 20  # items read per assignment, of which the first not locked by another reviewer is taken
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    model: str = ""
+    adapter: str = ""
+    rating: str = ""  # "up", "down", or "" for any
+    tag: str = ""
+    correction: str = ""  # "yes", "no", or "" for any
+    since: date | None = None
+    until: date | None = None
+
+    def apply(self, rows):
+        if self.model:
+            rows = rows.filter(message__model_name=self.model)
+        if self.adapter:
+            rows = rows.filter(message__adapter_name=self.adapter)
+        if self.rating:
+            rows = rows.filter(rating=self.rating)
+        if self.tag:
+            rows = rows.filter(tags__name=self.tag)
+        if self.correction:
+            rows = rows.exclude(correction="") if self.correction == "yes" else rows.filter(correction="")
+        if self.since:
+            rows = rows.filter(updated_at__gte=_start_of(self.since))
+        if self.until:
+            rows = rows.filter(updated_at__lt=_start_of(self.until + timedelta(days=1)))
+        return rows
+
+
+def _start_of(day):
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def items():
+    """Every reviewable item: feedback on a finished answer of a conversation that allows training."""
+    return Feedback.objects.for_training().filter(message__in=Message.objects.rateable())
+
+
+def next_for(reviewer, filters=QueueFilters()):
+    """The Review to work on now (assigned to `reviewer`), or None when the queue holds nothing for them."""
+    with transaction.atomic():
+        mine = (Review.objects.holding().filter(reviewer=reviewer, decision=Review.Decision.PENDING,
+                                                feedback__in=filters.apply(items())).first())
+        if mine is not None:
+            return mine
+        return _assign(reviewer, filters)
+
+
+def _assign(reviewer, filters):
+    needed = settings.CHAT_REVIEWS_PER_ITEM
+    open_items = (filters.apply(items()).exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
+                  .annotate(holding=Count("reviews", filter=Q(reviews__in=Review.objects.holding())))
+                  .filter(holding__lt=needed).order_by("updated_at", "pk").values("pk")[:CANDIDATES])
+    item = (Feedback.objects.select_for_update(skip_locked=True).filter(pk__in=[row["pk"] for row in open_items])
+            .order_by("updated_at", "pk").first())
+    if item is None:
+        return None
+    if Review.objects.holding().filter(feedback=item).count() >= needed:  # taken meanwhile (read under the lock)
+        return None
+    review, created = Review.objects.get_or_create(feedback=item, reviewer=reviewer)
+    if not created:  # their own assignment, expired: theirs again
+        review.assigned_at = timezone.now()
+        review.save(update_fields=["assigned_at"])
+    return review
+
+
+def approved():
+    """Feedback whose decisions are all in (CHAT_REVIEWS_PER_ITEM) and mostly approvals, each with
+    `reviewed_correction`: the correction of its latest approval."""
+    latest = (Review.objects.filter(feedback=OuterRef("pk"), decision=Review.Decision.APPROVED)
+              .order_by("-decided_at", "-pk").values("correction")[:1])
+    return (Feedback.objects.annotate(
+        approvals=Count("reviews", filter=Q(reviews__decision=Review.Decision.APPROVED)),
+        rejections=Count("reviews", filter=Q(reviews__decision=Review.Decision.REJECTED)))
+        .filter(approvals__gt=models.F("rejections"))
+        .filter(approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"))
+        .annotate(reviewed_correction=Subquery(latest)))
+
+
+def decisions(feedback_ids=None):
+    """{feedback id: {reviewer username: decision}} of decided reviews (of these items, if given)."""
+    reviews = Review.objects.decided().select_related("reviewer")
+    if feedback_ids is not None:
+        reviews = reviews.filter(feedback_id__in=feedback_ids)
+    found = {}
+    for review in reviews:
+        found.setdefault(review.feedback_id, {})[review.reviewer.get_username()] = review.decision
+    return found
+
+
+def agreement_report(feedback_ids=None):
+    """Items decided, reviewers, Fleiss' kappa and each pair's Cohen's kappa (of these items, if given)."""
+    decided = decisions(feedback_ids)
+    kappa, items_ = agreement.overall(decided, [Review.Decision.APPROVED, Review.Decision.REJECTED])
+    return {"items": len(decided), "reviewers": len({r for labels in decided.values() for r in labels}),
+            "fleiss_kappa": kappa, "fleiss_items": items_,
+            "pairs": [{"a": a, "b": b, "items": shared, "observed": observed, "cohen_kappa": pair_kappa}
+                      for a, b, shared, observed, pair_kappa in agreement.pairwise(decided)]}

@@ -109,7 +109,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "conversations:list"
+LOGIN_REDIRECT_URL = "conversations:start"  # each role's home (conversations/access.py start)
 LOGOUT_REDIRECT_URL = "login"
 
 # --- Roles and logins (README: "Roles and access"; conversations/roles.py, access.py) ------

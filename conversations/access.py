@@ -18,12 +18,14 @@ from functools import wraps
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save
+from django.shortcuts import redirect
 
 from conversations.frames import user_group
 
@@ -55,6 +57,20 @@ def review_required(view):
             raise PermissionDenied("Your account may not review feedback: ask an admin for the reviewer role.")
         return view(request, *args, **kwargs)
     return checked
+
+
+@login_required
+def start(request):
+    """Where a login lands (LOGIN_REDIRECT_URL): the chat for those who may chat, else the review queue,
+    else the admin, else the account page (which says the account has no role)."""
+    user = request.user
+    if user.has_perm(CHAT):
+        return redirect("conversations:list")
+    if user.has_perm(REVIEW):
+        return redirect("conversations:review_queue")
+    if admin.site.has_permission(request):
+        return redirect("admin:index")
+    return redirect("conversations:account")
 
 
 def may_chat(user):

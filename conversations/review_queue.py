@@ -74,16 +74,20 @@ def next_for(reviewer, filters=QueueFilters()):
         return _assign(reviewer, filters)
 
 
+def waiting_for(reviewer, filters=QueueFilters()):
+    """Items this reviewer may be given: matching, not decided by them, with a review place free."""
+    return (filters.apply(items()).exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
+            .annotate(holding=Count("reviews", filter=Q(reviews__in=Review.objects.holding())))
+            .filter(holding__lt=settings.CHAT_REVIEWS_PER_ITEM))
+
+
 def _assign(reviewer, filters):
-    needed = settings.CHAT_REVIEWS_PER_ITEM
-    open_items = (filters.apply(items()).exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
-                  .annotate(holding=Count("reviews", filter=Q(reviews__in=Review.objects.holding())))
-                  .filter(holding__lt=needed).order_by("updated_at", "pk").values("pk")[:CANDIDATES])
-    item = (Feedback.objects.select_for_update(skip_locked=True).filter(pk__in=[row["pk"] for row in open_items])
+    candidates = waiting_for(reviewer, filters).order_by("updated_at", "pk").values("pk")[:CANDIDATES]
+    item = (Feedback.objects.select_for_update(skip_locked=True).filter(pk__in=[row["pk"] for row in candidates])
             .order_by("updated_at", "pk").first())
     if item is None:
         return None
-    if Review.objects.holding().filter(feedback=item).count() >= needed:  # taken meanwhile (read under the lock)
+    if Review.objects.holding().filter(feedback=item).count() >= settings.CHAT_REVIEWS_PER_ITEM:  # taken meanwhile
         return None
     review, created = Review.objects.get_or_create(feedback=item, reviewer=reviewer)
     if not created:  # their own assignment, expired: theirs again

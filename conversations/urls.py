@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import attention_view, exact_prompt, inspect_tokens, keys, review_views, usage_views, views
+from conversations import access, attention_view, exact_prompt, inspect_tokens, keys, review_views, usage_views, views
 from conversations.arena import views as arena_views
 
 app_name = "conversations"
@@ -25,6 +25,7 @@ urlpatterns = [
          name="attention_png"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
+    path("start/", access.start, name="start"),
     path("account/", usage_views.account, name="account"),
     path("review/", review_views.queue, name="review_queue"),
     path("review/next/", review_views.next_item, name="review_next"),

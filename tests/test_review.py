@@ -194,7 +194,7 @@ def test_a_snapshot_of_approved_items_takes_only_them_with_their_corrections_and
 def test_the_pages_walk_a_reviewer_through_approving_and_rejecting(client, items, alice):
     client.force_login(alice)
     page = client.get(reverse("conversations:review_queue")).content.decode()
-    assert "3 items match these filters" in page
+    assert "3 items wait for a review, of 3" in page
     response = client.post(reverse("conversations:review_next") + "?correction=yes")
     item_url = response["Location"]
     page = client.get(item_url).content.decode()
@@ -203,6 +203,8 @@ def test_the_pages_walk_a_reviewer_through_approving_and_rejecting(client, items
     response = client.post(item_url, {"decision": "approved", "correction": "Paris, France."})
     assert response["Location"].startswith(reverse("conversations:review_queue")) and "empty=1" in response["Location"]
     assert Review.objects.get().correction == "Paris, France."
+    page = client.get(reverse("conversations:review_queue") + "?correction=yes").content.decode()
+    assert "0 items wait for a review, of 1" in page
 
 
 def test_a_review_is_its_reviewers_and_leaves_the_queue_when_consent_is_withdrawn(client, items, alice, bob):

@@ -16,8 +16,21 @@ def test_pages_require_login(client, conversation):
 
 def test_login_page_logs_a_user_in(client, owner):
     response = client.post(reverse("login"), {"username": "owner", "password": "owner-pass-123"})
-    assert response.status_code == 302 and response["Location"] == "/"
+    assert response.status_code == 302 and response["Location"] == reverse("conversations:start")
+    assert client.get(response["Location"])["Location"] == "/"
     assert client.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("role, home", [("reviewer", "conversations:review_queue"), ("model admin", "admin:index"),
+                                        (None, "conversations:account")])
+def test_a_login_without_the_chat_lands_where_the_role_may_go(client, owner, role, home):
+    from django.contrib.auth.models import Group
+
+    owner.groups.set([Group.objects.get(name=role)] if role else [])
+    client.force_login(owner)
+    assert client.get(reverse("conversations:start"))["Location"] == reverse(home)
+    page = client.get("/")
+    assert page.status_code == 403 and "none of its roles allows it" in page.content.decode()
 
 
 def test_the_list_shows_only_the_users_own_conversations(owner_client, owner, other_user):

@@ -130,7 +130,7 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
 
     list_display = ["__str__", "format", "train_rows", "eval_rows", "scrubbed", "withdrawn", "created_by", "created_at"]
     list_filter = ["format", "scrubbed"]
-    fields = ["format", "filters", "scrubbed", "eval_fraction", "withdrawn", "train_path", "train_sha256", "eval_path",
+    fields = ["format", "filters", "scrubbed", "eval_fraction", "license", "withdrawn", "train_path", "train_sha256", "eval_path",
               "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
     readonly_fields = fields
     actions = ["finetune", "evaluate"]
@@ -198,7 +198,8 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             snapshot = export_snapshot(data["format"], filters=form.filters(), scrub=data["scrub"],
-                                       eval_fraction=data["eval_fraction"], created_by=request.user)
+                                       eval_fraction=data["eval_fraction"], created_by=request.user,
+                                       license=data["license"])
             self.message_user(request, f"Created {snapshot}.", messages.SUCCESS)
             return redirect("admin:conversations_datasetsnapshot_change", snapshot.pk)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,

@@ -2,7 +2,7 @@ from django import forms
 
 from conversations.models import DatasetSnapshot, Feedback, FeedbackTag
 from conversations.models.api_key import NAME_LENGTH
-from conversations.models.datasets import FORMAT_CHOICES
+from conversations.models.datasets import FORMAT_CHOICES, LICENSES
 from conversations.training_data.examples import Filters
 from modelhub import api
 from modelhub.models import ModelSpec
@@ -144,6 +144,8 @@ class SnapshotForm(forms.Form):
                                             "approved (leaves out preferences: they are not reviewed)")
     eval_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
     scrub = forms.BooleanField(required=False, initial=True, label="Scrub e-mail, phone and IP addresses")
+    license = forms.ChoiceField(choices=LICENSES, initial="other",
+                                help_text="What its dataset card (README.md) states, for a hub")
 
     def filters(self):
         data = self.cleaned_data

@@ -207,13 +207,17 @@ def test_export_feedback_refuses_bad_dates_and_fractions(db, args, problem):
         run("export_feedback", "--format", "sft", *args)
 
 
-def test_export_feedback_refuses_an_out_file_it_cannot_create(db, tmp_path):
+def test_export_feedback_refuses_an_out_folder_it_cannot_fill(db, tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(CommandError, match="argument --out: .* is not a folder this user may write in"):
-        run("export_feedback", "--format", "sft", "--out", str(tmp_path / "a-file" / "deeper" / "x.jsonl"))
-    with pytest.raises(CommandError, match="argument --out: .* is a folder, not a file name"):
+        run("export_feedback", "--format", "sft", "--out", str(tmp_path / "a-file" / "deeper" / "snapshot"))
+    with pytest.raises(CommandError, match="argument --out: .* is a file, not a folder"):
+        run("export_feedback", "--format", "sft", "--out", str(tmp_path / "a-file"))
+    with pytest.raises(CommandError, match="argument --out: .* is a folder with files in it"):
         run("export_feedback", "--format", "sft", "--out", str(tmp_path))
-    assert not list((tmp_path / "a-file").parent.glob("*.jsonl"))
+    with pytest.raises(CommandError, match="argument --license: invalid choice"):
+        run("export_feedback", "--format", "sft", "--license", "gpl-9")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
 
 
 def test_export_feedback_turns_a_failed_write_into_a_command_error(db, tmp_path, monkeypatch):
@@ -225,7 +229,7 @@ def test_export_feedback_turns_a_failed_write_into_a_command_error(db, tmp_path,
 
     monkeypatch.setattr(export, "_write", full_disk)
     with pytest.raises(CommandError, match="could not write the snapshot: .*No space left on device"):
-        run("export_feedback", "--format", "sft", "--out", str(tmp_path / "x.jsonl"))
+        run("export_feedback", "--format", "sft", "--out", str(tmp_path / "snapshot"))
     assert not DatasetSnapshot.objects.exists()
 
 

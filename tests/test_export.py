@@ -202,14 +202,15 @@ def test_a_snapshots_lineage_is_exact_and_later_feedback_does_not_change_it(owne
 
 
 def test_files_are_never_overwritten_and_a_changed_file_is_detected(rated, tmp_path):
-    out = tmp_path / "mine.jsonl"
+    out = tmp_path / "mine"
     snapshot = export_snapshot("kto", out=out, eval_fraction=0)
-    assert snapshot.eval_path == str(tmp_path / "mine.eval.jsonl")
-    assert json.loads((tmp_path / "mine.card.json").read_text())["snapshot_id"] == snapshot.pk
+    assert snapshot.eval_path == str(out / "test.jsonl") and snapshot.folder == out
+    assert sorted(path.name for path in out.iterdir()) == ["README.md", "card.json", "test.jsonl", "train.jsonl"]
+    assert json.loads((out / "card.json").read_text())["snapshot_id"] == snapshot.pk
     with pytest.raises(FileExistsError):
         export_snapshot("kto", out=out)
     assert DatasetSnapshot.objects.count() == 1
-    out.write_text("tampered\n")
+    (out / "train.jsonl").write_text("tampered\n")
     with pytest.raises(SnapshotChanged):
         snapshot.verify()
 
@@ -235,17 +236,18 @@ def test_the_command_exports_with_model_adapter_tag_and_date_filters(owner, conv
     def export(name, *options):
         call_command("export_feedback", "--format", "kto", "--out", str(tmp_path / name), "--eval-fraction", "0",
                      *options)
-        return sorted(row["completion"][0]["content"] for row in rows(tmp_path / name))
+        return sorted(row["completion"][0]["content"] for row in rows(tmp_path / name / "train.jsonl"))
 
-    assert export("all.jsonl") == ["from base", "from other", "old base"]
-    assert export("model.jsonl", "--model", "base") == ["from base", "old base"]
-    assert export("tag.jsonl", "--tag", "wrong") == ["from base"]
+    assert export("all") == ["from base", "from other", "old base"]
+    assert export("model", "--model", "base") == ["from base", "old base"]
+    assert export("tag", "--tag", "wrong", "--license", "cc-by-4.0") == ["from base"]
     since = (date.today() - timedelta(days=7)).isoformat()
-    assert export("recent.jsonl", "--since", since) == ["from base", "from other"]
-    assert export("until.jsonl", "--until", since) == ["old base"]
-    assert export("adapter.jsonl", "--adapter", "none-such") == []
+    assert export("recent", "--since", since) == ["from base", "from other"]
+    assert export("until", "--until", since) == ["old base"]
+    assert export("adapter", "--adapter", "none-such") == []
     assert "Snapshot #" in capsys.readouterr().out
-    assert DatasetSnapshot.objects.get(train_path=str(tmp_path / "tag.jsonl")).filters["tag"] == "wrong"
+    tagged = DatasetSnapshot.objects.get(train_path=str(tmp_path / "tag" / "train.jsonl"))
+    assert tagged.filters["tag"] == "wrong" and tagged.license == "cc-by-4.0"
     with pytest.raises(CommandError, match="not a date"):
         call_command("export_feedback", "--format", "kto", "--since", "yesterday")
 
@@ -271,9 +273,11 @@ def test_staff_create_a_snapshot_from_the_admin_and_read_its_card(client, staff,
     client.force_login(staff)
     add = reverse("admin:conversations_datasetsnapshot_add")
     assert "Create snapshot" in client.get(add).content.decode()
-    response = client.post(add, {"format": "dpo", "eval_fraction": "0.1", "scrub": "on", "model": "base"})
+    response = client.post(add, {"format": "dpo", "eval_fraction": "0.1", "scrub": "on", "model": "base",
+                                 "license": "odc-by"})
     snapshot = DatasetSnapshot.objects.get()
     assert response.status_code == 302 and snapshot.created_by == staff and snapshot.filters["model"] == "base"
+    assert snapshot.license == "odc-by" and "license: odc-by" in (snapshot.folder / "README.md").read_text()
     page = client.get(reverse("admin:conversations_datasetsnapshot_change", args=[snapshot.pk])).content.decode()
     assert snapshot.train_sha256 in page and "&quot;duplicates_removed&quot;" in page
     feedback_list = client.get(reverse("admin:conversations_feedback_changelist"), {"rating__exact": "down"})
@@ -312,3 +316,46 @@ def test_deleting_a_snapshot_in_the_admin_deletes_its_files(client, staff, rated
 
     assert response.status_code == 302 and not DatasetSnapshot.objects.exists()
     assert not any(Path(path).exists() for path in files)
+
+
+# --- the folder as a Hugging Face dataset -----------------------------------------------------------------
+
+def test_the_folder_loads_with_load_dataset_and_its_card_is_a_valid_hugging_face_card(owner, conversation, tmp_path):
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    for number in range(10):
+        Feedback.record(owner, ask(conversation, f"question {number}?", f"answer {number}"), rating="up")
+    snapshot = export_snapshot("kto", out=tmp_path / "kto", eval_fraction=0.5, license="cc-by-4.0")
+    counts = snapshot.counts
+    assert counts["train"] and counts["eval"]  # both splits hold rows at this fraction
+    dataset = load_dataset(str(snapshot.folder))
+    assert {split: dataset[split].num_rows for split in dataset} == {"train": counts["train"], "test": counts["eval"]}
+    assert dataset["train"].column_names == ["prompt", "completion", "label"]
+    assert dataset["train"][0]["completion"][0]["role"] == "assistant" and dataset["test"][0]["label"] is True
+    assert sorted(row["completion"][0]["content"] for split in dataset for row in dataset[split]) == sorted(
+        row["completion"][0]["content"] for row in all_rows(snapshot))
+    card = DatasetCard.load(snapshot.folder / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0" and data["task_categories"] == ["text-generation"]
+    assert data["size_categories"] == ["n<1K"] and data["annotations_creators"] == ["crowdsourced"]
+    assert data["configs"] == [{"config_name": "default", "data_files": [
+        {"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}]}]
+    assert f"from {snapshot.card['lineage']['feedback']} feedback rows" in card.text
+    assert snapshot.train_sha256 in card.text and "No row was reviewed" in card.text
+
+
+def test_a_snapshot_without_held_out_rows_declares_only_its_train_split(rated, tmp_path):
+    from datasets import load_dataset
+
+    snapshot = export_snapshot("kto", out=tmp_path / "kto", eval_fraction=0)
+    assert list(load_dataset(str(snapshot.folder))) == ["train"]
+
+
+def test_deleting_a_snapshot_deletes_its_folder(rated, django_capture_on_commit_callbacks):
+    snapshot = export_snapshot("sft")
+    folder = snapshot.folder
+    assert (folder / "README.md").exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        snapshot.delete()
+    assert not folder.exists() and folder.parent.exists()

@@ -19,6 +19,11 @@ from django.utils import timezone
 
 from conversations.models.feedback import Feedback, Preference
 
+LICENSES = [  # Hugging Face license ids an admin may choose for a snapshot's card (the Hub's list has more)
+    ("other", "other (say which in the card)"), ("unknown", "unknown"), ("cc-by-4.0", "CC BY 4.0"),
+    ("cc-by-sa-4.0", "CC BY-SA 4.0"), ("cc-by-nc-4.0", "CC BY-NC 4.0"), ("cc0-1.0", "CC0 1.0"),
+    ("odc-by", "ODC-By"), ("apache-2.0", "Apache 2.0"), ("mit", "MIT"),
+]
 FORMAT_CHOICES = [("sft", "SFT (messages)"), ("dpo", "DPO (prompt, chosen, rejected)"),
                   ("kto", "KTO (prompt, completion, label)")]
 
@@ -32,6 +37,8 @@ class DatasetSnapshot(models.Model):
     filters = models.JSONField(default=dict, blank=True)
     scrubbed = models.BooleanField(default=True, help_text="E-mail, phone and IP addresses replaced by placeholders.")
     eval_fraction = models.FloatField()
+    license = models.CharField(max_length=20, choices=LICENSES, default="other",
+                               help_text="The license its dataset card (README.md) states.")
     train_path = models.CharField(max_length=500)
     eval_path = models.CharField(max_length=500)
     card_path = models.CharField(max_length=500)
@@ -53,6 +60,11 @@ class DatasetSnapshot(models.Model):
 
     def __str__(self):
         return f"snapshot #{self.pk} ({self.format}, {self.counts.get('train', 0)}+{self.counts.get('eval', 0)} rows)"
+
+    @property
+    def folder(self):
+        """The snapshot's folder: train.jsonl, test.jsonl, card.json, README.md (loads with `load_dataset`)."""
+        return Path(self.train_path).parent
 
     def files(self):
         """{"train": Path, "eval": Path}: what a fine-tuning run reads (call `verify()` first)."""
@@ -86,6 +98,15 @@ def _count_withdrawn(sender, instance, **kwargs):
 
 @receiver(post_delete, sender=DatasetSnapshot)
 def _delete_files(sender, instance, **kwargs):
-    """The snapshot's files go with it, once the deletion is committed."""
+    """The snapshot's files go with it (and its folder, if nothing else is in it), once the deletion is committed."""
     paths = [Path(p) for p in (instance.train_path, instance.eval_path, instance.card_path) if p]
-    transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths])
+    if paths:
+        paths.append(paths[0].parent / "README.md")
+    transaction.on_commit(lambda: _remove(paths))
+
+
+def _remove(paths):
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if paths and paths[0].parent.is_dir() and not any(paths[0].parent.iterdir()):
+        paths[0].parent.rmdir()

@@ -11,8 +11,10 @@ form and `manage.py export_feedback` both call it):
    JSON, before scrubbing) read as a number in [0, 1); below `eval_fraction` is eval.
    The same prompt lands in the same split in every export, whatever the row order,
    and all answers to one prompt stay together;
-5. write `FILE` (train), `FILE` with `.eval` before the extension, and `.card.json`
-   beside them, rows sorted so the same data gives byte-identical files;
+5. write a folder of its own: `train.jsonl`, `test.jsonl` (the held-out rows), `card.json` and
+   `README.md`, the Hugging Face dataset card (dataset_card.py), so the folder loads with
+   `datasets.load_dataset(folder)` and can be pushed to a hub as it is; rows sorted so the same
+   data gives byte-identical files;
 6. record a `DatasetSnapshot` (conversations/models/datasets.py): format, filters, paths,
    sha256 of each file, counts, the card, and exactly which Feedback and Preference rows
    produced its rows.
@@ -27,9 +29,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from conversations.models.datasets import DatasetSnapshot, file_sha256
+from conversations.models.datasets import LICENSES, DatasetSnapshot, file_sha256
 from conversations.review_queue import agreement_report
-from conversations.training_data import examples
+from conversations.training_data import dataset_card, examples
+from conversations.training_data.dataset_card import SPLIT_FILES
 from conversations.training_data.scrub import PLACEHOLDERS, Scrubber
 
 COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}
@@ -39,16 +42,19 @@ def datasets_dir():
     return Path(settings.CHAT_DATASETS_DIR)
 
 
-def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None):
+def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None,
+                    license="other"):
     """Export one format as a frozen snapshot (see the module docstring); returns the DatasetSnapshot.
 
-    `out`: the train file (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>.jsonl).
-    `filters`: an `examples.Filters`. Raises ValueError on a bad format or fraction and
-    FileExistsError rather than overwrite a file.
+    `out`: its folder, new or empty (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>/).
+    `filters`: an `examples.Filters`; `license`: a Hugging Face license id for its card. Raises
+    ValueError on a bad format, fraction or license and FileExistsError rather than overwrite a file.
     """
     filters = filters or examples.Filters()
     if not 0 <= eval_fraction < 1:
         raise ValueError("eval_fraction must be at least 0 and below 1")
+    if license not in dict(LICENSES):
+        raise ValueError(f"unknown license {license!r}; choose one of {', '.join(dict(LICENSES))}")
     built = examples.build(format, filters)
     scrubber = Scrubber() if scrub else None
     rows, duplicates = _dedupe(built, scrubber)
@@ -58,12 +64,12 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
     with transaction.atomic():
         snapshot = DatasetSnapshot.objects.create(
             format=format, filters=filters.as_dict(), scrubbed=scrub, eval_fraction=eval_fraction,
-            created_by=created_by,
+            created_by=created_by, license=license,
         )
-        paths = _paths(Path(out) if out else datasets_dir() / f"snapshot-{snapshot.pk:04d}-{format}.jsonl")
-        taken = [str(path) for path in paths.values() if path.exists()]
-        if taken:
-            raise FileExistsError(f"a snapshot's files are never overwritten: {', '.join(taken)} exist")
+        folder = Path(out) if out else datasets_dir() / f"snapshot-{snapshot.pk:04d}-{format}"
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise FileExistsError(f"a snapshot's files are never overwritten: {folder} exists and is not an empty folder")
+        paths = _paths(folder)
         for split in ("train", "eval"):
             _write(paths[split], [line for line, _ in splits[split]])
         snapshot.feedback.set({pk for example in built for pk in example.feedback_ids})
@@ -103,10 +109,9 @@ def _scrubbed(value, scrubber):
     return value
 
 
-def _paths(train):
-    suffix = train.suffix or ""
-    stem = train.name[: -len(suffix)] if suffix else train.name
-    return {"train": train, "eval": train.with_name(f"{stem}.eval{suffix}"), "card": train.with_name(f"{stem}.card.json")}
+def _paths(folder):
+    return {"train": folder / SPLIT_FILES["train"], "eval": folder / SPLIT_FILES["test"], "card": folder / "card.json",
+            "readme": folder / "README.md"}
 
 
 def _write(path, lines):
@@ -128,6 +133,7 @@ def _finish(snapshot, paths, splits, duplicates, scrubber):
     snapshot.counts = counts
     snapshot.card = _card(snapshot, scrubber)
     _write(paths["card"], [json.dumps(snapshot.card, indent=2, ensure_ascii=False)])
+    _write(paths["readme"], [dataset_card.render(snapshot)])
     snapshot.save()
 
 
@@ -143,6 +149,7 @@ def _card(snapshot, scrubber):
         "snapshot_id": snapshot.pk,
         "created_at": snapshot.created_at.isoformat(),
         "format": snapshot.format,
+        "license": snapshot.license,
         "columns": COLUMNS[snapshot.format],
         "trl_format": "conversational",
         "counts": snapshot.counts,

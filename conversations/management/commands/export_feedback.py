@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from conversations.models.datasets import LICENSES
 from conversations.training_data.examples import FORMATS, Filters
 from conversations.training_data.export import export_snapshot
 
@@ -22,12 +23,14 @@ def _day(text):
         raise ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _new_file(text):
-    """A file this user can create: not a folder, under a folder (or a path of new ones) it may write in."""
+def _new_folder(text):
+    """A folder this user can fill: new or empty, under a folder (or a path of new ones) it may write in."""
     path = Path(text).expanduser()
     try:
-        if path.is_dir():
-            raise ArgumentTypeError(f"{text} is a folder, not a file name")
+        if path.exists() and not path.is_dir():
+            raise ArgumentTypeError(f"{text} is a file, not a folder")
+        if path.is_dir() and any(path.iterdir()):
+            raise ArgumentTypeError(f"{text} is a folder with files in it: a snapshot gets a new or empty one")
         folder = next(parent for parent in path.absolute().parents if parent.exists())
     except OSError as exc:  # a name too long, a folder it may not look into
         raise ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
@@ -38,14 +41,17 @@ def _new_file(text):
 
 class Command(BaseCommand):
     help = (
-        "Write feedback as JSONL in TRL's conversational formats: FILE (train), FILE with .eval before its "
-        "extension, and a .card.json beside them; record the export as a DatasetSnapshot."
+        "Write feedback as JSONL in TRL's conversational formats into a folder of its own: train.jsonl, "
+        "test.jsonl (held out), card.json and README.md (a Hugging Face dataset card: the folder loads with "
+        "datasets.load_dataset); record the export as a DatasetSnapshot."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--format", required=True, choices=FORMATS)
-        parser.add_argument("--out", type=_new_file,
-                            help="train file (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>.jsonl)")
+        parser.add_argument("--out", type=_new_folder,
+                            help="the snapshot's folder, new or empty (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>/)")
+        parser.add_argument("--license", default="other", choices=[name for name, _ in LICENSES],
+                            help="the license its dataset card states (a Hugging Face license id; default: other)")
         parser.add_argument("--since", type=_day, help="feedback last edited on or after this date")
         parser.add_argument("--until", type=_day, help="feedback last edited on or before this date")
         parser.add_argument("--model", default="", help="answers of this model (name)")
@@ -64,7 +70,8 @@ class Command(BaseCommand):
                           adapter=options["adapter"], tag=options["tag"], reviewed=options["reviewed"])
         try:
             snapshot = export_snapshot(options["format"], out=options["out"], filters=filters,
-                                       scrub=not options["no_scrub"], eval_fraction=options["eval_fraction"])
+                                       scrub=not options["no_scrub"], eval_fraction=options["eval_fraction"],
+                                       license=options["license"])
         except (ValueError, FileExistsError) as exc:
             raise CommandError(str(exc)) from exc
         except OSError as exc:  # the disk is full, the folder went away or is read-only
@@ -72,5 +79,6 @@ class Command(BaseCommand):
         counts = snapshot.counts
         self.stdout.write(f"Snapshot #{snapshot.pk} ({snapshot.format}): {counts['train']} train rows, "
                           f"{counts['eval']} eval rows, sources {counts['sources']}")
-        for name, path in [("train", snapshot.train_path), ("eval", snapshot.eval_path), ("card", snapshot.card_path)]:
+        self.stdout.write(f"  folder: {snapshot.folder} (datasets.load_dataset loads it; README.md is its card)")
+        for name, path in [("train", snapshot.train_path), ("test", snapshot.eval_path), ("card", snapshot.card_path)]:
             self.stdout.write(f"  {name}: {path}")

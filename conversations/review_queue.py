@@ -6,7 +6,8 @@
                  fewer than CHAT_REVIEWS_PER_ITEM reviews holding a place (decided, or assigned within
                  CHAT_REVIEW_ASSIGNMENT_MINUTES) and none by this reviewer: assigned in one transaction,
                  the item's row locked (skip_locked), so two reviewers are never given the same place
-    approved     items with their decisions, more approvals than rejections: what an export may take
+    approved     items with their decisions in, more approvals than rejections (Review.objects.approved_feedback):
+                 what an export may take
     agreement    who reviewed how many items and how much they agree (agreement.py): the admin's page and
                  each snapshot's card
 
@@ -14,21 +15,25 @@ The pages are review_views.py; a decision is `Review.decide`.
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from conversations import agreement
-from conversations.models import Feedback, Message, Review
+from conversations.models import Feedback, Review
+from conversations.training_data.examples import Filters
 
 CANDIDATES = 20  # items read per assignment, of which the first not locked by another reviewer is taken
 
 
 @dataclass(frozen=True)
 class QueueFilters:
+    """What a reviewer asks for: the export's filters (model, adapter, tag, dates of the last edit), and
+    the rating and whether the item has a correction."""
+
     model: str = ""
     adapter: str = ""
     rating: str = ""  # "up", "down", or "" for any
@@ -37,38 +42,27 @@ class QueueFilters:
     since: date | None = None
     until: date | None = None
 
-    def apply(self, rows):
-        if self.model:
-            rows = rows.filter(message__model_name=self.model)
-        if self.adapter:
-            rows = rows.filter(message__adapter_name=self.adapter)
+    def feedback(self):
+        rows = Filters(since=self.since, until=self.until, model=self.model, adapter=self.adapter,
+                       tag=self.tag).feedback()
         if self.rating:
             rows = rows.filter(rating=self.rating)
-        if self.tag:
-            rows = rows.filter(tags__name=self.tag)
         if self.correction:
             rows = rows.exclude(correction="") if self.correction == "yes" else rows.filter(correction="")
-        if self.since:
-            rows = rows.filter(updated_at__gte=_start_of(self.since))
-        if self.until:
-            rows = rows.filter(updated_at__lt=_start_of(self.until + timedelta(days=1)))
         return rows
 
 
-def _start_of(day):
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
 def items():
-    """Every reviewable item: feedback on a finished answer of a conversation that allows training."""
-    return Feedback.objects.for_training().filter(message__in=Message.objects.rateable())
+    """Every reviewable item: feedback on a finished answer of a conversation that allows training (what an
+    export would take)."""
+    return QueueFilters().feedback()
 
 
 def next_for(reviewer, filters=QueueFilters()):
     """The Review to work on now (assigned to `reviewer`), or None when the queue holds nothing for them."""
     with transaction.atomic():
         mine = (Review.objects.holding().filter(reviewer=reviewer, decision=Review.Decision.PENDING,
-                                                feedback__in=filters.apply(items())).first())
+                                                feedback__in=filters.feedback()).first())
         if mine is not None:
             return mine
         return _assign(reviewer, filters)
@@ -76,7 +70,7 @@ def next_for(reviewer, filters=QueueFilters()):
 
 def waiting_for(reviewer, filters=QueueFilters()):
     """Items this reviewer may be given: matching, not decided by them, with a review place free."""
-    return (filters.apply(items()).exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
+    return (filters.feedback().exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
             .annotate(holding=Count("reviews", filter=Q(reviews__in=Review.objects.holding())))
             .filter(holding__lt=settings.CHAT_REVIEWS_PER_ITEM))
 
@@ -94,19 +88,6 @@ def _assign(reviewer, filters):
         review.assigned_at = timezone.now()
         review.save(update_fields=["assigned_at"])
     return review
-
-
-def approved():
-    """Feedback whose decisions are all in (CHAT_REVIEWS_PER_ITEM) and mostly approvals, each with
-    `reviewed_correction`: the correction of its latest approval."""
-    latest = (Review.objects.filter(feedback=OuterRef("pk"), decision=Review.Decision.APPROVED)
-              .order_by("-decided_at", "-pk").values("correction")[:1])
-    return (Feedback.objects.annotate(
-        approvals=Count("reviews", filter=Q(reviews__decision=Review.Decision.APPROVED)),
-        rejections=Count("reviews", filter=Q(reviews__decision=Review.Decision.REJECTED)))
-        .filter(approvals__gt=models.F("rejections"))
-        .filter(approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"))
-        .annotate(reviewed_correction=Subquery(latest)))
 
 
 def decisions(feedback_ids=None):

@@ -61,7 +61,7 @@ def queue(request):
     filters = form.filters()
     mine = Review.objects.filter(reviewer=request.user).select_related("feedback__message")
     context = {"form": form, "query": form.query(),
-               "matching": filters.apply(review_queue.items()).count(),
+               "matching": filters.feedback().count(),
                "waiting": review_queue.waiting_for(request.user, filters).count(),
                "open": mine.filter(decision=Review.Decision.PENDING).count(),
                "decided": mine.decided()[:20], "per_item": settings.CHAT_REVIEWS_PER_ITEM}

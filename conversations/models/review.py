@@ -21,6 +21,18 @@ class ReviewQuerySet(models.QuerySet):
     def decided(self):
         return self.exclude(decision=Review.Decision.PENDING)
 
+    def approved_feedback(self):
+        """Feedback whose decisions are all in (CHAT_REVIEWS_PER_ITEM) and mostly approvals, each with
+        `reviewed_correction`: the correction of its latest approval. What an export of approved items takes."""
+        latest = (Review.objects.filter(feedback=models.OuterRef("pk"), decision=Review.Decision.APPROVED)
+                  .order_by("-decided_at", "-pk").values("correction")[:1])
+        approvals = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.APPROVED))
+        rejections = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.REJECTED))
+        return (Feedback.objects.annotate(approvals=approvals, rejections=rejections)
+                .filter(approvals__gt=models.F("rejections"),
+                        approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"))
+                .annotate(reviewed_correction=models.Subquery(latest)))
+
     def holding(self, now=None):
         """Reviews that hold a place on their item: decided, or assigned recently enough."""
         fresh = (now or timezone.now()) - timedelta(minutes=settings.CHAT_REVIEW_ASSIGNMENT_MINUTES)

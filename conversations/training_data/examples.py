@@ -24,8 +24,7 @@ from itertools import product
 from django.db.models import Q
 from django.utils import timezone
 
-from conversations.models import Feedback, Message, Preference, Verdict
-from conversations.review_queue import approved
+from conversations.models import Feedback, Message, Preference, Review, Verdict
 
 FORMATS = ("sft", "dpo", "kto")
 SOURCES = ("correction", "thumbs", "sibling", "comparison", "arena")
@@ -49,7 +48,7 @@ class Example:
 @dataclass(frozen=True)
 class Filters:
     """Which feedback an export takes: dates (inclusive, of the last edit), model, adapter, tag; `reviewed`:
-    only feedback the review queue approved (review_queue.approved), with the corrections as approved, and
+    only feedback the review queue approved (Review.objects.approved_feedback), with the corrections as approved, and
     no preferences (they are not reviewed)."""
 
     since: date | None = None
@@ -80,7 +79,7 @@ class Filters:
         if self.tag:
             rows = rows.filter(tags__name=self.tag)
         if self.reviewed:
-            rows = rows.filter(pk__in=approved().values("pk"))
+            rows = rows.filter(pk__in=Review.objects.approved_feedback().values("pk"))
         return rows.select_related("message__conversation__model").order_by("pk")
 
     def corrections(self):
@@ -88,7 +87,7 @@ class Filters:
         latest approval left, which may be edited or emptied."""
         if not self.reviewed:
             return list(self.feedback().exclude(correction=""))
-        approved_corrections = dict(approved().values_list("pk", "reviewed_correction"))
+        approved_corrections = dict(Review.objects.approved_feedback().values_list("pk", "reviewed_correction"))
         found = []
         for feedback in self.feedback():
             feedback.correction = approved_corrections.get(feedback.pk) or ""

@@ -41,7 +41,7 @@ class QuotaAdmin(admin.ModelAdmin):
     def usage_view(self, request):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        form = UsageForm(request.GET or None)
+        form = UsageForm({"by": "user", "days": 30, **request.GET.dict()})
         data = form.cleaned_data if form.is_valid() else {"by": "user", "name": "", "days": 30}
         by, name, days = data["by"] or "user", data["name"], data["days"] or 30
         since = since_days(days)

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, F, Sum, Value
+from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -66,8 +66,10 @@ class Standing:
 
 
 def limits_for(user):
-    own = Quota.objects.filter(user=user).first()
-    groups = list(Quota.objects.filter(group__user=user))
+    """The user's limits: one query for their own quota and their groups'."""
+    quotas = list(Quota.objects.filter(Q(user=user) | Q(group__user=user)).distinct())
+    own = next((quota for quota in quotas if quota.user_id == user.pk), None)
+    groups = [quota for quota in quotas if quota.group_id is not None]
     return Limits(*(_limit(name, own, groups) for name in DEFAULTS))
 
 

@@ -90,5 +90,5 @@ def test_one_turn_is_saved_and_rendered_in_a_fixed_number_of_queries(owner, spec
             prepare(owner, conversation.pk, Turn("send", "one more question"), {})
         counts.append(len(captured))
     assert counts[0] == counts[1], counts
-    assert counts[1] <= 12  # was 21 with a savepoint per model method and a query per rendered message, 14 with
-    # the reply re-locking the conversation that the turn had locked
+    assert counts[1] <= 13  # was 21 with a savepoint per model method and a query per rendered message, 14 with
+    # the reply re-locking the conversation that the turn had locked; 12, then the user's quotas (own and groups')

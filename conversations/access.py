@@ -37,26 +37,21 @@ REVIEW = "conversations.review_feedback"
 NO_CHAT = "Your account may not chat here: none of its roles allows it. Ask an admin to give it the user role."
 
 
-def chat_required(view):
-    """A page of the chat: the login page for anyone logged out, 403 for an account without `CHAT`."""
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.has_perm(CHAT):
-            raise PermissionDenied(NO_CHAT)
-        return view(request, *args, **kwargs)
-    return checked
+def requiring(permission, refusal):
+    """A view decorator: the login page for anyone logged out, 403 (saying `refusal`) without `permission`."""
+    def decorator(view):
+        @login_required
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(refusal)
+            return view(request, *args, **kwargs)
+        return checked
+    return decorator
 
 
-def review_required(view):
-    """A page of the review queue: the login page for anyone logged out, 403 without `REVIEW`."""
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.has_perm(REVIEW):
-            raise PermissionDenied("Your account may not review feedback: ask an admin for the reviewer role.")
-        return view(request, *args, **kwargs)
-    return checked
+chat_required = requiring(CHAT, NO_CHAT)  # every chat page
+review_required = requiring(REVIEW, "Your account may not review feedback: ask an admin for the reviewer role.")
 
 
 @login_required

@@ -62,6 +62,7 @@ def test_leaving_the_group_takes_the_model_away(models_, member, team):
     assert menu(member) == ["scripted", "scripted + open"]
 
 
+@pytest.mark.django_db(transaction=True)  # the API's async views reach the database from their own threads
 def test_the_api_lists_and_serves_only_what_the_keys_user_may_use(client, models_, member, other_user):
     for user, listed, private_status in ((member, True, 200), (other_user, False, 404)):
         key = ApiKey.objects.issue(user, "t")[1]

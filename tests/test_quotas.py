@@ -121,6 +121,7 @@ def completion(client, key):
                        headers={"Authorization": f"Bearer {key}"})
 
 
+@pytest.mark.django_db(transaction=True)  # the API's async views reach the database from their own threads
 @pytest.mark.parametrize("keep_calls", [True, False])
 def test_the_api_counts_its_calls_and_refuses_past_a_quota_with_429_and_retry_after(client, owner, settings,
                                                                                     keep_calls):

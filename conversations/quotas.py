@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, F, Q, Sum, Value
+from django.db.models import Count, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -31,6 +31,16 @@ from conversations.models.usage import Quota, UnkeptCallUsage
 
 MINUTE = timedelta(seconds=60)
 DEFAULTS = {"tokens_per_day": "CHAT_TOKENS_PER_DAY", "replies_per_minute": "CHAT_REPLIES_PER_MINUTE"}
+DIMENSIONS = {  # usage by: (the field naming it on a reply, on an unkept call); a user in two groups counts in both
+    "user": ("conversation__owner__username", "user__username"),
+    "group": ("conversation__owner__groups__name", "user__groups__name"),
+    "model": ("model_name", "model_name"),
+}
+
+
+def _tokens():
+    """A row's tokens: prompt + completion (a reply being written has neither yet)."""
+    return Coalesce("prompt_tokens", Value(0)) + Coalesce("completion_tokens", Value(0))
 
 
 class QuotaExceeded(ChatError):
@@ -91,11 +101,9 @@ def replies_of(user):
 
 
 def tokens_since(user, since):
-    tokens = Coalesce("prompt_tokens", Value(0)) + Coalesce("completion_tokens", Value(0))
-    kept = replies_of(user).filter(created_at__gte=since).aggregate(total=Sum(tokens))["total"] or 0
-    unkept = (UnkeptCallUsage.objects.filter(user=user, started_at__gte=since)
-              .aggregate(total=Sum(F("prompt_tokens") + F("completion_tokens")))["total"] or 0)
-    return kept + unkept
+    kept = replies_of(user).filter(created_at__gte=since).aggregate(total=Sum(_tokens()))["total"] or 0
+    unkept = UnkeptCallUsage.objects.filter(user=user, started_at__gte=since).aggregate(total=Sum(_tokens()))["total"]
+    return kept + (unkept or 0)
 
 
 def asked_since(user, since):
@@ -153,24 +161,20 @@ def human(duration):
 def daily_tokens(messages, unkept, since):
     """{date: tokens} from these replies and unkept calls since `since` (days in TIME_ZONE)."""
     days = {}
-    tokens = Coalesce("prompt_tokens", Value(0)) + Coalesce("completion_tokens", Value(0))
     for rows, field in ((messages, "created_at"), (unkept, "started_at")):
         for row in (rows.filter(**{f"{field}__gte": since}).annotate(day=TruncDate(field))
-                    .values("day").annotate(total=Sum(tokens)).order_by()):
+                    .values("day").annotate(total=Sum(_tokens())).order_by()):
             days[row["day"]] = days.get(row["day"], 0) + (row["total"] or 0)
     return days
 
 
 def usage_rows(messages, unkept, since, by):
-    """[{name, replies, tokens}] since `since`, most tokens first; `by`: "model", "user" or "group" (a user
-    in two groups counts in both)."""
-    fields = {"model": ("model_name", "model_name"), "user": ("conversation__owner__username", "user__username"),
-              "group": ("conversation__owner__groups__name", "user__groups__name")}[by]
-    tokens = Coalesce("prompt_tokens", Value(0)) + Coalesce("completion_tokens", Value(0))
+    """[{name, replies, tokens}] since `since`, most tokens first; `by`: one of DIMENSIONS."""
+    on_replies, on_unkept = DIMENSIONS[by]
     rows = {}
-    for queryset, time_field, field in ((messages, "created_at", fields[0]), (unkept, "started_at", fields[1])):
+    for queryset, time_field, field in ((messages, "created_at", on_replies), (unkept, "started_at", on_unkept)):
         for row in (queryset.filter(**{f"{time_field}__gte": since}).values(field)
-                    .annotate(replies=Count("pk"), total=Sum(tokens)).order_by()):
+                    .annotate(replies=Count("pk"), total=Sum(_tokens())).order_by()):
             name = row[field] or "(none)"
             seen = rows.setdefault(name, {"name": name, "replies": 0, "tokens": 0})
             seen["replies"] += row["replies"]

@@ -13,15 +13,8 @@ from conversations import quotas
 from conversations.models import Message, Quota, UnkeptCallUsage
 from conversations.usage_views import chart, since_days
 
-DIMENSIONS = {  # by: (filter on replies, filter on unkept calls)
-    "user": ("conversation__owner__username", "user__username"),
-    "group": ("conversation__owner__groups__name", "user__groups__name"),
-    "model": ("model_name", "model_name"),
-}
-
-
 class UsageForm(forms.Form):
-    by = forms.ChoiceField(choices=[(name, name) for name in DIMENSIONS], initial="user", required=False)
+    by = forms.ChoiceField(choices=[(name, name) for name in quotas.DIMENSIONS], initial="user", required=False)
     name = forms.CharField(required=False, max_length=200)
     days = forms.TypedChoiceField(choices=[(7, "7 days"), (30, "30 days"), (90, "90 days")], coerce=int,
                                   initial=30, required=False, empty_value=30)
@@ -49,10 +42,9 @@ class QuotaAdmin(admin.ModelAdmin):
         unkept = UnkeptCallUsage.objects.all()
         rows = quotas.usage_rows(replies, unkept, since, by)
         if name:
-            on_replies, on_unkept = DIMENSIONS[by]
+            on_replies, on_unkept = quotas.DIMENSIONS[by]
             replies, unkept = replies.filter(**{on_replies: name}), unkept.filter(**{on_unkept: name})
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Usage",
                    "form": form, "by": by, "name": name, "days": days, "rows": rows,
-                   "chart": chart(quotas.daily_tokens(replies, unkept, since), since.date(), days),
-                   "dimensions": list(DIMENSIONS)}
+                   "chart": chart(quotas.daily_tokens(replies, unkept, since), since.date(), days)}
         return TemplateResponse(request, "admin/conversations/quota/usage.html", context)

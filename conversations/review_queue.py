@@ -2,6 +2,8 @@
 
     items        feedback on answers whose conversation allows training (`Feedback.for_training`),
                  narrowed by `QueueFilters` (model, adapter, rating, reason tag, has a correction, dates)
+    reviewable_by  the items a reviewer may decide: all but their own feedback (`Feedback.objects.own`),
+                 which another reviewer decides
     next_for     the reviewer's own undecided item if it still matches, else the oldest item that has
                  fewer than CHAT_REVIEWS_PER_ITEM reviews holding a place (decided, or assigned within
                  CHAT_REVIEW_ASSIGNMENT_MINUTES) and none by this reviewer: assigned in one transaction,
@@ -58,19 +60,29 @@ def items():
     return QueueFilters().feedback()
 
 
+def reviewable_by(reviewer, filters=QueueFilters()):
+    """Matching items this reviewer may decide: not their own feedback (nor feedback in their conversations)."""
+    return filters.feedback().exclude(pk__in=Feedback.objects.own(reviewer).values("pk"))
+
+
+def own_matching(reviewer, filters=QueueFilters()):
+    """Matching items that are this reviewer's own feedback: another reviewer decides them."""
+    return filters.feedback().filter(pk__in=Feedback.objects.own(reviewer).values("pk"))
+
+
 def next_for(reviewer, filters=QueueFilters()):
     """The Review to work on now (assigned to `reviewer`), or None when the queue holds nothing for them."""
     with transaction.atomic():
         mine = (Review.objects.holding().filter(reviewer=reviewer, decision=Review.Decision.PENDING,
-                                                feedback__in=filters.feedback()).first())
+                                                feedback__in=reviewable_by(reviewer, filters)).first())
         if mine is not None:
             return mine
         return _assign(reviewer, filters)
 
 
 def waiting_for(reviewer, filters=QueueFilters()):
-    """Items this reviewer may be given: matching, not decided by them, with a review place free."""
-    return (filters.feedback().exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
+    """Items this reviewer may be given: matching, not their own, not decided by them, with a review place free."""
+    return (reviewable_by(reviewer, filters).exclude(reviews__in=Review.objects.decided().filter(reviewer=reviewer))
             .annotate(holding=Count("reviews", filter=Q(reviews__in=Review.objects.holding())))
             .filter(holding__lt=settings.CHAT_REVIEWS_PER_ITEM))
 

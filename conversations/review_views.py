@@ -3,10 +3,11 @@ review_queue.py; a decision is `Review.decide`.
 
     /review/             the filters, what waits, the reviewer's latest decisions; "Review next" (POST)
     /review/next/        POST: assign the next item (or the reviewer's own undecided one) and open it
-    /review/<id>/        the item (the reviewer's own review only; 404 otherwise, or once the conversation
-                         no longer allows training): the conversation up to the answer, the answer, the
-                         rating, reasons, comment and correction; POST approves (with the correction as
-                         edited) or rejects, then opens the next item with the same filters
+    /review/<id>/        the item (the reviewer's own review only; 404 otherwise, once the conversation
+                         no longer allows training, or when the feedback is the reviewer's own): the
+                         conversation up to the answer, the answer, the rating, reasons, comment and
+                         correction; POST approves (with the correction as edited) or rejects, then opens
+                         the next item with the same filters
 """
 
 from urllib.parse import urlencode
@@ -62,8 +63,10 @@ def queue(request):
     mine = Review.objects.filter(reviewer=request.user).select_related("feedback__message")
     context = {"form": form, "query": form.query(),
                "matching": filters.feedback().count(),
+               "own": review_queue.own_matching(request.user, filters).count(),
                "waiting": review_queue.waiting_for(request.user, filters).count(),
-               "open": mine.filter(decision=Review.Decision.PENDING).count(),
+               "open": mine.filter(decision=Review.Decision.PENDING,
+                                   feedback__in=review_queue.reviewable_by(request.user)).count(),
                "decided": mine.decided()[:20], "per_item": settings.CHAT_REVIEWS_PER_ITEM}
     return render(request, "conversations/review_queue.html", context)
 
@@ -79,8 +82,10 @@ def next_item(request):
 
 
 def _get_review_for_reviewer(request, pk):
-    """The reviewer's own review of an item still in the queue (its conversation allows training); else 404."""
-    return get_object_or_404(Review.objects.filter(reviewer=request.user, feedback__in=review_queue.items())
+    """The reviewer's own review of an item still in the queue (its conversation allows training) and not
+    their own feedback; else 404."""
+    return get_object_or_404(Review.objects.filter(reviewer=request.user,
+                                                   feedback__in=review_queue.reviewable_by(request.user))
                              .select_related("feedback__message__conversation__model"), pk=pk)
 
 

@@ -227,3 +227,36 @@ def test_the_admin_shows_agreement_per_pair(admin_client, items, alice, bob, set
     page = admin_client.get(reverse("admin:conversations_review_agreement")).content.decode()
     assert "<td>alice</td><td>bob</td><td>2</td>" in page
     assert "0.500" in page  # observed: one of two
+
+
+# --- a reviewer's own feedback --------------------------------------------------------------------------
+
+@pytest.fixture
+def reviewing_owner(owner):
+    """The owner of the rated conversation, who is a reviewer too: another reviewer decides their feedback."""
+    owner.groups.add(Group.objects.get(name=roles.REVIEWER))
+    return owner
+
+
+def test_a_reviewer_is_never_given_their_own_feedback_and_the_queue_page_says_why(client, items, reviewing_owner,
+                                                                                 alice):
+    client.force_login(reviewing_owner)
+    response = client.post(reverse("conversations:review_next"))
+    assert "empty=1" in response["Location"] and not Review.objects.exists()
+    page = client.get(reverse("conversations:review_queue")).content.decode()
+    assert "0 items wait for a review, of 3" in page
+    assert "3 of the matching items are your own feedback: another reviewer decides them" in page
+    assert review_queue.next_for(alice).feedback == items[0]  # another reviewer gets them
+
+
+def test_a_reviewer_cannot_decide_their_own_feedback_assigned_to_them_before(client, items, reviewing_owner):
+    review = Review.objects.create(feedback=items[0], reviewer=reviewing_owner)  # assigned before the rule
+    url = reverse("conversations:review_item", args=[review.pk])
+    client.force_login(reviewing_owner)
+    assert client.get(url).status_code == 404
+    assert client.post(url, {"decision": "approved"}).status_code == 404
+    assert review_queue.next_for(reviewing_owner) is None
+    assert "0 assigned to you" in client.get(reverse("conversations:review_queue")).content.decode()
+    with pytest.raises(PermissionError, match="their own feedback"):
+        review.decide(Review.Decision.APPROVED)
+    assert not Review.objects.decided().exists()

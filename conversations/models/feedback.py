@@ -71,6 +71,10 @@ class FeedbackQuerySet(models.QuerySet):
         """Feedback on answers whose conversation may be used for training."""
         return self.filter(message__conversation__allow_training=True)
 
+    def own(self, user):
+        """Feedback this user gave, or on answers in their own conversations: never theirs to review."""
+        return self.filter(models.Q(user=user) | models.Q(message__conversation__owner=user))
+
 
 class Feedback(models.Model):
     class Rating(models.TextChoices):

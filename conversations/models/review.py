@@ -2,10 +2,11 @@
 
 A `Review` is made when the queue assigns an item to a reviewer (conversations/review_queue.py) and is
 decided once: approved (with the correction as the reviewer left it, edited or not) or rejected. An
-assignment left undecided for CHAT_REVIEW_ASSIGNMENT_MINUTES is free for another reviewer. An item needs
-CHAT_REVIEWS_PER_ITEM decisions; it is *approved* when it has them and more approve than reject, and an
-export may take approved items only (training_data/examples.py `Filters.reviewed`), with the correction
-of its latest approval.
+assignment left undecided for CHAT_REVIEW_ASSIGNMENT_MINUTES is free for another reviewer. Nobody decides
+their own feedback (`Feedback.objects.own`): the queue never assigns it to them and `decide` refuses it.
+An item needs CHAT_REVIEWS_PER_ITEM decisions; it is *approved* when it has them and more approve than
+reject, and an export may take approved items only (training_data/examples.py `Filters.reviewed`), with
+the correction of its latest approval.
 """
 
 from datetime import timedelta
@@ -69,6 +70,8 @@ class Review(models.Model):
         review = type(self).objects.select_for_update().select_related("feedback").get(pk=self.pk)
         if review.decision:
             raise ValueError("this item was decided already")
+        if Feedback.objects.own(review.reviewer_id).filter(pk=review.feedback_id).exists():
+            raise PermissionError("a reviewer does not decide their own feedback: another reviewer does")
         if decision not in (self.Decision.APPROVED, self.Decision.REJECTED):
             raise ValueError(f"unknown decision {decision!r}")
         original = review.feedback.correction

@@ -9,7 +9,8 @@ never holds the lock that requests for another model need.
 Memory is bounded two ways (settings): at most MODELHUB_MAX_LOADED_MODELS models,
 and at most MODELHUB_MAX_MEMORY_GB of weights. When a model must load past either
 bound, the least recently used idle model is unloaded. A reaper thread unloads
-models idle for MODELHUB_IDLE_UNLOAD_SECONDS and models an admin disabled.
+models idle for MODELHUB_IDLE_UNLOAD_SECONDS and models an admin disabled (a
+database outage meanwhile is one warning line, not a traceback per cycle).
 `unload` frees one explicitly.
 """
 
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 
 from django.conf import settings
+from django.db import Error as DatabaseError
 
 from modelhub.backends import ScriptedBackend, TransformersBackend
 from modelhub.engine import Worker
@@ -34,6 +36,7 @@ class Registry:
         self._workers = {}
         self.load_counts = Counter()  # name -> how many times its weights were loaded
         self._reaper = None
+        self._database_down = False  # the reaper's last query failed: warned once, until it answers again
 
     def worker(self, spec):
         """The worker serving this spec, started (and its model loading) if needed."""
@@ -150,13 +153,38 @@ class Registry:
         while True:
             idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
             time.sleep(max(0.05, min(30.0, idle / 4)) if idle else 30.0)
-            try:
-                if idle:
-                    for name in self.unload_idle(idle):
-                        log.info("unloaded %s after %ss idle", name, idle)
-                self.unload_disabled()
-            except Exception:  # the reaper must outlive a database hiccup
-                log.exception("modelhub reaper cycle failed")
+            self.reap_once()
+
+    def reap_once(self):
+        """One cycle of the reaper thread: unload idle models, then disabled ones."""
+        idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
+        try:
+            if idle:
+                for name in self.unload_idle(idle):
+                    log.info("unloaded %s after %ss idle", name, idle)
+            self._unload_disabled_while_the_database_answers()
+        except Exception:  # a bug, not an outage: its traceback, and the reaper goes on
+            log.exception("modelhub reaper cycle failed")
+
+    def _unload_disabled_while_the_database_answers(self):
+        """`unload_disabled`, which asks the database: an outage is one warning line while it lasts (not a
+        traceback every cycle), and one line when the database answers again."""
+        try:
+            self.unload_disabled()
+        except DatabaseError as exc:
+            if not self._database_down:
+                log.warning("modelhub reaper: the database does not answer (%s); disabled models are unloaded "
+                            "once it does", _first_line(exc))
+            self._database_down = True
+            return
+        if self._database_down:
+            log.info("modelhub reaper: the database answers again")
+            self._database_down = False
+
+
+def _first_line(exc):
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _still_fits(worker, spec):

@@ -1,18 +1,21 @@
 """Serving many models and adapters: LoRA hot-swap on a shared base, quantized loads,
 the memory budget (LRU) and idle unloading. Real peft and bitsandbytes on tiny models."""
 
+import logging
 import threading
 import time
 
 import pytest
 import torch
+from django.db import OperationalError, connection
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from modelhub import api
+from modelhub.backends import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError, ModelLoadError
-from modelhub.registry import registry
+from modelhub.registry import Registry, registry
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
@@ -200,6 +203,30 @@ def test_idle_models_are_unloaded_by_the_reaper(tiny_spec, settings):
     assert "tiny" not in registry.status()
     reply(tiny_spec)  # and it loads again on the next use
     assert registry.load_counts["tiny"] == 2
+
+
+def database_down(execute, sql, params, many, context):
+    """What every query meets while the database server is unreachable."""
+    raise OperationalError("could not connect to server: Connection refused")
+
+
+def test_the_reaper_logs_one_warning_while_the_database_is_down_and_reaps_again_once_it_answers(db, caplog):
+    served = Registry()  # its own: no reaper thread of an earlier test shares its state
+    served.install("scripted", ScriptedBackend())
+    ModelSpec.objects.create(name="scripted", source="-", backend="scripted", enabled=False)  # an admin disabled it
+    with caplog.at_level(logging.INFO, logger="modelhub.registry"):
+        with connection.execute_wrapper(database_down):
+            served.reap_once()
+            served.reap_once()
+            assert "scripted" in served.status()
+        served.reap_once()
+    assert "scripted" not in served.status()
+    # this test's cycles only: the reaper thread an earlier test started logs here too
+    cycles = [record for record in caplog.records if record.thread == threading.get_ident()]
+    warnings = [record for record in cycles if record.levelno >= logging.WARNING]
+    assert [(record.levelname, record.exc_info) for record in warnings] == [("WARNING", None)]
+    assert "the database does not answer (could not connect to server" in warnings[0].getMessage()
+    assert "the database answers again" in cycles[-1].getMessage()
 
 
 def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, tiny_model_dir, settings):

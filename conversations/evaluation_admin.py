@@ -1,5 +1,6 @@
 """The admin's evaluation reports: the list, a report's page (its table of metrics side by side with
-differences and 95% intervals, and a plot), "Export JSON", running a report in the background
+differences and 95% intervals, and a plot, a PNG served from its own URL with the page's permission),
+"Export JSON", running a report in the background
 for the snapshot and arena actions (conversations/admin.py), and the adapter list's action
 (added to modelhub's Adapter admin by `extend_adapter_admin`: modelhub knows nothing of reports).
 
@@ -9,7 +10,6 @@ through the model's worker like any reply, and its perplexity loads a second cop
 that dies mid-run leaves the report `running`: it holds nothing else up; run it again.
 """
 
-import base64
 import io
 import logging
 import threading
@@ -18,11 +18,11 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import connections, transaction
-from django.http import JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 
 from conversations.forms import AdapterEvaluateForm
 from conversations.models import EvaluationReport
@@ -70,19 +70,29 @@ def table(report):
     return rows
 
 
-def plot_png(report):
-    """Each adapter's difference to the base per metric, with its 95% interval, as a PNG data URI.
+def plotted_metrics(report):
+    """The metrics the plot shows: those with a difference to the base for some adapter (none: no plot)."""
+    if report.status != report.Status.SUCCEEDED:
+        return []
+    others = report.candidates[1:]
+    return [metric for metric in METRICS if any(metric in report.differences.get(name, {}) for name in others)]
 
-    One small panel per metric (their scales differ); matplotlib's Agg backend, imported here only."""
+
+def plot_png(report):
+    """Each adapter's difference to the base per metric, with its 95% interval, as PNG bytes (None: no plot).
+
+    One small panel per metric (their scales differ); matplotlib's Agg backend, imported here only. The page
+    shows it from its own URL (`EvaluationReportAdmin.plot_view`): its Content-Security-Policy allows
+    images from the site itself only, so a data: URI would never show."""
+    shown = plotted_metrics(report)
+    if not shown:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     others = report.candidates[1:]
-    shown = [metric for metric in METRICS if any(metric in report.differences.get(name, {}) for name in others)]
-    if not shown:
-        return ""
     figure = Figure(figsize=(2.4 * min(len(shown), 5), 2.2 * ((len(shown) + 4) // 5)), layout="constrained")
     for index, metric in enumerate(shown):
         axes = figure.add_subplot((len(shown) + 4) // 5, min(len(shown), 5), index + 1)
@@ -100,7 +110,7 @@ def plot_png(report):
         axes.tick_params(axis="y", labelsize=7)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
 
 
 @admin.register(EvaluationReport)
@@ -121,16 +131,28 @@ class EvaluationReportAdmin(admin.ModelAdmin):
         return False
 
     def get_urls(self):
-        view = self.admin_site.admin_view(self.json_view)
-        return [path("<int:pk>/json/", view, name="conversations_evaluationreport_json"), *super().get_urls()]
+        json_view, plot_view = (self.admin_site.admin_view(view) for view in (self.json_view, self.plot_view))
+        return [path("<int:pk>/json/", json_view, name="conversations_evaluationreport_json"),
+                path("<int:pk>/plot.png", plot_view, name="conversations_evaluationreport_plot"),
+                *super().get_urls()]
 
-    def json_view(self, request, pk):
+    def _get_report(self, request, pk):
+        """The report, for those who may read reports (the report page's permission); else 403 or 404."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        report = get_object_or_404(EvaluationReport.objects.select_related("base"), pk=pk)
+        return get_object_or_404(EvaluationReport.objects.select_related("base"), pk=pk)
+
+    def json_view(self, request, pk):
+        report = self._get_report(request, pk)
         response = JsonResponse(report.as_json(), json_dumps_params={"indent": 2, "ensure_ascii": False})
         response["Content-Disposition"] = f'attachment; filename="evaluation-{report.pk}.json"'
         return response
+
+    def plot_view(self, request, pk):
+        png = plot_png(self._get_report(request, pk))
+        if png is None:
+            raise Http404("this report has no plot")
+        return HttpResponse(png, content_type="image/png")
 
     @admin.display(description="metrics")
     def metrics_table(self, report):
@@ -142,8 +164,8 @@ class EvaluationReportAdmin(admin.ModelAdmin):
 
     @admin.display(description="differences to the base")
     def plot(self, report):
-        uri = plot_png(report) if report.status == report.Status.SUCCEEDED else ""
-        return render_to_string("admin/conversations/evaluationreport/plot.html", {"uri": uri})
+        url = reverse("admin:conversations_evaluationreport_plot", args=[report.pk]) if plotted_metrics(report) else ""
+        return render_to_string("admin/conversations/evaluationreport/plot.html", {"url": url})
 
     @admin.display(description="export")
     def export(self, report):

@@ -4,6 +4,7 @@ Staff with the view permission read reports in the admin; nobody else does."""
 
 import json
 import math
+import re
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -162,6 +163,15 @@ def test_an_empty_or_foreign_snapshot_is_refused_and_nothing_is_stored(case, tin
 # --- the admin ----------------------------------------------------------------------
 
 
+def image_sources(policy):
+    """The sources a Content-Security-Policy allows images from: img-src, else default-src."""
+    directives = {}
+    for part in policy.split(";"):
+        name, *sources = part.split() or [""]
+        directives[name] = sources
+    return directives.get("img-src", directives.get("default-src", []))
+
+
 @pytest.fixture
 def report(tiny_spec, tiny_adapter, snapshot):
     """A finished report, as `run()` stores one (the scores of fixed answers, no model run)."""
@@ -184,8 +194,14 @@ def test_staff_with_the_view_permission_see_the_table_the_plot_and_the_json(clie
     page = client.get(reverse("admin:conversations_evaluationreport_change", args=[report.pk]))
     assert page.status_code == 200
     html = page.content.decode()
-    assert "tiny + tuned" in html and "perplexity" in html and 'src="data:image/png;base64,' in html
+    assert "tiny + tuned" in html and "perplexity" in html
     assert "95%" in html and "0.750 (2 votes)" in html
+    plot_url = re.search(r'<img src="([^"]+)" alt="each adapter', html).group(1)
+    assert plot_url == reverse("admin:conversations_evaluationreport_plot", args=[report.pk])  # same origin
+    assert "'self'" in image_sources(page["Content-Security-Policy"])  # so the page's own policy shows it
+    plot = client.get(plot_url)
+    assert plot.status_code == 200 and plot["Content-Type"] == "image/png"
+    assert plot.content.startswith(b"\x89PNG\r\n\x1a\n")
     exported = client.get(reverse("admin:conversations_evaluationreport_json", args=[report.pk]))
     assert exported.status_code == 200 and exported.json()["candidates"] == ["tiny", "tiny + tuned"]
     assert client.get(reverse("admin:conversations_evaluationreport_changelist")).status_code == 200
@@ -199,10 +215,11 @@ def test_nobody_else_reads_a_report(client, role, owner, staff, report):
         client.force_login(staff)
     page = client.get(reverse("admin:conversations_evaluationreport_change", args=[report.pk]))
     exported = client.get(reverse("admin:conversations_evaluationreport_json", args=[report.pk]))
+    plot = client.get(reverse("admin:conversations_evaluationreport_plot", args=[report.pk]))
     if role == "staff without permission":
-        assert page.status_code == 403 and exported.status_code == 403
+        assert page.status_code == exported.status_code == plot.status_code == 403
     else:
-        assert page.status_code == 302 and exported.status_code == 302
+        assert page.status_code == exported.status_code == plot.status_code == 302
 
 
 def test_the_snapshot_action_needs_the_add_permission_and_refuses_a_foreign_snapshot(client, staff, tiny_spec,

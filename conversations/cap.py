@@ -1,62 +1,56 @@
-"""The per-user reply cap: at most CHAT_MAX_REPLIES_PER_USER replies of a user written at once.
+"""Whether a user may start more replies now: `admit`, the one check every turn and API call passes.
 
-Replies with a row are counted from their `streaming` rows (turns.py checks in the turn's
-transaction). An API call made with a key that keeps nothing (conversations/openai_api/) has no
-row, so while it runs it holds a place in a counter that every process sees: the cache (Redis
-when deployed; this process's memory in the embedded default, which is one process). A process
-that dies mid-call leaves its places taken until UNKEPT_TTL_SECONDS after the user's last such
-call started or ended.
+    busy     a conversation writes one reply at a time (two for a comparison, started together)
+    cap      at most CHAT_MAX_REPLIES_PER_USER replies of a user written at once
+    quotas   tokens per day and replies per minute (quotas.py)
+
+What is in flight is read from the database, in the transaction that adds to it: the user's
+`streaming` replies, and the API calls made with a key that keeps nothing, each of which holds a
+running `UnkeptCallUsage` row while it is answered (models/usage.py). Both rows name their writer
+process and are ended by the heartbeat when it is gone, so a place is held exactly as long as some
+process answers it: a client that leaves, a cancelled view or a killed process frees it.
 """
 
 from django.conf import settings
-from django.core.cache import cache
+from django.contrib.auth import get_user_model
+from django.db.models import IntegerField, Value
 
+from conversations import quotas
 from conversations.frames import ChatError
+from conversations.models import Message, UnkeptCallUsage
 
-UNKEPT_TTL_SECONDS = 600
-
-
-def _key(user):
-    return f"unkept-calls:{user.pk}"
+BUSY = "A reply is still being written; stop it or wait for it to finish."
 
 
-def unkept_calls(user):
-    """How many of this user's API calls without a row are being answered now, in every process."""
-    return max(int(cache.get(_key(user)) or 0), 0)
+def lock_user(user):
+    """Lock the user's row until the transaction ends: `admit` and what it admits happen one caller at a time."""
+    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+
+
+def admit(user, replies=1, conversation_id=None):
+    """Refuse (ChatError) `replies` more replies of `user` (in `conversation_id`, if given) that would find the
+    conversation busy or pass the cap or a quota. Call it in the transaction that saves them, with the user's
+    row locked (`lock_user`, or the conversation's query locking its owner too)."""
+    writing = in_flight(user)
+    if conversation_id is not None and conversation_id in writing:
+        raise ChatError("busy", BUSY)
+    check(user, len(writing), replies)
+    quotas.check(user, replies)
+
+
+def in_flight(user):
+    """The user's replies being written now: the conversation of each (None for an API call without a
+    row of its own), in one query."""
+    replies = (Message.objects.filter(conversation__owner=user, conversation__sealed=False,
+                                      status=Message.Status.STREAMING).order_by().values_list("conversation_id"))
+    calls = (UnkeptCallUsage.objects.running().filter(user=user)
+             .annotate(none=Value(None, output_field=IntegerField())).order_by().values_list("none"))
+    return [conversation_id for (conversation_id,) in replies.union(calls, all=True)]
 
 
 def check(user, writing, replies):
-    """Refuse `replies` more replies when the user's `writing` stored replies and unkept calls reach the cap."""
-    _refuse_past_cap(writing + unkept_calls(user), replies)
-
-
-def _refuse_past_cap(writing, replies):
+    """Refuse `replies` more replies when the user's `writing` replies in flight (`in_flight`) reach the cap."""
     limit = settings.CHAT_MAX_REPLIES_PER_USER
     if writing + replies > limit:
-        raise ChatError("too_many_replies", f"{writing} of your replies are being written in other conversations "
+        raise ChatError("too_many_replies", f"{writing} of your replies are being written "
                                             f"(at most {limit} at once): wait for one to finish, or stop it.")
-
-
-def take_unkept_place(user, writing):
-    """Take one unkept call's place (give it back with `give_back_unkept_place`); ChatError
-    ("too_many_replies") if the user's `writing` stored replies and unkept calls fill the cap. The
-    place is taken first and then checked, so that two calls at once cannot both pass."""
-    key = _key(user)
-    cache.add(key, 0, UNKEPT_TTL_SECONDS)
-    try:
-        held = cache.incr(key)
-    except ValueError:  # it expired between the two calls
-        cache.set(key, held := 1, UNKEPT_TTL_SECONDS)
-    cache.touch(key, UNKEPT_TTL_SECONDS)
-    try:
-        _refuse_past_cap(writing + held - 1, 1)
-    except ChatError:
-        give_back_unkept_place(user)
-        raise
-
-
-def give_back_unkept_place(user):
-    try:
-        cache.decr(_key(user))
-    except ValueError:  # expired meanwhile: nothing left to give back
-        pass

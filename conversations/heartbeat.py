@@ -1,5 +1,6 @@
 """The clock of the writers (writers.py): this process renews the heartbeat of the replies it
-writes, and ends the orphans of writers that are gone, every CHAT_HEARTBEAT_SECONDS.
+writes and of the API calls it answers, and ends the orphans of writers that are gone (their
+replies `interrupted`, their calls ended), every CHAT_HEARTBEAT_SECONDS.
 
 `KeepHeartbeat` (chatsite/asgi.py) makes sure it runs on the event loop that serves.
 """
@@ -11,7 +12,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
-from conversations.models import Message
+from conversations.models import Message, UnkeptCallUsage
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class Heartbeat:
     async def beat(self, renew=True):
         try:
             if renew:
-                await database_sync_to_async(Message.objects.renew)()
+                await database_sync_to_async(_renew)()
             recovered = await database_sync_to_async(Message.objects.interrupt_orphans)()
+            ended = await database_sync_to_async(UnkeptCallUsage.objects.end_orphans)()
         except DatabaseError as exc:
             if not self.failing:
                 log.warning("heartbeat: the database is not answering (%s); retrying every %s s",
@@ -57,7 +59,14 @@ class Heartbeat:
         if self.failing:
             log.warning("heartbeat: the database answers again")
             self.failing = False
+        if ended:
+            log.warning("ended %d API calls without a conversation: their writer is gone", ended)
         if recovered:
             log.warning("marked %d replies interrupted: their writer is gone (%s)", len(recovered),
                         ", ".join(sorted({m.writer or "unknown" for m in recovered})))
             await self.on_recovered(recovered)
+
+
+def _renew():
+    Message.objects.renew()
+    UnkeptCallUsage.objects.renew()

@@ -5,9 +5,9 @@
     counted      every reply of the user's conversations (`Message`, its prompt + completion tokens)
                  and every API call that kept nothing (`UnkeptCallUsage`): rows in the database, so the
                  counts hold in every process
-    checked      by `check`, in the transaction that saves the turn (turns.py) or records the unkept
-                 call (openai_api/calls.py), with the user's row locked: two turns at once, in two
-                 processes, cannot both take the last place
+    checked      by `check` (through cap.admit, with the reply cap), in the transaction that saves the
+                 turn (turns.py) or records the unkept call (openai_api/calls.py), with the user's row
+                 locked: two turns at once, in two processes, cannot both take the last place
     refused      `QuotaExceeded` (a ChatError: one error frame, or a 429 from the API with
                  Retry-After), saying when the count resets; nothing is saved
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
@@ -123,11 +122,10 @@ def standing(user, limits=None, now=None):
 def check(user, replies=1):
     """Refuse `replies` more replies if they would pass one of the user's quotas (QuotaExceeded).
 
-    Call it in the transaction that saves them: it locks the user's row first."""
+    Called by cap.admit, in the transaction that saves them, with the user's row locked."""
     limits = limits_for(user)
     if not limits.any:
         return
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
     now = timezone.now()
     where = standing(user, limits, now)
     if limits.tokens_per_day and where.tokens_today >= limits.tokens_per_day:

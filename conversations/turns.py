@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import transaction
 
-from conversations import cap, quotas
+from conversations import cap
 from conversations.forms import ModelChoiceForm
 from conversations.frames import ChatError, SessionEnded, message_frames, path_frame
 from conversations.inspect_tokens import branch_start
@@ -21,7 +21,7 @@ from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.options import InvalidOptions, ModelhubError, ModelNotFound
 
-BUSY = "A reply is still being written; stop it or wait for it to finish."
+BUSY = cap.BUSY
 
 
 @dataclass
@@ -76,30 +76,21 @@ def _save(user, conversation_id, turn):
 
 
 def _idle_conversation(user, conversation_id, replies=1):
-    """The user's conversation, locked, if it may start `replies` new replies now; else a ChatError."""
-    conversation = (Conversation.objects.for_user(user).select_for_update(of=("self",)).select_related("model")
-                    .filter(pk=conversation_id).first())
+    """The user's conversation, locked with its owner's row, if it may start `replies` new replies now; else a
+    ChatError."""
+    conversation = (Conversation.objects.for_user(user).select_for_update(of=("self", "owner"))
+                    .select_related("model", "owner").filter(pk=conversation_id).first())
     if conversation is None:
         raise ChatError("unknown_conversation", "This conversation does not exist (it may have been deleted).")
-    writing = _streaming_in(user)
-    if conversation.pk in writing:
-        raise ChatError("busy", BUSY)
-    cap.check(user, len(writing), replies)
-    quotas.check(user, replies)
+    cap.admit(user, replies, conversation.pk)
     return conversation
-
-
-def _streaming_in(user):
-    """The conversation of each of the user's replies being written (one query, no aggregate to compile)."""
-    return list(Message.objects.filter(conversation__owner=user, conversation__sealed=False,
-                                       status=Message.Status.STREAMING).values_list("conversation_id", flat=True))
 
 
 def _save_call(user, turn):
     """An API call kept as a new conversation of the key's user: its messages, then the streaming reply."""
     call = turn.call
-    cap.check(user, len(_streaming_in(user)), 1)
-    quotas.check(user)
+    cap.lock_user(user)
+    cap.admit(user)
     try:
         options = api.options_for(call.spec, turn.overrides).as_dict()
     except InvalidOptions as exc:

@@ -14,9 +14,11 @@ looks at start-up (its first request), then on every heartbeat; the rows it ends
 announced to their conversations' pages (`done` frames).
 
 A row this process saved but no longer writes (its turn failed half way) has no
-heartbeat either, and goes the same way. This module holds the identity and the set of
-rows being written (`writing`); the clock is heartbeat.py, the queries are
-`Message.objects.orphaned()`, `.interrupt_orphans()` and `.renew()`.
+heartbeat either, and goes the same way. API calls that keep no conversation hold their
+place under the reply cap by a running `UnkeptCallUsage` row, renewed and ended the same way.
+This module holds the identity and the sets of rows being written (`writing`, `calling`);
+the clock is heartbeat.py, the queries are `Message.objects.orphaned()`,
+`.interrupt_orphans()`, `.renew()` and `UnkeptCallUsage.objects.end_orphans()`, `.renew()`.
 """
 
 import os
@@ -25,6 +27,7 @@ import socket
 
 _identity = {}  # pid -> this process's writer name (a forked child draws its own)
 writing = set()  # ids of the replies this process is writing now (reply tasks, arena threads)
+calling = set()  # ids of the API calls without a row of their own it answers now (UnkeptCallUsage)
 
 
 def identity():

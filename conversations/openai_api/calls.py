@@ -7,24 +7,26 @@
                 call follows the conversation's group as a page does (and answers roll calls,
                 so a worker keeps writing), and reads the stored row at the end: the usage it
                 returns is the stored reply's.
-    UnkeptCall  the key keeps nothing: no row at all; the model is asked directly (modelhub in
-                this process, or a model worker: workers.WorkerRequest), and the call holds a
-                place under the reply cap while it runs (cap.py).
+    UnkeptCall  the key keeps nothing: no conversation; the model is asked directly (modelhub in
+                this process, or a model worker: workers.WorkerRequest), and while it runs the
+                call holds a place under the reply cap by a running `UnkeptCallUsage` row (its
+                model and tokens; never its text), ended by `close()` or, if this process dies,
+                by the heartbeat of any other.
 
 Both: `start()` (ApiError if refused), `async for text in call.chunks()`, then `call.outcome`;
-`stop()` when the client went away (the stored reply ends `stopped`), `close()` always.
+`stop()` when the client went away (the stored reply ends `stopped`), `close()` always: views.py
+runs it to its end even when the request is cancelled (`finish`).
 """
 
 from dataclasses import dataclass
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-from conversations import cap, durable, quotas, replies
+from conversations import cap, durable, replies, writers
 from conversations.frames import ChatError, group_for, send_to
-from conversations.models import Conversation, Message, UnkeptCallUsage
+from conversations.models import Message, UnkeptCallUsage
 from conversations.openai_api.requests import ApiError
 from conversations.turns import Turn
 from modelhub import api
@@ -64,6 +66,7 @@ class KeptCall:
         self.call = call
         self.user = call.key.user
         self.channel = self.conversation_id = self.reply = self.outcome = None
+        self.closed = False
         self.error = None  # the reply's error frame, if it failed
 
     async def start(self):
@@ -109,8 +112,9 @@ class KeptCall:
             pass
 
     async def close(self):
-        if self.conversation_id is None:
+        if self.conversation_id is None or self.closed:
             return
+        self.closed = True
         replies.unwatch(self.conversation_id)
         try:
             await get_channel_layer().group_discard(group_for(self.conversation_id), self.channel)
@@ -123,7 +127,6 @@ class UnkeptCall:
         self.call = call
         self.user = call.key.user
         self.request = self.outcome = self.usage_id = None
-        self.holding = False
 
     async def start(self):
         try:
@@ -131,7 +134,6 @@ class UnkeptCall:
                                                within=settings.CHAT_DB_RETRY_SECONDS)
         except ChatError as exc:
             raise refusal(exc) from None
-        self.holding = True
         call = self.call
         messages = call.messages
         if messages[0]["role"] != "system" and call.spec.system_prompt:  # as a conversation's history() does
@@ -163,27 +165,19 @@ class UnkeptCall:
             self.request.cancel()
 
     async def close(self):
-        if self.holding:
-            self.holding = False
-            await database_sync_to_async(cap.give_back_unkept_place)(self.user)
+        usage_id, self.usage_id = self.usage_id, None
+        if usage_id is None:
+            return
+        writers.calling.discard(usage_id)  # not renewed from now on: ended by any heartbeat if not below
         usage = self.request.usage if self.request is not None else None
-        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-            await durable.call(UnkeptCallUsage.objects.filter(pk=self.usage_id).update,
-                               prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0,
-                               within=settings.CHAT_SAVE_RETRY_SECONDS)
+        await durable.call(UnkeptCallUsage.end, usage_id, usage and usage.prompt_tokens or 0,
+                           usage and usage.completion_tokens or 0, within=settings.CHAT_SAVE_RETRY_SECONDS)
 
 
 def _take_place(user, model_name):
-    """Check the user's quotas and record the call's usage row, in one transaction; then take a place under
-    the reply cap. The row's id: its tokens are written when the call ends."""
+    """Admit the call (the reply cap, the quotas) and record its running row, in one transaction with the
+    user's row locked; the row's id. Its end and tokens are written when the call ends."""
     with transaction.atomic():
-        quotas.check(user)
-        usage = UnkeptCallUsage.objects.create(user=user, model_name=model_name)
-    writing = Message.objects.filter(conversation__in=Conversation.objects.for_user(user),
-                                     status=Message.Status.STREAMING).count()
-    try:
-        cap.take_unkept_place(user, writing)
-    except ChatError:
-        usage.delete()  # refused: it asked for nothing
-        raise
-    return usage.pk
+        cap.lock_user(user)
+        cap.admit(user)
+        return UnkeptCallUsage.begin(user, model_name).pk

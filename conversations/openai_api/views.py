@@ -70,7 +70,7 @@ async def chat_completions(request):
         try:
             await running.start()
         except BaseException:
-            await running.close()
+            await _finish(running)
             raise
     except ApiError as exc:
         return exc.response()
@@ -90,7 +90,7 @@ async def _whole(call, running):
         await _stop(running)
         raise
     finally:
-        await running.close()
+        await _finish(running)
     outcome = running.outcome
     if outcome.error is not None:
         return outcome.error.response()
@@ -100,11 +100,14 @@ async def _whole(call, running):
 
 
 async def _events(call, running):
+    """The call's events. It is closed before its last event is sent: a client that leaves as soon as it
+    reads `[DONE]` cancels this request, and a cancelled request is not resumed (nor always closed) here."""
     completion = shapes.Completion(call.model, call.include_usage)
     try:
         yield completion.first()
         async for text in running.chunks():
             yield completion.text(text)
+        await _finish(running)
         outcome = running.outcome
         if outcome.error is not None:
             yield shapes.event(outcome.error.body())
@@ -114,9 +117,21 @@ async def _events(call, running):
         await _stop(running)
         raise
     finally:
-        await running.close()
+        await _finish(running)
 
 
 async def _stop(running):
     """Stop the call's reply even though this task is being cancelled."""
     await asyncio.shield(running.stop())
+
+
+_closing = set()  # closes under way (the event loop holds a task only weakly)
+
+
+async def _finish(running):
+    """`running.close()`, run to its end even if this request is cancelled meanwhile (its client left): it
+    frees the call's place under the reply cap and records its usage."""
+    task = asyncio.ensure_future(running.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    await asyncio.shield(task)

@@ -8,9 +8,10 @@
 
 The roles are groups (roles.py). A permission is read from the database on each request, so a user
 whose role was removed loses access on their next page or API call. Their open sockets are told at
-once: removing a group, a group's permission, a permission or deactivating the account sends
-`access.check` to the user's channel-layer group, in every process, and each socket reads the
-account again and closes (4403: no longer allowed; 4401: disabled) when it fails.
+once: removing a group, a group's permission, a permission, deactivating the account or changing its
+password sends `access.check` to the user's channel-layer group, in every process, and each socket
+reads its session and account again and closes (4403: no longer allowed; 4401: disabled, or a session
+its password change ended) when it fails.
 """
 
 import logging
@@ -24,7 +25,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_save
+from django.db.models.signals import m2m_changed, post_init, post_save
 from django.shortcuts import redirect
 
 from conversations.frames import user_group
@@ -120,8 +121,18 @@ def _user_permissions_changed(sender, instance, action, reverse, pk_set, **kwarg
                  (instance.user_set.values_list("pk", flat=True) if action == "pre_clear" else pk_set))
 
 
+def _user_loaded(sender, instance, **kwargs):
+    """Remember the password hash as read (never read here if the query deferred it)."""
+    instance._password_as_loaded = instance.__dict__.get("password")
+
+
 def _user_saved(sender, instance, created, raw=False, **kwargs):
-    if not created and not raw and not instance.is_active:
+    """A disabled account, or a new password (an admin's form, set_password, any save): the sessions it ended
+    (Django's session hash) lose their sockets too."""
+    password = instance.__dict__.get("password")
+    changed = password != getattr(instance, "_password_as_loaded", password)
+    instance._password_as_loaded = password
+    if not created and not raw and (not instance.is_active or changed):
         tell_sockets([instance.pk])
 
 
@@ -132,5 +143,6 @@ def connect_signals():
                         dispatch_uid="access-group-permissions")
     m2m_changed.connect(_user_permissions_changed, sender=User.user_permissions.through,
                         dispatch_uid="access-user-permissions")
+    post_init.connect(_user_loaded, sender=User, dispatch_uid="access-user-loaded")
     post_save.connect(_user_saved, sender=User, dispatch_uid="access-user-saved")
 

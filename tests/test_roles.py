@@ -214,7 +214,8 @@ def two_users(db):
     return User.objects.create_user("kept"), User.objects.create_user("removed")
 
 
-@pytest.mark.parametrize("taken", ["the user's group", "the group's permission", "the account (disabled)"])
+@pytest.mark.parametrize("taken", ["the user's group", "the group's permission", "the account (disabled)",
+                                   "the password (changed)"])
 async def test_taking_access_away_closes_that_users_open_sockets_at_once_and_refuses_the_next_request(
         two_users, taken):
     kept, removed = two_users
@@ -231,9 +232,14 @@ async def test_taking_access_away_closes_that_users_open_sockets_at_once_and_ref
         await sync_to_async(user_group.permissions.remove)(chat)
         assert await closed_with(socket) == ("access_revoked", 4403)
         assert await closed_with(kept_socket) == ("access_revoked", 4403)  # every member's
-    else:
+    elif taken == "the account (disabled)":
         removed.is_active = False
         await removed.asave()
+        assert await closed_with(socket) == ("session_ended", 4401)
+    else:  # the session the socket was opened with is no longer valid (Django's session hash)
+        changed = await get_user_model().objects.aget(pk=removed.pk)
+        changed.set_password("a-new-pass-456")
+        await changed.asave()
         assert await closed_with(socket) == ("session_ended", 4401)
     if taken != "the group's permission":
         assert await kept_socket.receive_nothing(timeout=0.5)
@@ -241,4 +247,7 @@ async def test_taking_access_away_closes_that_users_open_sockets_at_once_and_ref
     response = await client.get(reverse("conversations:list"))
     assert response.status_code in (302, 403)  # disabled: logged out; role gone: refused
     api = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {key}"})
-    assert api.status_code in (401, 403)
+    if taken == "the password (changed)":
+        assert response.status_code == 302 and api.status_code == 200  # logged out; its keys are not its password
+    else:
+        assert api.status_code in (401, 403)

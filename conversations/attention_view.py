@@ -41,10 +41,10 @@ def _model(request, message):
                             "available to you, so its attention cannot be recomputed.", code="no_attention")
     adapter = None
     if message.adapter_name:
-        adapter = Adapter.objects.enabled().filter(base=spec, name=message.adapter_name).first()
+        adapter = Adapter.objects.usable_by(request.user).filter(base=spec, name=message.adapter_name).first()
         if adapter is None:
-            raise ModelhubError(f"Adapter {message.adapter_name} of {spec} is no longer enabled, so this reply's "
-                                "attention cannot be recomputed.", code="no_attention")
+            raise ModelhubError(f"Adapter {message.adapter_name} of {spec} is no longer available to you, so this "
+                                "reply's attention cannot be recomputed.", code="no_attention")
     return spec, adapter
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Group
 from django.urls import reverse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -309,3 +310,19 @@ def test_attention_of_a_withdrawn_or_outside_model_says_why_not(owner_client, co
     tiny_spec.save()
     settings.MODELHUB_WORKERS, settings.MODELHUB_WORKER_TIMEOUT_SECONDS = True, 0.5  # the models are in workers
     assert "no model worker serving tiny answered" in owner_client.get(url).content.decode()
+
+
+def test_attention_through_an_adapter_withdrawn_from_the_user_says_why_not(owner_client, conversation, tiny_spec,
+                                                                           tiny_model_dir, tmp_path):
+    adapter = Adapter.objects.create(name="tone", base=tiny_spec, path=str(make_adapter(tiny_model_dir,
+                                                                                        tmp_path / "tone", 1)))
+    reply = conversation.start_reply(tiny_spec, {}, adapter)
+    reply.finish("complete", "an answer")
+    adapter.groups.add(Group.objects.create(name="tuners"))  # the owner is not one of them
+
+    page = owner_client.get(reverse("conversations:attention", args=[conversation.pk, reply.pk]))
+    image = owner_client.get(reverse("conversations:attention_png", args=[conversation.pk, reply.pk, "token"]))
+
+    assert "Adapter tone of tiny is no longer available to you" in page.content.decode()
+    assert image.status_code == 409 and image["Content-Type"].startswith("text/plain")
+    assert not registry.load_counts  # nothing was loaded to recompute it

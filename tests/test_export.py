@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.core.management.color import no_style
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -359,3 +361,32 @@ def test_deleting_a_snapshot_deletes_its_folder(rated, django_capture_on_commit_
     with django_capture_on_commit_callbacks(execute=True):
         snapshot.delete()
     assert not folder.exists() and folder.parent.exists()
+
+
+def restart_snapshot_ids():
+    """Another install's database: no snapshots yet, their ids counting from 1 again."""
+    DatasetSnapshot.objects.all().delete()  # the files stay: they go once a deletion commits, never in a test
+    table = [{"table": DatasetSnapshot._meta.db_table, "column": "id"}]
+    with connection.cursor() as cursor:
+        for sql in connection.ops.sequence_reset_by_name_sql(no_style(), table):
+            cursor.execute(sql)
+
+
+def test_snapshots_of_two_installs_with_the_same_id_get_folders_of_their_own_and_each_loads_its_own_rows(
+        owner, settings, tmp_path):
+    from datasets import load_dataset
+
+    loaded = {}
+    for install in ("first", "second"):
+        restart_snapshot_ids()
+        settings.CHAT_DATASETS_DIR = tmp_path / install / "datasets"
+        Conversation.objects.all().delete()
+        answer = ask(Conversation.objects.create(owner=owner), "Which install?", "I do not know.")
+        Feedback.record(owner, answer, rating="down", correction=f"The {install} one.")
+        snapshot = export_snapshot("sft", eval_fraction=0)
+        dataset = load_dataset(str(snapshot.folder), cache_dir=str(tmp_path / "hf-cache"))  # one machine's cache
+        loaded[install] = (snapshot.pk, snapshot.folder.name, dataset["train"][0]["messages"][-1]["content"])
+    (first_id, first_folder, first_rows), (second_id, second_folder, second_rows) = loaded.values()
+    assert first_id == second_id == 1
+    assert (first_rows, second_rows) == ("The first one.", "The second one.")
+    assert first_folder != second_folder and first_folder.startswith("snapshot-0001-sft-")

@@ -24,6 +24,8 @@ Files are never overwritten: a snapshot stays what it was (and deleting it delet
 
 import hashlib
 import json
+import secrets
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
@@ -46,7 +48,7 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
                     license="other"):
     """Export one format as a frozen snapshot (see the module docstring); returns the DatasetSnapshot.
 
-    `out`: its folder, new or empty (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>/).
+    `out`: its folder, new or empty (default: CHAT_DATASETS_DIR/`folder_name(snapshot)`).
     `filters`: an `examples.Filters`; `license`: a Hugging Face license id for its card. Raises
     ValueError on a bad format, fraction or license and FileExistsError rather than overwrite a file.
     """
@@ -66,7 +68,7 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
             format=format, filters=filters.as_dict(), scrubbed=scrub, eval_fraction=eval_fraction,
             created_by=created_by, license=license,
         )
-        folder = Path(out) if out else datasets_dir() / f"snapshot-{snapshot.pk:04d}-{format}"
+        folder = Path(out) if out else datasets_dir() / folder_name(snapshot)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise FileExistsError(f"a snapshot's files are never overwritten: {folder} exists and is not an empty folder")
         paths = _paths(folder)
@@ -76,6 +78,15 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
         snapshot.preferences.set({pk for example in built for pk in example.preference_ids})
         _finish(snapshot, paths, splits, duplicates, scrubber)
     return snapshot
+
+
+def folder_name(snapshot):
+    """snapshot-<id>-<format>-<created, UTC>-<random>: unique across installs, not only in this database.
+
+    `datasets.load_dataset(folder)` caches what it read under the folder's name (not its path), so two
+    installs' `snapshot-0001-sft` on one machine would load the first one's rows for both."""
+    created = snapshot.created_at.astimezone(dt_timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"snapshot-{snapshot.pk:04d}-{snapshot.format}-{created}-{secrets.token_hex(4)}"
 
 
 def in_eval(prompt_text, eval_fraction):

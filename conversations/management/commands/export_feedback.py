@@ -49,7 +49,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--format", required=True, choices=FORMATS)
         parser.add_argument("--out", type=_new_folder,
-                            help="the snapshot's folder, new or empty (default: CHAT_DATASETS_DIR/snapshot-<id>-<format>/)")
+                            help="the snapshot's folder, new or empty "
+                                 "(default: CHAT_DATASETS_DIR/snapshot-<id>-<format>-<time>-<random>/)")
         parser.add_argument("--license", default="other", choices=[name for name, _ in LICENSES],
                             help="the license its dataset card states (a Hugging Face license id; default: other)")
         parser.add_argument("--since", type=_day, help="feedback last edited on or after this date")

@@ -10,6 +10,8 @@ Served by daphne (`make run`). Around the routing:
   the background (`modelhub.api.preload`, MODELHUB_PRELOAD), so the first reply does not
   wait for the load; the database query runs in a thread of its own, never on the event
   loop, and a database that is away or not migrated yet only means models load on first use;
+- what daphne's HTTP parser refuses (oversized headers, broken HTTP) gets a JSON error, not a
+  dropped connection (http_edge.py);
 - on SIGTERM daphne stops its Twisted reactor; before it does, every reply this process
   is writing is stopped and saved with its text (within CHAT_SHUTDOWN_SECONDS).
 """
@@ -84,6 +86,10 @@ def _preload():
 
 if "daphne.server" in sys.modules:  # daphne's reactor is installed (and runs when daphne serves)
     from twisted.internet import reactor  # noqa: E402
+
+    from chatsite import http_edge  # noqa: E402
+
+    http_edge.install()
 
     reactor.addSystemEventTrigger("before", "shutdown", _save_replies_before_shutdown)
     reactor.callWhenRunning(_preload_models)  # only when it serves: not in a command or a test that imports this

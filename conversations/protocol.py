@@ -87,13 +87,22 @@ def _content(frame):
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(content) > limit:
         raise ChatError("message_too_long", f"The message has {len(content)} characters; the limit is {limit}.")
-    if "\x00" in content:
-        raise ChatError("invalid_text", "The message contains a NUL character (U+0000), which cannot be stored.")
-    try:
-        content.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ChatError("invalid_text", "The message contains a lone UTF-16 surrogate (broken Unicode).") from None
+    problem = unstorable(content)
+    if problem:
+        raise ChatError("invalid_text", f"The message contains {problem}.")
     return content
+
+
+def unstorable(text):
+    """What in `text` no database can store, or "": NUL (PostgreSQL refuses it), a lone UTF-16 surrogate
+    (it has no UTF-8 form). The socket's frames and the API's bodies are checked by this one rule."""
+    if "\x00" in text:
+        return "a NUL character (U+0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone UTF-16 surrogate (broken Unicode)"
+    return ""
 
 
 class Bucket:

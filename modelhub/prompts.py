@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from modelhub.options import PromptTooLong
+from modelhub.options import ModelhubError, PromptTooLong
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
     budget = context_length - max_new_tokens
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system) :]
+    if not turns:
+        raise ModelhubError("there is nothing to answer: the conversation has no message with text",
+                            code="empty_prompt")
     starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
     starts = [s for s in starts if s <= len(turns) - 1]
 

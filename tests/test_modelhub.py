@@ -103,6 +103,14 @@ def test_a_last_message_longer_than_the_context_is_a_clear_error(tiny_model_dir)
         build_prompt(tokenizer, [{"role": "user", "content": "hello there " * 100}], 64, 16)
 
 
+def test_a_history_with_nothing_to_answer_is_a_clear_error_not_an_index_error(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for history in ([], [{"role": "system", "content": "Be brief."}]):
+        with pytest.raises(ModelhubError, match="nothing to answer") as caught:
+            build_prompt(tokenizer, history, 64, 16)
+        assert caught.value.code == "empty_prompt"
+
+
 @pytest.mark.parametrize(
     "overrides, problem",
     [

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from conversations.forms import ModelChoiceForm
+from conversations.protocol import unstorable
 
 from modelhub.models import ModelSpec
 from modelhub.options import InvalidOptions
@@ -81,8 +82,11 @@ def read(body, key):
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The body is not valid JSON.", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "The body's JSON is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+    _refuse_unstorable(data)
     _refuse_unsupported(data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -100,6 +104,23 @@ def read(body, key):
         raise ApiError(400, "`stream_options` is an object, and only for `stream: true`.", param="stream_options")
     call.include_usage = bool(options and _flag(options, "include_usage"))
     return call
+
+
+def _refuse_unstorable(data):
+    """400 naming the first string of the body (a value or a key) that could not be stored."""
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
+        for text in texts:
+            problem = unstorable(text)
+            if problem:
+                param = path.encode("ascii", "backslashreplace").decode() or None
+                raise ApiError(400, f"`{param or 'a key'}` contains {problem}.", param=param, code="invalid_text")
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}" if path else key, item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
 
 
 def _flag(data, name):
@@ -137,6 +158,9 @@ def _messages(messages):
         read_.append({"role": role, "content": content})
     if read_[-1]["role"] != "user":
         raise ApiError(400, "The last message must be the user's: it is what the model answers.", param="messages")
+    if not read_[-1]["content"].strip():
+        param = f"messages[{len(read_) - 1}].content"
+        raise ApiError(400, f"`{param}` is empty: there is nothing to answer.", param=param, code="empty_message")
     return read_
 
 

@@ -44,6 +44,7 @@ def _models_of(user):
     return shapes.model_list(names, {name: int(spec.created_at.timestamp()) for name, (spec, _) in names.items()})
 
 
+@csrf_exempt  # a bearer key authenticates these calls: a POST gets the API's 405, not the site's CSRF page
 async def models(request):
     if request.method != "GET":
         return ApiError(405, "Use GET.", code="method_not_allowed").response()
@@ -135,3 +136,10 @@ async def _finish(running):
     _closing.add(task)
     task.add_done_callback(_closing.discard)
     await asyncio.shield(task)
+
+
+@csrf_exempt
+async def unknown(request, rest):
+    """Any other path under /v1/: OpenAI's 404, in its JSON shape."""
+    return ApiError(404, f"Unknown API path /v1/{rest}: this server answers /v1/models and /v1/chat/completions.",
+                    code="unknown_url").response()

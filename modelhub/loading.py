@@ -20,6 +20,22 @@ log = logging.getLogger(__name__)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+class _NoKernelsHubNotice(logging.Filter):
+    """bitsandbytes (0.50), when first imported (by peft, transformers' quantizers or `quantization_config`)
+    on a CPU with AVX512-BF16, tries Hugging Face's `kernels` package for a faster 4-bit matmul and logs
+    "Failed to load CPU gemm_4bit_forward from kernels-community: ... pip install kernels ..." without it.
+    That package downloads its kernels from the Hub at run time, which an offline install cannot do, so it
+    is not installed: bitsandbytes then uses its own CPU kernel, and this one known line is dropped.
+    Its other warnings pass."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+# on the logger itself, before anything here imports bitsandbytes: `manage.py chat` and the server stay quiet
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoKernelsHubNotice())
+
+
 @dataclass(frozen=True)
 class LoadSettings:
     source: str

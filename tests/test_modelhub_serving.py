@@ -2,8 +2,12 @@
 the memory budget (LRU) and idle unloading. Real peft and bitsandbytes on tiny models."""
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from modelhub.registry import Registry, registry
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_adapter(base_dir, folder, seed, target_modules=("q_proj", "v_proj")):
@@ -118,6 +123,24 @@ def test_quantized_loads_generate_on_this_device(tiny_spec, quantization, layer)
     assert status["quantization"] == quantization
     backend = registry.worker(tiny_spec).backend
     assert type(backend.loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer
+
+
+LOAD_4BIT = """
+import logging, sys
+from modelhub.loading import LoadSettings, load
+load(LoadSettings(source=sys.argv[1], dtype="float32", device="cpu", quantization="nf4"))
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes warning")
+"""
+
+
+def test_a_4bit_load_on_cpu_says_nothing_of_the_kernels_package_and_other_bitsandbytes_warnings_pass(
+        tiny_model_dir):
+    # a fresh process: bitsandbytes says it once, when it is first imported
+    done = subprocess.run([sys.executable, "-c", LOAD_4BIT, str(tiny_model_dir)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr and "pip install kernels" not in done.stderr
+    assert "another bitsandbytes warning" in done.stderr
 
 
 def test_lora_on_a_quantized_base_serves_the_adapter(tiny_spec, adapters):

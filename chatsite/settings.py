@@ -81,8 +81,12 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets the page views read while a reply is being written; with WAL, synchronous=NORMAL
     # stays consistent after a crash of the app (only an OS crash can lose the last commits).
+    # IMMEDIATE: a transaction takes the write lock when it begins, waiting up to `timeout` seconds
+    # for it. A deferred one that reads and then writes cannot wait when another holds the lock
+    # (SQLite would deadlock), so it fails at once with "database is locked".
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

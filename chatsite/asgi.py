@@ -2,10 +2,12 @@
 
 Served by daphne (`make run`). Around the routing:
 - every request makes sure this process's writer heartbeat runs (conversations/heartbeat.py):
-  the first one recovers the replies that dead writers left `streaming`, then the beat
-  renews this process's own and ends orphans every CHAT_HEARTBEAT_SECONDS (daphne has no
-  lifespan events, hence the per-request check, which costs nothing after the first);
-- websockets must come from this site's own origin (origins.py);
+  the first one starts it (without waiting for it), its first beat recovers the replies that
+  dead writers left `streaming`, then it renews this process's own and ends orphans every
+  CHAT_HEARTBEAT_SECONDS (daphne has no lifespan events, hence the per-request check, which
+  costs nothing after the first);
+- websockets must come from this site's own origin (origins.py); the socket's user is resolved
+  after the handshake, never before it (conversations/routing.py);
 - once daphne runs, the default model (and those marked "load at start") starts loading in
   the background (`modelhub.api.preload`, MODELHUB_PRELOAD), so the first reply does not
   wait for the load; the database query runs in a thread of its own, never on the event
@@ -27,7 +29,6 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the apps loaded)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
@@ -37,7 +38,7 @@ from chatsite.origins import SameOriginValidator  # noqa: E402
 from conversations import replies  # noqa: E402
 from conversations.durable import first_line  # noqa: E402
 from conversations.heartbeat import Heartbeat  # noqa: E402
-from conversations.routing import websocket_urlpatterns  # noqa: E402
+from conversations.routing import SocketAuthMiddlewareStack, websocket_urlpatterns  # noqa: E402
 from modelhub import api  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ application = KeepHeartbeat(
     ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": SameOriginValidator(SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     ),
     heartbeat,

@@ -228,6 +228,9 @@ if CHAT_WRITER_TIMEOUT_SECONDS < 2 * CHAT_HEARTBEAT_SECONDS:
 # exists nowhere else, for CHAT_SAVE_RETRY_SECONDS.
 CHAT_DB_RETRY_SECONDS = env_float("CHAT_DB_RETRY_SECONDS", 10.0, minimum=0)
 CHAT_SAVE_RETRY_SECONDS = env_float("CHAT_SAVE_RETRY_SECONDS", 300.0, minimum=0)
+# A channel layer (Redis) that does not answer: an open socket waits for it this many seconds
+# (then it closes, and the page reconnects); once it answers, the page is caught up.
+CHAT_LAYER_OUTAGE_SECONDS = env_float("CHAT_LAYER_OUTAGE_SECONDS", 30.0, minimum=0)
 # On SIGTERM, replies being written are stopped and saved within this many seconds.
 CHAT_SHUTDOWN_SECONDS = env_float("CHAT_SHUTDOWN_SECONDS", 10.0, minimum=0.5)
 # Frames that reach the database (turns, stop, sync), per socket and per user in each process:

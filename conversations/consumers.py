@@ -31,6 +31,15 @@ Close codes: 4404 not this user's conversation (or none), 4401 logged out / sess
 4403 the account may not chat (no role allows it, or its role was removed while the socket was open),
 4503 the server could not set the socket up (the database or channel layer is away: retry).
 
+The handshake never waits for the database: the socket is accepted at once (the origin, the id
+and the presence of a session cookie are checked before, from the request alone), and then its
+session, user and conversation are read
+in one trip to the database (retried while it is away, for CHAT_DB_RETRY_SECONDS), so a refusal
+is a close code the page understands rather than a failed handshake. Frames the page sends
+meanwhile wait for that check. While the channel layer is away (Redis restarting) the socket
+stays open for up to CHAT_LAYER_OUTAGE_SECONDS; when the layer answers again the socket joins
+its groups again and the page gets what a `sync` gives, since frames published meanwhile were lost.
+
 Every frame gets an answer: a frame the server cannot take is one `error` frame, never a
 dropped socket (past CHAT_MAX_MESSAGE_CHARS * 6 + 4096 characters, `frame_too_large`), except
 a frame over daphne's 1 MiB message limit, on which daphne's websocket layer (autobahn) fails
@@ -42,23 +51,28 @@ The consumer only parses frames, calls the generation service and forwards the
 conversation group's frames; the reply itself lives in conversations.replies.
 """
 
+import asyncio
 import hashlib
 import logging
+import time
+from contextlib import asynccontextmanager
 from functools import partial
 from importlib import import_module
+from types import SimpleNamespace
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model, user_logged_out
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user, get_user_model, user_logged_out
 from django.db import DatabaseError
 from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare
 
 from conversations import durable, replies
 from conversations.access import CHAT, may_chat
-from conversations.frames import AccessRevoked, ChatError, SessionEnded, group_for, path_frame, send_to, user_group
+from conversations.frames import (AccessRevoked, ChatError, SessionEnded, group_for, layer_health, path_frame,
+                                  send_to, user_group)
 from conversations.models import Conversation
 from conversations.protocol import MAX_ID, Bucket, admit, parse
 
@@ -92,33 +106,38 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
-        user = self.scope["user"]
+        """Accept at once, then check who asks (see the module's docstring) and join the socket's groups."""
         pk = self.scope["url_route"]["kwargs"]["pk"]
+        if pk > MAX_ID or not _session_key(self.scope):  # no such conversation, or nobody logged in
+            await self.close(code=4404)
+            return
         self.bucket = Bucket(settings.CHAT_SOCKET_FRAMES_PER_SECOND, settings.CHAT_SOCKET_FRAMES_BURST)
+        await self.accept()
         try:
-            refused = 4404 if pk > MAX_ID else await durable.call(_refusal, user, pk,
-                                                                  within=settings.CHAT_DB_RETRY_SECONDS)
+            refused = await durable.call(_admit, self.scope, pk, within=settings.CHAT_DB_RETRY_SECONDS)
         except durable.UNREACHABLE:
-            log.warning("chat socket refused: the database is not answering")
+            log.warning("chat socket closed: the database is not answering")
             await self.close(code=4503)
             return
         if refused:
             await self.close(code=refused)
             return
+        self.session_group = _session_group(_session_key(self.scope))
+        self.user_group = user_group(self.scope["user"].pk)
         try:
-            self.session_group = _session_group(_session_key(self.scope))
-            self.user_group = user_group(user.pk)
-            for group in (self.session_group, self.user_group, group_for(pk)):
-                await self.channel_layer.group_add(group, self.channel_name)
+            await self._join_groups(pk)
         except Exception as exc:  # noqa: BLE001 - Redis away: the page retries
-            log.warning("chat socket refused: the channel layer failed (%s: %s)", type(exc).__name__, exc)
+            log.warning("chat socket closed: the channel layer failed (%s: %s)", type(exc).__name__, exc)
             await self.close(code=4503)
             return
         self.conversation_id = pk
         replies.watch(pk)
-        await self.accept()
         for frame in await replies.catch_up(pk, self.channel_name):
             await self.send_json(frame)
+
+    async def _join_groups(self, pk):
+        for group in (self.session_group, self.user_group, group_for(pk)):
+            await self.channel_layer.group_add(group, self.channel_name)
 
     async def _leave(self):
         if self.conversation_id is None:
@@ -135,10 +154,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self._leave()
 
     async def receive(self, text_data=None, bytes_data=None):
-        try:
+        if self.conversation_id is None:  # sent before its check ended, and refused: the socket is closing
+            return
+        async with self._errors_as_frames():
             command = parse(text_data, bytes_data)
             admit(self.bucket, self.scope["user"].pk)
             await self._handle(command)
+
+    @asynccontextmanager
+    async def _errors_as_frames(self):
+        """What goes wrong handling a frame is one error frame; the socket stays open (unless the session ended)."""
+        try:
+            yield
         except ChatError as exc:
             await self.send_json(exc.frame())
             if isinstance(exc, SessionEnded):
@@ -159,13 +186,54 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if command.kind == "stop":
             await replies.stop(user, self.conversation_id, guard)
         elif command.kind == "sync":
-            frame = await durable.call(_path_of, user, self.conversation_id, guard,
-                                       within=settings.CHAT_DB_RETRY_SECONDS)
-            await self.send_json(frame)
-            for frame in await replies.catch_up(self.conversation_id, self.channel_name):
-                await self.send_json(frame)
+            await self._send_branch(guard)
         else:
             await replies.begin(user, self.conversation_id, command.turn, guard)
+
+    async def _send_branch(self, guard):
+        """The active branch again, then where the replies being written are."""
+        frame = await durable.call(_path_of, self.scope["user"], self.conversation_id, guard,
+                                   within=settings.CHAT_DB_RETRY_SECONDS)
+        await self.send_json(frame)
+        for frame in await replies.catch_up(self.conversation_id, self.channel_name):
+            await self.send_json(frame)
+
+    # --- riding out a channel-layer outage ---------------------------------------------
+
+    @property
+    def channel_receive(self):
+        return self._receive_riding_out
+
+    @channel_receive.setter
+    def channel_receive(self, receive):
+        """Channels' AsyncConsumer sets the layer's receive here; its loop calls `_receive_riding_out` instead."""
+        self._layer_receive = receive
+
+    async def _receive_riding_out(self):
+        """The layer's next message. A receive that fails (Redis away) is tried again with a growing pause for
+        up to CHAT_LAYER_OUTAGE_SECONDS (then raised: the socket closes, and the page reconnects); once the layer
+        answers, the socket joins its groups again (a restarted Redis has none) and gets `layer.recovered`."""
+        deadline, pause = None, 0.1
+        while True:
+            try:
+                if deadline is not None and self.conversation_id is not None:
+                    await self._join_groups(self.conversation_id)
+                    layer_health.answered()
+                    return {"type": "layer.recovered"}
+                return await self._layer_receive()
+            except Exception as exc:
+                layer_health.failed(exc)
+                now = time.monotonic()
+                deadline = deadline or now + settings.CHAT_LAYER_OUTAGE_SECONDS
+                if now + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def layer_recovered(self, event):
+        """The channel layer answers again: what was published while it was away never came, so catch up."""
+        async with self._errors_as_frames():
+            await self._send_branch(partial(_check_session, self.scope))
 
     # --- from the channel layer ----------------------------------------------------
 
@@ -205,6 +273,13 @@ def _session_key(scope):
 def _session_group(key):
     """A channel-layer group per login session, so that logging out closes that session's sockets."""
     return "session-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def _admit(scope, pk):
+    """Resolve the socket's user from its session (as Django does for a request: the session's hash must
+    match the account's), then its refusal (`_refusal`), in one trip to the database."""
+    scope["user"]._wrapped = get_user(SimpleNamespace(session=scope["session"]))
+    return _refusal(scope["user"], pk)
 
 
 def _refusal(user, pk):

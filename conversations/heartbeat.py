@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Renews this process's streaming rows and ends orphaned ones, on the event loop that serves.
 
-    `ensure()` is called on every request (cheap): the first call on an event loop recovers
-    what previous processes left, then starts the beat on that loop. `on_recovered` is an
-    async callable given the rows ended, to tell their pages.
+    `ensure()` is called on every request (cheap): the first call on an event loop starts the
+    beat on that loop, whose first beat recovers what previous processes left. The request does
+    not wait for it (a websocket handshake must not wait behind the database); `recovered` is set
+    once it is done. `on_recovered` is an async callable given the rows ended, to tell their pages.
     """
 
     def __init__(self, on_recovered):
@@ -30,16 +31,19 @@ class Heartbeat:
         self.task = None
         self.loop = None
         self.failing = False
+        self.recovered = None  # an asyncio.Event of the loop that beats
 
     async def ensure(self):
         loop = asyncio.get_running_loop()
         if self.loop is loop and self.task is not None and not self.task.done():
             return
         self.loop = loop
+        self.recovered = asyncio.Event()
         self.task = loop.create_task(self._beat_forever(), name="chatsite-heartbeat")
-        await self.beat(renew=False)
 
     async def _beat_forever(self):
+        await self.beat(renew=False)
+        self.recovered.set()
         while True:
             await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
             await self.beat()

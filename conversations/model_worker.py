@@ -51,6 +51,7 @@ async def serve(names=None, stop=None):
     stop = stop or asyncio.Event()
     heartbeat = Heartbeat(on_recovered=replies.after_recovery)
     await heartbeat.ensure()
+    await heartbeat.recovered.wait()  # what earlier workers left is ended before this one takes replies
     receivers = {}
     # Loading starts now, in the models' own threads, so that the first reply does not wait: the models
     # named (this worker's own), or, serving every model, those a server loads at start (api.preload).

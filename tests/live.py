@@ -335,10 +335,12 @@ def text_of(frames, message_id):
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and refuses new ones until `restore()`."""
+    """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and refuses new ones until `restore()`.
+    `delay`: seconds added to every answer of the target (a database that answers slowly, or far away)."""
 
-    def __init__(self, target_port, target_host="127.0.0.1"):
+    def __init__(self, target_port, target_host="127.0.0.1", delay=0.0):
         self.target = (target_host, target_port)
+        self.delay = delay
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.pairs = []
@@ -374,6 +376,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if sock is upstream and self.delay:
+                        time.sleep(self.delay)
                     (upstream if sock is client else client).sendall(data)
         except OSError:
             return

@@ -207,10 +207,19 @@ async def test_a_second_watcher_gets_the_reply_so_far_then_the_rest(owner, conve
     await second.disconnect()
 
 
+async def closed_with(communicator):
+    """The close code of a socket the server closes (after accepting it) before any frame."""
+    output = await communicator.receive_output(timeout=10)
+    assert output["type"] == "websocket.close", output
+    return output["code"]
+
+
 async def test_another_users_conversation_is_refused(owner, other_user, conversation):
     await scripted()
-    socket, connected, code = await open_socket(other_user, conversation)
-    assert not connected and code == 4404
+    socket, connected, _ = await open_socket(other_user, conversation)
+    assert connected  # the handshake never waits for the database: the check follows it
+    await socket.send_json_to({"type": "send", "content": "sent before the check ended"})
+    assert await closed_with(socket) == 4404
     assert await messages_of(conversation) == []
 
 
@@ -370,4 +379,24 @@ async def test_an_over_long_history_is_truncated_visibly(owner, tiny_spec):
     assert reply.prompt_tokens <= 96 - 16
     assert "oldest message(s) did not fit" in reply.notice
     assert "oldest message(s) did not fit" in frames[-1]["html"]
+    await socket.disconnect()
+
+
+async def test_a_replys_first_text_is_saved_at_once_not_after_the_flush_interval(owner, conversation, settings):
+    settings.CHAT_FLUSH_SECONDS = 60  # a writer killed in its first minute would otherwise leave nothing
+    await scripted([f"w{i} " for i in range(40)], delay=0.1)
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi"})
+    reply_id = (await frames_until(socket, "chunk"))[-1]["message_id"]
+
+    deadline = asyncio.get_running_loop().time() + 2
+    while True:
+        reply = await Message.objects.aget(pk=reply_id)
+        if reply.content:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "no text saved 2 s after the first chunk"
+        await asyncio.sleep(0.05)
+    assert reply.status == Message.Status.STREAMING and reply.content.startswith("w0 ")
+    await socket.send_json_to({"type": "stop"})
+    await frames_until(socket, "done")
     await socket.disconnect()

@@ -13,6 +13,7 @@ import json
 import time
 
 import pytest
+import websockets
 
 from tests.live import (SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket,
                         text_of)
@@ -212,6 +213,67 @@ async def test_a_redis_restart_mid_reply_loses_nothing_and_a_returning_page_catc
     await ws.close()
 
 
+async def test_a_redis_blip_keeps_the_open_socket_which_is_caught_up_and_goes_on(site):
+    a = site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    ws = await open_socket(a, cookie, conversation)
+    _, reply = await ask(ws, words(120))  # 6 s of writing
+
+    site.redis.stop()
+    await asyncio.sleep(2)
+    site.redis.start()
+
+    # The same socket, never closed: once Redis answers it is caught up (the frames published during the
+    # outage are lost) and hears the reply's end.
+    frames = await frames_until(ws, lambda f: f["type"] == "done" and f["message_id"] == reply, timeout=30)
+    assert frames[-1]["status"] == "complete" and words(120) in frames[-1]["html"]
+    assert any(frame["type"] == "path" for frame in frames)  # the catch-up
+    await ws.send(json.dumps({"type": "send", "content": "and after"}))
+    assert (await frames_until(ws, "done"))[-1]["status"] == "complete"
+    assert reply_row(site, reply) == ("complete", words(120))
+    assert "Traceback" not in a.log
+    await ws.close()
+
+
+STORM_SETUP = SHELL_PRELUDE + """
+from conversations.models import Conversation
+from modelhub.models import ModelSpec
+ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.05", is_default=True)
+sockets = []
+for n in range(20):
+    user = User.objects.create_user(f"user{n}", password="live-pass-123")
+    cookie = session_for(f"user{n}")
+    sockets += [(cookie, Conversation.objects.create(owner=user).pk) for _ in range(5)]
+print(json.dumps(sockets))
+"""
+
+
+async def test_a_hundred_sockets_connecting_at_once_to_a_slow_database_are_all_accepted_and_served(tmp_path):
+    """No handshake waits for the database (daphne gives it 5 s): the check follows the accept. Here every
+    answer of PostgreSQL takes 10 ms more (a database far away, or busy), and 100 pages connect at once."""
+    database = PostgresDatabase()
+    proxy = TcpProxy(database.port, delay=0.01)
+    site = Site(tmp_path, database=database, redis=RedisServer(tmp_path), database_url=database.url(proxy.port),
+                **FAST)
+    try:
+        sockets = site.setup(STORM_SETUP)
+        server = site.server()
+
+        async def connect_and_sync(cookie, conversation):
+            ws = await open_socket(server, cookie, conversation)
+            await ws.send(json.dumps({"type": "sync"}))
+            frame = (await frames_until(ws, lambda f: f["type"] in ("path", "error"), timeout=90))[-1]
+            await ws.close()
+            return frame["type"]
+
+        kinds = await asyncio.gather(*(connect_and_sync(*pair) for pair in sockets))
+        assert kinds == ["path"] * 100
+        assert "WSREJECT" not in server.log and "Traceback" not in server.log
+    finally:
+        proxy.close()
+        site.close()
+
+
 @pytest.fixture
 def proxied_site(tmp_path):
     """A site whose servers reach PostgreSQL through a proxy the test can cut."""
@@ -293,3 +355,24 @@ async def test_two_turns_sent_at_once_to_two_processes_make_one_reply_and_one_cl
     assert replies == [("complete", 5)]
     for ws in (on_a, on_b):
         await ws.close()
+
+
+async def test_a_socket_opened_while_the_database_is_away_is_accepted_and_served_once_it_answers(proxied_site):
+    site = proxied_site  # CHAT_DB_RETRY_SECONDS=6
+    a = site.server()
+    cookie, conversation = site.info["cookie"], site.info["conversations"][0]
+    site.proxy.cut()
+    ws = await open_socket(a, cookie, conversation)  # the handshake does not ask the database: no HTTP 500
+    await asyncio.sleep(2)
+    site.proxy.restore()
+    await ws.send(json.dumps({"type": "send", "content": "opened while away"}))
+    assert (await frames_until(ws, "done", timeout=30))[-1]["status"] == "complete"
+    await ws.close()
+
+    site.proxy.cut()  # away for longer than the retries: closed with the code the page retries on
+    ws = await open_socket(a, cookie, conversation)
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 30)
+    site.proxy.restore()
+    assert ws.close_code == 4503
+    assert "Internal Server Error" not in a.log and "Traceback" not in a.log

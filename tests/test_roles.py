@@ -127,6 +127,13 @@ async def _socket(place, who):
     pk = place.target(who if who != "anonymous" else roles.USER, "own")[0]
     communicator = WebsocketCommunicator(application, f"/ws/conversations/{pk}/", headers=headers)
     connected, code = await communicator.connect()
+    if connected:  # accepted at once, then checked: closed with a code, or answering a sync
+        await communicator.send_json_to({"type": "sync"})
+        output = await communicator.receive_output(timeout=10)
+        if output["type"] == "websocket.close":
+            connected, code = False, output["code"]
+        else:
+            assert json.loads(output["text"])["type"] == "path"
     await communicator.disconnect()
     return OPEN if connected else code
 

@@ -1,6 +1,7 @@
 """Who writes a reply: a streaming row whose writer is gone is ended `interrupted` with its text,
 and a live writer's rows are never touched (the live two-process version is test_deployed.py)."""
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from django.utils import timezone
 from chatsite.asgi import KeepHeartbeat
 from conversations import writers
 from conversations.heartbeat import Heartbeat
+from conversations.replies import Flushes
 from conversations.models import Message
 from conversations.models.message import WRITER_GONE
 
@@ -131,6 +133,7 @@ def test_the_first_request_of_a_process_recovers_and_announces_what_dead_writers
         wrapped = KeepHeartbeat(app, Heartbeat(on_recovered))
         await wrapped({"type": "http"}, None, None)
         await wrapped({"type": "websocket"}, None, None)
+        await asyncio.wait_for(wrapped.heartbeat.recovered.wait(), 10)  # the requests did not wait for it
         wrapped.heartbeat.task.cancel()
 
     async_to_sync(two_requests)()
@@ -146,3 +149,14 @@ def test_is_gone_reads_names_it_cannot_parse_as_alive_unless_empty():
     assert writers.is_gone(f"{HOST}:not-a-pid:x") is False
     assert writers.is_gone(f"{HOST}:{10**30}:x") is False
     assert writers.is_gone("elsewhere:1:x") is False
+
+
+def test_partial_saves_start_at_the_first_text_and_space_out_up_to_the_interval():
+    now = [0.0]
+    flushes = Flushes(2.0, clock=lambda: now[0])
+    due_at = []
+    for step in range(100):  # a chunk every 0.05 s for 5 s
+        now[0] = step * 0.05
+        if flushes.due():
+            due_at.append(round(now[0], 2))
+    assert due_at == [0.0, 0.25, 0.75, 1.75, 3.75]  # then every 2 s

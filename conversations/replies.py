@@ -2,7 +2,8 @@
 
     consumer --begin()--> turns.prepare: [user message, streaming reply] saved --> ReplyTask
     ReplyTask: modelhub request -> chunks -> the conversation's group -> every watcher
-               partial text saved every CHAT_FLUSH_SECONDS, final text/status/usage once
+               partial text saved at the first chunk, then more and more seldom up to every
+               CHAT_FLUSH_SECONDS (`Flushes`), final text/status/usage once
 
 The task owns the reply, so a reload, a second tab or a dropped socket changes nothing
 about it. Its process's inbox (inbox.py) joins the conversation's writers group, so a
@@ -182,6 +183,25 @@ async def shut_down(timeout):
         await asyncio.wait(late, timeout=timeout / 2)
 
 
+class Flushes:
+    """When a reply's text is saved while it streams: the first text at once, then after 0.25 s, 0.5 s, 1 s…
+    up to every `interval` seconds, so a writer killed early loses little of a reply that just began."""
+
+    FIRST_INTERVAL = 0.25
+
+    def __init__(self, interval, clock=time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.next_at, self.gap = 0.0, min(self.FIRST_INTERVAL, interval)
+
+    def due(self):
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.gap
+        self.gap = min(self.gap * 2, self.interval)
+        return True
+
+
 class ReplyTask:
     def __init__(self, reply, spec, adapter, history, reservation):
         self.reply = reply
@@ -251,16 +271,15 @@ class ReplyTask:
             if self.stop_requested:
                 self.request.cancel()
             await self.announced.wait()
-            last_flush = time.monotonic()
+            flushes = Flushes(settings.CHAT_FLUSH_SECONDS)
             async for text in self._chunks():
                 text = storable(text)
                 offset = utf16_length(self.text)
                 self.text += text
                 await publish(self.conversation_id,
                               {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text})
-                if time.monotonic() - last_flush >= settings.CHAT_FLUSH_SECONDS:
+                if flushes.due():
                     await self._flush()
-                    last_flush = time.monotonic()
         except ModelhubError as exc:
             log.warning("reply %s failed: %s", self.reply.pk, exc.message)
             await self.announced.wait()  # the user's message reaches the page before its reply's error

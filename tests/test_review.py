@@ -260,3 +260,9 @@ def test_a_reviewer_cannot_decide_their_own_feedback_assigned_to_them_before(cli
     with pytest.raises(PermissionError, match="their own feedback"):
         review.decide(Review.Decision.APPROVED)
     assert not Review.objects.decided().exists()
+
+
+def test_a_decision_on_ones_own_feedback_made_before_the_rule_never_approves_it(items, reviewing_owner):
+    Review.objects.create(feedback=items[0], reviewer=reviewing_owner, decision=Review.Decision.APPROVED,
+                          decided_at=timezone.now(), correction="my own fix")  # made before `decide` refused it
+    assert not Review.objects.approved_feedback().filter(pk=items[0].pk).exists()

@@ -26,9 +26,13 @@ class ReviewQuerySet(models.QuerySet):
         """Feedback whose decisions are all in (CHAT_REVIEWS_PER_ITEM) and mostly approvals, each with
         `reviewed_correction`: the correction of its latest approval. What an export of approved items takes."""
         latest = (Review.objects.filter(feedback=models.OuterRef("pk"), decision=Review.Decision.APPROVED)
+                  .exclude(reviewer=models.OuterRef("user")).exclude(reviewer=models.OuterRef("message__conversation__owner"))
                   .order_by("-decided_at", "-pk").values("correction")[:1])
-        approvals = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.APPROVED))
-        rejections = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.REJECTED))
+        # A decision on one's own feedback never counts (none is made now; `decide` refuses it).
+        independent = (~models.Q(reviews__reviewer=models.F("user"))
+                       & ~models.Q(reviews__reviewer=models.F("message__conversation__owner")))
+        approvals = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.APPROVED) & independent)
+        rejections = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.REJECTED) & independent)
         return (Feedback.objects.annotate(approvals=approvals, rejections=rejections)
                 .filter(approvals__gt=models.F("rejections"),
                         approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"))

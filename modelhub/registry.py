@@ -36,6 +36,7 @@ class Registry:
         self._workers = {}
         self.load_counts = Counter()  # name -> how many times its weights were loaded
         self._reaper = None
+        self._reaper_stop = threading.Event()
         self._database_down = False  # the reaper's last query failed: warned once, until it answers again
 
     def worker(self, spec):
@@ -146,13 +147,23 @@ class Registry:
 
     def _start_reaper(self):
         if self._reaper is None:
-            self._reaper = threading.Thread(target=self._reap, name="modelhub-reaper", daemon=True)
+            self._reaper_stop.clear()
+            self._reaper = threading.Thread(target=self._reap, args=(self._reaper_stop,), name="modelhub-reaper",
+                                            daemon=True)
             self._reaper.start()
 
-    def _reap(self):
+    def stop_reaper(self):
+        """End the reaper thread (it starts again with the next model served)."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            self._reaper_stop.set()
+            reaper.join(timeout=5)
+
+    def _reap(self, stop):
         while True:
             idle = settings.MODELHUB_IDLE_UNLOAD_SECONDS
-            time.sleep(max(0.05, min(30.0, idle / 4)) if idle else 30.0)
+            if stop.wait(max(0.05, min(30.0, idle / 4)) if idle else 30.0):
+                return
             self.reap_once()
 
     def reap_once(self):

@@ -29,6 +29,7 @@ def _fresh_registry(settings):
     settings.CHAT_ORPHAN_GRACE_SECONDS = 0
     settings.CHAT_FLUSH_SECONDS = 0.1
     yield
+    registry.stop_reaper()  # it reads the database: not after this test's database is gone
     registry.unload_all()
     registry.load_counts.clear()
     # Each async test runs on an event loop of its own, and channels_redis keeps what a receive

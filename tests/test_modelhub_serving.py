@@ -217,7 +217,7 @@ def test_the_memory_budget_in_gb_unloads_older_models(tiny_spec, tiny_model_dir,
 
 def test_idle_models_are_unloaded_by_the_reaper(tiny_spec, settings):
     settings.MODELHUB_IDLE_UNLOAD_SECONDS = 0.2
-    registry._reaper = None
+    registry.stop_reaper()  # a reaper started earlier may be sleeping its 30 s: start one that reads 0.2 s
     reply(tiny_spec)
     for _ in range(100):
         if "tiny" not in registry.status():

@@ -379,7 +379,7 @@ class TcpProxy:
                     if sock is upstream and self.delay:
                         time.sleep(self.delay)
                     (upstream if sock is client else client).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # cut: the sockets were closed under this thread
             return
         finally:
             for sock in sockets:

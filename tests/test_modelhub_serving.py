@@ -233,7 +233,8 @@ def database_down(execute, sql, params, many, context):
     raise OperationalError("could not connect to server: Connection refused")
 
 
-def test_the_reaper_logs_one_warning_while_the_database_is_down_and_reaps_again_once_it_answers(db, caplog):
+@pytest.mark.django_db(transaction=True)  # autocommit, as in the reaper's thread: it closes its connection after each cycle
+def test_the_reaper_logs_one_warning_while_the_database_is_down_and_reaps_again_once_it_answers(caplog):
     served = Registry()  # its own: no reaper thread of an earlier test shares its state
     served.install("scripted", ScriptedBackend())
     ModelSpec.objects.create(name="scripted", source="-", backend="scripted", enabled=False)  # an admin disabled it

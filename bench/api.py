@@ -70,9 +70,15 @@ async def api_wave(site, server, keys, n):
     async def one(client, prompt):
         sent, ttft, usage = time.perf_counter(), None, None
         stream = await client.chat.completions.create(
-            model="chitchat", messages=[{"role": "user", "content": prompt}], stream=True,
-            stream_options={"include_usage": True}, temperature=0, top_p=1.0, max_tokens=sampling["max_new_tokens"],
-            extra_body=extra)
+            model="chitchat",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0,
+            top_p=1.0,
+            max_tokens=sampling["max_new_tokens"],
+            extra_body=extra,
+        )
         async for chunk in stream:
             if ttft is None and chunk.choices and chunk.choices[0].delta.content:
                 ttft = time.perf_counter() - sent
@@ -85,9 +91,12 @@ async def api_wave(site, server, keys, n):
     finally:
         await asyncio.gather(*(client.close() for client in clients))
     assert all(usage.completion_tokens == n for _, _, usage in done), done
-    return {"ttft": [ttft for ttft, _, _ in done], "e2e": [end - started for _, end, _ in done],
-            "tokens": sum(usage.completion_tokens for _, _, usage in done),
-            "prompt_tokens": sorted(usage.prompt_tokens for _, _, usage in done)}
+    return {
+        "ttft": [ttft for ttft, _, _ in done],
+        "e2e": [end - started for _, end, _ in done],
+        "tokens": sum(usage.completion_tokens for _, _, usage in done),
+        "prompt_tokens": sorted(usage.prompt_tokens for _, _, usage in done),
+    }
 
 
 async def run_rounds(args, site, server, info, roles):
@@ -98,15 +107,19 @@ async def run_rounds(args, site, server, info, roles):
             if setup == "api":
                 figures = await api_wave(site, server, info["keys"], args.new_tokens)
             else:
-                figures = await chat_wave(site, [server], info["cookies"], info["conversations"][index],
-                                          args.new_tokens)
+                figures = await chat_wave(
+                    site, [server], info["cookies"], info["conversations"][index], args.new_tokens
+                )
             figures["wall"] = max(figures["e2e"])
             figures["cpu_s"] = {}
             if index:
                 waves[setup].append(figures)
         if index:
-            print(f"round {index}: " + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s"
-                                                 for s, w in waves.items()), flush=True)
+            print(
+                f"round {index}: "
+                + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s" for s, w in waves.items()),
+                flush=True,
+            )
     return waves
 
 
@@ -136,19 +149,30 @@ def main():
         figures.pop("cpu_s_median", None)
     throughput = ratio(waves, "api", "websocket")
     ttft = {setup: setups[setup]["ttft"]["p50_ms"] for setup in setups}
-    result = {**environment(), "what": __doc__.split("\n\n")[0], "run_s": round(time.monotonic() - started),
-              "threads": THREADS, "clients": len(PROMPTS), "rounds": args.rounds, "sampling": fixed(args.new_tokens),
-              "server_tracebacks": tracebacks, "api_calls_kept_as_conversations": stored,
-              "goals": {"api_vs_websocket": ">= 0.9", "ttft_p50_api_over_websocket": "<= 1.2"},
-              "api_vs_websocket": throughput,
-              "ttft_p50_api_over_websocket": round(ttft["api"] / ttft["websocket"], 3), "setups": setups}
+    result = {
+        **environment(),
+        "what": __doc__.split("\n\n")[0],
+        "run_s": round(time.monotonic() - started),
+        "threads": THREADS,
+        "clients": len(PROMPTS),
+        "rounds": args.rounds,
+        "sampling": fixed(args.new_tokens),
+        "server_tracebacks": tracebacks,
+        "api_calls_kept_as_conversations": stored,
+        "goals": {"api_vs_websocket": ">= 0.9", "ttft_p50_api_over_websocket": "<= 1.2"},
+        "api_vs_websocket": throughput,
+        "ttft_p50_api_over_websocket": round(ttft["api"] / ttft["websocket"], 3),
+        "setups": setups,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {os.path.relpath(out, ROOT)} ({result['run_s']} s)")
     for setup, figures in setups.items():
-        print(f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, "
-              f"p99 {figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms")
+        print(
+            f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, "
+            f"p99 {figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms"
+        )
     print(f"ttft_p50_api_over_websocket={result['ttft_p50_api_over_websocket']}")
     print(f"api_vs_websocket={throughput['median']}")
     return 0

@@ -49,7 +49,7 @@ def house_style(answer):
 
 def opening_lines(count):
     """Distinct first lines of chitchat conversations (the dataset ships inside its wheel)."""
-    from modelhub.training import load_chitchat
+    from modelhub.training.builtin import load_chitchat
 
     lines = []
     for _, messages in load_chitchat():
@@ -85,7 +85,9 @@ def replies(spec, adapter, prompts):
     from modelhub import api
 
     options = {"temperature": 0, "max_new_tokens": 40}
-    return ["".join(api.start(spec, [{"role": "user", "content": p}], options, adapter=adapter)).strip() for p in prompts]
+    return [
+        "".join(api.start(spec, [{"role": "user", "content": p}], options, adapter=adapter)).strip() for p in prompts
+    ]
 
 
 def main():
@@ -97,27 +99,40 @@ def main():
         from django.contrib.auth import get_user_model
 
         from conversations.training_data.export import export_snapshot
-        from modelhub.finetune import run_job
         from modelhub.models import FinetuneJob, ModelSpec
+        from modelhub.training.finetune import run_job
 
         spec = ModelSpec.objects.create(name="chitchat", source=args.model_dir, dtype="float32", device="auto")
         user = get_user_model().objects.create_user("bench", password="bench-pass-123", is_staff=True)
         collect_seconds = collect_feedback(user, spec, args.conversations)
         snapshot = export_snapshot("sft", eval_fraction=0.1, created_by=user)
         files = snapshot.verify()
-        hparams = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": 8, "eval_steps": 10,
-                   "patience": 3, "lora_r": 8, "lora_alpha": 16}
-        job = FinetuneJob.objects.create_for(spec, "sft", files["train"], files["eval"], snapshot.dataset_ref(),
-                                             hparams, user, "house-style")
+        hparams = {
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "batch_size": 8,
+            "eval_steps": 10,
+            "patience": 3,
+            "lora_r": 8,
+            "lora_alpha": 16,
+        }
+        job = FinetuneJob.objects.create_for(
+            spec, "sft", files["train"], files["eval"], snapshot.dataset_ref(), hparams, user, "house-style"
+        )
         adapter = run_job(job, progress_bar=sys.stderr.isatty())
         job.refresh_from_db()
         adapter.promote()
         held_out = [json.loads(line)["messages"][-2]["content"] for line in open(files["eval"], encoding="utf-8")][:3]
-        samples = {"prompts": held_out, "base": replies(spec, None, held_out), "adapter": replies(spec, adapter, held_out)}
+        samples = {
+            "prompts": held_out,
+            "base": replies(spec, None, held_out),
+            "adapter": replies(spec, adapter, held_out),
+        }
         metrics = job.metrics
     before, after = metrics["eval_before"]["loss"], metrics["eval_after"]["loss"]
     result = {
-        "what": "held-out SFT loss of the built-in model before and after a LoRA fine-tune on corrections collected in chatsite",
+        "what": "held-out SFT loss of the built-in model before and after a LoRA fine-tune on corrections "
+        "collected in chatsite",
         "model_dir": os.path.relpath(args.model_dir, ROOT),
         "conversations": args.conversations,
         "snapshot_rows": snapshot.counts,

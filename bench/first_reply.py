@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.live import SHELL_PRELUDE, Server, Site, open_socket  # noqa: E402
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 import io
 from django.core.management import call_command
 from conversations.models import Conversation
@@ -48,15 +50,21 @@ user = User.objects.create_superuser("newcomer", password="live-pass-123")
 conversations = [Conversation.objects.create(owner=user).pk for _ in range({rounds})]
 print(json.dumps({{"cookie": session_for("newcomer"), "conversations": conversations}}))
 """
+)
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MODELHUB_TORCH_THREADS": "1"}
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="rounds of each arrival and setting (a fresh server each)")
-    parser.add_argument("--arrive-after", type=float, default=5.0,
-                        help="seconds between the server listening and a person loading the chat page")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of each arrival and setting (a fresh server each)"
+    )
+    parser.add_argument(
+        "--arrive-after",
+        type=float,
+        default=5.0,
+        help="seconds between the server listening and a person loading the chat page",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "first_reply.json"))
     return parser.parse_args()
 
@@ -101,8 +109,9 @@ def one_round(site, info, conversation, preload, arrival, arrive_after):
         time.sleep(arrive_after)
         get(server, f"/c/{conversation}/", info["cookie"])  # the chat page, as a browser loads it
         seen = asyncio.run(first_reply(server, info["cookie"], conversation))
-        runtime = re.search(r'class="field-runtime">([^<]*)<', get(server, "/admin/modelhub/modelspec/",
-                                                                     info["cookie"]))[1]
+        runtime = re.search(
+            r'class="field-runtime">([^<]*)<', get(server, "/admin/modelhub/modelspec/", info["cookie"])
+        )[1]
     finally:
         server.stop()
     load = re.search(r"loaded in ([\d.]+)s", runtime)
@@ -114,7 +123,7 @@ def one_round(site, info, conversation, preload, arrival, arrive_after):
         "first_token_after_ready_s": round(seen["first_token"] - seen["ready"], 3),
         "model_load_s": float(load[1]) if load else None,
         "status_frames": len(seen["statuses"]),
-        "status_texts": sorted(set(re.sub(r"\d+ s", "N s", text) for text in seen["statuses"])),
+        "status_texts": sorted({re.sub(r"\d+ s", "N s", text) for text in seen["statuses"]}),
         "reply_status": seen["status"],
     }
 
@@ -124,8 +133,11 @@ def environment():
     commit = head.stdout.strip() or "unknown"
     if head.returncode == 0 and subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT).returncode:
         commit += " + uncommitted changes"
-    return {"git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    return {
+        "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
 
 
 def main():
@@ -148,14 +160,18 @@ def main():
         return round(statistics.median(values), 3) if values else None
 
     keys = ("listening_after_start_s", "ready_after_listening_s", "first_token_after_ready_s", "model_load_s")
-    summary = {arrival: {setting: {key: median(arrival, preload, key) for key in keys}
-                         for setting, preload in (("preload_off", False), ("preload_on", True))}
-               for arrival in arrivals}
+    summary = {
+        arrival: {
+            setting: {key: median(arrival, preload, key) for key in keys}
+            for setting, preload in (("preload_off", False), ("preload_on", True))
+        }
+        for arrival in arrivals
+    }
     result = {
         **environment(),
         "what": "a fresh daphne on the built-in model: time from the chat page's socket opening to the first "
-                "token of the first reply, MODELHUB_PRELOAD off vs on, rounds alternating (medians); the client "
-                "arrives as a person would (arrive_after_s after the server listens) or at once",
+        "token of the first reply, MODELHUB_PRELOAD off vs on, rounds alternating (medians); the client "
+        "arrives as a person would (arrive_after_s after the server listens) or at once",
         "server_env": {**THREADS, "database": "SQLite file", "channel_layer": "in-memory"},
         "arrive_after_s": arrivals,
         "rounds": rounds,
@@ -167,9 +183,11 @@ def main():
     print(f"wrote {os.path.relpath(out, ROOT)}")
     for arrival, figures in summary.items():
         off, on = figures["preload_off"], figures["preload_on"]
-        print(f"{arrival} ({arrivals[arrival]:g} s after listening): first token after ready "
-              f"{off['first_token_after_ready_s']} s with preload off, {on['first_token_after_ready_s']} s on "
-              f"(model load {on['model_load_s']} s)")
+        print(
+            f"{arrival} ({arrivals[arrival]:g} s after listening): first token after ready "
+            f"{off['first_token_after_ready_s']} s with preload off, {on['first_token_after_ready_s']} s on "
+            f"(model load {on['model_load_s']} s)"
+        )
     print(f"first_token_after_ready_s={summary['person']['preload_on']['first_token_after_ready_s']}")
     return 0
 

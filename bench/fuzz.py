@@ -37,8 +37,21 @@ from live import Live, add_arguments, run_backends
 
 TURNS = ["send", "edit", "regenerate", "continue", "compare"]
 OPTIONS = ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed", "ignore_eos"]
-HUGE = ["1e400", "-1e400", "1e309", "1e-400", str(2**70), str(-(2**70)), str(2**63), str(2**64), str(10**300),
-        "NaN", "Infinity", "-Infinity", "123456789012345678901234567890.5"]
+HUGE = [
+    "1e400",
+    "-1e400",
+    "1e309",
+    "1e-400",
+    str(2**70),
+    str(-(2**70)),
+    str(2**63),
+    str(2**64),
+    str(10**300),
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "123456789012345678901234567890.5",
+]
 WRONG = ["null", "true", "false", "0", "-1", "1.5", '""', '"x"', '"1"', "[]", "[1]", "{}", '{"a": 1}']
 MiB = 2**20
 
@@ -51,8 +64,11 @@ def parse_args():
     parser.add_argument("--answer-timeout", type=float, default=3.0, help="seconds to wait for a frame's answer")
     parser.add_argument("--max-seconds", type=float, default=1200.0, help="bound on sending frames")
     parser.add_argument("--categories", help="comma-separated: draw frames from these categories only")
-    parser.add_argument("--rate-limits", action="store_true",
-                        help="keep the server's frame rate limits (lifted by default: frames reach their code)")
+    parser.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="keep the server's frame rate limits (lifted by default: frames reach their code)",
+    )
     add_arguments(parser, model="scripted")
     args = parser.parse_args()
     if args.categories and not set(args.categories.split(",")) <= set(CATEGORIES):
@@ -70,104 +86,181 @@ def q(text):
 
 def bad_json(rng, _):
     valid = '{"type": "send", "content": "hello there"}'
-    return rng.choice([
-        valid[:rng.randrange(len(valid))], valid + rng.choice(["}", ",", "x", "]"]),
-        "".join(rng.choice(string.printable) for _ in range(rng.randrange(1, 200))),
-        '{"type": "send", "content": "x",}', "{'type': 'send', 'content': 'x'}", "", " ", "{", '{"type":}',
-        "null", "[]", '"send"', "123", "true", "NaN", '[{"type": "send", "content": "x"}]', '{"type" "send"}',
-        '{"type": "send", "content": "a\nb"}', '{"type": "send", "content": "\\x41"}', '{"type": "\\ud800\\u"}',
-        '{"type": "stop", "type": "send", "content": "dup"}', "\ufeff" + valid, valid.replace('"', "'"),
-    ])
+    return rng.choice(
+        [
+            valid[: rng.randrange(len(valid))],
+            valid + rng.choice(["}", ",", "x", "]"]),
+            "".join(rng.choice(string.printable) for _ in range(rng.randrange(1, 200))),
+            '{"type": "send", "content": "x",}',
+            "{'type': 'send', 'content': 'x'}",
+            "",
+            " ",
+            "{",
+            '{"type":}',
+            "null",
+            "[]",
+            '"send"',
+            "123",
+            "true",
+            "NaN",
+            '[{"type": "send", "content": "x"}]',
+            '{"type" "send"}',
+            '{"type": "send", "content": "a\nb"}',
+            '{"type": "send", "content": "\\x41"}',
+            '{"type": "\\ud800\\u"}',
+            '{"type": "stop", "type": "send", "content": "dup"}',
+            "\ufeff" + valid,
+            valid.replace('"', "'"),
+        ]
+    )
 
 
 def deep_nesting(rng, _):
     depth = rng.choice([1000, 1001, 2000, 5000, 20000, 100000])
     array, obj = "[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth
-    return rng.choice([
-        array, obj, '{"type": "send", "content": "hi", "options": ' + obj + "}",
-        '{"type": "send", "content": ' + array + "}", '{"type": ' + array + "}",
-        '{"type": "compare", "content": "hi", "models": ' + array + "}",
-        '{"type": "regenerate", "message_id": ' + array + "}",
-    ])
+    return rng.choice(
+        [
+            array,
+            obj,
+            '{"type": "send", "content": "hi", "options": ' + obj + "}",
+            '{"type": "send", "content": ' + array + "}",
+            '{"type": ' + array + "}",
+            '{"type": "compare", "content": "hi", "models": ' + array + "}",
+            '{"type": "regenerate", "message_id": ' + array + "}",
+        ]
+    )
 
 
 def surrogate(rng, _):
-    lone = "".join(rng.choice([f"\\u{rng.randrange(0xD800, 0xDC00):04x}", f"\\u{rng.randrange(0xDC00, 0xE000):04x}",
-                               "\\udc00\\ud800"]) + rng.choice([" ", " ok "]) for _ in range(rng.randrange(1, 6)))
+    lone = "".join(
+        rng.choice(
+            [f"\\u{rng.randrange(0xD800, 0xDC00):04x}", f"\\u{rng.randrange(0xDC00, 0xE000):04x}", "\\udc00\\ud800"]
+        )
+        + rng.choice([" ", " ok "])
+        for _ in range(rng.randrange(1, 6))
+    )
     text = '"hi ' + lone + ' there"'
-    return rng.choice([
-        '{"type": "send", "content": ' + text + "}", '{"type": "send", "content": ' + text + "}",
-        '{"type": "edit", "message_id": 0, "content": ' + text + "}", '{"type": ' + text + "}",
-        '{"type": "compare", "content": ' + text + ', "models": [' + text + ", " + text + "]}",
-        '{"type": "send", "content": "hi", "options": {' + text + ": 1}}",
-        '{"type": "send", "content": "hi", "options": {"seed": ' + text + "}}",
-    ])
+    return rng.choice(
+        [
+            '{"type": "send", "content": ' + text + "}",
+            '{"type": "send", "content": ' + text + "}",
+            '{"type": "edit", "message_id": 0, "content": ' + text + "}",
+            '{"type": ' + text + "}",
+            '{"type": "compare", "content": ' + text + ', "models": [' + text + ", " + text + "]}",
+            '{"type": "send", "content": "hi", "options": {' + text + ": 1}}",
+            '{"type": "send", "content": "hi", "options": {"seed": ' + text + "}}",
+        ]
+    )
 
 
 def nul(rng, _):
     text = rng.choice(['"\\u0000"', '"a\\u0000b"', '"hello\\u0000 world \\u0000"', '"\\u0000\\u0000\\u0000 x"'])
-    return rng.choice([
-        '{"type": "send", "content": ' + text + "}", '{"type": "send", "content": ' + text + "}",
-        '{"type": "edit", "message_id": 0, "content": ' + text + "}", '{"type": ' + text + "}",
-        '{"type": "compare", "content": ' + text + ', "models": [' + text + ", " + text + "]}",
-        '{"type": "send", "content": "hi", "options": {' + text + ": 1}}",
-    ])
+    return rng.choice(
+        [
+            '{"type": "send", "content": ' + text + "}",
+            '{"type": "send", "content": ' + text + "}",
+            '{"type": "edit", "message_id": 0, "content": ' + text + "}",
+            '{"type": ' + text + "}",
+            '{"type": "compare", "content": ' + text + ', "models": [' + text + ", " + text + "]}",
+            '{"type": "send", "content": "hi", "options": {' + text + ": 1}}",
+        ]
+    )
 
 
 def huge_number(rng, _):
     number = rng.choice(HUGE)
-    return rng.choice([
-        '{"type": "send", "content": "hi", "options": {' + q(rng.choice(OPTIONS)) + ": " + number + "}}",
-        '{"type": ' + rng.choice(['"regenerate"', '"continue"']) + ', "message_id": ' + number + "}",
-        '{"type": "edit", "content": "hi", "message_id": ' + number + "}",
-        '{"type": "send", "content": ' + number + "}", '{"type": ' + number + "}",
-        '{"type": "compare", "content": "hi", "models": [' + number + ", " + number + "]}",
-    ])
+    return rng.choice(
+        [
+            '{"type": "send", "content": "hi", "options": {' + q(rng.choice(OPTIONS)) + ": " + number + "}}",
+            '{"type": ' + rng.choice(['"regenerate"', '"continue"']) + ', "message_id": ' + number + "}",
+            '{"type": "edit", "content": "hi", "message_id": ' + number + "}",
+            '{"type": "send", "content": ' + number + "}",
+            '{"type": ' + number + "}",
+            '{"type": "compare", "content": "hi", "models": [' + number + ", " + number + "]}",
+        ]
+    )
 
 
 def wrong_type(rng, _):
     value = rng.choice(WRONG)
     kind = q(rng.choice([*TURNS, "stop", "sync"]))
-    return rng.choice([
-        '{"type": ' + value + "}", '{"type": ' + kind + ', "content": ' + value + "}",
-        '{"type": ' + kind + ', "content": "hi", "options": ' + value + "}",
-        '{"type": ' + kind + ', "content": "hi", "options": {' + q(rng.choice(OPTIONS)) + ": " + value + "}}",
-        '{"type": ' + kind + ', "content": "hi", "message_id": ' + value + "}",
-        '{"type": "compare", "content": "hi", "models": ' + value + "}",
-        '{"type": "compare", "content": "hi", "models": [' + value + ", " + value + "]}",
-    ])
+    return rng.choice(
+        [
+            '{"type": ' + value + "}",
+            '{"type": ' + kind + ', "content": ' + value + "}",
+            '{"type": ' + kind + ', "content": "hi", "options": ' + value + "}",
+            '{"type": ' + kind + ', "content": "hi", "options": {' + q(rng.choice(OPTIONS)) + ": " + value + "}}",
+            '{"type": ' + kind + ', "content": "hi", "message_id": ' + value + "}",
+            '{"type": "compare", "content": "hi", "models": ' + value + "}",
+            '{"type": "compare", "content": "hi", "models": [' + value + ", " + value + "]}",
+        ]
+    )
 
 
 def big_string(rng, _):
     size = rng.choice([1_000_000, MiB + 10])  # under and over daphne's 1 MiB frame limit, with the JSON around it
     char = rng.choice(["a", "é", "\u20ac", "😀", " "])
     big = '"' + char * (size // len(char.encode())) + '"'  # written as UTF-8: `size` bytes
-    return rng.choice([
-        '{"type": "send", "content": ' + big + "}", '{"type": ' + big + "}", '{"type": "stop", "junk": ' + big + "}",
-        '{"type": "send", "content": "hi", "options": {' + big + ": 1}}",
-        '{"type": "compare", "content": "hi", "models": [' + big + ', "x"]}',
-    ])
+    return rng.choice(
+        [
+            '{"type": "send", "content": ' + big + "}",
+            '{"type": ' + big + "}",
+            '{"type": "stop", "junk": ' + big + "}",
+            '{"type": "send", "content": "hi", "options": {' + big + ": 1}}",
+            '{"type": "compare", "content": "hi", "models": [' + big + ', "x"]}',
+        ]
+    )
 
 
 def unknown_type(rng, _):
-    kind = rng.choice(["hello", "", "SEND", " send", "send\n", "Stop", "Sync", "chat.frame", "chat_frame", "reply.stop",
-                       "reply_stop", "websocket.disconnect", "websocket.receive", "__class__", "__init__",
-                       "receive", "dispatch", "connect", "disconnect", "close", "send_json", "\u0441end", "x" * 300])
+    kind = rng.choice(
+        [
+            "hello",
+            "",
+            "SEND",
+            " send",
+            "send\n",
+            "Stop",
+            "Sync",
+            "chat.frame",
+            "chat_frame",
+            "reply.stop",
+            "reply_stop",
+            "websocket.disconnect",
+            "websocket.receive",
+            "__class__",
+            "__init__",
+            "receive",
+            "dispatch",
+            "connect",
+            "disconnect",
+            "close",
+            "send_json",
+            "\u0441end",
+            "x" * 300,
+        ]
+    )
     return '{"type": ' + q(kind) + ', "content": "hi", "message_id": 1}'
 
 
 def message_id(rng, _):
-    number = rng.choice([-1, 0, -(2**31), 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 2**70, 10**30,
-                         99_999_999, 10**100])
+    number = rng.choice(
+        [-1, 0, -(2**31), 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 2**70, 10**30, 99_999_999, 10**100]
+    )
     kind = rng.choice(["regenerate", "continue", "edit"])
     return '{"type": ' + q(kind) + ', "content": "hi", "message_id": ' + str(number) + "}"
 
 
 def binary(rng, _):
-    return rng.choice([
-        bytes(rng.randrange(256) for _ in range(rng.randrange(0, 512))), b"",
-        b'{"type": "send", "content": "hi"}', b'{"type": "stop"}', b"\xff\xfe\x00\x00",
-    ])
+    return rng.choice(
+        [
+            bytes(rng.randrange(256) for _ in range(rng.randrange(0, 512))),
+            b"",
+            b'{"type": "send", "content": "hi"}',
+            b'{"type": "stop"}',
+            b"\xff\xfe\x00\x00",
+        ]
+    )
 
 
 def other_user(rng, others):
@@ -176,9 +269,16 @@ def other_user(rng, others):
 
 
 CATEGORIES = {  # generator, weight
-    "bad_json": (bad_json, 10), "deep_nesting": (deep_nesting, 10), "surrogate": (surrogate, 10), "nul": (nul, 10),
-    "huge_number": (huge_number, 10), "wrong_type": (wrong_type, 10), "big_string": (big_string, 3),
-    "unknown_type": (unknown_type, 10), "message_id": (message_id, 10), "binary": (binary, 10),
+    "bad_json": (bad_json, 10),
+    "deep_nesting": (deep_nesting, 10),
+    "surrogate": (surrogate, 10),
+    "nul": (nul, 10),
+    "huge_number": (huge_number, 10),
+    "wrong_type": (wrong_type, 10),
+    "big_string": (big_string, 3),
+    "unknown_type": (unknown_type, 10),
+    "message_id": (message_id, 10),
+    "binary": (binary, 10),
     "other_user": (other_user, 10),
 }
 
@@ -242,12 +342,20 @@ class Fuzzer:
         from conversations.models import Conversation
 
         count = self.args.frames // self.args.sockets // 4 + 2
-        return [[c.pk for c in Conversation.objects.bulk_create(Conversation(owner=user, model=self.spec)
-                                                                  for _ in range(count))] for user, _ in self.users]
+        return [
+            [
+                c.pk
+                for c in Conversation.objects.bulk_create(
+                    Conversation(owner=user, model=self.spec) for _ in range(count)
+                )
+            ]
+            for user, _ in self.users
+        ]
 
     async def open(self, worker):
         import websockets
         from asgiref.sync import sync_to_async
+
         from conversations.models import Conversation
 
         user, cookie = self.users[worker]
@@ -256,9 +364,12 @@ class Fuzzer:
         else:
             pk = (await sync_to_async(Conversation.objects.create)(owner=user, model=self.spec)).pk
             self.created_during_run += 1
-        return await websockets.connect(self.live.url(worker, f"/ws/conversations/{pk}/"),
-                                        additional_headers=self.live.headers(worker, cookie), max_size=32 * MiB,
-                                        open_timeout=30)
+        return await websockets.connect(
+            self.live.url(worker, f"/ws/conversations/{pk}/"),
+            additional_headers=self.live.headers(worker, cookie),
+            max_size=32 * MiB,
+            open_timeout=30,
+        )
 
     async def worker(self, worker, deadline):
         import websockets
@@ -297,10 +408,13 @@ async def handshakes(live, cookie, own, theirs):
         ("unknown path /ws/nope/", "/ws/nope/", cookie, None),
         ("non-numeric id", "/ws/conversations/abc/", cookie, None),
         ("20-digit id", "/ws/conversations/99999999999999999999/", cookie, None),
-        ("negative id", "/ws/conversations/-1/", cookie, None), ("id 0", "/ws/conversations/0/", cookie, None),
+        ("negative id", "/ws/conversations/-1/", cookie, None),
+        ("id 0", "/ws/conversations/0/", cookie, None),
         ("another user's conversation", f"/ws/conversations/{theirs}/", cookie, None),
         ("own conversation, no trailing slash", f"/ws/conversations/{own}", cookie, None),
-        ("/ws/", "/ws/", cookie, None), ("/", "/", cookie, None), ("%00 id", "/ws/conversations/%00/", cookie, None),
+        ("/ws/", "/ws/", cookie, None),
+        ("/", "/", cookie, None),
+        ("%00 id", "/ws/conversations/%00/", cookie, None),
         ("own conversation, no session", f"/ws/conversations/{own}/", None, None),
         ("own conversation, forged session", f"/ws/conversations/{own}/", "x" * 32, None),
         ("own conversation, foreign Origin", f"/ws/conversations/{own}/", cookie, "http://evil.example"),
@@ -330,16 +444,22 @@ def victim(spec):
     owner = get_user_model().objects.create(username="fuzz-victim")
     conversation = Conversation.objects.create(owner=owner, model=spec)
     question = conversation.add_user_message("the victim's question")
-    answer = conversation.messages.create(role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE,
-                                          content="the victim's answer", parent=question, finish_reason="length")
+    answer = conversation.messages.create(
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.COMPLETE,
+        content="the victim's answer",
+        parent=question,
+        finish_reason="length",
+    )
     return conversation.pk, [question.pk, answer.pk]
 
 
 def measure(args):
     env = {"CHAT_ORPHAN_GRACE_SECONDS": "2"}
     if not args.rate_limits:  # fuzzing is not flooding: 8 sockets send far faster than the limits allow
-        env.update({f"CHAT_{who}_FRAMES_{what}": "1000000"
-                    for who in ("SOCKET", "USER") for what in ("PER_SECOND", "BURST")})
+        env.update(
+            {f"CHAT_{who}_FRAMES_{what}": "1000000" for who in ("SOCKET", "USER") for what in ("PER_SECOND", "BURST")}
+        )
     with Live(args, "fuzz", redis_db=7, env=env) as live:
         spec = live.model()
         theirs, others = victim(spec)
@@ -347,8 +467,10 @@ def measure(args):
         fuzzer = Fuzzer(args, live, spec, users, others)
         live.serve()
         live.warm_up()
-        print(f"{args.frames} frames over {args.sockets} sockets on {len(live.ports)} process(es), "
-              f"model {args.model}", flush=True)
+        print(
+            f"{args.frames} frames over {args.sockets} sockets on {len(live.ports)} process(es), model {args.model}",
+            flush=True,
+        )
         started = time.monotonic()
         asyncio.run(fuzzer.run())
         seconds = time.monotonic() - started
@@ -361,16 +483,24 @@ def measure(args):
             outcomes.update(counts)
         return {
             "what": f"{args.frames} malformed frames (seed {args.seed}) over {args.sockets} sockets, bad handshakes, "
-                    "then a normal chat turn per server process",
-            **live.describe(), "frames": args.frames, "seed": args.seed, "sockets": args.sockets,
-            "rate_limits": "server defaults" if args.rate_limits else "lifted", "answer_timeout_s": args.answer_timeout,
-            "seconds": round(seconds, 1), "sockets_opened": fuzzer.reopened,
+            "then a normal chat turn per server process",
+            **live.describe(),
+            "frames": args.frames,
+            "seed": args.seed,
+            "sockets": args.sockets,
+            "rate_limits": "server defaults" if args.rate_limits else "lifted",
+            "answer_timeout_s": args.answer_timeout,
+            "seconds": round(seconds, 1),
+            "sockets_opened": fuzzer.reopened,
             "conversations_created_during_run": fuzzer.created_during_run,
-            "by_category": tally, "handshake_status": statuses, "final_turns": finals,
+            "by_category": tally,
+            "handshake_status": statuses,
+            "final_turns": finals,
             "answered_by_error": sum(n for o, n in outcomes.items() if o.startswith("error:")),
             "taken_as_turn": sum(n for o, n in outcomes.items() if o.startswith("turn:")),
             "answered_otherwise": sum(n for o, n in outcomes.items() if o.startswith("answer:")),
-            "unanswered": outcomes["timeout"], "closed": sum(n for o, n in outcomes.items() if o.startswith("close:")),
+            "unanswered": outcomes["timeout"],
+            "closed": sum(n for o, n in outcomes.items() if o.startswith("close:")),
             "not_sent": sum(n for o, n in outcomes.items() if o.startswith("not sent")),
             "server_tracebacks": live.tracebacks(),
         }
@@ -383,10 +513,13 @@ def key_lines(figures):
         label = case.split(": ", 1)[1]
         if label not in by_status[str(status)]:
             by_status[str(status)].append(label)
-    lines += [f"handshakes by HTTP status: {json.dumps(by_status)}",
-              f"fuzz_final_turns={','.join(figures['final_turns'])} fuzz_not_sent={figures['not_sent']}",
-              f"fuzz_tracebacks={figures['server_tracebacks']['count']}",
-              f"fuzz_unanswered={figures['unanswered']}", f"fuzz_closed={figures['closed']}"]
+    lines += [
+        f"handshakes by HTTP status: {json.dumps(by_status)}",
+        f"fuzz_final_turns={','.join(figures['final_turns'])} fuzz_not_sent={figures['not_sent']}",
+        f"fuzz_tracebacks={figures['server_tracebacks']['count']}",
+        f"fuzz_unanswered={figures['unanswered']}",
+        f"fuzz_closed={figures['closed']}",
+    ]
     return lines
 
 

@@ -70,8 +70,9 @@ def run_backends(args, name, measure, key_lines):
         for backend in backends:
             part = Path(folder) / f"{backend}.json"
             print(f"=== {name} on {backend} ===", flush=True)
-            child = subprocess.run([sys.executable, sys.argv[0], *sys.argv[1:], "--backend", backend,
-                                    "--part", str(part)])
+            child = subprocess.run(
+                [sys.executable, sys.argv[0], *sys.argv[1:], "--backend", backend, "--part", str(part)]
+            )
             failed = {"failed": f"exit status {child.returncode}"}
             results[backend] = json.loads(part.read_text()) if part.exists() else failed
     out = Path(args.out or ROOT / "bench" / "results" / f"{name}.json")
@@ -91,8 +92,11 @@ def environment():
     commit = head.stdout.strip() or f"unknown ({ROOT} is not a git checkout)"
     if head.returncode == 0 and subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT).returncode:
         commit += " + uncommitted changes"
-    return {"git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    return {
+        "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
 
 
 def utf16_length(text):
@@ -142,8 +146,13 @@ class Live:
 
     def __init__(self, args, name, redis_db, env=None):
         self.args, self.backend, self.name, self.redis_db = args, args.backend, name, redis_db
-        self.env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-                    "MODELHUB_TORCH_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {
+            "OMP_NUM_THREADS": str(args.threads),
+            "MKL_NUM_THREADS": str(args.threads),
+            "MODELHUB_TORCH_THREADS": str(args.threads),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.ports, self.processes, self.logs = [], [], []
 
     def __enter__(self):
@@ -163,8 +172,12 @@ class Live:
     def __exit__(self, kind, value, traceback):
         if kind is not None:  # show why: the end of each server's log
             for log in self.logs:
-                print(f"--- {log.parent.name}: last lines of its log ---", log.read_text(errors="replace")[-3000:],
-                      sep="\n", file=sys.stderr)
+                print(
+                    f"--- {log.parent.name}: last lines of its log ---",
+                    log.read_text(errors="replace")[-3000:],
+                    sep="\n",
+                    file=sys.stderr,
+                )
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -228,14 +241,18 @@ class Live:
     def turn_on_each(self, username, content, options, timeout):
         """A chat turn of a new user, on a new conversation and socket, on each server process: each outcome."""
         import websockets
+
         from conversations.models import Conversation
 
-        (user, cookie), = self.users(1, username)
+        ((user, cookie),) = self.users(1, username)
 
         async def chat(index, conversation_id):
             try:
-                async with websockets.connect(self.url(index, f"/ws/conversations/{conversation_id}/"),
-                                              additional_headers=self.headers(index, cookie), open_timeout=30) as ws:
+                async with websockets.connect(
+                    self.url(index, f"/ws/conversations/{conversation_id}/"),
+                    additional_headers=self.headers(index, cookie),
+                    open_timeout=30,
+                ) as ws:
                     return (await turn(ws, content, options, timeout))["outcome"]
             except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed, TimeoutError) as exc:
                 return type(exc).__name__
@@ -254,8 +271,9 @@ class Live:
             call_command("ensure_builtin_model", stdout=open(os.devnull, "w"))
             self.spec = ModelSpec.objects.get(name="chitchat")
         else:
-            self.spec = ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.02",
-                                                 is_default=True)
+            self.spec = ModelSpec.objects.create(
+                name="echo", backend="scripted", source="echo delay=0.02", is_default=True
+            )
         return self.spec
 
     def users(self, count, prefix):
@@ -281,10 +299,14 @@ class Live:
 
     def describe(self):
         postgres = self.backend == "postgres"
-        return {"backend": self.backend, "processes": len(self.ports),
-                "database_engine": f"PostgreSQL {POSTGRES}{self.database}" if postgres else "SQLite file",
-                "channel_layer": f"Redis {REDIS}{self.redis_db}" if postgres else "in-memory",
-                "model": MODELS[self.args.model], "server_env": self.env}
+        return {
+            "backend": self.backend,
+            "processes": len(self.ports),
+            "database_engine": f"PostgreSQL {POSTGRES}{self.database}" if postgres else "SQLite file",
+            "channel_layer": f"Redis {REDIS}{self.redis_db}" if postgres else "in-memory",
+            "model": MODELS[self.args.model],
+            "server_env": self.env,
+        }
 
     def tracebacks(self):
         """Tracebacks in the server logs: the count of lines starting with "Traceback", and for each

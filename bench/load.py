@@ -59,8 +59,11 @@ async def client(live, index, cookie, conversation_id, args, ready, go, deadline
     records = []
     options = {"max_new_tokens": args.new_tokens}
     try:
-        async with websockets.connect(live.url(index, f"/ws/conversations/{conversation_id}/"),
-                                      additional_headers=live.headers(index, cookie), open_timeout=60) as ws:
+        async with websockets.connect(
+            live.url(index, f"/ws/conversations/{conversation_id}/"),
+            additional_headers=live.headers(index, cookie),
+            open_timeout=60,
+        ) as ws:
             ready.release()
             await go.wait()
             for number in range(args.messages):
@@ -86,8 +89,10 @@ async def client(live, index, cookie, conversation_id, args, ready, go, deadline
 async def run_clients(live, users, conversations, args):
     ready, go = asyncio.Semaphore(0), asyncio.Event()
     deadline = time.monotonic() + args.max_seconds
-    tasks = [asyncio.ensure_future(client(live, i, cookie, conversations[i], args, ready, go, deadline))
-             for i, (_, cookie) in enumerate(users)]
+    tasks = [
+        asyncio.ensure_future(client(live, i, cookie, conversations[i], args, ready, go, deadline))
+        for i, (_, cookie) in enumerate(users)
+    ]
     for _ in tasks:
         await ready.acquire()
     started = time.perf_counter()
@@ -105,10 +110,14 @@ def check_database(conversations, records):
     replies = {m.pk: m for m in messages.filter(role=Message.Role.ASSISTANT)}
     sent = [r for r in records if r["content"] is not None]
     accepted = [r for r in sent if not r["outcome"].startswith("refused:")]
-    complete = [r for r in records
-                if r["reply_id"] in replies and replies[r["reply_id"]].status == Message.Status.COMPLETE]
-    differs = [{"reply_id": r["reply_id"], "saved": replies[r["reply_id"]].content, "streamed": r["text"]}
-               for r in complete if replies[r["reply_id"]].content != r["text"]]
+    complete = [
+        r for r in records if r["reply_id"] in replies and replies[r["reply_id"]].status == Message.Status.COMPLETE
+    ]
+    differs = [
+        {"reply_id": r["reply_id"], "saved": replies[r["reply_id"]].content, "streamed": r["text"]}
+        for r in complete
+        if replies[r["reply_id"]].content != r["text"]
+    ]
     return {
         "user_messages_saved": len(user_contents),
         "user_messages_missing": sum(r["content"] not in user_contents for r in accepted),
@@ -116,7 +125,8 @@ def check_database(conversations, records):
         "reply_statuses": dict(Counter(m.status for m in replies.values())),
         "replies_complete": sum(m.status == Message.Status.COMPLETE for m in replies.values()),
         "replies_complete_empty": sum(m.status == Message.Status.COMPLETE and not m.content for m in replies.values()),
-        "saved_text_differs_from_streamed": len(differs), "differences": differs[:5],
+        "saved_text_differs_from_streamed": len(differs),
+        "differences": differs[:5],
     }
 
 
@@ -129,8 +139,10 @@ def measure(args):
         conversations = [Conversation.objects.create(owner=user, model=spec).pk for user, _ in users]
         live.serve()
         live.warm_up()
-        print(f"{args.clients} clients x {args.messages} messages on {len(live.ports)} process(es), "
-              f"model {args.model}", flush=True)
+        print(
+            f"{args.clients} clients x {args.messages} messages on {len(live.ports)} process(es), model {args.model}",
+            flush=True,
+        )
         results, wall = asyncio.run(run_clients(live, users, conversations, args))
         records = [r for result in results for r in result]
         outcomes = Counter(r["outcome"] for r in records)
@@ -139,14 +151,21 @@ def measure(args):
         errors = sum(n for outcome, n in outcomes.items() if outcome not in ("complete", f"refused:{CAP}"))
         return {
             "what": f"{args.clients} users at once, one socket and conversation each, {args.messages} messages "
-                    "each in turn; the database checked after",
+            "each in turn; the database checked after",
             **live.describe(),
-            "clients": args.clients, "messages_per_client": args.messages, "max_new_tokens": args.new_tokens,
-            "sent": sent, "outcomes": dict(outcomes), "refused_by_user_cap": outcomes[f"refused:{CAP}"],
-            "errors": errors, "saved_complete": database["replies_complete"],
+            "clients": args.clients,
+            "messages_per_client": args.messages,
+            "max_new_tokens": args.new_tokens,
+            "sent": sent,
+            "outcomes": dict(outcomes),
+            "refused_by_user_cap": outcomes[f"refused:{CAP}"],
+            "errors": errors,
+            "saved_complete": database["replies_complete"],
             "ttft": latency([r["ttft"] for r in records if r["ttft"] is not None]),
             "chunk_offset_gaps": sum(r.get("offset_gaps", 0) for r in records),
-            "db_check": database, "wall_s": round(wall, 2), "replies_per_s": round(outcomes["complete"] / wall, 2),
+            "db_check": database,
+            "wall_s": round(wall, 2),
+            "replies_per_s": round(outcomes["complete"] / wall, 2),
             "server_tracebacks": live.tracebacks(),
         }
 

@@ -55,7 +55,7 @@ def run(args, bench, spec):
         ratios, rounds = [], []
         for index in range(args.rounds):
             figures = {}
-            for on in ((False, True) if index % 2 == 0 else (True, False)):
+            for on in (False, True) if index % 2 == 0 else (True, False):
                 switch(spec, on)
                 results, wall = asyncio.run(bench.wave(PROMPTS, options["max_new_tokens"], options=options))
                 figures["on" if on else "off"] = summarize(results, wall)
@@ -67,8 +67,10 @@ def run(args, bench, spec):
             ratio = figures["on"]["output_tokens_per_s"] / figures["off"]["output_tokens_per_s"]
             ratios.append(ratio)
             rounds.append({**figures, "ratio": round(ratio, 4)})
-            print(f"{name} round {index + 1}: off {figures['off']['output_tokens_per_s']} tokens/s, "
-                  f"on {figures['on']['output_tokens_per_s']} tokens/s, ratio {ratio:.3f}")
+            print(
+                f"{name} round {index + 1}: off {figures['off']['output_tokens_per_s']} tokens/s, "
+                f"on {figures['on']['output_tokens_per_s']} tokens/s, ratio {ratio:.3f}"
+            )
         out[name] = {"ratio_median": round(statistics.median(ratios), 4), "options": options, "rounds": rounds}
     out["logprobs_overhead_ratio"] = min(out[name]["ratio_median"] for name in ("greedy", "sampled"))
     return out
@@ -106,8 +108,14 @@ def main():
         finally:
             server.terminate()
             server.wait(10)
-    out.update(model="modelhub/builtin/chitchat", clients=len(PROMPTS), new_tokens=args.new_tokens, rounds=args.rounds,
-               machine=f"{os.cpu_count()} cores, server torch threads {args.threads}", date=time.strftime("%Y-%m-%d"))
+    out.update(
+        model="modelhub/builtin/chitchat",
+        clients=len(PROMPTS),
+        new_tokens=args.new_tokens,
+        rounds=args.rounds,
+        machine=f"{os.cpu_count()} cores, server torch threads {args.threads}",
+        date=time.strftime("%Y-%m-%d"),
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"logprobs_overhead_ratio={out['logprobs_overhead_ratio']:.4f}")

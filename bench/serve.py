@@ -80,8 +80,14 @@ def generate_serial(loaded, prompts, n):
     for ids in prompts:
         ids = torch.tensor([ids], device=loaded.device)
         with torch.inference_mode():
-            loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                  min_new_tokens=n, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+            loaded.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+            )
     return time.perf_counter() - started
 
 
@@ -95,8 +101,9 @@ def generate_padded(loaded, prompts, n):
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=loaded.device)
     started = time.perf_counter()
     with torch.inference_mode():
-        out = loaded.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                    do_sample=False, pad_token_id=pad)
+        out = loaded.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad
+        )
     assert out.shape[1] - width == n
     return time.perf_counter() - started
 
@@ -105,12 +112,13 @@ def generate_cb(loaded, prompts, n):
     """Seconds for the prompts through transformers' continuous batching, or the error it raised."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                              pad_token_id=loaded.tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
+    )
     started = time.perf_counter()
     try:
         outputs = loaded.model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
-    except Exception as exc:  # noqa: BLE001 - recorded in the results instead
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
     assert len(outputs) == len(prompts)
     return time.perf_counter() - started
@@ -151,8 +159,14 @@ class Client:
                         first_chunk.set()
                 if frame["type"] == "done":
                     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-                    return {"ttft": arrivals[0], "e2e": arrivals[-1], "saved": time.perf_counter() - started,
-                            "gaps": gaps, "tokens": options["max_new_tokens"], "message_id": frame["message_id"]}
+                    return {
+                        "ttft": arrivals[0],
+                        "e2e": arrivals[-1],
+                        "saved": time.perf_counter() - started,
+                        "gaps": gaps,
+                        "tokens": options["max_new_tokens"],
+                        "message_id": frame["message_id"],
+                    }
 
 
 def summarize(results, wall):
@@ -200,7 +214,10 @@ class Bench:
         ids = [self.conversation(a) for a in adapters]
         connected, go = asyncio.Semaphore(0), asyncio.Event()
         options = options or fixed(n)
-        asks = [asyncio.ensure_future(self.client.ask(c, p, options, connected=connected, go=go)) for c, p in zip(ids, prompts)]
+        asks = [
+            asyncio.ensure_future(self.client.ask(c, p, options, connected=connected, go=go))
+            for c, p in zip(ids, prompts)
+        ]
         for _ in asks:
             await connected.acquire()
         go.set()
@@ -236,14 +253,19 @@ class Bench:
     async def turns(self, count, n):
         """Time to first token at each turn of one conversation."""
         conversation = self.conversation()
-        return [(await self.client.ask(conversation, f"tell me more, part {turn}", fixed(n)))["ttft"] for turn in range(count)]
+        return [
+            (await self.client.ask(conversation, f"tell me more, part {turn}", fixed(n)))["ttft"]
+            for turn in range(count)
+        ]
 
     async def short_behind_long(self, long_tokens, short_tokens):
         """A short request's time to first token while 7 long replies are streaming."""
         streaming = [asyncio.Event() for _ in range(7)]
         *others, mine = self.conversations(8)
-        long = [asyncio.ensure_future(self.client.ask(c, p, fixed(long_tokens), first_chunk=e))
-                for c, p, e in zip(others, PROMPTS[1:], streaming)]
+        long = [
+            asyncio.ensure_future(self.client.ask(c, p, fixed(long_tokens), first_chunk=e))
+            for c, p, e in zip(others, PROMPTS[1:], streaming)
+        ]
         await asyncio.gather(*(e.wait() for e in streaming))
         short = await self.client.ask(mine, PROMPTS[0], fixed(short_tokens))
         await asyncio.gather(*long)
@@ -263,8 +285,12 @@ def make_adapters(model_dir, folder, device):
     for seed in (1, 2):
         torch.manual_seed(seed)
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        config = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
         path = Path(folder) / f"lora{seed}"
         get_peft_model(base, config).save_pretrained(path)
         paths.append(path)
@@ -273,7 +299,7 @@ def make_adapters(model_dir, folder, device):
 
 def run(args, bench, loaded, adapters):
     """Every measurement; returns the results dict (without machine details)."""
-    from modelhub.generation import render_prompt
+    from modelhub.prompts import render_prompt
 
     n, rounds = args.new_tokens, args.rounds
     prompts = [render_prompt(loaded.tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
@@ -284,12 +310,16 @@ def run(args, bench, loaded, adapters):
         serial.append(generate_serial(loaded, prompts, n))
         results, wall = asyncio.run(bench.wave(PROMPTS, n))
         ours.append(wall)
-        print(f"round {index + 1}: serial {serial[-1]:.2f}s, padded batch {padded[-1]:.2f}s, websocket batch of 8 {wall:.2f}s")
+        print(
+            f"round {index + 1}: serial {serial[-1]:.2f}s, padded batch {padded[-1]:.2f}s, "
+            f"websocket batch of 8 {wall:.2f}s"
+        )
     tok = lambda seconds: round(len(PROMPTS) * n / statistics.median(seconds), 2)  # noqa: E731
     cb = generate_cb(loaded, prompts, n)
     out = {
         "batch8": {
-            "serial_generate_tokens_per_s": tok(serial), "padded_generate_tokens_per_s": tok(padded),
+            "serial_generate_tokens_per_s": tok(serial),
+            "padded_generate_tokens_per_s": tok(padded),
             "ours_websocket_tokens_per_s": tok(ours),
             "transformers_continuous_batching_tokens_per_s": tok([cb]) if isinstance(cb, float) else cb,
             "seconds": {"serial": serial, "padded": padded, "ours": ours},
@@ -304,18 +334,28 @@ def run(args, bench, loaded, adapters):
         single.append(asyncio.run(bench.wave(PROMPTS, n, [adapters[0]] * 8))[1])
         mixed.append(asyncio.run(bench.wave(PROMPTS, n, adapters * 4))[1])
     print("poisson:", json.dumps(out["poisson"]))
-    out["adapters"] = {"single_adapter_batch8_s": statistics.median(single), "mixed_two_adapters_batch8_s": statistics.median(mixed),
-                       "mixed_vs_single": round(statistics.median(mixed) / statistics.median(single), 4)}
+    out["adapters"] = {
+        "single_adapter_batch8_s": statistics.median(single),
+        "mixed_two_adapters_batch8_s": statistics.median(mixed),
+        "mixed_vs_single": round(statistics.median(mixed) / statistics.median(single), 4),
+    }
     print("adapters:", json.dumps(out["adapters"]))
     ttfts = [asyncio.run(bench.turns(20, 8)) for _ in range(rounds)]
     first, last = statistics.median(t[0] for t in ttfts), statistics.median(t[-1] for t in ttfts)
-    out["turns"] = {"ttft_turn1_ms": round(1000 * first, 2), "ttft_turn20_ms": round(1000 * last, 2),
-                    "turn20_vs_turn1": round(last / first, 4), "ttft_ms_by_turn": [round(1000 * x, 2) for x in ttfts[-1]]}
+    out["turns"] = {
+        "ttft_turn1_ms": round(1000 * first, 2),
+        "ttft_turn20_ms": round(1000 * last, 2),
+        "turn20_vs_turn1": round(last / first, 4),
+        "ttft_ms_by_turn": [round(1000 * x, 2) for x in ttfts[-1]],
+    }
     print("turns:", json.dumps(out["turns"]))
     alone = statistics.median(asyncio.run(bench.short_alone(8)) for _ in range(rounds))
     behind = statistics.median(asyncio.run(bench.short_behind_long(3 * n, 8)) for _ in range(rounds))
-    out["fairness"] = {"short_ttft_alone_ms": round(1000 * alone, 2), "short_ttft_behind_7_long_ms": round(1000 * behind, 2),
-                       "behind_vs_alone": round(behind / alone, 4)}
+    out["fairness"] = {
+        "short_ttft_alone_ms": round(1000 * alone, 2),
+        "short_ttft_behind_7_long_ms": round(1000 * behind, 2),
+        "behind_vs_alone": round(behind / alone, 4),
+    }
     out["batch8"]["ours_vs_padded_by_round"] = [round(p / o, 4) for p, o in zip(padded, ours)]
     out["batch8_vs_limit"] = round(statistics.median(p / o for p, o in zip(padded, ours)), 4)
     return out
@@ -330,7 +370,9 @@ def plot(out, path):
     levels = list(out["concurrency"])
     xs = [int(c) for c in levels]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(xs, [out["concurrency"][c]["output_tokens_per_s"] for c in levels], marker="o", label="chatsite (websocket)")
+    left.plot(
+        xs, [out["concurrency"][c]["output_tokens_per_s"] for c in levels], marker="o", label="chatsite (websocket)"
+    )
     batch = out["batch8"]
     left.axhline(batch["serial_generate_tokens_per_s"], color="grey", linestyle="--", label="serial generate (peers)")
     left.axhline(batch["padded_generate_tokens_per_s"], color="black", linestyle=":", label="padded batch of 8 (limit)")
@@ -358,13 +400,16 @@ def main():
         from django.contrib.auth import get_user_model
         from django.test import Client as DjangoClient
 
-        from modelhub.loading import LoadSettings, load
+        from modelhub.backends.loading import LoadSettings, load
         from modelhub.models import Adapter, ModelSpec
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = "bfloat16" if device == "cuda" else "float32"
         spec = ModelSpec.objects.create(name="bench", source=args.model_dir, dtype=dtype, device=device)
-        adapters = [Adapter.objects.create(name=p.name, base=spec, path=str(p)) for p in make_adapters(args.model_dir, var_dir, device)]
+        adapters = [
+            Adapter.objects.create(name=p.name, base=spec, path=str(p))
+            for p in make_adapters(args.model_dir, var_dir, device)
+        ]
         user = get_user_model().objects.create_user("bench", password="bench-pass-123")
         django_client = DjangoClient()
         django_client.force_login(user)
@@ -380,9 +425,15 @@ def main():
         finally:
             server.terminate()
             server.wait(10)
-    out.update(model=os.path.relpath(args.model_dir, ROOT), device=device, dtype=dtype, new_tokens=args.new_tokens,
-               rounds=args.rounds, machine=f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-               date=time.strftime("%Y-%m-%d"))
+    out.update(
+        model=os.path.relpath(args.model_dir, ROOT),
+        device=device,
+        dtype=dtype,
+        new_tokens=args.new_tokens,
+        rounds=args.rounds,
+        machine=f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        date=time.strftime("%Y-%m-%d"),
+    )
     stem = Path(args.out_dir) / ("serve" if device == "cpu" else f"serve-{device}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")

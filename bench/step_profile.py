@@ -1,7 +1,7 @@
 """Where one decode step's time goes, in chatsite's model runner and in vLLM's engine (bench/scale.py's
 `--profile-steps`): the same 8 prompts, the same steps of a reply, grouped into the same kinds of work.
 
-chatsite's runner (`modelhub.batching.Decoder.decode`) is timed in parts without a profiler, then run
+chatsite's runner (`modelhub.engine.model_runner.Decoder.decode`) is timed in parts without a profiler, then run
 under torch.profiler; vLLM's engine is run under its own torch profiler (`/start_profile`). Profiled
 figures are for comparing kinds across the two engines; the timed parts are the measure of chatsite's.
 """
@@ -22,19 +22,63 @@ BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"
 # --- where a step's time goes --------------------------------------------------------
 
 KINDS = [  # (kind, does an op of this name belong to it): the first match wins
-    ("matmul", lambda n: "onednn_mm" in n or n in {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
-                                                   "aten::linear"}),
-    ("attention", lambda n: any(k in n for k in ("attention", "scaled_dot_product", "reshape_and_cache",
-                                                 "kv_cache_update"))),
+    (
+        "matmul",
+        lambda n: "onednn_mm" in n or n in {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"},
+    ),
+    (
+        "attention",
+        lambda n: any(k in n for k in ("attention", "scaled_dot_product", "reshape_and_cache", "kv_cache_update")),
+    ),
     ("cat (kv cache and mask growth, rope)", lambda n: n == "aten::cat"),
-    ("elementwise, compiled (inductor's fused kernels)",
-     lambda n: any(k in n for k in ("CompiledFxGraph", "Pregraph", "AOTDispatcher", "Torch-Compiled", "cpp_fused"))),
+    (
+        "elementwise, compiled (inductor's fused kernels)",
+        lambda n: any(k in n for k in ("CompiledFxGraph", "Pregraph", "AOTDispatcher", "Torch-Compiled", "cpp_fused")),
+    ),
     ("sampling", lambda n: any(k in n for k in ("argmax", "greedy", "sampl", "multinomial", "topk"))),
     ("python in the step (model runner, modules)", lambda n: n.startswith(("execute_context", "decode step"))),
-    ("tensor copies, views, indexing", lambda n: n.startswith("aten::") and any(k in n for k in (
-        "copy", "view", "slice", "strided", "reshape", "narrow", "split", "chunk", "index", "empty", "transpose",
-        "expand", "squeeze", "select", "contiguous", "clone", "detach", "alias", "item", "_local_scalar", "new_",
-        "fill_", "zero_", "lift_fresh", "resolve_", "aten::to", "aten::t", "flatten", "ones", "zeros", "full"))),
+    (
+        "tensor copies, views, indexing",
+        lambda n: (
+            n.startswith("aten::")
+            and any(
+                k in n
+                for k in (
+                    "copy",
+                    "view",
+                    "slice",
+                    "strided",
+                    "reshape",
+                    "narrow",
+                    "split",
+                    "chunk",
+                    "index",
+                    "empty",
+                    "transpose",
+                    "expand",
+                    "squeeze",
+                    "select",
+                    "contiguous",
+                    "clone",
+                    "detach",
+                    "alias",
+                    "item",
+                    "_local_scalar",
+                    "new_",
+                    "fill_",
+                    "zero_",
+                    "lift_fresh",
+                    "resolve_",
+                    "aten::to",
+                    "aten::t",
+                    "flatten",
+                    "ones",
+                    "zeros",
+                    "full",
+                )
+            )
+        ),
+    ),
     ("elementwise, eager (norms, rope, activations)", lambda n: n.startswith("aten::")),
 ]
 
@@ -45,14 +89,18 @@ def by_kind(ops, steps):
     for name, self_ms, _ in ops:
         kinds[next((kind for kind, match in KINDS if match(name)), "other")] += self_ms / steps
     top = sorted(ops, key=lambda op: -op[1])[:10]
-    return ({kind: round(v, 3) for kind, v in kinds.items()},
-            [{"op": name, "self_ms_per_step": round(t / steps, 3), "calls_per_step": round(c / steps, 1)}
-             for name, t, c in top])
+    return (
+        {kind: round(v, 3) for kind, v in kinds.items()},
+        [
+            {"op": name, "self_ms_per_step": round(t / steps, 3), "calls_per_step": round(c / steps, 1)}
+            for name, t, c in top
+        ],
+    )
 
 
 def decoding(loaded, args):
     """modelhub's model runner, the 8 prompts prefilled together and decoded up to the first profiled step."""
-    from modelhub.batching import Decoder
+    from modelhub.engine.model_runner import Decoder
     from modelhub.options import GenerationOptions
 
     decoder = Decoder(loaded)
@@ -78,6 +126,7 @@ def timed_parts(loaded, decoder, rows, steps):
                 return function(*args, **kwargs)
             finally:
                 seconds[name] += time.perf_counter() - started
+
         return timed
 
     functional, names = torch.nn.functional, ("linear", "scaled_dot_product_attention")
@@ -96,13 +145,21 @@ def timed_parts(loaded, decoder, rows, steps):
     finally:
         torch.cat, functional.linear, functional.scaled_dot_product_attention = originals
         del loaded.model.forward  # the class's own again
-    inner = {"matmul (linear)": seconds["linear"], "attention (sdpa)": seconds["attention"],
-             "cat (kv cache and mask growth, rope)": seconds["cat"]}
-    return {"whole step": total, "model forward": seconds["forward"], **inner,
-            "rest of the forward (norms, rope, activations, module python)": seconds["forward"] - sum(inner.values()),
-            "step inputs (ids, positions, mask)": seconds["step"] - seconds["forward"],
-            "sampling (eos mask, argmax, accept)": seconds["sample"] - seconds["detokenize"],
-            "detokenize": seconds["detokenize"], "decode bookkeeping": total - seconds["step"] - seconds["sample"]}
+    inner = {
+        "matmul (linear)": seconds["linear"],
+        "attention (sdpa)": seconds["attention"],
+        "cat (kv cache and mask growth, rope)": seconds["cat"],
+    }
+    return {
+        "whole step": total,
+        "model forward": seconds["forward"],
+        **inner,
+        "rest of the forward (norms, rope, activations, module python)": seconds["forward"] - sum(inner.values()),
+        "step inputs (ids, positions, mask)": seconds["step"] - seconds["forward"],
+        "sampling (eos mask, argmax, accept)": seconds["sample"] - seconds["detokenize"],
+        "detokenize": seconds["detokenize"],
+        "decode bookkeeping": total - seconds["step"] - seconds["sample"],
+    }
 
 
 def profile_chatsite(args):
@@ -110,7 +167,7 @@ def profile_chatsite(args):
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from modelhub.loading import LoadSettings, load
+    from modelhub.backends.loading import LoadSettings, load
 
     torch.set_num_threads(1)
     loaded = load(LoadSettings(str(BUILTIN), dtype="float32", device="cpu"))
@@ -124,11 +181,16 @@ def profile_chatsite(args):
     averages = prof.key_averages()
     kinds, top = by_kind([(e.key, e.self_cpu_time_total / 1000, e.count) for e in averages], steps)
     whole = next(e.cpu_time_total for e in averages if e.key == "decode step") / 1000
-    return {"rows": len(rows), "steps": f"{args.profile_from}..{args.profile_from + steps - 1}",
-            "step_ms": {part: round(1000 * v / steps, 3) for part, v in parts.items()},
-            "profiled_step_ms": round(whole / steps, 3), "self_ms_per_step_by_kind": kinds, "top_ops": top,
-            "note": "step_ms is timed without the profiler; under it every op costs more (cat, with its fresh "
-                    "buffers, several times more): its kinds are for comparing with vLLM's, also profiled"}
+    return {
+        "rows": len(rows),
+        "steps": f"{args.profile_from}..{args.profile_from + steps - 1}",
+        "step_ms": {part: round(1000 * v / steps, 3) for part, v in parts.items()},
+        "profiled_step_ms": round(whole / steps, 3),
+        "self_ms_per_step_by_kind": kinds,
+        "top_ops": top,
+        "note": "step_ms is timed without the profiler; under it every op costs more (cat, with its fresh "
+        "buffers, several times more): its kinds are for comparing with vLLM's, also profiled",
+    }
 
 
 def profile_vllm(args, vllm, folder, vllm_wave):
@@ -136,8 +198,12 @@ def profile_vllm(args, vllm, folder, vllm_wave):
     from openai import AsyncOpenAI
 
     def post(path, body):
-        request = urllib.request.Request(vllm.base_url.removesuffix("/v1") + path, data=json.dumps(body).encode(),
-                                         method="POST", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            vllm.base_url.removesuffix("/v1") + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=300).read()
 
     async def wave():
@@ -154,14 +220,18 @@ def profile_vllm(args, vllm, folder, vllm_wave):
     steps = [(name, calls, total) for name, _, calls, total in ops if name.startswith("execute_context")]
     count = sum(calls for _, calls, _ in steps)
     kinds, top = by_kind([(name, self_ms, calls) for name, self_ms, calls, _ in ops], count)
-    return {"steps": {name: calls for name, calls, _ in steps},
-            "profiled_step_ms": round(sum(total for _, _, total in steps) / count, 3),
-            "self_ms_per_step_by_kind": kinds, "top_ops": top,
-            "note": "the engine core process only: its scheduler and the API server (HTTP, detokenizing) are not here"}
+    return {
+        "steps": {name: calls for name, calls, _ in steps},
+        "profiled_step_ms": round(sum(total for _, _, total in steps) / count, 3),
+        "self_ms_per_step_by_kind": kinds,
+        "top_ops": top,
+        "note": "the engine core process only: its scheduler and the API server (HTTP, detokenizing) are not here",
+    }
 
 
 def parse_table(text):
     """[(name, self ms, calls, total ms)] from a torch profiler table (vLLM's *.profiler_out.txt)."""
+
     def to_ms(value):
         number, unit = re.fullmatch(r"([\d.]+)(ns|us|ms|s)", value).groups()
         return float(number) * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[unit]

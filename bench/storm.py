@@ -51,8 +51,15 @@ def plans(args):
     for index in range(args.clients):
         words = " ".join(f"w{rng.randrange(1000)}" for _ in range(args.words))
         mode = rng.choices(list(MODES), weights=list(MODES.values()))[0]
-        out.append({"index": index, "delay": rng.uniform(0, 0.5), "mode": mode,
-                    "hold": round(rng.uniform(0, args.max_hold), 3), "content": f"[storm {index}] {words}"})
+        out.append(
+            {
+                "index": index,
+                "delay": rng.uniform(0, 0.5),
+                "mode": mode,
+                "hold": round(rng.uniform(0, args.max_hold), 3),
+                "content": f"[storm {index}] {words}",
+            }
+        )
     return out
 
 
@@ -64,8 +71,11 @@ async def client(live, plan, cookie, conversation_id):
     await asyncio.sleep(plan["delay"])
     index = plan["index"]
     try:
-        ws = await websockets.connect(live.url(index, f"/ws/conversations/{conversation_id}/"),
-                                      additional_headers=live.headers(index, cookie), open_timeout=60)
+        ws = await websockets.connect(
+            live.url(index, f"/ws/conversations/{conversation_id}/"),
+            additional_headers=live.headers(index, cookie),
+            open_timeout=60,
+        )
     except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
         return {**seen, "outcome": f"connect:{type(exc).__name__}"}
     try:
@@ -109,8 +119,12 @@ async def listen(ws, seen, hold):
 
 
 async def storm(live, users, conversations, plans_):
-    return await asyncio.gather(*(client(live, plan, cookie, conversation)
-                                  for plan, (_, cookie), conversation in zip(plans_, users, conversations)))
+    return await asyncio.gather(
+        *(
+            client(live, plan, cookie, conversation)
+            for plan, (_, cookie), conversation in zip(plans_, users, conversations)
+        )
+    )
 
 
 def settle(conversations, seconds):
@@ -143,11 +157,13 @@ def check_database(conversations, records):
         "interrupted_with_text": sum(bool(m.content) for m in interrupted),
         "interrupted_empty": sum(not m.content for m in interrupted),
         "replies_shorter_than_client_saw": sum(
-            r["reply_id"] in replies and not replies[r["reply_id"]].content.startswith(r["text"])
-            for r in records),
+            r["reply_id"] in replies and not replies[r["reply_id"]].content.startswith(r["text"]) for r in records
+        ),
         "replies_not_a_prefix_of_question": sum(
             not questions[m.conversation_id].content.startswith(m.content)
-            for m in replies.values() if m.conversation_id in questions),
+            for m in replies.values()
+            if m.conversation_id in questions
+        ),
     }
 
 
@@ -160,8 +176,11 @@ def measure(args):
         conversations = [Conversation.objects.create(owner=user, model=spec).pk for user, _ in users]
         live.serve()
         live.warm_up()
-        print(f"{args.clients} clients leaving mid-reply on {len(live.ports)} process(es), model {args.model}, "
-              f"grace {args.grace} s", flush=True)
+        print(
+            f"{args.clients} clients leaving mid-reply on {len(live.ports)} process(es), model {args.model}, "
+            f"grace {args.grace} s",
+            flush=True,
+        )
         plans_ = plans(args)
         started = time.monotonic()
         records = asyncio.run(storm(live, users, conversations, plans_))
@@ -171,16 +190,22 @@ def measure(args):
         print(json.dumps(database), flush=True)
         return {
             "what": f"{args.clients} users each send a {args.words}-word message and leave at a random moment "
-                    f"(seed {args.seed}); the database checked once no reply streams (or after "
-                    f"{args.grace + args.settle} s)",
-            **live.describe(), "clients": args.clients, "seed": args.seed, "words": args.words,
-            "orphan_grace_s": args.grace, "max_hold_s": args.max_hold,
+            f"(seed {args.seed}); the database checked once no reply streams (or after "
+            f"{args.grace + args.settle} s)",
+            **live.describe(),
+            "clients": args.clients,
+            "seed": args.seed,
+            "words": args.words,
+            "orphan_grace_s": args.grace,
+            "max_hold_s": args.max_hold,
             "modes": dict(Counter(p["mode"] for p in plans_)),
             "client_outcomes": dict(Counter(r["outcome"] for r in records)),
             "replies_done_before_client_left": sum(r["done_before_leaving"] for r in records),
-            "seconds_until_all_left": round(gone, 2), "seconds_until_no_reply_streaming": waited,
+            "seconds_until_all_left": round(gone, 2),
+            "seconds_until_no_reply_streaming": waited,
             "db_check": database,
-            "lost": database["user_messages_lost"], "streaming_left": database["replies_streaming_left"],
+            "lost": database["user_messages_lost"],
+            "streaming_left": database["replies_streaming_left"],
             "server_tracebacks": live.tracebacks(),
         }
 

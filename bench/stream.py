@@ -151,9 +151,9 @@ def main():
         from django.contrib.auth import get_user_model
         from django.test import Client
 
-        from modelhub.generation import render_prompt
-        from modelhub.loading import LoadSettings, load
+        from modelhub.backends.loading import LoadSettings, load
         from modelhub.models import ModelSpec
+        from modelhub.prompts import render_prompt
 
         spec = ModelSpec.objects.create(name="bench", source=args.model_dir, dtype="float32", device="auto")
         user = get_user_model().objects.create_user("bench", password="bench-pass-123")

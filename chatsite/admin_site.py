@@ -1,4 +1,4 @@
-"""The admin, open to the roles that have something to do there (conversations/roles.py).
+"""The admin, open to the roles that have something to do there (conversations/access/roles.py).
 
 Django's admin lets in only staff accounts. Here an active account may also enter when one of its
 permissions concerns a model the admin shows: a model admin (models, adapters, fine-tunes, arenas) or
@@ -18,8 +18,9 @@ class ChatsiteAdminSite(AdminSite):
         user = request.user
         if not user.is_active:
             return False
-        return user.is_staff or any(any(model_admin.get_model_perms(request).values())
-                                    for model_admin in self._registry.values())
+        return user.is_staff or any(
+            any(model_admin.get_model_perms(request).values()) for model_admin in self._registry.values()
+        )
 
 
 class ChatsiteAdminConfig(AdminConfig):

@@ -1,13 +1,13 @@
 """ASGI entry point: HTTP to Django (static files included), websockets to Channels.
 
 Served by daphne (`make run`). Around the routing:
-- every request makes sure this process's writer heartbeat runs (conversations/heartbeat.py):
+- every request makes sure this process's writer heartbeat runs (conversations/delivery/heartbeat.py):
   the first one starts it (without waiting for it), its first beat recovers the replies that
   dead writers left `streaming`, then it renews this process's own and ends orphans every
   CHAT_HEARTBEAT_SECONDS (daphne has no lifespan events, hence the per-request check, which
   costs nothing after the first);
 - websockets must come from this site's own origin (origins.py); the socket's user is resolved
-  after the handshake, never before it (conversations/routing.py);
+  after the handshake, never before it (conversations/chat/routing.py);
 - once daphne runs, the default model (and those marked "load at start") starts loading in
   the background (`modelhub.api.preload`, MODELHUB_PRELOAD), so the first reply does not
   wait for the load; the database query runs in a thread of its own, never on the event
@@ -35,10 +35,10 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.db import DatabaseError, connection  # noqa: E402
 
 from chatsite.origins import SameOriginValidator  # noqa: E402
-from conversations import replies  # noqa: E402
-from conversations.durable import first_line  # noqa: E402
-from conversations.heartbeat import Heartbeat  # noqa: E402
-from conversations.routing import SocketAuthMiddlewareStack, websocket_urlpatterns  # noqa: E402
+from conversations.chat import replies  # noqa: E402
+from conversations.chat.routing import SocketAuthMiddlewareStack, websocket_urlpatterns  # noqa: E402
+from conversations.delivery.durable import first_line  # noqa: E402
+from conversations.delivery.heartbeat import Heartbeat  # noqa: E402
 from modelhub import api  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ def _preload():
     try:
         names = api.preload()
     except DatabaseError as exc:
-        log.warning("no model is loaded at start, each loads on its first use: the database failed (%s)",
-                    first_line(exc))
+        log.warning(
+            "no model is loaded at start, each loads on its first use: the database failed (%s)", first_line(exc)
+        )
         return
     finally:
         connection.close()  # this thread's own connection: nothing else would close it
@@ -86,9 +87,9 @@ def _preload():
 
 
 if "daphne.server" in sys.modules:  # daphne's reactor is installed (and runs when daphne serves)
-    from twisted.internet import reactor  # noqa: E402
+    from twisted.internet import reactor
 
-    from chatsite import http_edge  # noqa: E402
+    from chatsite import http_edge
 
     http_edge.install()
 

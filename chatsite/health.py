@@ -7,7 +7,7 @@ PROBE_SECONDS; they run side by side, so a probe answers within about that, 503 
 that failed. Both are GET only and open to anyone (no login, no CSRF), and their body names no
 host, address or error text: those go to the log.
 
-/metrics (chatsite/metrics.py) answers staff users and a scraper with the METRICS_TOKEN bearer
+/metrics (conversations/metrics.py) answers staff users and a scraper with the METRICS_TOKEN bearer
 token; anyone else, anonymous included, gets 403 (a scraper cannot follow a login redirect).
 All three are asked of each process directly, so none is redirected to HTTPS (SECURE_REDIRECT_EXEMPT).
 """
@@ -25,9 +25,9 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
 
-from chatsite import metrics
+from conversations import metrics
 from modelhub import api
-from modelhub.options import ModelhubError
+from modelhub.api import ModelhubError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ def healthz(request):
 @login_not_required
 @require_GET
 async def readyz(request):
-    checks = {"database": _in_thread(check_database), "channel_layer": check_channel_layer(),
-              "default_model": _in_thread(check_default_model)}
+    checks = {
+        "database": _in_thread(check_database),
+        "channel_layer": check_channel_layer(),
+        "default_model": _in_thread(check_default_model),
+    }
     outcomes = await asyncio.gather(*(_within(name, check) for name, check in checks.items()))
     results = dict(zip(checks, outcomes))
     failing = [name for name, outcome in results.items() if outcome != "ok"]
@@ -96,13 +99,13 @@ async def check_channel_layer():
 
 
 async def _within(name, check):
-    """"ok", or why not in a word (the exception's code or class; the whole message goes to the log)."""
+    """ "ok", or why not in a word (the exception's code or class; the whole message goes to the log)."""
     try:
         await asyncio.wait_for(check, PROBE_SECONDS)
     except TimeoutError:
         log.warning("readiness: %s did not answer within %gs", name, PROBE_SECONDS)
         return f"failing: no answer within {PROBE_SECONDS:g}s"
-    except Exception as exc:  # noqa: BLE001 - any failure of a check is the answer, not an error of the probe
+    except Exception as exc:
         log.warning("readiness: %s failed: %s", name, exc)
         return f"failing: {exc.code if isinstance(exc, ModelhubError) else type(exc).__name__}"
     return "ok"

@@ -13,14 +13,21 @@ import json
 
 
 def _response(status, reason, code, message):
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode() + body
+    body = json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 
-TOO_LARGE = _response(431, "Request Header Fields Too Large", "request_headers_too_large",
-                      "The request's headers are too large: at most 16384 bytes in all.")
+TOO_LARGE = _response(
+    431,
+    "Request Header Fields Too Large",
+    "request_headers_too_large",
+    "The request's headers are too large: at most 16384 bytes in all.",
+)
 BAD_REQUEST = _response(400, "Bad Request", "invalid_http", "The request is not valid HTTP/1.1.")
 
 

@@ -9,7 +9,11 @@ from django.shortcuts import render
 
 def locked_out(request, original_response, credentials):
     seconds = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds())
-    response = render(request, "registration/locked_out.html",
-                      {"minutes": math.ceil(seconds / 60), "failures": settings.AXES_FAILURE_LIMIT}, status=429)
+    response = render(
+        request,
+        "registration/locked_out.html",
+        {"minutes": math.ceil(seconds / 60), "failures": settings.AXES_FAILURE_LIMIT},
+        status=429,
+    )
     response["Retry-After"] = str(seconds)
     return response

@@ -7,8 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
 from chatsite.env import env_bool, env_choice, env_float, env_int, env_list, env_str, secret_key
 
@@ -38,7 +38,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "chatsite.metrics.count_responses",  # outermost: counts every response, redirects and errors included
+    "conversations.metrics.count_responses",  # outermost: counts every response, redirects and errors included
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -101,11 +101,6 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
-# Counts that every process must see (API calls in flight that leave no row: conversations/cap.py) live in the
-# cache: Redis when deployed, this process's memory in the embedded default (one process).
-if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "KEY_PREFIX": "chatsite"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -113,10 +108,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "conversations:start"  # each role's home (conversations/access.py start)
+LOGIN_REDIRECT_URL = "conversations:start"  # each role's home (conversations/access/permissions.py start)
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Roles and logins (README: "Roles and access"; conversations/roles.py, access.py) ------
+# --- Roles and logins (README: "Roles and access"; conversations/access/roles.py, access/permissions.py) ------
 # Groups a new account joins (the roles: user, reviewer, model admin, admin; or a site's own groups).
 CHATSITE_NEW_USER_GROUPS = env_list("CHATSITE_NEW_USER_GROUPS", ["user"])
 # Failed logins (django-axes): LOGIN_FAILURE_LIMIT failures for one username from one address lock that
@@ -183,7 +178,7 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 if env_bool("CHATSITE_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- Metrics and health checks (README: "Metrics and health checks"; chatsite/metrics.py, health.py) ----
+# --- Metrics and health checks (README: "Metrics and health checks"; conversations/metrics.py, chatsite/health.py) ----
 # /metrics answers staff users, and a scraper that sends "Authorization: Bearer <METRICS_TOKEN>" (empty:
 # staff only). /healthz and /readyz answer anyone.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
@@ -203,19 +198,19 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Replies one user may have being written at once, over all their conversations (a side-by-side
 # comparison writes two): more are refused, so one user cannot take every seat of a batch.
 CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
-# Quotas (conversations/quotas.py), the defaults that Admin → Quotas overrides per group and per user; 0: no
+# Quotas (conversations/access/quotas.py), the defaults that Admin → Quotas overrides per group and per user; 0: no
 # limit. Tokens (prompt + completion) of one user's replies from midnight (TIME_ZONE), and replies asked for
 # in any 60 seconds; over either, a turn or an API call is refused, saying when the count resets.
 CHAT_TOKENS_PER_DAY = env_int("CHAT_TOKENS_PER_DAY", 0, minimum=0)
 CHAT_REPLIES_PER_MINUTE = env_int("CHAT_REPLIES_PER_MINUTE", 0, minimum=0)
-# The review queue (conversations/review_queue.py): decisions each feedback item needs (2 or more: overlap,
+# The review queue (conversations/review/queue.py): decisions each feedback item needs (2 or more: overlap,
 # and agreement is measured), and how long an assigned item stays its reviewer's before another may take it.
 CHAT_REVIEWS_PER_ITEM = env_int("CHAT_REVIEWS_PER_ITEM", 1, minimum=1)
 CHAT_REVIEW_ASSIGNMENT_MINUTES = env_float("CHAT_REVIEW_ASSIGNMENT_MINUTES", 30.0, minimum=1)
 # Seconds a reply keeps generating after its last watcher left, in every process (a reload
 # comes back within this time); then it is stopped and saved as "interrupted".
 CHAT_ORPHAN_GRACE_SECONDS = env_float("CHAT_ORPHAN_GRACE_SECONDS", 15.0, minimum=0)
-# Several server processes share one database (conversations/writers.py): each renews the
+# Several server processes share one database (conversations/models/writers.py): each renews the
 # heartbeat of the replies it writes every CHAT_HEARTBEAT_SECONDS, and a streaming reply whose
 # writer is silent for CHAT_WRITER_TIMEOUT_SECONDS (or whose process on this host has exited)
 # is saved as "interrupted" with the text last flushed, by whichever process notices.
@@ -286,7 +281,7 @@ MODELHUB_KV_CACHE_MB = env_float("MODELHUB_KV_CACHE_MB", 512.0, minimum=0)
 # step for its request, and prompts already queued wait as long to be prefilled with it:
 # it starts at once, and turns sent together start together; 0: off.
 MODELHUB_ARRIVAL_HOLD_SECONDS = env_float("MODELHUB_ARRIVAL_HOLD_SECONDS", 0.1, minimum=0)
-# The attention view (modelhub/attention.py) recomputes one pass over a reply with its attention
+# The attention view (modelhub/backends/attention.py) recomputes one pass over a reply with its attention
 # weights, layers × heads × tokens² floats: at most this many tokens, and this many MiB of weights.
 MODELHUB_ATTENTION_MAX_TOKENS = env_int("MODELHUB_ATTENTION_MAX_TOKENS", 1024, minimum=2)
 MODELHUB_ATTENTION_MAX_MB = env_float("MODELHUB_ATTENTION_MAX_MB", 512.0, minimum=1)

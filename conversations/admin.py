@@ -8,14 +8,25 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from conversations import review_admin, usage_admin  # noqa: F401 - register Review's and Quota's admins
+from conversations.access import usage_admin  # noqa: F401 - registers Quota's admin and its usage page
 from conversations.arena.leaderboard import SOURCES, leaderboard
-from conversations.evaluation_admin import create_and_start
+from conversations.evaluation.admin import create_and_start
 from conversations.forms import SnapshotEvaluateForm, SnapshotFinetuneForm, SnapshotForm
-from conversations.models import (ApiKey, Arena, Conversation, DatasetSnapshot, Feedback, FeedbackTag, Message,
-                                  Preference)
+from conversations.models import (
+    ApiKey,
+    Arena,
+    Conversation,
+    DatasetSnapshot,
+    Feedback,
+    FeedbackTag,
+    Message,
+    Preference,
+)
 from conversations.models.datasets import SnapshotChanged
+from conversations.review import admin as review_admin  # noqa: F401 - registers Review's admin
 from conversations.training_data.export import export_snapshot
+from modelhub import api
+from modelhub.models import FinetuneJob
 
 
 class MessageInline(admin.TabularInline):
@@ -130,8 +141,22 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
 
     list_display = ["__str__", "format", "train_rows", "eval_rows", "scrubbed", "withdrawn", "created_by", "created_at"]
     list_filter = ["format", "scrubbed"]
-    fields = ["format", "filters", "scrubbed", "eval_fraction", "license", "withdrawn", "train_path", "train_sha256", "eval_path",
-              "eval_sha256", "card_path", "pretty_card", "created_by", "created_at"]
+    fields = [
+        "format",
+        "filters",
+        "scrubbed",
+        "eval_fraction",
+        "license",
+        "withdrawn",
+        "train_path",
+        "train_sha256",
+        "eval_path",
+        "eval_sha256",
+        "card_path",
+        "pretty_card",
+        "created_by",
+        "created_at",
+    ]
     readonly_fields = fields
     actions = ["finetune", "evaluate"]
 
@@ -144,8 +169,9 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
     def has_evaluate_permission(self, request):
         return request.user.has_perm("conversations.add_evaluationreport")
 
-    @admin.action(description="Evaluate base vs its adapters on this snapshot (in the background)",
-                  permissions=["evaluate"])
+    @admin.action(
+        description="Evaluate base vs its adapters on this snapshot (in the background)", permissions=["evaluate"]
+    )
     def evaluate(self, request, queryset):
         """A form for the base model, then an EvaluationReport of it and all its adapters, run in a thread."""
         snapshot = queryset.first()
@@ -157,9 +183,14 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
             base = form.cleaned_data["base"]
             report = create_and_start(request, snapshot, base, list(base.adapters.all()))
             return redirect("admin:conversations_evaluationreport_change", report.pk) if report else None
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
-                   "snapshot": snapshot, "title": f"Evaluate a base model and its adapters on {snapshot}",
-                   "max_rows": settings.EVALUATION_MAX_ROWS}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "snapshot": snapshot,
+            "title": f"Evaluate a base model and its adapters on {snapshot}",
+            "max_rows": settings.EVALUATION_MAX_ROWS,
+        }
         return TemplateResponse(request, "conversations/admin_snapshot_evaluate.html", context)
 
     @admin.action(description="Fine-tune an adapter on this snapshot (in the background)", permissions=["finetune"])
@@ -174,8 +205,13 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
             job = _start_finetune(request, snapshot, form.cleaned_data)
             if job is not None:
                 return redirect("admin:modelhub_finetunejob_change", job.pk)
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
-                   "snapshot": snapshot, "title": f"Fine-tune an adapter on {snapshot}"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "snapshot": snapshot,
+            "title": f"Fine-tune an adapter on {snapshot}",
+        }
         return TemplateResponse(request, "conversations/admin_snapshot_finetune.html", context)
 
     @admin.display(description="train rows")
@@ -197,13 +233,22 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
         form = SnapshotForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            snapshot = export_snapshot(data["format"], filters=form.filters(), scrub=data["scrub"],
-                                       eval_fraction=data["eval_fraction"], created_by=request.user,
-                                       license=data["license"])
+            snapshot = export_snapshot(
+                data["format"],
+                filters=form.filters(),
+                scrub=data["scrub"],
+                eval_fraction=data["eval_fraction"],
+                created_by=request.user,
+                license=data["license"],
+            )
             self.message_user(request, f"Created {snapshot}.", messages.SUCCESS)
             return redirect("admin:conversations_datasetsnapshot_change", snapshot.pk)
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
-                   "title": "Create a dataset snapshot"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "title": "Create a dataset snapshot",
+        }
         return TemplateResponse(request, "conversations/admin_snapshot_form.html", context)
 
 
@@ -221,8 +266,10 @@ class ArenaAdmin(ReadOnlyAdmin):
     def has_evaluate_permission(self, request):
         return request.user.has_perm("conversations.add_evaluationreport")
 
-    @admin.action(description="Evaluate base vs this arena's adapters on its snapshot (in the background)",
-                  permissions=["evaluate"])
+    @admin.action(
+        description="Evaluate base vs this arena's adapters on its snapshot (in the background)",
+        permissions=["evaluate"],
+    )
     def evaluate(self, request, queryset):
         arena = queryset.select_related("snapshot", "base", "candidate", "opponent").first()
         if queryset.count() != 1 or arena.snapshot is None:
@@ -257,29 +304,36 @@ class ArenaAdmin(ReadOnlyAdmin):
         """Every model and model + adapter rated from arena votes and side-by-side verdicts (see arena/ratings.py)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Leaderboard",
-                   "ratings": leaderboard(), "sources": [Preference.Source(s).label for s in SOURCES]}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Leaderboard",
+            "ratings": leaderboard(),
+            "sources": [Preference.Source(s).label for s in SOURCES],
+        }
         return TemplateResponse(request, "admin/conversations/arena/leaderboard.html", context)
 
 
 def _start_finetune(request, snapshot, data):
     """The admin's side of `manage.py finetune --snapshot`; messages the user, returns the job or None."""
-    from modelhub.finetune import run_in_background
-    from modelhub.models import FinetuneJob
-    from modelhub.options import ModelhubError
-
     try:
         files = snapshot.verify()
         job = FinetuneJob.objects.create_for(
-            data["base"], snapshot.format, files["train"], files["eval"], snapshot.dataset_ref(),
-            {"epochs": data["epochs"], "learning_rate": data["learning_rate"]}, request.user, data["adapter_name"],
+            data["base"],
+            snapshot.format,
+            files["train"],
+            files["eval"],
+            snapshot.dataset_ref(),
+            {"epochs": data["epochs"], "learning_rate": data["learning_rate"]},
+            request.user,
+            data["adapter_name"],
         )
     except SnapshotChanged as exc:
         messages.error(request, str(exc))
         return None
-    except ModelhubError as exc:
+    except api.ModelhubError as exc:
         messages.error(request, exc.message)
         return None
-    run_in_background(job, settings.VAR_DIR / "logs")
+    api.run_in_background(job, settings.VAR_DIR / "logs")
     messages.success(request, f"Started fine-tune job {job.pk} on {snapshot}: its page shows the progress.")
     return job

@@ -8,10 +8,10 @@ class ConversationsConfig(AppConfig):
 
     def ready(self):
         # django.contrib.admin (listed first) has registered every app's admin by now.
-        from conversations import access, roles
-        from conversations.evaluation_admin import extend_adapter_admin
+        from conversations.access import permissions, roles
+        from conversations.evaluation.admin import extend_adapter_admin
 
         extend_adapter_admin()
         post_migrate.connect(roles.after_migrate, sender=self, dispatch_uid="conversations-roles")
         post_save.connect(roles.join_new_user_groups, sender=get_user_model(), dispatch_uid="new-user-groups")
-        access.connect_signals()
+        permissions.connect_signals()

@@ -5,9 +5,8 @@ from conversations.models.api_key import NAME_LENGTH
 from conversations.models.datasets import FORMAT_CHOICES, LICENSES
 from conversations.training_data.examples import Filters
 from modelhub import api
+from modelhub.api import InvalidOptions, OptionValidator
 from modelhub.models import ModelSpec
-from modelhub.options import InvalidOptions
-from modelhub.validators import OptionValidator
 
 OPTION_FIELDS = ("temperature", "top_p", "max_new_tokens")
 
@@ -84,7 +83,10 @@ class FeedbackForm(forms.Form):
     tags = forms.ModelMultipleChoiceField(queryset=None, required=False, widget=forms.CheckboxSelectMultiple)
     comment = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
     correction = forms.CharField(
-        required=False, max_length=32000, strip=False, label="Corrected answer",
+        required=False,
+        max_length=32000,
+        strip=False,
+        label="Corrected answer",
         widget=forms.Textarea(attrs={"rows": 6, "placeholder": "Write the answer you expected (optional)"}),
     )
 
@@ -97,7 +99,11 @@ class FeedbackForm(forms.Form):
         """The form of one answer's block (ids unique on a page of many answers), filled with its feedback."""
         feedback, initial = message.owner_feedback, {}
         if feedback is not None:
-            initial = {"tags": list(feedback.tags.all()), "comment": feedback.comment, "correction": feedback.correction}
+            initial = {
+                "tags": list(feedback.tags.all()),
+                "comment": feedback.comment,
+                "correction": feedback.correction,
+            }
         return cls(data, initial=initial, auto_id=f"id_feedback{message.pk}_%s")
 
 
@@ -107,7 +113,8 @@ class RatingForm(forms.Form):
 
 class PrivacyForm(forms.Form):
     allow_training_default = forms.BooleanField(
-        required=False, label="Use my new conversations to improve the models",
+        required=False,
+        label="Use my new conversations to improve the models",
     )
     apply_to_existing = forms.BooleanField(required=False, label="Apply this to all my existing conversations too")
 
@@ -116,13 +123,16 @@ class ApiKeyForm(forms.Form):
     """A new API key: its name, and whether calls made with it are kept as conversations."""
 
     name = forms.CharField(
-        max_length=NAME_LENGTH, strip=True, help_text="What the key is for: an editor, a notebook, a script.",
+        max_length=NAME_LENGTH,
+        strip=True,
+        help_text="What the key is for: an editor, a notebook, a script.",
         error_messages={"required": "Give the key a name, to tell it from your other keys."},
     )
     dont_keep_calls = forms.BooleanField(
-        required=False, label="Do not keep my calls",
+        required=False,
+        label="Do not keep my calls",
         help_text="Calls with this key leave no conversation behind (otherwise each call is kept as one, "
-                  "with your privacy settings).",
+        "with your privacy settings).",
     )
 
 
@@ -139,18 +149,28 @@ class SnapshotForm(forms.Form):
     model = forms.CharField(required=False, max_length=100, help_text="Answers of this model (name)")
     adapter = forms.CharField(required=False, max_length=100, help_text="Answers of this adapter (name)")
     tag = forms.CharField(required=False, max_length=50, help_text="Feedback with this tag (leaves out preferences)")
-    reviewed = forms.BooleanField(required=False, label="Approved items only",
-                                  help_text="Only feedback the review queue approved, with the corrections as "
-                                            "approved (leaves out preferences: they are not reviewed)")
+    reviewed = forms.BooleanField(
+        required=False,
+        label="Approved items only",
+        help_text="Only feedback the review queue approved, with the corrections as "
+        "approved (leaves out preferences: they are not reviewed)",
+    )
     eval_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
     scrub = forms.BooleanField(required=False, initial=True, label="Scrub e-mail, phone and IP addresses")
-    license = forms.ChoiceField(choices=LICENSES, initial="other",
-                                help_text="What its dataset card (README.md) states, for a hub")
+    license = forms.ChoiceField(
+        choices=LICENSES, initial="other", help_text="What its dataset card (README.md) states, for a hub"
+    )
 
     def filters(self):
         data = self.cleaned_data
-        return Filters(since=data["since"], until=data["until"], model=data["model"].strip(),
-                       adapter=data["adapter"].strip(), tag=data["tag"].strip(), reviewed=data["reviewed"])
+        return Filters(
+            since=data["since"],
+            until=data["until"],
+            model=data["model"].strip(),
+            adapter=data["adapter"].strip(),
+            tag=data["tag"].strip(),
+            reviewed=data["reviewed"],
+        )
 
 
 class SnapshotFinetuneForm(forms.Form):
@@ -165,12 +185,16 @@ class SnapshotFinetuneForm(forms.Form):
 class SnapshotEvaluateForm(forms.Form):
     """The admin's "Evaluate base vs its adapters on this snapshot" form: which base (all its adapters are compared)."""
 
-    base = forms.ModelChoiceField(queryset=ModelSpec.objects.filter(adapters__isnull=False).distinct(),
-                                  help_text="Compared with every adapter of it, enabled or not.")
+    base = forms.ModelChoiceField(
+        queryset=ModelSpec.objects.filter(adapters__isnull=False).distinct(),
+        help_text="Compared with every adapter of it, enabled or not.",
+    )
 
 
 class AdapterEvaluateForm(forms.Form):
     """The admin's "Evaluate against their base on a snapshot" form, from the adapter list."""
 
-    snapshot = forms.ModelChoiceField(queryset=DatasetSnapshot.objects.order_by("-created_at"),
-                                      help_text="Its held-out rows with a reference answer are answered and scored.")
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.order_by("-created_at"),
+        help_text="Its held-out rows with a reference answer are answered and scored.",
+    )

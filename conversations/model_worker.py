@@ -27,19 +27,19 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from chatsite import metrics
-from conversations import durable, replies, writers
+from conversations import metrics
 from conversations.arena import generation as arena_generation
-from conversations.frames import message_frame, publish, send_to
-from conversations.heartbeat import Heartbeat
-from conversations.models import Message
-from conversations.turns import Plan
+from conversations.chat import replies
+from conversations.chat.frames import message_frame
+from conversations.chat.turns import Plan
+from conversations.delivery import durable
+from conversations.delivery.groups import publish, send_to
+from conversations.delivery.heartbeat import Heartbeat
+from conversations.models import Message, writers
 from modelhub import api
+from modelhub.api import ModelhubError, answer_attention, answer_try, model_channel
 from modelhub.models import ModelSpec, ModelWorker
 from modelhub.models.worker import REPORT_SECONDS
-from modelhub.options import ModelhubError
-from modelhub.registry import registry
-from modelhub.workers import answer_attention, answer_try, model_channel
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def serve(names=None, stop=None):
 
 async def _report(names):
     """Tell the admin (ModelWorker rows) what this worker serves and how each model is doing."""
-    status = registry.status()
+    status = api.runtime()
     served = {name: status.get(name, {"state": "not loaded"}) for name in names}
     try:
         await database_sync_to_async(ModelWorker.report)(writers.identity(), served)
@@ -100,7 +100,7 @@ async def _report(names):
 
 def _load(names):
     for spec in _specs(names):
-        registry.worker(spec)
+        api.load(spec)
 
 
 def _specs(names):
@@ -116,6 +116,7 @@ def _specs(names):
 
 def run(names=None):
     """The process: serve until SIGTERM or SIGINT, then save the replies being written."""
+
     async def main():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -135,7 +136,7 @@ async def _receive(model_name, stopping):
     while True:
         try:
             message = await layer.receive(channel)
-        except Exception as exc:  # noqa: BLE001 - Redis away: wait for it
+        except Exception as exc:
             log.warning("receiving on %s failed (%s); retrying", channel, exc)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
@@ -193,7 +194,8 @@ async def _take(message):
 def _claim(message_id, offered_by):
     """Become the row's writer if it is still offered by that process; its Plan, or None."""
     taken = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=offered_by).update(
-        writer=writers.identity(), heartbeat_at=timezone.now())
+        writer=writers.identity(), heartbeat_at=timezone.now()
+    )
     if not taken:
         return None
     writers.writing.add(message_id)  # from here the heartbeat renews it, whatever happens next
@@ -209,7 +211,8 @@ def _claim(message_id, offered_by):
 
 def _fail(message_id, error):
     ended = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING, writer=writers.identity()).update(
-        status=Message.Status.ERROR, error=error, finished_at=timezone.now())
+        status=Message.Status.ERROR, error=error, finished_at=timezone.now()
+    )
     message = Message.objects.get(pk=message_id)
     if ended:
         metrics.record_reply(Message.Status.ERROR, message.model_name)

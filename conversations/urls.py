@@ -1,7 +1,11 @@
 from django.urls import path
 
-from conversations import access, attention_view, exact_prompt, inspect_tokens, keys, review_views, usage_views, views
+from conversations import views
+from conversations.access import permissions, usage_views
 from conversations.arena import views as arena_views
+from conversations.inspection import attention, prompt, tokens
+from conversations.openai_api import keys
+from conversations.review import views as review_views
 
 app_name = "conversations"
 urlpatterns = [
@@ -18,14 +22,13 @@ urlpatterns = [
     path("c/<int:pk>/m/<int:message_id>/feedback/", views.message_feedback, name="feedback"),
     path("c/<int:pk>/m/<int:message_id>/rate/", views.message_rate, name="rate"),
     path("c/<int:pk>/m/<int:message_id>/prefer/", views.message_prefer, name="prefer"),
-    path("c/<int:pk>/m/<int:message_id>/prompt/", exact_prompt.message_prompt, name="prompt"),
-    path("c/<int:pk>/m/<int:message_id>/inspect/", inspect_tokens.message_inspect, name="inspect"),
-    path("c/<int:pk>/m/<int:message_id>/attention/", attention_view.message_attention, name="attention"),
-    path("c/<int:pk>/m/<int:message_id>/attention/<str:kind>.png", attention_view.attention_png,
-         name="attention_png"),
+    path("c/<int:pk>/m/<int:message_id>/prompt/", prompt.message_prompt, name="prompt"),
+    path("c/<int:pk>/m/<int:message_id>/inspect/", tokens.message_inspect, name="inspect"),
+    path("c/<int:pk>/m/<int:message_id>/attention/", attention.message_attention, name="attention"),
+    path("c/<int:pk>/m/<int:message_id>/attention/<str:kind>.png", attention.attention_png, name="attention_png"),
     path("privacy/", views.privacy, name="privacy"),
     path("privacy/delete-all/", views.delete_all_conversations, name="delete_all"),
-    path("start/", access.start, name="start"),
+    path("start/", permissions.start, name="start"),
     path("account/", usage_views.account, name="account"),
     path("review/", review_views.queue, name="review_queue"),
     path("review/next/", review_views.next_item, name="review_next"),

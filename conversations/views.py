@@ -8,15 +8,21 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations import tree
-from conversations.access import chat_required
-from conversations.frames import path_frame, publish
-from conversations.forms import (ConsentForm, FeedbackForm, ModelChoiceForm, PrivacyForm, RatingForm, RenameForm,
-                                 SettingsForm)
-from conversations.models import Conversation, Feedback, Preference, PrivacySettings, Verdict
+from conversations.access.permissions import chat_required
+from conversations.chat.frames import path_frame
+from conversations.delivery.groups import publish
+from conversations.forms import (
+    ConsentForm,
+    FeedbackForm,
+    ModelChoiceForm,
+    PrivacyForm,
+    RatingForm,
+    RenameForm,
+    SettingsForm,
+)
+from conversations.models import Conversation, Feedback, Preference, PrivacySettings, Verdict, tree
 from modelhub.models import ModelSpec
 
 
@@ -83,8 +89,12 @@ def conversation_settings(request, pk):
     saved = form.is_valid()
     if saved:
         conversation.update_settings(form.cleaned_data["system_prompt"], form.overrides())
-    context = {"current": conversation, "settings_form": form, "saved": saved,
-               "consent_form": ConsentForm(initial={"allow_training": conversation.allow_training})}
+    context = {
+        "current": conversation,
+        "settings_form": form,
+        "saved": saved,
+        "consent_form": ConsentForm(initial={"allow_training": conversation.allow_training}),
+    }
     if request.htmx:
         return render(request, "conversations/detail.html#settings", context, status=200 if saved else 422)
     return redirect(conversation)
@@ -179,8 +189,11 @@ def conversation_consent(request, pk):
     if form.is_valid():
         conversation.set_training_consent(form.cleaned_data["allow_training"])
     if request.htmx:
-        return render(request, "conversations/detail.html#consent", {"current": conversation, "consent_form": form,
-                                                                      "consent_saved": True})
+        return render(
+            request,
+            "conversations/detail.html#consent",
+            {"current": conversation, "consent_form": form, "consent_saved": True},
+        )
     return redirect(conversation)
 
 
@@ -248,10 +261,17 @@ def privacy(request):
     form = PrivacyForm(request.POST or None, initial={"allow_training_default": settings_row.allow_training_default})
     saved = request.method == "POST" and form.is_valid()
     if saved:
-        PrivacySettings.set_default(request.user, form.cleaned_data["allow_training_default"],
-                                    apply_to_existing=form.cleaned_data["apply_to_existing"])
-    context = {**_sidebar(request), "privacy_form": form, "saved": saved,
-               "excluded": Conversation.objects.for_user(request.user).filter(allow_training=False).count()}
+        PrivacySettings.set_default(
+            request.user,
+            form.cleaned_data["allow_training_default"],
+            apply_to_existing=form.cleaned_data["apply_to_existing"],
+        )
+    context = {
+        **_sidebar(request),
+        "privacy_form": form,
+        "saved": saved,
+        "excluded": Conversation.objects.for_user(request.user).filter(allow_training=False).count(),
+    }
     return render(request, "conversations/privacy.html", context)
 
 

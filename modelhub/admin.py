@@ -14,13 +14,13 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
-from django.template.loader import render_to_string
 from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from modelhub import api, workers
+from modelhub import serving, workers
 from modelhub.models import Adapter, FinetuneJob, ModelSpec, ModelWorker
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
@@ -29,7 +29,7 @@ from modelhub.registry import registry
 class ModelSpecForm(forms.ModelForm):
     class Meta:
         model = ModelSpec
-        fields = "__all__"
+        fields = "__all__"  # noqa: DJ007 - the admin's fieldsets choose the fields it shows
 
     def clean(self):
         cleaned = super().clean()
@@ -42,7 +42,7 @@ class ModelSpecForm(forms.ModelForm):
 class AdapterForm(forms.ModelForm):
     class Meta:
         model = Adapter
-        fields = "__all__"
+        fields = "__all__"  # noqa: DJ007 - the admin's fieldsets choose the fields it shows
 
     def clean(self):
         cleaned = super().clean()
@@ -56,10 +56,10 @@ class AdapterForm(forms.ModelForm):
 def describe_runtime(name):
     """How the model is doing: in this process, or, with model workers on, in each live worker."""
     if settings.MODELHUB_WORKERS:
-        serving = ModelWorker.objects.serving(name)
-        if not serving:
+        serving_it = ModelWorker.objects.serving(name)
+        if not serving_it:
             return "no live model worker serves it (start manage.py modelhub_worker)"
-        return "; ".join(f"worker {worker}: {describe_status(info)}" for worker, info in serving)
+        return "; ".join(f"worker {worker}: {describe_status(info)}" for worker, info in serving_it)
     info = registry.status().get(name)
     return "not loaded" if info is None else describe_status(info)
 
@@ -74,8 +74,10 @@ def describe_status(info):
     if info["state"] != "ready":
         return info["state"]
     if "server" in info:
-        return (f"served by {info['server']} as {info['served_model']}; {info['running']} replying "
-                f"(at most {info['peak_batch']} at once so far), last used {time.time() - info['last_used_at']:.0f}s ago")
+        return (
+            f"served by {info['server']} as {info['served_model']}; {info['running']} replying "
+            f"(at most {info['peak_batch']} at once so far), last used {time.time() - info['last_used_at']:.0f}s ago"
+        )
     memory = info.get("memory_bytes")
     parts = [info.get("device"), info.get("dtype"), info.get("quantization")]
     text = "loaded on " + ", ".join(str(p) for p in parts if p)
@@ -83,10 +85,14 @@ def describe_status(info):
         text += f", {memory / 2**20:.1f} MiB"
     if info.get("adapters"):
         text += ", adapters: " + ", ".join(info["adapters"])
-    text += f"; {info['running']} replying, {info['waiting']} waiting (at most {info.get('peak_batch', 0)} at once so far)"
+    text += (
+        f"; {info['running']} replying, {info['waiting']} waiting (at most {info.get('peak_batch', 0)} at once so far)"
+    )
     if "kv_cache_entries" in info:
-        text += (f"; KV cache {info['kv_cache_entries']} turns, {info['kv_cache_bytes'] / 2**20:.1f} MiB, "
-                 f"{info['kv_cache_hits']} reuses ({info['kv_reused_tokens']} prompt tokens not recomputed)")
+        text += (
+            f"; KV cache {info['kv_cache_entries']} turns, {info['kv_cache_bytes'] / 2**20:.1f} MiB, "
+            f"{info['kv_cache_hits']} reuses ({info['kv_reused_tokens']} prompt tokens not recomputed)"
+        )
     idle = time.time() - info["last_used_at"]
     return f"{text}, loaded in {info['load_seconds']}s, last used {idle:.0f}s ago"
 
@@ -102,15 +108,37 @@ class ModelSpecAdmin(admin.ModelAdmin):
     actions = ["load_models", "unload_models", "reload_models"]
     fieldsets = [
         (None, {"fields": ["name", "display_name", "backend", "source", "revision", "runtime", "try_it"]}),
-        ("Loading", {"fields": ["dtype", "device", "quantization", "double_quant", "compute_dtype", "context_length",
-                                "load_at_start"]}),
-        ("OpenAI-compatible server", {
-            "fields": ["server_url", "served_model_name", "api_key_env", "connect_timeout", "read_timeout",
-                       "base_model_alias", "load_adapters_at_runtime"],
-            "description": "For the backend \"OpenAI-compatible server\": chatsite sends each reply to this server "
-                           "(vLLM, SGLang, TGI, llama.cpp) and keeps everything else. Adapters are served names "
-                           "(vLLM: --lora-modules NAME=FOLDER).",
-        }),
+        (
+            "Loading",
+            {
+                "fields": [
+                    "dtype",
+                    "device",
+                    "quantization",
+                    "double_quant",
+                    "compute_dtype",
+                    "context_length",
+                    "load_at_start",
+                ]
+            },
+        ),
+        (
+            "OpenAI-compatible server",
+            {
+                "fields": [
+                    "server_url",
+                    "served_model_name",
+                    "api_key_env",
+                    "connect_timeout",
+                    "read_timeout",
+                    "base_model_alias",
+                    "load_adapters_at_runtime",
+                ],
+                "description": 'For the backend "OpenAI-compatible server": chatsite sends each reply to this server '
+                "(vLLM, SGLang, TGI, llama.cpp) and keeps everything else. Adapters are served names "
+                "(vLLM: --lora-modules NAME=FOLDER).",
+            },
+        ),
         ("Chat", {"fields": ["system_prompt", "chat_template"]}),
         ("Generation defaults", {"fields": ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"]}),
         ("Inspection", {"fields": ["token_probabilities"]}),
@@ -129,9 +157,12 @@ class ModelSpecAdmin(admin.ModelAdmin):
 
     def _loaded_by_workers(self, request):
         if settings.MODELHUB_WORKERS:
-            self.message_user(request, "The model workers load models (at start and on first use), not the web "
-                                       "processes: restart a worker (manage.py modelhub_worker) to reload.",
-                              messages.WARNING)
+            self.message_user(
+                request,
+                "The model workers load models (at start and on first use), not the web "
+                "processes: restart a worker (manage.py modelhub_worker) to reload.",
+                messages.WARNING,
+            )
         return settings.MODELHUB_WORKERS
 
     @admin.action(description="Load selected models", permissions=["change"])
@@ -190,8 +221,8 @@ class ModelSpecAdmin(admin.ModelAdmin):
         spec = self._spec_for_change(request, pk)
         prompt = request.POST.get("prompt", "").strip() or "Hello!"
         try:
-            adapter = api.get_adapter(spec, request.POST["adapter"]) if request.POST.get("adapter") else None
-            api.options_for(spec, {"max_new_tokens": 64})
+            adapter = serving.get_adapter(spec, request.POST["adapter"]) if request.POST.get("adapter") else None
+            serving.options_for(spec, {"max_new_tokens": 64})
         except ModelhubError as exc:
             return StreamingHttpResponse([f"[error: {exc.message}]"], content_type="text/plain; charset=utf-8")
         response = StreamingHttpResponse(_stream(spec, prompt, adapter), content_type="text/plain; charset=utf-8")
@@ -209,7 +240,7 @@ async def _stream(spec, prompt, adapter):
         except ModelhubError as exc:
             yield f"\n[error: {exc.message}]"
         return
-    request = api.start(spec, messages, overrides, adapter=adapter)
+    request = serving.start(spec, messages, overrides, adapter=adapter)
     try:
         async for text in request.chunks():
             yield text
@@ -261,8 +292,9 @@ class AdapterAdmin(admin.ModelAdmin):
         try:
             said = adapter.load_on_server()
         except ModelhubError as exc:
-            self.message_user(request, f"{adapter.name} is saved but its server did not load it: {exc.message}",
-                              messages.WARNING)
+            self.message_user(
+                request, f"{adapter.name} is saved but its server did not load it: {exc.message}", messages.WARNING
+            )
             return
         if said:
             self.message_user(request, f"{adapter.base.server_url} loaded {adapter.name}: {said}")
@@ -293,7 +325,12 @@ def plot_points(history, width=480, height=200, pad=24):
         return f"{x:.1f},{y:.1f}"
 
     return {
-        "width": width, "height": height, "pad": pad, "low": low, "high": high, "max_step": max_step,
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "low": low,
+        "high": high,
+        "max_step": max_step,
         **{name: " ".join(xy(step, loss) for step, loss in points) for name, points in series.items()},
     }
 
@@ -306,7 +343,7 @@ class FinetuneJobForm(forms.ModelForm):
     def clean(self):
         from pathlib import Path
 
-        from modelhub.finetune import Hyperparameters
+        from modelhub.training.finetune import Hyperparameters
 
         cleaned = super().clean()
         for name in ("train_path", "eval_path"):
@@ -332,9 +369,26 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     list_select_related = ["base"]
     actions = ["run_in_background"]
     change_form_template = "admin/modelhub/finetunejob/change_form.html"
-    shown = ["status", "progress", "loss_plot", "metrics_table", "error", "adapter", "log_tail", "base", "method",
-             "adapter_name", "train_path", "eval_path", "dataset_ref", "hyperparameters", "created_by",
-             "created_at", "started_at", "finished_at"]
+    shown = [
+        "status",
+        "progress",
+        "loss_plot",
+        "metrics_table",
+        "error",
+        "adapter",
+        "log_tail",
+        "base",
+        "method",
+        "adapter_name",
+        "train_path",
+        "eval_path",
+        "dataset_ref",
+        "hyperparameters",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
 
     def get_fields(self, request, obj=None):
         return self.shown if obj else self.form.Meta.fields
@@ -356,8 +410,14 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         """Through create_for, like the command: defaults filled in, adapter name chosen, creator kept."""
         job = FinetuneJob.objects.create_for(
-            obj.base, obj.method, obj.train_path, obj.eval_path, obj.dataset_ref,
-            obj.hyperparameters or {}, request.user, obj.adapter_name,
+            obj.base,
+            obj.method,
+            obj.train_path,
+            obj.eval_path,
+            obj.dataset_ref,
+            obj.hyperparameters or {},
+            request.user,
+            obj.adapter_name,
         )
         obj.pk, obj.adapter_name, obj.hyperparameters = job.pk, job.adapter_name, job.hyperparameters
 
@@ -396,7 +456,7 @@ class FinetuneJobAdmin(admin.ModelAdmin):
     def run_in_background(self, request, queryset):
         from django.conf import settings
 
-        from modelhub.finetune import run_in_background
+        from modelhub.training.finetune import run_in_background
 
         started = []
         for job in queryset.filter(status=FinetuneJob.Status.QUEUED, pid__isnull=True):

@@ -2,7 +2,7 @@
 all-zero adapter that works around a server that does not.
 
 Serving LoRA adapters on a shared base means one batch holds rows for the base and rows for
-several adapters. chatsite's own engine applies each row's adapter alone (batching.py). vLLM's CPU
+several adapters. chatsite's own engine applies each row's adapter alone (engine/model_runner.py). vLLM's CPU
 build (0.32) does not: a base-model row batched with adapter rows gets an adapter applied (its LoRA
 op maps "no adapter" to the last slot; vLLM PRs #48421 and #49656). The reply is then simply
 wrong, with no error anywhere. Sending base requests as an adapter whose B matrices are zero
@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from modelhub import api
+from modelhub import serving
 from modelhub.options import ModelhubError
 
 PROMPTS = [
@@ -34,12 +34,18 @@ def mixed_batch_differences(spec, adapters, rounds=3, max_new_tokens=24):
     options = {"temperature": 0, "max_new_tokens": max_new_tokens}
     choices = [("(base)", None)] + [(adapter.name, adapter) for adapter in adapters]
     cases = [(who, adapter, prompt) for _ in range(rounds) for prompt in PROMPTS for who, adapter in choices]
-    started = [api.start(spec, _ask(prompt), options, adapter=adapter) for _, adapter, prompt in cases]
+    started = [serving.start(spec, _ask(prompt), options, adapter=adapter) for _, adapter, prompt in cases]
     together = [_text(request) for request in started]
-    alone = {(who, prompt): _text(api.start(spec, _ask(prompt), options, adapter=adapter))
-             for who, adapter in choices for prompt in PROMPTS}
-    return [(who, prompt, text, alone[who, prompt])
-            for (who, _, prompt), text in zip(cases, together) if text != alone[who, prompt]]
+    alone = {
+        (who, prompt): _text(serving.start(spec, _ask(prompt), options, adapter=adapter))
+        for who, adapter in choices
+        for prompt in PROMPTS
+    }
+    return [
+        (who, prompt, text, alone[who, prompt])
+        for (who, _, prompt), text in zip(cases, together)
+        if text != alone[who, prompt]
+    ]
 
 
 def _ask(prompt):
@@ -59,8 +65,9 @@ def write_zero_adapter(folder, out):
     folder, out = Path(folder), Path(out)
     weights = folder / "adapter_model.safetensors"
     if not (folder / "adapter_config.json").is_file() or not weights.is_file():
-        raise ModelhubError(f"{folder} is not a LoRA adapter folder (adapter_config.json and "
-                            "adapter_model.safetensors)")
+        raise ModelhubError(
+            f"{folder} is not a LoRA adapter folder (adapter_config.json and adapter_model.safetensors)"
+        )
     tensors = load_file(str(weights))
     zeroed = {name: torch.zeros_like(t) if "lora_B" in name else t for name, t in tensors.items()}
     if not any("lora_B" in name for name in tensors):

@@ -46,15 +46,19 @@ MAX_LOGPROBS = 20  # alternatives per token, as the OpenAI API's top_logprobs
 WHOLE_NUMBER_OPTIONS = {"top_k", "max_new_tokens", "seed", "logprobs"}
 
 _RANGES = {  # option: (is this number in range, given the max_new_tokens limit; what to say otherwise)
-    "temperature": (lambda v, _: v == 0 or MIN_TEMPERATURE <= v <= 2,
-                    f"temperature must be between 0 and 2 (0 is greedy; above 0, at least {MIN_TEMPERATURE})"),
+    "temperature": (
+        lambda v, _: v == 0 or MIN_TEMPERATURE <= v <= 2,
+        f"temperature must be between 0 and 2 (0 is greedy; above 0, at least {MIN_TEMPERATURE})",
+    ),
     "top_p": (lambda v, _: 0 < v <= 1, "top_p must be in (0, 1]"),
     "top_k": (lambda v, _: 0 <= v <= MAX_TOP_K, f"top_k must be 0 (off) or more, up to {MAX_TOP_K}"),
     "max_new_tokens": (lambda v, limit: 1 <= v <= limit, "max_new_tokens must be between 1 and {limit}"),
     "repetition_penalty": (lambda v, _: 0.5 <= v <= 2, "repetition_penalty must be between 0.5 and 2"),
     "seed": (lambda v, _: 0 <= v <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (or unset, for a random one)"),
-    "logprobs": (lambda v, _: 0 <= v <= MAX_LOGPROBS,
-                 f"logprobs must be between 0 and {MAX_LOGPROBS} alternatives per token (or unset, for none kept)"),
+    "logprobs": (
+        lambda v, _: 0 <= v <= MAX_LOGPROBS,
+        f"logprobs must be between 0 and {MAX_LOGPROBS} alternatives per token (or unset, for none kept)",
+    ),
 }
 NULLABLE_OPTIONS = {"seed", "logprobs"}  # None: a random seed; no probabilities kept
 

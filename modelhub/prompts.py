@@ -3,7 +3,7 @@
 A causal LM produces the reply one token at a time, each conditioned on the prompt
 and everything generated so far. We format the conversation with the tokenizer's
 own chat template and cut the oldest turns when it would not fit the context
-window (saying how many were cut). The model runner (batching.py) opens every
+window (saying how many were cut). The model runner (engine/model_runner.py) opens every
 sequence with `fit_prompt`, whose `Prompt` keeps the exact text the model was given,
 and `template_hash` names the chat template that rendered it. A model whose server
 applies the template itself (remote.py) can only show the messages sent (`messages_as_sent`).
@@ -80,8 +80,9 @@ def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system) :]
     if not turns:
-        raise ModelhubError("there is nothing to answer: the conversation has no message with text",
-                            code="empty_prompt")
+        raise ModelhubError(
+            "there is nothing to answer: the conversation has no message with text", code="empty_prompt"
+        )
     starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
     starts = [s for s in starts if s <= len(turns) - 1]
 

@@ -22,10 +22,10 @@ from collections import Counter
 from django.conf import settings
 from django.db import Error as DatabaseError
 
-from modelhub.backends import ScriptedBackend, TransformersBackend
-from modelhub.engine import Worker
-from modelhub.generation import warm_up
-from modelhub.remote import RemoteWorker
+from modelhub.backends.local import ScriptedBackend, TransformersBackend
+from modelhub.backends.remote import RemoteWorker
+from modelhub.backends.standalone import warm_up
+from modelhub.engine.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,9 @@ class Registry:
 
     def _pop_lru_idle(self, exclude=None):
         """Remove and return the least recently used idle local worker, or None (lock held)."""
-        idle = [w for name, w in self._workers.items()
-                if name != exclude and w.idle and not isinstance(w, RemoteWorker)]
+        idle = [
+            w for name, w in self._workers.items() if name != exclude and w.idle and not isinstance(w, RemoteWorker)
+        ]
         if not idle:
             return None
         victim = min(idle, key=lambda w: w.last_used)
@@ -148,8 +149,9 @@ class Registry:
     def _start_reaper(self):
         if self._reaper is None:
             self._reaper_stop.clear()
-            self._reaper = threading.Thread(target=self._reap, args=(self._reaper_stop,), name="modelhub-reaper",
-                                            daemon=True)
+            self._reaper = threading.Thread(
+                target=self._reap, args=(self._reaper_stop,), name="modelhub-reaper", daemon=True
+            )
             self._reaper.start()
 
     def stop_reaper(self):
@@ -184,8 +186,10 @@ class Registry:
             self.unload_disabled()
         except DatabaseError as exc:
             if not self._database_down:
-                log.warning("modelhub reaper: the database does not answer (%s); disabled models are unloaded "
-                            "once it does", _first_line(exc))
+                log.warning(
+                    "modelhub reaper: the database does not answer (%s); disabled models are unloaded once it does",
+                    _first_line(exc),
+                )
             self._database_down = True
             return
         if self._database_down:
@@ -207,8 +211,13 @@ def _still_fits(worker, spec):
 
 
 def _worker(name, load, on_ready=None):
-    return Worker(name, load, on_ready=on_ready, max_batch=settings.MODELHUB_MAX_BATCH,
-                  hold=settings.MODELHUB_ARRIVAL_HOLD_SECONDS)
+    return Worker(
+        name,
+        load,
+        on_ready=on_ready,
+        max_batch=settings.MODELHUB_MAX_BATCH,
+        hold=settings.MODELHUB_ARRIVAL_HOLD_SECONDS,
+    )
 
 
 def _close_all(workers):
@@ -225,7 +234,7 @@ def _loader(spec):
 
     def load(progress):
         progress("importing torch and transformers")  # the first seconds of a load on a fresh process
-        from modelhub import loading
+        from modelhub.backends import loading
 
         if threads:
             import torch

@@ -69,7 +69,7 @@ def adapter_config_problem(folder):
     except ValueError as exc:
         return f"{path} is not JSON: {exc}"
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        return f"{path} is not a LoRA adapter's config (its peft_type must be \"LORA\")"
+        return f'{path} is not a LoRA adapter\'s config (its peft_type must be "LORA")'
     targets, rank = config.get("target_modules"), config.get("r")
     if not (isinstance(targets, str) or isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
         return f"{path}: target_modules must be a list of module names or a pattern"
@@ -81,7 +81,8 @@ def adapter_config_problem(folder):
 
 
 validate_env_name = RegexValidator(
-    r"\A[A-Za-z_][A-Za-z0-9_]*\Z", "The name of an environment variable: letters, digits and _, not starting with a digit."
+    r"\A[A-Za-z_][A-Za-z0-9_]*\Z",
+    "The name of an environment variable: letters, digits and _, not starting with a digit.",
 )
 
 
@@ -93,5 +94,6 @@ def validate_server_url(url):
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Use an http:// or https:// URL, e.g. http://gpu-box:8000/v1.")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValidationError("Give the API root alone: no user:password@, ?query or #fragment (keys go in the "
-                              "API key variable).")
+        raise ValidationError(
+            "Give the API root alone: no user:password@, ?query or #fragment (keys go in the API key variable)."
+        )

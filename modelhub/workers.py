@@ -1,7 +1,7 @@
 """Model worker processes, modelhub's side: the channels they listen on, and a prompt tried on one.
 
 With MODELHUB_WORKERS on, the models live in `manage.py modelhub_worker` processes and the web
-processes load none (conversations/model_worker.py runs the worker, conversations/handoff.py
+processes load none (conversations/model_worker.py runs the worker, conversations/chat/handoff.py
 hands chat replies to it). A worker receives on `model_channel(name)` for each model it serves:
 a channel's messages are shared out among its receivers, so each request reaches one worker.
 
@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from modelhub import api
+from modelhub import serving
 from modelhub.options import ModelhubError, Usage
 
 
@@ -36,11 +36,17 @@ class WorkerRequest:
 
     Its text comes back on a named channel of its own, not the process's "!" channel: abandoning
     its receive (the caller went away) touches nothing else of the process (see
-    conversations/inbox.py). The worker hears a cancel on `<that channel>.cancel`."""
+    conversations/delivery/inbox.py). The worker hears a cancel on `<that channel>.cancel`."""
 
     def __init__(self, spec, messages, overrides, adapter=None):
-        self.request = {"type": "prompt.try", "model": spec.name, "messages": messages, "overrides": overrides,
-                        "adapter": adapter.name if adapter else "", "reply_to": f"modelhub.try.{secrets.token_hex(8)}"}
+        self.request = {
+            "type": "prompt.try",
+            "model": spec.name,
+            "messages": messages,
+            "overrides": overrides,
+            "adapter": adapter.name if adapter else "",
+            "reply_to": f"modelhub.try.{secrets.token_hex(8)}",
+        }
         self.model_name = spec.name
         self.usage = None
         self.cancelled = False
@@ -55,8 +61,9 @@ class WorkerRequest:
             try:
                 message = await asyncio.wait_for(layer.receive(reply_to), timeout)
             except TimeoutError:
-                raise ModelhubError(f"no model worker serving {self.model_name} answered within {timeout:g} s",
-                                    code="no_model_worker") from None
+                raise ModelhubError(
+                    f"no model worker serving {self.model_name} answered within {timeout:g} s", code="no_model_worker"
+                ) from None
             if message["type"] == "prompt.error":
                 raise ModelhubError(message["message"], code=message["code"])
             if message["type"] == "prompt.end":
@@ -67,8 +74,9 @@ class WorkerRequest:
     def cancel(self):
         if not self.cancelled:
             self.cancelled = True
-            asyncio.ensure_future(get_channel_layer().send(self.request["reply_to"] + ".cancel",
-                                                           {"type": "prompt.cancel"}))
+            asyncio.ensure_future(
+                get_channel_layer().send(self.request["reply_to"] + ".cancel", {"type": "prompt.cancel"})
+            )
 
 
 async def answer_try(message):
@@ -77,9 +85,11 @@ async def answer_try(message):
     reply_to = message["reply_to"]
     request = None
     try:
-        spec = await database_sync_to_async(api.get_spec)(message["model"])
-        adapter = await database_sync_to_async(api.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
-        request = api.start(spec, message["messages"], message["overrides"], adapter=adapter)
+        spec = await database_sync_to_async(serving.get_spec)(message["model"])
+        adapter = (
+            await database_sync_to_async(serving.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
+        )
+        request = serving.start(spec, message["messages"], message["overrides"], adapter=adapter)
         cancelling = asyncio.ensure_future(_cancel_on_request(layer, reply_to + ".cancel", request))
         async for text in request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
             await layer.send(reply_to, {"type": "prompt.chunk", "text": text})
@@ -100,7 +110,7 @@ async def _cancel_on_request(layer, channel, request):
 
 
 def ask_attention(spec, messages, reply, adapter=None):
-    """The Attention (modelhub/attention.py) of one pass over a finished reply, computed by a worker serving
+    """The Attention (modelhub/backends/attention.py) of one pass over a finished reply, computed by a worker serving
     `spec`, for a web process that loads no model; ModelhubError if none answers or it fails. From a
     sync view's thread."""
     return async_to_sync(_ask_attention)(spec.name, messages, reply, adapter.name if adapter else "")
@@ -108,21 +118,31 @@ def ask_attention(spec, messages, reply, adapter=None):
 
 async def _ask_attention(model_name, messages, reply, adapter_name):
     layer = get_channel_layer()
-    reply_to = f"modelhub.attention.{secrets.token_hex(8)}"
+    reply_to = f"modelhub.backends.attention.{secrets.token_hex(8)}"
     offered = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
-    await layer.send(model_channel(model_name), {
-        "type": "attention.ask", "model": model_name, "messages": messages, "reply": reply, "adapter": adapter_name,
-        "reply_to": reply_to, "deadline": time.time() + offered})
+    await layer.send(
+        model_channel(model_name),
+        {
+            "type": "attention.ask",
+            "model": model_name,
+            "messages": messages,
+            "reply": reply,
+            "adapter": adapter_name,
+            "reply_to": reply_to,
+            "deadline": time.time() + offered,
+        },
+    )
     try:  # a worker takes it at once; then it may load the model first
         message = await asyncio.wait_for(layer.receive(reply_to), offered)
         if message["type"] == "attention.taken":
-            message = await asyncio.wait_for(layer.receive(reply_to), api.ATTENTION_WAIT_SECONDS)
+            message = await asyncio.wait_for(layer.receive(reply_to), serving.ATTENTION_WAIT_SECONDS)
     except TimeoutError:
-        raise ModelhubError(f"no model worker serving {model_name} answered in time; try again in a while",
-                            code="no_model_worker") from None
+        raise ModelhubError(
+            f"no model worker serving {model_name} answered in time; try again in a while", code="no_model_worker"
+        ) from None
     if message["type"] == "attention.error":
         raise ModelhubError(message["message"], code=message["code"])
-    from modelhub.attention import Attention  # torch: only for a page that shows attention
+    from modelhub.backends.attention import Attention  # torch: only for a page that shows attention
 
     return Attention.from_message(message)
 
@@ -132,10 +152,12 @@ async def answer_attention(message):
     layer = get_channel_layer()
     await layer.send(message["reply_to"], {"type": "attention.taken"})
     try:
-        spec = await database_sync_to_async(api.get_spec)(message["model"])
-        adapter = await database_sync_to_async(api.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
+        spec = await database_sync_to_async(serving.get_spec)(message["model"])
+        adapter = (
+            await database_sync_to_async(serving.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
+        )
         # Not in the database thread: the pass (and a load) takes a while, and the replies' saves go on meanwhile.
-        attention = await asyncio.to_thread(api.attention, spec, message["messages"], message["reply"], adapter)
+        attention = await asyncio.to_thread(serving.attention, spec, message["messages"], message["reply"], adapter)
     except ModelhubError as exc:
         await layer.send(message["reply_to"], {"type": "attention.error", "code": exc.code, "message": exc.message})
         return

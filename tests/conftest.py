@@ -5,15 +5,15 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; set before huggingface_hub loads
 
-import pytest  # noqa: E402
+import pytest
 from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 
-from conversations.models import Conversation  # noqa: E402
-from modelhub.backends import ScriptedBackend
+from conversations.models import Conversation
+from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
-from modelhub.training import train_tokenizer
+from modelhub.training.builtin import train_tokenizer
 
 TINY_CORPUS = [
     "hello there, how are you doing today?",

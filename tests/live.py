@@ -66,9 +66,21 @@ class RedisServer:
 
     def start(self):
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.process)
         return self
@@ -166,8 +178,15 @@ class Site:
         self.servers = []
 
     def manage(self, *args, **kwargs):
-        return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=self.env, cwd=ROOT,
-                              check=True, capture_output=True, text=True, **kwargs)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            **kwargs,
+        )
 
     def setup(self, code):
         """Migrate, then run `code` in a Django shell; returns what it printed as JSON, if anything."""
@@ -217,7 +236,10 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
-                env={**self.site.env, **self.settings}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**self.site.env, **self.settings},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for_port(self.port, self.process)
         return self
@@ -256,8 +278,9 @@ class ModelWorker(Server):
         if self.models:
             command += ["--models", *self.models]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, env={**self.site.env, **self.settings}, cwd=ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, env={**self.site.env, **self.settings}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 60
         while "ready: serving" not in self.log:  # its receive loops run
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -300,8 +323,9 @@ async def open_socket(server, cookie, conversation_id, origin=None):
     import websockets
 
     headers = {"Cookie": f"sessionid={cookie}", "Origin": origin or server.url}
-    return await websockets.connect(f"ws://127.0.0.1:{server.port}/ws/conversations/{conversation_id}/",
-                                    additional_headers=headers, max_size=2**22)
+    return await websockets.connect(
+        f"ws://127.0.0.1:{server.port}/ws/conversations/{conversation_id}/", additional_headers=headers, max_size=2**22
+    )
 
 
 async def frames_until(ws, predicate, timeout=30):

@@ -23,11 +23,27 @@ def staff_client(client, staff):
 
 def add_form(source, **extra):
     data = {
-        "name": "new-model", "display_name": "", "backend": "transformers", "source": str(source), "revision": "",
-        "dtype": "float32", "device": "cpu", "quantization": "none", "compute_dtype": "auto", "chat_template": "",
-        "visibility": "all", "context_length": "", "system_prompt": "", "temperature": "0.7", "top_p": "0.95",
-        "top_k": "50", "max_new_tokens": "64", "repetition_penalty": "1.0", "enabled": "on",
-        "connect_timeout": "5", "read_timeout": "60",
+        "name": "new-model",
+        "display_name": "",
+        "backend": "transformers",
+        "source": str(source),
+        "revision": "",
+        "dtype": "float32",
+        "device": "cpu",
+        "quantization": "none",
+        "compute_dtype": "auto",
+        "chat_template": "",
+        "visibility": "all",
+        "context_length": "",
+        "system_prompt": "",
+        "temperature": "0.7",
+        "top_p": "0.95",
+        "top_k": "50",
+        "max_new_tokens": "64",
+        "repetition_penalty": "1.0",
+        "enabled": "on",
+        "connect_timeout": "5",
+        "read_timeout": "60",
     }
     data.update(extra)
     return data
@@ -42,8 +58,9 @@ def test_staff_adds_a_local_model_that_passes_the_checks(staff_client, tiny_mode
 def make_bert(folder):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(folder)
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(folder)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +97,9 @@ def test_a_chat_template_override_makes_a_template_less_model_acceptable(staff_c
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     (tmp_path / "m" / "chat_template.jinja").unlink()
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    response = staff_client.post(reverse("admin:modelhub_modelspec_add"), add_form(tmp_path / "m", chat_template=template))
+    response = staff_client.post(
+        reverse("admin:modelhub_modelspec_add"), add_form(tmp_path / "m", chat_template=template)
+    )
     assert response.status_code == 302
 
 
@@ -88,11 +107,25 @@ def test_an_adapter_for_another_base_is_refused_in_the_form(staff_client, tiny_s
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=96,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "foreign")
-    data = {"name": "foreign", "base": tiny_spec.pk, "path": str(tmp_path / "foreign"), "enabled": "on",
-            "description": "", "provenance": "{}"}
+    data = {
+        "name": "foreign",
+        "base": tiny_spec.pk,
+        "path": str(tmp_path / "foreign"),
+        "enabled": "on",
+        "description": "",
+        "provenance": "{}",
+    }
     response = staff_client.post(reverse("admin:modelhub_adapter_add"), data)
     assert response.status_code == 200
     assert "q_proj has 64 features where the adapter expects 96" in str(response.context["adminform"].form.errors)
@@ -100,8 +133,14 @@ def test_an_adapter_for_another_base_is_refused_in_the_form(staff_client, tiny_s
 
 def test_a_fitting_adapter_is_accepted(staff_client, tiny_spec, tiny_model_dir, tmp_path):
     folder = make_adapter(tiny_model_dir, tmp_path / "ok", 5)
-    data = {"name": "ok", "base": tiny_spec.pk, "path": str(folder), "enabled": "on", "description": "",
-            "provenance": "{}"}
+    data = {
+        "name": "ok",
+        "base": tiny_spec.pk,
+        "path": str(folder),
+        "enabled": "on",
+        "description": "",
+        "provenance": "{}",
+    }
     assert staff_client.post(reverse("admin:modelhub_adapter_add"), data).status_code == 302
     assert Adapter.objects.filter(name="ok", base=tiny_spec).exists()
 
@@ -173,13 +212,16 @@ def test_staff_without_the_change_permission_cannot_load(client, staff, tiny_spe
 
     staff.user_permissions.add(Permission.objects.get(codename="view_modelspec"))
     client.force_login(staff)
-    client.post(reverse("admin:modelhub_modelspec_changelist"), {"action": "load_models", "_selected_action": [tiny_spec.pk]})
+    client.post(
+        reverse("admin:modelhub_modelspec_changelist"), {"action": "load_models", "_selected_action": [tiny_spec.pk]}
+    )
     assert "tiny" not in registry.status()
     assert client.post(reverse("admin:modelhub_modelspec_test_stream", args=[tiny_spec.pk])).status_code == 403
 
 
 def test_the_feedback_page_shows_the_rated_answer_without_an_inline_style_the_policy_would_block(
-        admin_client, conversation):
+    admin_client, conversation
+):
     """The admin's HTML made in Python (here `FeedbackAdmin.answer`) keeps to the policy like the templates."""
     conversation.add_user_message("a question")
     answer = add_reply(conversation, "line one\n  line <b>two</b>")
@@ -191,8 +233,9 @@ def test_the_feedback_page_shows_the_rated_answer_without_an_inline_style_the_po
 
 
 @pytest.mark.parametrize("action", ["load_models", "unload_models", "reload_models"])
-def test_with_model_workers_on_the_web_process_loads_nothing_and_says_who_does(admin_client, tiny_spec, settings,
-                                                                               action):
+def test_with_model_workers_on_the_web_process_loads_nothing_and_says_who_does(
+    admin_client, tiny_spec, settings, action
+):
     settings.MODELHUB_WORKERS = True
     changelist = reverse("admin:modelhub_modelspec_changelist")
     response = admin_client.post(changelist, {"action": action, "_selected_action": [tiny_spec.pk]}, follow=True)

@@ -11,7 +11,9 @@ from tests.live import SHELL_PRELUDE, Site
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 from conversations.models import ApiKey
 from modelhub.models import ModelSpec
 ModelSpec.objects.create(name="echo", backend="scripted", source="echo", is_default=True)
@@ -19,6 +21,7 @@ owner = User.objects.create_user("owner", password="live-pass-123")
 print(json.dumps({"kept": ApiKey.objects.issue(owner, "kept")[1],
                   "unkept": ApiKey.objects.issue(owner, "unkept", keep_calls=False)[1]}))
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,14 @@ def exchange(site, request, timeout=30):
 
 
 def http(method, path, body=b"", headers=()):
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
-             "Content-Type: application/json", "Connection: close", *headers]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Content-Length: {len(body)}",
+        "Content-Type: application/json",
+        "Connection: close",
+        *headers,
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -89,8 +98,11 @@ def test_json_nested_past_the_parsers_depth_is_a_400(site):
 @pytest.mark.parametrize("role", ["user", "system"])
 def test_a_lone_surrogate_in_a_message_is_a_400_naming_it_and_nothing_is_stored(site, key, role):
     before = stored_messages(site)
-    messages = [{"role": "user", "content": "hi \ud800 there"}] if role == "user" else [
-        {"role": "system", "content": "be \udfff kind"}, {"role": "user", "content": "hi"}]
+    messages = (
+        [{"role": "user", "content": "hi \ud800 there"}]
+        if role == "user"
+        else [{"role": "system", "content": "be \udfff kind"}, {"role": "user", "content": "hi"}]
+    )
     body = json.dumps({"model": "echo", "messages": messages}).encode()  # the surrogates escaped: valid JSON
     assert b"\\ud" in body
     assert openai_error(*completion(site, body, key)) == (400, "invalid_text", "messages[0].content")
@@ -113,9 +125,13 @@ def test_an_authorization_header_of_100_kb_is_a_431_in_json(site):
 def test_headers_over_16_kb_in_all_are_a_431_in_json_and_broken_http_a_400(site):
     many = [f"X-Filler-{n}: {'y' * 200}" for n in range(100)]
     assert openai_error(*exchange(site, http("GET", "/v1/models", headers=many)))[:2] == (
-        431, "request_headers_too_large")
+        431,
+        "request_headers_too_large",
+    )
     assert openai_error(*exchange(site, b"GET /v1/models HTTP/1.1\r\nno colon here\r\n\r\n"))[:2] == (
-        400, "invalid_http")
+        400,
+        "invalid_http",
+    )
 
 
 def test_a_post_to_the_models_list_is_a_405_and_an_unknown_api_path_a_404(site):

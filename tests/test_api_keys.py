@@ -1,4 +1,4 @@
-"""API keys: the page where a user makes, sees and revokes their own keys (conversations/keys.py),
+"""API keys: the page where a user makes, sees and revokes their own keys (conversations/openai_api/keys.py),
 the model's lookup (models/api_key.py), the admin, and error reports that never show a key.
 
 Users by role: `owner` makes keys, `other_user` must never see or revoke them, `staff` reads keys
@@ -42,8 +42,9 @@ def other_client(client, other_user):
 
 
 def staff_client_with(staff, *codenames):
-    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="conversations",
-                                                          codename__in=codenames))
+    staff.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="conversations", codename__in=codenames)
+    )
     client = Client()
     client.force_login(staff)
     return client
@@ -62,6 +63,7 @@ def viewing_staff_client(staff):
 
 
 # --- The page ----------------------------------------------------------------------------------
+
 
 def test_a_new_key_is_shown_once_and_only_its_digest_is_stored(owner_client, owner):
     response = owner_client.post(PAGE, {"name": "my editor"})
@@ -94,11 +96,14 @@ def test_do_not_keep_my_calls_makes_a_key_that_keeps_no_conversation(owner_clien
     assert "calls not kept" in owner_client.get(PAGE).content.decode()
 
 
-@pytest.mark.parametrize("name, error", [
-    ("", "Give the key a name"),
-    ("   ", "Give the key a name"),
-    ("x" * 101, "at most 100 characters"),
-])
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("", "Give the key a name"),
+        ("   ", "Give the key a name"),
+        ("x" * 101, "at most 100 characters"),
+    ],
+)
 def test_a_blank_or_too_long_name_gets_a_form_error_and_makes_no_key(owner_client, name, error):
     response = owner_client.post(PAGE, {"name": name})
 
@@ -192,6 +197,7 @@ def test_the_navigation_links_the_page(owner_client):
 
 # --- Authenticating a call -----------------------------------------------------------------------
 
+
 def test_authenticate_finds_the_key_of_its_raw_key_only(owner_key):
     key, raw = owner_key
 
@@ -232,12 +238,14 @@ def test_a_call_notes_when_the_key_was_used_at_most_once_a_minute(owner_key, dja
 
 # --- The admin -----------------------------------------------------------------------------------
 
+
 def test_staff_with_the_change_permission_revoke_keys_in_the_admin(revoking_staff_client, owner_key, other_user):
     key, raw = owner_key
     other_key, other_raw = ApiKey.objects.issue(other_user, "script")
 
-    response = revoking_staff_client.post(reverse("admin:conversations_apikey_changelist"),
-                                          {"action": "revoke", "_selected_action": [key.pk]})
+    response = revoking_staff_client.post(
+        reverse("admin:conversations_apikey_changelist"), {"action": "revoke", "_selected_action": [key.pk]}
+    )
 
     assert response.status_code == 302
     assert ApiKey.objects.authenticate(raw) is None and ApiKey.objects.authenticate(other_raw) == other_key
@@ -272,6 +280,7 @@ def test_nobody_adds_a_key_in_the_admin_and_superusers_delete_them(admin_client,
 
 
 # --- Error reports --------------------------------------------------------------------------------
+
 
 def a_view_that_fails(request):
     header = request.headers["Authorization"]

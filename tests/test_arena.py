@@ -22,7 +22,7 @@ from conversations.forms import ModelChoiceForm
 from conversations.models import Arena, ArenaMatch, Comparison, Conversation, Feedback, Message, Preference
 from conversations.models.arena import held_out_prompts
 from conversations.training_data.export import export_snapshot
-from modelhub.backends import ScriptedBackend
+from modelhub.backends.local import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
 from tests.conftest import add_reply
@@ -147,7 +147,9 @@ def test_an_arena_plays_every_held_out_prompt_and_writes_both_answers_greedily(s
         assert match.candidate_answer.adapter_name == CANDIDATE and match.opponent_answer.adapter_name == ""
         assert match.candidate_answer.generation_options == arena.options
         assert match.candidate_answer.conversation.owner == staff
-    seen = sorted((call["adapter"][0] if call["adapter"] else "", json.dumps(call["messages"])) for call in backend.calls)
+    seen = sorted(
+        (call["adapter"][0] if call["adapter"] else "", json.dumps(call["messages"])) for call in backend.calls
+    )
     assert seen == sorted((name, json.dumps(m.prompt)) for m in matches for name in (CANDIDATE, ""))
     assert {call["options"].temperature for call in backend.calls} == {0}
 
@@ -162,8 +164,10 @@ def test_a_system_prompt_of_the_snapshot_reaches_the_model_and_the_answers_histo
 
 
 def test_the_left_right_order_is_drawn_stored_and_reproducible_from_the_seed(staff, snapshot, candidate, backend):
-    orders = [[m.candidate_left for m in Arena.open(staff, snapshot, candidate, seed=seed).matches.all()]
-              for seed in (5, 5, 6, 7, 8)]
+    orders = [
+        [m.candidate_left for m in Arena.open(staff, snapshot, candidate, seed=seed).matches.all()]
+        for seed in (5, 5, 6, 7, 8)
+    ]
     assert orders[0] == orders[1]
     assert {side for order in orders for side in order} == {True, False}
 
@@ -202,14 +206,18 @@ def test_votes_are_arena_preferences_that_the_dpo_and_kto_exports_pick_up(staff,
     dpo = export_snapshot("dpo", eval_fraction=0)
     assert dpo.counts["sources"]["arena"] == 2
     rows = [json.loads(line) for line in open(dpo.train_path, encoding="utf-8")]
-    assert {"prompt": left.prompt, "chosen": [{"role": "assistant", "content": left.left.content}],
-            "rejected": [{"role": "assistant", "content": left.right.content}]} in rows
+    assert {
+        "prompt": left.prompt,
+        "chosen": [{"role": "assistant", "content": left.left.content}],
+        "rejected": [{"role": "assistant", "content": left.right.content}],
+    } in rows
     kto = export_snapshot("kto", eval_fraction=0)
     assert kto.counts["sources"]["arena"] == 2  # both answers of the "both bad" match, labelled false
 
 
-def test_a_vote_is_final_and_a_match_still_being_written_cannot_be_voted(staff_client, staff, snapshot, candidate,
-                                                                         backend):
+def test_a_vote_is_final_and_a_match_still_being_written_cannot_be_voted(
+    staff_client, staff, snapshot, candidate, backend
+):
     arena = Arena.open(staff, snapshot, candidate, prompts=2, seed=3)
     first = arena.matches.first()
     assert staff_client.post(vote_url(first), {"vote": "left"}).status_code == 409
@@ -229,22 +237,39 @@ def test_a_failed_answer_is_stored_with_its_error_and_its_match_skipped(staff, s
     answer.refresh_from_db()
     assert answer.status == "error" and "out of memory" in answer.error
     assert arena.next_match() is None
-    assert arena.results() == {"win": 0, "loss": 0, "tie": 0, "both_bad": 0, "undecided": 0, "skipped": 2,
-                             "voted": 0, "total": 2}
+    assert arena.results() == {
+        "win": 0,
+        "loss": 0,
+        "tie": 0,
+        "both_bad": 0,
+        "undecided": 0,
+        "skipped": 2,
+        "voted": 0,
+        "total": 2,
+    }
 
 
 def test_results_count_the_candidates_wins_losses_and_ties_and_name_them_when_done(staff_client, staff, arena):
     for match, candidate_wins in zip(arena.matches.all(), (True, True, False)):
         match.decide(staff, "left" if candidate_wins == match.candidate_left else "right")
     arena.matches.last().decide(staff, "tie")
-    assert arena.results() == {"win": 2, "loss": 1, "tie": 1, "both_bad": 0, "undecided": 0, "skipped": 0,
-                               "voted": 4, "total": 4}
+    assert arena.results() == {
+        "win": 2,
+        "loss": 1,
+        "tie": 1,
+        "both_bad": 0,
+        "undecided": 0,
+        "skipped": 0,
+        "voted": 4,
+        "total": 4,
+    }
     page = staff_client.get(arena.get_absolute_url()).content.decode()
     assert "Nothing left to vote on" in page and f"<strong>{BASE} + {CANDIDATE}</strong>" in page
 
 
 def test_opening_an_arena_from_the_form_schedules_its_generation_after_the_commit(
-        staff_client, snapshot, candidate, django_capture_on_commit_callbacks):
+    staff_client, snapshot, candidate, django_capture_on_commit_callbacks
+):
     form = {"snapshot": snapshot.pk, "candidate": candidate.pk, "opponent": "", "prompts": 3}
     with django_capture_on_commit_callbacks() as callbacks:
         response = staff_client.post(reverse("conversations:arena_new"), form)
@@ -262,14 +287,15 @@ def test_the_background_thread_writes_every_answer(staff, snapshot, candidate, b
     arena = Arena.open(staff, snapshot, candidate, prompts=3, seed=3)
     start_generation(arena)  # no transaction open: the thread starts at once
     deadline = time.monotonic() + 20
-    while not Arena.objects.get(pk=arena.pk).status == "ready" and time.monotonic() < deadline:
+    while Arena.objects.get(pk=arena.pk).status != "ready" and time.monotonic() < deadline:
         time.sleep(0.05)
     statuses = Message.objects.filter(role="assistant", conversation__owner=staff).values_list("status", flat=True)
     assert Arena.objects.get(pk=arena.pk).status == "ready" and list(set(statuses)) == ["complete"]
 
 
 def test_the_form_refuses_an_opponent_of_another_base_and_a_snapshot_without_held_out_prompts(
-        staff_client, owner, snapshot, candidate):
+    staff_client, owner, snapshot, candidate
+):
     other = Adapter.objects.create(name="elsewhere", base=ModelSpec.objects.get(name="m"), path="/x")
     form = {"snapshot": snapshot.pk, "candidate": candidate.pk, "opponent": other.pk, "prompts": 3}
     assert staff_client.post(reverse("conversations:arena_new"), form).status_code == 422
@@ -290,14 +316,19 @@ def test_promote_enables_the_adapter_for_users(staff_client, owner, arena, candi
 
 def arena_urls(arena):
     match = arena.matches.first()
-    return [("get", reverse("conversations:arena_list"), {}),
-            ("get", reverse("conversations:arena_new"), {}),
-            ("post", reverse("conversations:arena_new"),
-             {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2}),
-            ("get", arena.get_absolute_url(), {}),
-            ("post", vote_url(match), {"vote": "left"}),
-            ("post", reverse("conversations:arena_promote", args=[arena.pk]), {}),
-            ("get", reverse("admin:conversations_arena_leaderboard"), {})]
+    return [
+        ("get", reverse("conversations:arena_list"), {}),
+        ("get", reverse("conversations:arena_new"), {}),
+        (
+            "post",
+            reverse("conversations:arena_new"),
+            {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2},
+        ),
+        ("get", arena.get_absolute_url(), {}),
+        ("post", vote_url(match), {"vote": "left"}),
+        ("post", reverse("conversations:arena_promote", args=[arena.pk]), {}),
+        ("get", reverse("admin:conversations_arena_leaderboard"), {}),
+    ]
 
 
 @pytest.mark.parametrize("who", ["anonymous", "owner", "other_staff"])
@@ -338,8 +369,11 @@ def arena_request(client, action, arena):
     """One arena URL, requested as its page does (htmx)."""
     method, url, data = {
         "list": ("get", reverse("conversations:arena_list"), {}),
-        "new": ("post", reverse("conversations:arena_new"),
-                {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2}),
+        "new": (
+            "post",
+            reverse("conversations:arena_new"),
+            {"snapshot": arena.snapshot_id, "candidate": arena.candidate_id, "prompts": 2},
+        ),
         "detail": ("get", arena.get_absolute_url(), {}),
         "vote": ("post", vote_url(arena.matches.first()), {"vote": "left"}),
         "promote": ("post", reverse("conversations:arena_promote", args=[arena.pk]), {}),
@@ -362,8 +396,9 @@ def test_each_arena_url_needs_exactly_its_permissions(client, snapshot, candidat
     assert arena_request(client, action, arena).status_code == SUCCEEDS[action]
 
 
-def test_the_form_offers_only_what_the_user_may_view_and_only_to_who_may_open_an_arena(client, bare_staff, snapshot,
-                                                                                       candidate):
+def test_the_form_offers_only_what_the_user_may_view_and_only_to_who_may_open_an_arena(
+    client, bare_staff, snapshot, candidate
+):
     grant(bare_staff, ["conversations.view_arena", "conversations.add_arena"])
     client.force_login(bare_staff)
     assert "New arena" not in client.get(reverse("conversations:arena_list")).content.decode()
@@ -385,19 +420,24 @@ def test_the_page_offers_the_vote_and_promotion_only_to_who_may(client, staff, a
     assert "A is better" in page and "Promote this adapter" in page
 
 
-def test_a_page_view_writes_nothing_even_after_a_restart_interrupted_the_answers(staff_client, staff, snapshot,
-                                                                                candidate, backend):
+def test_a_page_view_writes_nothing_even_after_a_restart_interrupted_the_answers(
+    staff_client, staff, snapshot, candidate, backend
+):
     arena = Arena.open(staff, snapshot, candidate, prompts=4, seed=3)
     first, second = arena.matches.all()[:2]
     first.generate()
     second.generate()
     Message.objects.filter(status="streaming").update(status="interrupted")  # the process writing the other two died
     with CaptureQueriesContext(connection) as queries:
-        for url, headers in ((arena.get_absolute_url(), {}), (arena.get_absolute_url(), HTMX),
-                             (reverse("conversations:arena_list"), {})):
+        for url, headers in (
+            (arena.get_absolute_url(), {}),
+            (arena.get_absolute_url(), HTMX),
+            (reverse("conversations:arena_list"), {}),
+        ):
             assert staff_client.get(url, headers=headers).status_code == 200
-    writes = [query["sql"] for query in queries if query["sql"].lstrip().upper().startswith(("INSERT", "UPDATE",
-                                                                                               "DELETE"))]
+    writes = [
+        query["sql"] for query in queries if query["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+    ]
     assert writes == [] and len(queries) > 0
     arena.refresh_from_db()
     assert arena.status == "generating" and arena.conversations().get().sealed
@@ -425,8 +465,9 @@ def compare(conversation, first, second, choice):
     return comparison
 
 
-def test_the_leaderboard_ranks_contenders_from_arena_votes_and_side_by_side_verdicts(admin_client, staff, owner, arena,
-                                                                                     base, candidate):
+def test_the_leaderboard_ranks_contenders_from_arena_votes_and_side_by_side_verdicts(
+    admin_client, staff, owner, arena, base, candidate
+):
     for match in arena.matches.all():  # the candidate wins every arena game
         match.decide(staff, "left" if match.candidate_left else "right")
     other = ModelSpec.objects.create(name="weakling", source="-", backend="scripted")
@@ -484,7 +525,11 @@ def test_the_voter_cannot_open_their_sealed_answers_in_the_admin_but_another_adm
 def test_the_arena_admin_shows_the_seed_only_once_every_match_is_voted(admin_client, staff, arena):
     page = reverse("admin:conversations_arena_change", args=[arena.pk])
     pending = admin_client.get(page)
-    assert pending.status_code == 200 and "Seed" not in pending.content.decode() and "Candidate" in pending.content.decode()
+    assert (
+        pending.status_code == 200
+        and "Seed" not in pending.content.decode()
+        and "Candidate" in pending.content.decode()
+    )
     for match in arena.matches.all():
         match.decide(staff, "tie")
     assert "Seed" in admin_client.get(page).content.decode()

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from modelhub.arrivals import arrivals
-from modelhub.backends import ScriptedBackend
-from modelhub.engine import Worker
-from modelhub.request import Request
+from modelhub.backends.local import ScriptedBackend
+from modelhub.engine.arrivals import arrivals
+from modelhub.engine.request import Request
+from modelhub.engine.worker import Worker
 from modelhub.options import GenerationOptions
 
 OPTIONS = GenerationOptions(max_new_tokens=400).validated(2048)
@@ -50,6 +50,7 @@ def request(arrival=None):
 
 def read_in_background(request):
     """Read the request to its end in a thread; returns the thread (the text lands in `request.text`)."""
+
     def read():
         request.text = "".join(request)
 

@@ -18,7 +18,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import MAX_SEED, GenerationOptions, InvalidOptions
@@ -39,8 +41,14 @@ def manage(tmp_path, *args):
     """`manage.py ARGS` in its own process, on a scratch var folder (never the project's database)."""
     env = {**os.environ, "CHATSITE_VAR_DIR": str(tmp_path / "var"), "HF_HUB_OFFLINE": "1"}
     env.pop("DATABASE_URL", None)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def adapter_folder(tmp_path, config_text):
@@ -128,8 +136,14 @@ def test_a_duplicate_adapter_name_is_reported_without_an_internal_field_key(tiny
 @pytest.mark.parametrize("config_text, problem", BAD_ADAPTER_CONFIGS[:3])
 def test_the_admin_shows_a_bad_adapter_config_as_a_form_error(admin_client, tiny_spec, tmp_path, config_text, problem):
     folder = adapter_folder(tmp_path, config_text)
-    data = {"name": "broken", "base": tiny_spec.pk, "path": str(folder), "enabled": "on", "description": "",
-            "provenance": "{}"}
+    data = {
+        "name": "broken",
+        "base": tiny_spec.pk,
+        "path": str(folder),
+        "enabled": "on",
+        "description": "",
+        "provenance": "{}",
+    }
     response = admin_client.post(reverse("admin:modelhub_adapter_add"), data)
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors["path"]
@@ -158,18 +172,22 @@ def test_the_admin_refuses_a_model_field_that_would_fail_later(admin_client, tin
 
 
 def test_the_admin_accepts_a_template_with_the_tags_transformers_adds(admin_client, tiny_model_dir):
-    template = ("{% for m in messages %}{% if loop.index > 8 %}{% break %}{% endif %}"
-                "{% generation %}{{ m['content'] | tojson }}{% endgeneration %}{% endfor %}")
+    template = (
+        "{% for m in messages %}{% if loop.index > 8 %}{% break %}{% endif %}"
+        "{% generation %}{{ m['content'] | tojson }}{% endgeneration %}{% endfor %}"
+    )
     form = add_form(tiny_model_dir, chat_template=template)
     response = admin_client.post(reverse("admin:modelhub_modelspec_add"), form)
     assert response.status_code == 302
 
 
-@pytest.mark.parametrize("source", ["echo delay=abc", "echo delay=-1", "echo delay=nan", "echo delay=inf",
-                                    "echo delay=3600"])
+@pytest.mark.parametrize(
+    "source", ["echo delay=abc", "echo delay=-1", "echo delay=nan", "echo delay=inf", "echo delay=3600"]
+)
 def test_the_admin_refuses_a_scripted_delay_when_the_model_is_saved(admin_client, source):
-    response = admin_client.post(reverse("admin:modelhub_modelspec_add"),
-                                 add_form(source, backend="scripted", name="echo"))
+    response = admin_client.post(
+        reverse("admin:modelhub_modelspec_add"), add_form(source, backend="scripted", name="echo")
+    )
     assert response.status_code == 200
     assert "delay must be a number of seconds from 0 to 60" in response.context["adminform"].form.errors["source"][0]
     assert not ModelSpec.objects.exists()
@@ -178,8 +196,9 @@ def test_the_admin_refuses_a_scripted_delay_when_the_model_is_saved(admin_client
 def test_a_scripted_model_with_a_good_delay_is_saved_and_serves_it(admin_client):
     from modelhub import api
 
-    response = admin_client.post(reverse("admin:modelhub_modelspec_add"),
-                                 add_form("echo delay=0.01", backend="scripted", name="echo"))
+    response = admin_client.post(
+        reverse("admin:modelhub_modelspec_add"), add_form("echo delay=0.01", backend="scripted", name="echo")
+    )
     assert response.status_code == 302
     assert "".join(api.start(ModelSpec.objects.get(name="echo"), [{"role": "user", "content": "a b"}])) == "a b"
 
@@ -281,14 +300,14 @@ def test_interactive_chat_leaves_out_a_line_that_is_not_utf8_and_answers_the_nex
     "frame, problem",
     [
         ('{"seed": 1180591620717411303424}', "seed must be between 0 and"),
-        ("{\"seed\": %d}" % 10**400, "seed must be between 0 and"),
+        ('{"seed": %d}' % 10**400, "seed must be between 0 and"),
         ('{"seed": 1e400}', "seed must be a finite number"),
         ('{"top_k": 1e400}', "top_k must be a finite number"),
         ('{"max_new_tokens": 1e400}', "max_new_tokens must be a finite number"),
         ('{"temperature": 1e400}', "temperature must be a finite number"),
         ('{"top_p": NaN}', "top_p must be a finite number"),
         ('{"temperature": -Infinity}', "temperature must be a finite number"),
-        ("{\"repetition_penalty\": %d}" % 10**400, "repetition_penalty must be between 0.5 and 2"),
+        ('{"repetition_penalty": %d}' % 10**400, "repetition_penalty must be between 0.5 and 2"),
         ('{"top_k": 10000001}', "top_k must be 0 (off) or more, up to 1000000"),
         ('{"top_k": 2.5}', "top_k must be a whole number"),
         ('{"seed": true}', "seed must be a number"),
@@ -331,12 +350,18 @@ def test_validated_refuses_options_built_directly_with_wrong_types():
 # --- property: whatever JSON arrives, options are valid or InvalidOptions ---------------------
 
 json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.floats(min_value=0, max_value=3)
-    | st.text(max_size=20) | st.from_regex(r"-?[0-9]{1,30}(\.[0-9]{0,5})?(e-?[0-9]{1,4})?", fullmatch=True)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=0, max_value=3)
+    | st.text(max_size=20)
+    | st.from_regex(r"-?[0-9]{1,30}(\.[0-9]{0,5})?(e-?[0-9]{1,4})?", fullmatch=True)
 )
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
 option_dicts = st.dictionaries(st.sampled_from(OPTION_NAMES) | st.text(max_size=8), json_values, max_size=4)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelhub import api, loading
-from modelhub.backends import TransformersBackend
-from modelhub.request import Request
-from modelhub.kv_reuse import PrefixCache
+from modelhub import api
+from modelhub.backends import loading
+from modelhub.backends.local import TransformersBackend
+from modelhub.engine.kv_reuse import PrefixCache
+from modelhub.engine.request import Request
 from modelhub.models import Adapter
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
@@ -86,8 +87,12 @@ def alone(reference_models, messages, adapter=None, max_new_tokens=16, ignore_eo
     tokenizer, models = reference_models
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
     out = models[adapter].generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-        min_new_tokens=max_new_tokens if ignore_eos else None, eos_token_id=tokenizer.eos_token_id,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        min_new_tokens=max_new_tokens if ignore_eos else None,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
@@ -109,10 +114,14 @@ def test_a_batch_of_greedy_requests_matches_each_request_run_alone(served, refer
 
 @pytest.fixture
 def adapter_rows(tiny_spec, adapter_dirs):  # noqa: F811
-    return {name: Adapter.objects.create(name=name, base=tiny_spec, path=str(path)) for name, path in adapter_dirs.items()}
+    return {
+        name: Adapter.objects.create(name=name, base=tiny_spec, path=str(path)) for name, path in adapter_dirs.items()
+    }
 
 
-def test_requests_for_different_adapters_share_a_batch_and_match_each_adapter_alone(served, reference_models, adapter_rows):
+def test_requests_for_different_adapters_share_a_batch_and_match_each_adapter_alone(
+    served, reference_models, adapter_rows
+):
     plan = [(PROMPTS[0], None), (PROMPTS[1], "alpha"), (PROMPTS[2], "beta"), (PROMPTS[0], "alpha"), (PROMPTS[3], None)]
     requests = [served.start(ask(p), adapter_rows.get(a)) for p, a in plan]
     served.open()
@@ -139,7 +148,9 @@ def test_prompts_waiting_together_are_prefilled_in_one_pass(tiny_spec, reference
 
 def test_a_prompt_that_breaks_the_shared_prefill_fails_alone(tiny_spec, reference_models):
     tokenizer, _ = reference_models
-    prompt_ids = [set(tokenizer.apply_chat_template(ask(p), add_generation_prompt=True)["input_ids"]) for p in PROMPTS[:3]]
+    prompt_ids = [
+        set(tokenizer.apply_chat_template(ask(p), add_generation_prompt=True)["input_ids"]) for p in PROMPTS[:3]
+    ]
     poison = min(prompt_ids[2] - prompt_ids[0] - prompt_ids[1])  # a token only the third prompt has
 
     def hook(module, args, kwargs):
@@ -183,7 +194,9 @@ def test_stopping_one_request_leaves_the_others_unchanged(served, reference_mode
 
     texts = [read(requests[0]), read(requests[2])]
 
-    assert texts == [alone(reference_models, ask(p), max_new_tokens=40, ignore_eos=True) for p in (PROMPTS[0], PROMPTS[2])]
+    assert texts == [
+        alone(reference_models, ask(p), max_new_tokens=40, ignore_eos=True) for p in (PROMPTS[0], PROMPTS[2])
+    ]
     assert requests[1].usage.finish_reason == "cancelled"
     assert requests[1].usage.completion_tokens < 40
     assert [r.usage.completion_tokens for r in (requests[0], requests[2])] == [40, 40]

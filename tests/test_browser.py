@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 PASSWORD = "browser-pass-123"
 
@@ -53,9 +57,15 @@ SERVER_LOG = []  # the live server's log file, once it runs
 def server(tiny_model_dir, tmp_path_factory):
     """A daphne process serving chatsite on a free port, with its own database."""
     var = tmp_path_factory.mktemp("browser-var")
-    env = {**os.environ, "CHATSITE_VAR_DIR": str(var), "SECRET_KEY": "browser-tests-secret-key-0123456789abcdef",
-           "CHAT_ORPHAN_GRACE_SECONDS": "30", "HF_HUB_OFFLINE": "1", "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "CHATSITE_VAR_DIR": str(var),
+        "SECRET_KEY": "browser-tests-secret-key-0123456789abcdef",
+        "CHAT_ORPHAN_GRACE_SECONDS": "30",
+        "HF_HUB_OFFLINE": "1",
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("DATABASE_URL", None)  # the live server always has its own SQLite file
     env.pop("REDIS_URL", None)
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -66,7 +76,10 @@ def server(tiny_model_dir, tmp_path_factory):
     log = open(var / "server.log", "wb")  # shown when a wait times out
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     SERVER_LOG[:] = [var / "server.log"]
     for _ in range(100):
@@ -99,8 +112,14 @@ def watch_for_policy_violations(page):
     page.expose_function("__reportViolation", lambda text: reports.append(text))
     page.add_init_script("""document.addEventListener("securitypolicyviolation", (e) => window.__reportViolation(
         `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));""")
-    page.on("console", lambda m: reports.append(f"console {m.type}: {m.text} ({m.location['url']})")
-            if m.type in ("error", "warning") and not m.location["url"].endswith("/favicon.ico") else None)
+    page.on(
+        "console",
+        lambda m: (
+            reports.append(f"console {m.type}: {m.text} ({m.location['url']})")
+            if m.type in ("error", "warning") and not m.location["url"].endswith("/favicon.ico")
+            else None
+        ),
+    )
     page.on("pageerror", lambda error: reports.append(f"script error: {error}"))
     return reports
 
@@ -148,8 +167,9 @@ def wait_done(page, timeout=30000):
         messages = page.locator(".message").evaluate_all("ms => ms.map(m => [m.className, m.dataset.status])")
         server_log = SERVER_LOG[0].read_text(errors="replace")[-3000:] if SERVER_LOG else ""
         error = page.locator("#chat-error").text_content()
-        raise AssertionError(f"no finished reply; messages: {messages}; error box: {error!r}\n"
-                             f"server log:\n{server_log}") from None
+        raise AssertionError(
+            f"no finished reply; messages: {messages}; error box: {error!r}\nserver log:\n{server_log}"
+        ) from None
 
 
 def choose_model(page, label):
@@ -320,7 +340,6 @@ def test_the_chat_the_arena_and_the_admin_keep_to_the_content_security_policy(br
     page.wait_for_timeout(300)  # reports arrive asynchronously
     context.close()
     assert reports == []
-
 
 
 def test_a_key_made_on_the_keys_page_calls_the_api_and_the_call_shows_in_the_sidebar(page, server):

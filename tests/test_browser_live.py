@@ -14,7 +14,9 @@ from tests.test_browser import ARTIFACTS, browser, watch_for_policy_violations  
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 from modelhub.models import ModelSpec
 from conversations.models import Conversation
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -22,6 +24,7 @@ ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.0
 conversation = Conversation.objects.create(owner=owner)
 print(json.dumps({"cookie": session_for("owner"), "conversation": conversation.pk}))
 """
+)
 
 
 def words(n):
@@ -101,16 +104,20 @@ def test_the_page_shows_the_whole_reply_after_redis_restarts_mid_reply(browser, 
         page.wait_for_selector('.message-assistant:last-child[data-status="complete"]', timeout=30000)
         assert last_reply(page).locator(".message-text").inner_text().strip() == words(120)
         assert site.rows("SELECT status, content FROM conversations_message WHERE role = 'assistant'") == [
-            ("complete", words(120))]
+            ("complete", words(120))
+        ]
         send(page, "after the restart")
-        page.wait_for_selector('.message-assistant:last-child[data-status="complete"] >> text=after the restart',
-                               timeout=30000)
+        page.wait_for_selector(
+            '.message-assistant:last-child[data-status="complete"] >> text=after the restart', timeout=30000
+        )
         assert page.errors == []
     finally:
         site.close()
 
 
-COLD_SETUP = SHELL_PRELUDE + """
+COLD_SETUP = (
+    SHELL_PRELUDE
+    + """
 from modelhub.models import ModelSpec
 from conversations.models import Conversation
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -119,6 +126,7 @@ ModelSpec.objects.create(name="tiny", display_name="tiny <b>cold</b>", source={s
 conversation = Conversation.objects.create(owner=owner)
 print(json.dumps({{"cookie": session_for("owner"), "conversation": conversation.pk}}))
 """
+)
 
 BADGE = ".message-assistant:last-child .badge.streaming"
 
@@ -149,7 +157,7 @@ def test_a_reply_waiting_for_its_model_to_load_says_so_then_streams(browser, tmp
         badges = page.evaluate("window.__badges")
         loading = [i for i, text in enumerate(badges) if re.fullmatch(r"loading tiny <b>cold</b>… \d+ s(, .+)?", text)]
         assert loading, badges
-        assert "writing…" in badges[loading[-1]:], badges  # the text started: the badge says so again
+        assert "writing…" in badges[loading[-1] :], badges  # the text started: the badge says so again
         assert any("importing torch and transformers" in text for text in badges), badges
         assert page.errors == [] and reports == []
     finally:

@@ -7,8 +7,17 @@ import json
 
 from playwright.sync_api import expect
 
-from tests.test_browser import (ARTIFACTS, PASSWORD, browser, last_reply, page, send, server,  # noqa: F401
-                                wait_done, watch_for_policy_violations)
+from tests.test_browser import (  # noqa: F401
+    ARTIFACTS,
+    PASSWORD,
+    browser,
+    last_reply,
+    page,
+    send,
+    server,
+    wait_done,
+    watch_for_policy_violations,
+)
 
 REVIEWER_PASSWORD = "review-pass-4821"
 
@@ -37,7 +46,8 @@ def rate(page, thumbs, correction=""):
 
 
 def test_a_reviewer_approves_an_edited_item_and_rejects_another_and_a_snapshot_takes_only_the_approved(
-        browser, server, page):
+    browser, server, page
+):
     send(page, "name the capital of france")
     wait_done(page)
     rate(page, "Bad answer", correction="Paris is the capital of France.")

@@ -11,9 +11,10 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
-from modelhub import api, loading
+from modelhub import api
 from modelhub.admin import describe_runtime
-from modelhub.backends import ScriptedBackend
+from modelhub.backends import loading
+from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
 from tests.conftest import install_scripted
@@ -162,8 +163,9 @@ def is_status(frame):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_reply_waiting_for_its_model_gets_status_frames_with_its_name_then_its_chunks(owner, conversation,
-                                                                                                gated):
+async def test_a_reply_waiting_for_its_model_gets_status_frames_with_its_name_then_its_chunks(
+    owner, conversation, gated
+):
     await sync_to_async(scripted_spec)("slow", display_name="Slow Model", is_default=True)
     load = await sync_to_async(gated)("slow", chunks=["Hello", " world"], progress="loading weights")
     socket, _, _ = await open_socket(owner, conversation)
@@ -181,7 +183,7 @@ async def test_a_reply_waiting_for_its_model_gets_status_frames_with_its_name_th
     for status in statuses:
         assert status["message_id"] == reply.pk
         assert status["text"].startswith("loading Slow Model… ") and status["text"].endswith(" s, loading weights")
-    after_first_chunk = frames[[f["type"] for f in frames].index("chunk"):]
+    after_first_chunk = frames[[f["type"] for f in frames].index("chunk") :]
     assert not any(map(is_status, after_first_chunk))
     assert "".join(f["text"] for f in frames if f["type"] == "chunk") == "Hello world"
     assert (reply.status, reply.content) == ("complete", "Hello world")
@@ -189,8 +191,7 @@ async def test_a_reply_waiting_for_its_model_gets_status_frames_with_its_name_th
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_page_that_connects_while_the_model_loads_gets_the_reply_then_its_status(owner, conversation,
-                                                                                           gated):
+async def test_a_page_that_connects_while_the_model_loads_gets_the_reply_then_its_status(owner, conversation, gated):
     await sync_to_async(scripted_spec)("slow", is_default=True)
     load = await sync_to_async(gated)("slow", chunks=["late"])
     first, _, _ = await open_socket(owner, conversation)

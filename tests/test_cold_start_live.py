@@ -14,13 +14,16 @@ from tests.live import SHELL_PRELUDE, Site
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 import io
 from django.core.management import call_command
 call_command("ensure_builtin_model", stdout=io.StringIO())
 User.objects.create_superuser("staff", password="live-pass-123")
 print(json.dumps({"cookie": session_for("staff")}))
 """
+)
 
 
 def get(server, path, cookie=None):
@@ -53,8 +56,11 @@ def test_a_server_loads_the_default_model_at_start_without_any_chat_request(tmp_
 
         seen = [runtime(preloading, cookie)]
         assert seen[0].startswith(("loading (", "loaded on cpu")), seen[0]
-        wait_for(lambda: seen.append(runtime(preloading, cookie)) or seen[-1].startswith("loaded on cpu"), 120,
-                 f"the built-in model is not loaded: {seen[-1]!r}")
+        wait_for(
+            lambda: seen.append(runtime(preloading, cookie)) or seen[-1].startswith("loaded on cpu"),
+            120,
+            f"the built-in model is not loaded: {seen[-1]!r}",
+        )
         assert runtime(cold, cookie) == "not loaded"
         assert site.rows("SELECT count(*) FROM conversations_message") == [(0,)]
         assert "loading at start: chitchat" in preloading.log

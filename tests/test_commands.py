@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from modelhub import api
 from modelhub.models import ModelSpec
-from modelhub.training import is_validation
+from modelhub.training.builtin import is_validation
 
 
 def run(*args):
@@ -22,7 +22,9 @@ def run(*args):
 
 def test_chat_streams_the_same_reply_as_the_api(tiny_spec):
     out, err = run("chat", "--model", "tiny", "--temperature", "0", "--max-new-tokens", "12", "hello there")
-    expected = "".join(api.start(tiny_spec, [{"role": "user", "content": "hello there"}], {"temperature": 0, "max_new_tokens": 12}))
+    expected = "".join(
+        api.start(tiny_spec, [{"role": "user", "content": "hello there"}], {"temperature": 0, "max_new_tokens": 12})
+    )
     assert out.strip() == expected.strip() and expected.strip()
     assert re.search(r"\[\d+ tokens, first after [\d.]+s, [\d.]+s, (stop|length)\]", err)
 
@@ -71,10 +73,36 @@ def test_ensure_builtin_model_without_the_files_says_how_to_make_them(db, settin
 def test_train_default_model_runs_end_to_end_on_a_small_slice(db, tmp_path):
     report = tmp_path / "report.json"
     out, _ = run(
-        "train_default_model", "--output", str(tmp_path / "model"), "--limit-conversations", "60",
-        "--vocab-size", "400", "--hidden-size", "32", "--intermediate-size", "64", "--num-layers", "2",
-        "--num-heads", "2", "--block-size", "64", "--batch-size", "4", "--max-steps", "30",
-        "--eval-every", "10", "--eval-blocks", "4", "--warmup-steps", "5", "--no-progress", "--report", str(report),
+        "train_default_model",
+        "--output",
+        str(tmp_path / "model"),
+        "--limit-conversations",
+        "60",
+        "--vocab-size",
+        "400",
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--num-layers",
+        "2",
+        "--num-heads",
+        "2",
+        "--block-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "30",
+        "--eval-every",
+        "10",
+        "--eval-blocks",
+        "4",
+        "--warmup-steps",
+        "5",
+        "--no-progress",
+        "--report",
+        str(report),
     )
     result = json.loads(report.read_text())
     assert result["steps"] == 30 and len(result["history"]) == 3
@@ -90,11 +118,21 @@ def test_train_default_model_runs_end_to_end_on_a_small_slice(db, tmp_path):
 
 @pytest.mark.slow
 def test_training_stops_early_when_held_out_loss_stops_improving(tmp_path):
-    from modelhub.training import TrainConfig, train
+    from modelhub.training.builtin import TrainConfig, train
 
     config = TrainConfig(
-        vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, block_size=32,
-        batch_size=2, learning_rate=0.0, max_steps=100, eval_every=2, eval_blocks=2, patience=2,
+        vocab_size=300,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        block_size=32,
+        batch_size=2,
+        learning_rate=0.0,
+        max_steps=100,
+        eval_every=2,
+        eval_blocks=2,
+        patience=2,
         limit_conversations=30,
     )
     result = train(config, tmp_path, log=lambda *_: None)
@@ -112,13 +150,25 @@ def test_the_held_out_split_is_stable_and_by_conversation():
 def test_training_can_continue_from_a_saved_model_keeping_its_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from modelhub.training import TrainConfig, train
+    from modelhub.training.builtin import TrainConfig, train
 
-    tiny = dict(vocab_size=300, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, block_size=32,
-                batch_size=2, eval_every=5, eval_blocks=2, limit_conversations=30, warmup_steps=2)
+    tiny = dict(
+        vocab_size=300,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        block_size=32,
+        batch_size=2,
+        eval_every=5,
+        eval_blocks=2,
+        limit_conversations=30,
+        warmup_steps=2,
+    )
     first = train(TrainConfig(max_steps=10, **tiny), tmp_path / "first", log=lambda *_: None)
-    second = train(TrainConfig(max_steps=10, init_from=str(tmp_path / "first"), **tiny), tmp_path / "second",
-                   log=lambda *_: None)
+    second = train(
+        TrainConfig(max_steps=10, init_from=str(tmp_path / "first"), **tiny), tmp_path / "second", log=lambda *_: None
+    )
     assert second.history[0]["val_bpb"] < first.history[0]["val_bpb"]  # it starts where the first left off
     before = AutoTokenizer.from_pretrained(tmp_path / "first")
     after = AutoTokenizer.from_pretrained(tmp_path / "second")

@@ -5,7 +5,7 @@ from asgiref.sync import sync_to_async
 from django.urls import reverse
 
 from conversations.models import Comparison, Message
-from modelhub.backends import ScriptedBackend
+from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
 from tests.test_consumer import frames_until, open_socket
@@ -72,8 +72,9 @@ def test_the_verdict_is_stored_and_the_preferred_answer_continues(owner_client, 
     assert comparison.choice == "both_bad" and conversation.leaf == comparison.left
 
 
-def test_voting_is_refused_while_answers_stream_for_bad_choices_and_for_other_users(client, owner_client, other_user,
-                                                                                    conversation):
+def test_voting_is_refused_while_answers_stream_for_bad_choices_and_for_other_users(
+    client, owner_client, other_user, conversation
+):
     comparison = make_comparison(conversation)
     url = reverse("conversations:vote", args=[conversation.pk, comparison.pk])
     assert owner_client.post(url, {"choice": "left"}).status_code == 409

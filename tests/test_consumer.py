@@ -10,7 +10,7 @@ from django.test import Client
 
 from chatsite.asgi import application
 from conversations.models import Conversation, Message
-from modelhub.arrivals import arrivals
+from modelhub.engine.arrivals import arrivals
 from tests.conftest import add_reply, install_scripted
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -143,8 +143,12 @@ async def test_options_sent_with_a_message_are_used_and_recorded(owner, conversa
 
 @pytest.mark.parametrize(
     "options, problem",
-    [({"temperature": -1}, "temperature must be between 0 and 2"), ({"max_new_tokens": 10**6}, "max_new_tokens"),
-     ({"top_p": "wide"}, "top_p must be a number"), ("hot", "must be a JSON object")],
+    [
+        ({"temperature": -1}, "temperature must be between 0 and 2"),
+        ({"max_new_tokens": 10**6}, "max_new_tokens"),
+        ({"top_p": "wide"}, "top_p must be a number"),
+        ("hot", "must be a JSON object"),
+    ],
 )
 async def test_bad_options_are_refused_and_nothing_is_saved(owner, conversation, options, problem):
     await scripted(["x"])

@@ -15,12 +15,13 @@ import time
 import pytest
 import websockets
 
-from tests.live import (SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket,
-                        text_of)
+from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket, text_of
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 from modelhub.models import ModelSpec
 from conversations.models import Conversation
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -28,6 +29,7 @@ ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.0
 conversations = [Conversation.objects.create(owner=owner).pk for _ in range(6)]
 print(json.dumps({"cookie": session_for("owner"), "conversations": conversations}))
 """
+)
 
 FAST = {  # timings of the deployed machinery, shortened so the tests see them act
     "CHAT_HEARTBEAT_SECONDS": 0.5,
@@ -71,8 +73,9 @@ async def ask(ws, content):
     Frames of earlier replies still on their way are read past: the reply is the streaming
     message announced right after this question's own message."""
     await ws.send(json.dumps({"type": "send", "content": content}))
-    frames = await frames_until(ws, lambda f: f["type"] == "message" and "message-user" in f["html"]
-                                and f"data-raw=\"{content}\"" in f["html"])
+    frames = await frames_until(
+        ws, lambda f: f["type"] == "message" and "message-user" in f["html"] and f'data-raw="{content}"' in f["html"]
+    )
     frames += await frames_until(ws, "message")
     reply = frames[-1]["message_id"]
     frames += await frames_until(ws, lambda f: f["type"] == "chunk" and f["message_id"] == reply)
@@ -235,7 +238,9 @@ async def test_a_redis_blip_keeps_the_open_socket_which_is_caught_up_and_goes_on
     await ws.close()
 
 
-STORM_SETUP = SHELL_PRELUDE + """
+STORM_SETUP = (
+    SHELL_PRELUDE
+    + """
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
 ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.05", is_default=True)
@@ -246,6 +251,7 @@ for n in range(20):
     sockets += [(cookie, Conversation.objects.create(owner=user).pk) for _ in range(5)]
 print(json.dumps(sockets))
 """
+)
 
 
 async def test_a_hundred_sockets_connecting_at_once_to_a_slow_database_are_all_accepted_and_served(tmp_path):
@@ -253,8 +259,7 @@ async def test_a_hundred_sockets_connecting_at_once_to_a_slow_database_are_all_a
     answer of PostgreSQL takes 10 ms more (a database far away, or busy), and 100 pages connect at once."""
     database = PostgresDatabase()
     proxy = TcpProxy(database.port, delay=0.01)
-    site = Site(tmp_path, database=database, redis=RedisServer(tmp_path), database_url=database.url(proxy.port),
-                **FAST)
+    site = Site(tmp_path, database=database, redis=RedisServer(tmp_path), database_url=database.url(proxy.port), **FAST)
     try:
         sockets = site.setup(STORM_SETUP)
         server = site.server()
@@ -279,8 +284,14 @@ def proxied_site(tmp_path):
     """A site whose servers reach PostgreSQL through a proxy the test can cut."""
     database = PostgresDatabase()
     proxy = TcpProxy(database.port)
-    site = Site(tmp_path, database=database, redis=RedisServer(tmp_path), database_url=database.url(proxy.port),
-                CHAT_DB_RETRY_SECONDS=6, **FAST)
+    site = Site(
+        tmp_path,
+        database=database,
+        redis=RedisServer(tmp_path),
+        database_url=database.url(proxy.port),
+        CHAT_DB_RETRY_SECONDS=6,
+        **FAST,
+    )
     site.info = site.setup(SETUP)
     site.proxy = proxy
     yield site
@@ -309,8 +320,9 @@ async def test_postgres_unreachable_for_a_few_seconds_loses_no_message_and_no_re
     site.proxy.restore()
     frames = await frames_until(ws, "done", timeout=30)
     assert frames[-1]["status"] == "complete" and text_of(frames, frames[-1]["message_id"]) == "while away"
-    assert site.rows("SELECT count(*) FROM conversations_message WHERE content = 'while away' AND role = 'user'") \
-        == [(1,)]
+    assert site.rows("SELECT count(*) FROM conversations_message WHERE content = 'while away' AND role = 'user'") == [
+        (1,)
+    ]
 
     # one that outlasts the retries is refused clearly, and nothing of it is saved
     site.proxy.cut()
@@ -337,8 +349,10 @@ async def test_two_turns_sent_at_once_to_two_processes_make_one_reply_and_one_cl
     on_b = await open_socket(b, cookie, conversation)
     for attempt in range(5):  # the two sends race; each round must end the same way
         question = f"round {attempt} " + words(30)  # 1.5 s of writing: the other turn comes while it runs
-        await asyncio.gather(on_a.send(json.dumps({"type": "send", "content": "a " + question})),
-                             on_b.send(json.dumps({"type": "send", "content": "b " + question})))
+        await asyncio.gather(
+            on_a.send(json.dumps({"type": "send", "content": "a " + question})),
+            on_b.send(json.dumps({"type": "send", "content": "b " + question})),
+        )
         outcomes = []
         for ws in (on_a, on_b):
             frame = (await frames_until(ws, lambda f: f["type"] in ("error", "done")))[-1]
@@ -348,8 +362,9 @@ async def test_two_turns_sent_at_once_to_two_processes_make_one_reply_and_one_cl
                 outcomes.append("done")
         assert "busy" in outcomes, outcomes
         await frames_until(on_a if outcomes[0] == "busy" else on_b, "done")  # the loser still sees the reply end
-        saved = site.rows("SELECT count(*) FROM conversations_message WHERE role = 'user' AND content LIKE %s",
-                          ("_ " + question,))
+        saved = site.rows(
+            "SELECT count(*) FROM conversations_message WHERE role = 'user' AND content LIKE %s", ("_ " + question,)
+        )
         assert saved == [(1,)], saved  # the refused turn saved nothing
     replies = site.rows("SELECT status, count(*) FROM conversations_message WHERE role = 'assistant' GROUP BY status")
     assert replies == [("complete", 5)]

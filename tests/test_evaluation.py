@@ -13,15 +13,18 @@ from django.urls import reverse
 
 from conversations.models import Arena, DatasetSnapshot, EvaluationReport, Verdict
 from conversations.models.datasets import file_sha256
-from modelhub import text_scores
-from modelhub.evaluation import answer_tokens, reference_nll
 from modelhub.models import Adapter
+from modelhub.training import text_scores
+from modelhub.training.evaluation import answer_tokens, reference_nll
 from tests.conftest import install_scripted
 
 ANSWERS = ["the cat sat on the mat", "i like to go hiking", "hello there friend", "what a lovely day it is"]
 REFERENCES = ["the cat is on the mat", "i like hiking and books", "hello there", "it is a lovely day"]
-QUESTIONS = ["hello there, how are you doing today?", "what do you like to do on the weekend?",
-             "that sounds fun. where do you hike?"]
+QUESTIONS = [
+    "hello there, how are you doing today?",
+    "what do you like to do on the weekend?",
+    "that sounds fun. where do you hike?",
+]
 
 
 def test_bleu_and_chrf_equal_sacrebleus_corpus_scores():
@@ -52,8 +55,10 @@ def test_distinct_n_and_lengths_count_whitespace_words():
 
 
 def test_the_bootstrap_interval_holds_the_difference_and_repeats_with_its_seed():
-    candidates = {"base": {"answers": REFERENCES[:2] + ANSWERS[2:], "nll": None},
-                  "tuned": {"answers": ANSWERS, "nll": None}}
+    candidates = {
+        "base": {"answers": REFERENCES[:2] + ANSWERS[2:], "nll": None},
+        "tuned": {"answers": ANSWERS, "nll": None},
+    }
     first = text_scores.compare(candidates, REFERENCES, resamples=200, seed=7)
     again = text_scores.compare(candidates, REFERENCES, resamples=200, seed=7)
     other = text_scores.compare(candidates, REFERENCES, resamples=200, seed=8)
@@ -69,7 +74,7 @@ def test_the_bootstrap_interval_holds_the_difference_and_repeats_with_its_seed()
 def test_perplexity_is_exp_of_the_mean_nll_of_the_answer_tokens_by_a_plain_forward_pass(tiny_model_dir):
     import torch
 
-    from modelhub.loading import LoadSettings, load
+    from modelhub.backends.loading import LoadSettings, load
 
     loaded = load(LoadSettings(source=str(tiny_model_dir), dtype="float32", device="cpu"))
     rows = [([{"role": "user", "content": q}], a) for q, a in zip(QUESTIONS, ANSWERS)]
@@ -81,7 +86,7 @@ def test_perplexity_is_exp_of_the_mean_nll_of_the_answer_tokens_by_a_plain_forwa
         assert loaded.tokenizer.decode(answer_ids).startswith(reference)
         ids = torch.tensor([prompt_ids + answer_ids])
         labels = ids.clone()
-        labels[0, :len(prompt_ids)] = -100  # the loss covers the answer tokens only
+        labels[0, : len(prompt_ids)] = -100  # the loss covers the answer tokens only
         with torch.no_grad():
             mean_nll = loaded.model(input_ids=ids, labels=labels).loss.item()
         total, tokens = total + mean_nll * len(answer_ids), tokens + len(answer_ids)
@@ -111,15 +116,23 @@ def make_snapshot(tmp_path, eval_rows, filters=None, name="snap"):
     train.write_text("")
     evals.write_text("".join(json.dumps(row) + "\n" for row in eval_rows))
     return DatasetSnapshot.objects.create(
-        format="sft", filters=filters or {}, eval_fraction=0.5, train_path=str(train), eval_path=str(evals),
-        card_path="", train_sha256=file_sha256(train), eval_sha256=file_sha256(evals),
+        format="sft",
+        filters=filters or {},
+        eval_fraction=0.5,
+        train_path=str(train),
+        eval_path=str(evals),
+        card_path="",
+        train_sha256=file_sha256(train),
+        eval_sha256=file_sha256(evals),
         counts={"train": 0, "eval": len(eval_rows)},
     )
 
 
 def sft_rows():
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in zip(QUESTIONS, ANSWERS)]
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in zip(QUESTIONS, ANSWERS)
+    ]
 
 
 @pytest.fixture
@@ -128,8 +141,18 @@ def snapshot(db, tmp_path):
 
 
 def evaluate(snapshot, *extra):
-    call_command("evaluate", "--model", "tiny", "--snapshot", str(snapshot.pk), "--max-new-tokens", "6",
-                 "--resamples", "50", *extra)
+    call_command(
+        "evaluate",
+        "--model",
+        "tiny",
+        "--snapshot",
+        str(snapshot.pk),
+        "--max-new-tokens",
+        "6",
+        "--resamples",
+        "50",
+        *extra,
+    )
 
 
 @pytest.mark.slow
@@ -151,8 +174,11 @@ def test_the_command_stores_a_report_of_the_base_and_its_adapter(tiny_spec, tiny
 
 @pytest.mark.parametrize("case", ["no held-out rows", "another model's snapshot"])
 def test_an_empty_or_foreign_snapshot_is_refused_and_nothing_is_stored(case, tiny_spec, tiny_adapter, tmp_path):
-    snap = make_snapshot(tmp_path, [] if case == "no held-out rows" else sft_rows(),
-                         filters={"model": "chitchat"} if case == "another model's snapshot" else {})
+    snap = make_snapshot(
+        tmp_path,
+        [] if case == "no held-out rows" else sft_rows(),
+        filters={"model": "chitchat"} if case == "another model's snapshot" else {},
+    )
     message = "no held-out rows" if case == "no held-out rows" else "exported from chitchat's answers, not tiny's"
 
     with pytest.raises(CommandError, match=message):
@@ -175,8 +201,10 @@ def image_sources(policy):
 @pytest.fixture
 def report(tiny_spec, tiny_adapter, snapshot):
     """A finished report, as `run()` stores one (the scores of fixed answers, no model run)."""
-    candidates = {"tiny": {"answers": REFERENCES[:2] + ANSWERS[2:3], "nll": [(9.0, 4), (8.0, 5), (7.0, 3)]},
-                  "tiny + tuned": {"answers": ANSWERS[:3], "nll": [(6.0, 4), (7.5, 5), (5.0, 3)]}}
+    candidates = {
+        "tiny": {"answers": REFERENCES[:2] + ANSWERS[2:3], "nll": [(9.0, 4), (8.0, 5), (7.0, 3)]},
+        "tiny + tuned": {"answers": ANSWERS[:3], "nll": [(6.0, 4), (7.5, 5), (5.0, 3)]},
+    }
     compared = text_scores.compare(candidates, REFERENCES[:3], resamples=50)
     report = EvaluationReport.objects.create_for(snapshot, tiny_spec, [tiny_adapter])
     report.candidates = list(candidates)
@@ -222,11 +250,11 @@ def test_nobody_else_reads_a_report(client, role, owner, staff, report):
         assert page.status_code == exported.status_code == plot.status_code == 302
 
 
-def test_the_snapshot_action_needs_the_add_permission_and_refuses_a_foreign_snapshot(client, staff, tiny_spec,
-                                                                                      tiny_adapter, tmp_path,
-                                                                                      monkeypatch):
+def test_the_snapshot_action_needs_the_add_permission_and_refuses_a_foreign_snapshot(
+    client, staff, tiny_spec, tiny_adapter, tmp_path, monkeypatch
+):
     started = []
-    monkeypatch.setattr("conversations.evaluation_admin.start_in_background", started.append)
+    monkeypatch.setattr("conversations.evaluation.admin.start_in_background", started.append)
     foreign = make_snapshot(tmp_path, sft_rows(), filters={"model": "chitchat"})
     url = reverse("admin:conversations_datasetsnapshot_changelist")
     staff.user_permissions.add(Permission.objects.get(codename="view_datasetsnapshot"))
@@ -246,12 +274,14 @@ def test_the_snapshot_action_needs_the_add_permission_and_refuses_a_foreign_snap
     report = EvaluationReport.objects.get()
     assert started == [report] and report.adapter_names == ["tuned"] and report.created_by == staff
     assert response.status_code == 302 and response.url == reverse(
-        "admin:conversations_evaluationreport_change", args=[report.pk])
+        "admin:conversations_evaluationreport_change", args=[report.pk]
+    )
 
 
 @pytest.mark.slow
-def test_a_fine_tune_on_a_snapshot_ends_with_a_report_of_the_base_vs_the_new_adapter(owner, tiny_spec, settings,
-                                                                                       tmp_path, capsys):
+def test_a_fine_tune_on_a_snapshot_ends_with_a_report_of_the_base_vs_the_new_adapter(
+    owner, tiny_spec, settings, tmp_path, capsys
+):
     from conversations.training_data.export import export_snapshot
     from tests.test_feedback_loop import corrected_conversations
 
@@ -294,7 +324,7 @@ def test_a_scripted_model_gets_no_perplexity_and_its_arena_votes_give_the_win_ra
 
 def test_the_arena_action_evaluates_the_base_against_the_arenas_adapters(client, staff, tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr("conversations.evaluation_admin.start_in_background", started.append)
+    monkeypatch.setattr("conversations.evaluation.admin.start_in_background", started.append)
     spec, _ = install_scripted()
     adapter = Adapter.objects.create(name="echo", base=spec, path=str(tmp_path), enabled=False)
     arena = Arena.open(staff, make_snapshot(tmp_path, sft_rows()), adapter, prompts=2, seed=1)
@@ -302,18 +332,20 @@ def test_the_arena_action_evaluates_the_base_against_the_arenas_adapters(client,
         staff.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(staff)
 
-    response = client.post(reverse("admin:conversations_arena_changelist"),
-                           {"action": "evaluate", "_selected_action": [arena.pk]})
+    response = client.post(
+        reverse("admin:conversations_arena_changelist"), {"action": "evaluate", "_selected_action": [arena.pk]}
+    )
 
     report = EvaluationReport.objects.get()
     assert started == [report] and report.base == spec and report.adapter_names == ["echo"]
     assert response.url == reverse("admin:conversations_evaluationreport_change", args=[report.pk])
 
 
-def test_the_adapter_action_evaluates_the_chosen_adapters_against_their_base_on_a_snapshot(client, staff, tmp_path,
-                                                                                            monkeypatch):
+def test_the_adapter_action_evaluates_the_chosen_adapters_against_their_base_on_a_snapshot(
+    client, staff, tmp_path, monkeypatch
+):
     started = []
-    monkeypatch.setattr("conversations.evaluation_admin.start_in_background", started.append)
+    monkeypatch.setattr("conversations.evaluation.admin.start_in_background", started.append)
     spec, _ = install_scripted()
     chosen = [Adapter.objects.create(name=name, base=spec, path=str(tmp_path), enabled=False) for name in ("a", "b")]
     Adapter.objects.create(name="not-chosen", base=spec, path=str(tmp_path), enabled=False)

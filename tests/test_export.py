@@ -79,8 +79,11 @@ def test_corrections_give_sft_rows_and_dpo_pairs_with_the_branch_as_prompt(rated
     first, second, later = rated
     assert all_rows(export_snapshot("sft")) == [{"messages": PROMPT + [{"role": "assistant", "content": "Paris."}]}]
     dpo = all_rows(export_snapshot("dpo"))
-    correction = {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "Paris."}],
-                  "rejected": [{"role": "assistant", "content": "Lyon."}]}
+    correction = {
+        "prompt": PROMPT,
+        "chosen": [{"role": "assistant", "content": "Paris."}],
+        "rejected": [{"role": "assistant", "content": "Lyon."}],
+    }
     # the correction and the thumbs up/down siblings give the same pair: one row after dedup
     assert dpo == [correction]
 
@@ -88,10 +91,15 @@ def test_corrections_give_sft_rows_and_dpo_pairs_with_the_branch_as_prompt(rated
 def test_thumbs_give_kto_rows_with_the_history_of_their_branch(rated):
     kto = sorted(all_rows(export_snapshot("kto")), key=lambda row: row["completion"][0]["content"])
     assert [(row["completion"][0]["content"], row["label"]) for row in kto] == [
-        ("Lyon.", False), ("Paris.", True), ("Rome.", True)]
+        ("Lyon.", False),
+        ("Paris.", True),
+        ("Rome.", True),
+    ]
     assert kto[0]["prompt"] == PROMPT
-    assert kto[2]["prompt"] == PROMPT + [{"role": "assistant", "content": "Paris."},
-                                         {"role": "user", "content": "And of Italy?"}]
+    assert kto[2]["prompt"] == PROMPT + [
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
 
 
 def test_a_correction_gives_kto_rows_the_correction_desirable_and_the_answer_it_corrects_not(owner, conversation):
@@ -102,13 +110,16 @@ def test_a_correction_gives_kto_rows_the_correction_desirable_and_the_answer_it_
 
     prompt = [{"role": "user", "content": "Capital of Spain?"}]
     assert sorted((row["completion"][0]["content"], row["label"]) for row in all_rows(kto)) == [
-        ("Lisbon.", False), ("Madrid.", True)]
+        ("Lisbon.", False),
+        ("Madrid.", True),
+    ]
     assert all(row["prompt"] == prompt for row in all_rows(kto))
     assert kto.counts["sources"] == {"correction": 2} and list(kto.feedback.all()) == [answer.feedback.get()]
 
 
-def test_preferred_siblings_and_side_by_side_verdicts_give_dpo_pairs_and_both_bad_gives_two_kto_false(owner,
-                                                                                                      conversation):
+def test_preferred_siblings_and_side_by_side_verdicts_give_dpo_pairs_and_both_bad_gives_two_kto_false(
+    owner, conversation
+):
     first = ask(conversation, "Tell a joke", "No.")
     second = ask(conversation, "", "Knock knock.", parent=first.parent)
     Preference.prefer_sibling(owner, second)
@@ -125,7 +136,9 @@ def test_preferred_siblings_and_side_by_side_verdicts_give_dpo_pairs_and_both_ba
     assert dpo.counts["sources"] == {"comparison": 1, "sibling": 1}
     kto = export_snapshot("kto")
     assert sorted((r["completion"][0]["content"], r["label"]) for r in all_rows(kto)) == [
-        ("left-both_bad", False), ("right-both_bad", False)]
+        ("left-both_bad", False),
+        ("right-both_bad", False),
+    ]
     assert list(kto.preferences.all()) == [verdicts["both_bad"].preference]
 
 
@@ -149,7 +162,10 @@ def test_pii_is_scrubbed_by_default_and_kept_with_no_scrub(owner, conversation):
     assert all_rows(kept)[0]["prompt"][0]["content"] == text
     assert kept.card["scrubbing"]["enabled"] is False
     assert DatasetSnapshot.objects.get(card__scrubbing__enabled=True).card["scrubbing"]["replaced"] == {
-        "email": 2, "phone": 1, "ip": 2}
+        "email": 2,
+        "phone": 1,
+        "ip": 2,
+    }
 
 
 def test_the_scrubber_leaves_ordinary_numbers_dates_and_times_alone():
@@ -180,7 +196,8 @@ def test_the_split_is_stable_across_runs_and_independent_of_row_order(owner, dat
     assert 0 < len(eval_prompts) < 40
     for row in all_rows(first):  # the split is exactly the hash rule
         assert in_eval(json.dumps(row["prompt"], ensure_ascii=False, sort_keys=True), 0.3) == (
-            row["prompt"][-1]["content"] in eval_prompts)
+            row["prompt"][-1]["content"] in eval_prompts
+        )
     # the same feedback again, created in reverse order (other ids, other row order): identical files
     records = list(Feedback.objects.select_related("message").order_by("-pk"))
     Feedback.objects.all().delete()
@@ -224,8 +241,10 @@ def test_the_card_records_counts_sources_labels_filters_and_hashes(rated):
     assert card["counts"]["train"] == 3 and card["counts"]["labels"]["train"] == {"false": 1, "true": 2}
     assert card["counts"]["sources"] == {"thumbs": 3}
     assert card["filters"]["model"] == "base" and card["split"]["eval_fraction"] == 0
-    assert card["files"]["train"]["sha256"] == snapshot.train_sha256 and card["lineage"] == {"feedback": 3,
-                                                                                           "preferences": 0}
+    assert card["files"]["train"]["sha256"] == snapshot.train_sha256 and card["lineage"] == {
+        "feedback": 3,
+        "preferences": 0,
+    }
 
 
 def test_the_command_exports_with_model_adapter_tag_and_date_filters(owner, conversation, tmp_path, capsys):
@@ -236,8 +255,9 @@ def test_the_command_exports_with_model_adapter_tag_and_date_filters(owner, conv
     Feedback.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=30))
 
     def export(name, *options):
-        call_command("export_feedback", "--format", "kto", "--out", str(tmp_path / name), "--eval-fraction", "0",
-                     *options)
+        call_command(
+            "export_feedback", "--format", "kto", "--out", str(tmp_path / name), "--eval-fraction", "0", *options
+        )
         return sorted(row["completion"][0]["content"] for row in rows(tmp_path / name / "train.jsonl"))
 
     assert export("all") == ["from base", "from other", "old base"]
@@ -275,8 +295,9 @@ def test_staff_create_a_snapshot_from_the_admin_and_read_its_card(client, staff,
     client.force_login(staff)
     add = reverse("admin:conversations_datasetsnapshot_add")
     assert "Create snapshot" in client.get(add).content.decode()
-    response = client.post(add, {"format": "dpo", "eval_fraction": "0.1", "scrub": "on", "model": "base",
-                                 "license": "odc-by"})
+    response = client.post(
+        add, {"format": "dpo", "eval_fraction": "0.1", "scrub": "on", "model": "base", "license": "odc-by"}
+    )
     snapshot = DatasetSnapshot.objects.get()
     assert response.status_code == 302 and snapshot.created_by == staff and snapshot.filters["model"] == "base"
     assert snapshot.license == "odc-by" and "license: odc-by" in (snapshot.folder / "README.md").read_text()
@@ -313,14 +334,17 @@ def test_deleting_a_snapshot_in_the_admin_deletes_its_files(client, staff, rated
     assert "withdrawn" in listing.lower()
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(reverse("admin:conversations_datasetsnapshot_changelist"),
-                               {"action": "delete_selected", "_selected_action": [snapshot.pk], "post": "yes"})
+        response = client.post(
+            reverse("admin:conversations_datasetsnapshot_changelist"),
+            {"action": "delete_selected", "_selected_action": [snapshot.pk], "post": "yes"},
+        )
 
     assert response.status_code == 302 and not DatasetSnapshot.objects.exists()
     assert not any(Path(path).exists() for path in files)
 
 
 # --- the folder as a Hugging Face dataset -----------------------------------------------------------------
+
 
 def test_the_folder_loads_with_load_dataset_and_its_card_is_a_valid_hugging_face_card(owner, conversation, tmp_path):
     from datasets import load_dataset
@@ -336,13 +360,18 @@ def test_the_folder_loads_with_load_dataset_and_its_card_is_a_valid_hugging_face
     assert dataset["train"].column_names == ["prompt", "completion", "label"]
     assert dataset["train"][0]["completion"][0]["role"] == "assistant" and dataset["test"][0]["label"] is True
     assert sorted(row["completion"][0]["content"] for split in dataset for row in dataset[split]) == sorted(
-        row["completion"][0]["content"] for row in all_rows(snapshot))
+        row["completion"][0]["content"] for row in all_rows(snapshot)
+    )
     card = DatasetCard.load(snapshot.folder / "README.md")
     data = card.data.to_dict()
     assert data["license"] == "cc-by-4.0" and data["task_categories"] == ["text-generation"]
     assert data["size_categories"] == ["n<1K"] and data["annotations_creators"] == ["crowdsourced"]
-    assert data["configs"] == [{"config_name": "default", "data_files": [
-        {"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}]}]
+    assert data["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}],
+        }
+    ]
     assert f"from {snapshot.card['lineage']['feedback']} feedback rows" in card.text
     assert snapshot.train_sha256 in card.text and "No row was reviewed" in card.text
 
@@ -373,7 +402,8 @@ def restart_snapshot_ids():
 
 
 def test_snapshots_of_two_installs_with_the_same_id_get_folders_of_their_own_and_each_loads_its_own_rows(
-        owner, settings, tmp_path):
+    owner, settings, tmp_path
+):
     from datasets import load_dataset
 
     loaded = {}

@@ -16,10 +16,11 @@ import torch
 from asgiref.sync import sync_to_async
 
 from conversations.models import Conversation
-from modelhub import api, loading
-from modelhub.backends import ScriptedBackend
-from modelhub.engine import Worker
-from modelhub.request import Request
+from modelhub import api
+from modelhub.backends import loading
+from modelhub.backends.local import ScriptedBackend
+from modelhub.engine.request import Request
+from modelhub.engine.worker import Worker
 from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.registry import registry
@@ -122,7 +123,7 @@ def test_a_failed_forward_pass_fails_every_row_of_its_step_and_the_next_requests
 
 
 def test_a_failure_in_one_rows_sampling_fails_that_row_alone(tiny_spec, monkeypatch):
-    from modelhub.decoding import Sampler
+    from modelhub.decoding.sampler import Sampler
 
     scores = Sampler.scores
 
@@ -144,20 +145,20 @@ def test_a_failure_in_one_rows_sampling_fails_that_row_alone(tiny_spec, monkeypa
 
 
 def test_a_request_that_runs_out_of_memory_joining_the_batch_fails_alone(tiny_spec, monkeypatch):
-    from modelhub import batching
+    from modelhub.engine import model_runner
 
     served = Served(tiny_spec)
     served.open()
     prompts = ("hi", "read books")
     alone = [read(served.start(ask(p), max_new_tokens=40, ignore_eos=True)) for p in prompts]
-    pad, countdown = batching._left_pad, []
+    pad, countdown = model_runner._left_pad, []
 
     def short_of_memory(tensor, length, dim):  # only joining the batch pads caches
         if countdown and countdown.pop() == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         return pad(tensor, length, dim)
 
-    monkeypatch.setattr(batching, "_left_pad", short_of_memory)
+    monkeypatch.setattr(model_runner, "_left_pad", short_of_memory)
     running = [served.start(ask(p), max_new_tokens=40, ignore_eos=True) for p in prompts]
     first = iter(running[0])
     head = next(first)  # both decode together now
@@ -275,8 +276,11 @@ def tiny_worker(tiny_spec):
     "error, code, said",
     [
         (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED"), "generation_failed", "CUBLAS_STATUS_EXECUTION_FAILED"),
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out_of_memory",
-         "ran out of memory"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "out_of_memory",
+            "ran out of memory",
+        ),
     ],
     ids=["exception", "out-of-memory"],
 )
@@ -310,7 +314,8 @@ def corrupt_weights(folder):
 
 
 @pytest.mark.parametrize(
-    "damage, said", [(delete_folder, "does not exist"), (corrupt_weights, "could not load the weights of")],
+    "damage, said",
+    [(delete_folder, "does not exist"), (corrupt_weights, "could not load the weights of")],
     ids=["deleted", "corrupt"],
 )
 async def test_a_model_that_fails_to_load_is_one_error_and_loads_once_its_folder_is_fixed(
@@ -318,8 +323,9 @@ async def test_a_model_that_fails_to_load_is_one_error_and_loads_once_its_folder
 ):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
-    await ModelSpec.objects.acreate(name="copied", source=str(folder), device="cpu", is_default=True, temperature=0,
-                                  max_new_tokens=32)
+    await ModelSpec.objects.acreate(
+        name="copied", source=str(folder), device="cpu", is_default=True, temperature=0, max_new_tokens=32
+    )
     damage(folder)  # after registration, as an admin's or a disk's mistake would
     failed_at, load = [], loading.load
 

@@ -21,9 +21,11 @@ def answer(conversation):
 
 @pytest.fixture
 def tags(db):
-    return [FeedbackTag.objects.create(name="wrong", label="Wrong facts"),
-            FeedbackTag.objects.create(name="long", label="Too long"),
-            FeedbackTag.objects.create(name="old", label="Retired tag", active=False)]
+    return [
+        FeedbackTag.objects.create(name="wrong", label="Wrong facts"),
+        FeedbackTag.objects.create(name="long", label="Too long"),
+        FeedbackTag.objects.create(name="old", label="Retired tag", active=False),
+    ]
 
 
 def url(name, message):
@@ -59,15 +61,24 @@ def test_details_are_saved_and_shown_again_when_the_form_reopens(owner_client, a
     form = owner_client.get(url("feedback", answer), {"edit": "1"}, headers=HTMX).content.decode()
     assert "Wrong facts" in form and "Too long" in form and "Retired tag" not in form
     assert f'id="id_feedback{answer.pk}_correction"' in form
-    response = owner_client.post(url("feedback", answer), {
-        "tags": [wrong.pk], "comment": "Paris, not Lyon", "correction": "Paris is the capital of France.",
-    }, headers=HTMX)
+    response = owner_client.post(
+        url("feedback", answer),
+        {
+            "tags": [wrong.pk],
+            "comment": "Paris, not Lyon",
+            "correction": "Paris is the capital of France.",
+        },
+        headers=HTMX,
+    )
     assert response.status_code == 200 and "Saved." in response.content.decode()
     assert '<span class="chip">Wrong facts</span>' in response.content.decode()
     feedback = Feedback.objects.get()
     assert list(feedback.tags.all()) == [wrong]
-    assert (feedback.rating, feedback.comment, feedback.correction) == ("", "Paris, not Lyon",
-                                                                        "Paris is the capital of France.")
+    assert (feedback.rating, feedback.comment, feedback.correction) == (
+        "",
+        "Paris, not Lyon",
+        "Paris is the capital of France.",
+    )
     reopened = owner_client.get(url("feedback", answer), {"edit": "1"}, headers=HTMX).content.decode()
     assert "Paris is the capital of France.</textarea>" in reopened and "checked" in reopened
 
@@ -88,8 +99,9 @@ def test_thumbs_keep_the_details_and_feedback_emptied_of_everything_is_deleted(o
     assert not Feedback.objects.exists()
 
 
-@pytest.mark.parametrize("name, method", [("rate", "post"), ("feedback", "post"), ("feedback", "get"),
-                                          ("prefer", "post")])
+@pytest.mark.parametrize(
+    "name, method", [("rate", "post"), ("feedback", "post"), ("feedback", "get"), ("prefer", "post")]
+)
 def test_another_users_answer_is_a_404_and_nothing_is_saved(client, other_user, conversation, answer, name, method):
     regenerate(conversation, answer, "Paris.")
     client.force_login(other_user)
@@ -120,13 +132,12 @@ def test_the_conversation_page_shows_each_answers_feedback(owner_client, owner, 
     unrated = add_reply(conversation, "Rome.")
     page = owner_client.get(conversation.get_absolute_url()).content.decode()
     assert page.count('class="feedback"') == 2
-    block = page[page.index(f'id="feedback-{answer.pk}"'):page.index(f'id="feedback-{unrated.pk}"')]
+    block = page[page.index(f'id="feedback-{answer.pk}"') : page.index(f'id="feedback-{unrated.pk}"')]
     assert 'class="thumb on"' in block and "Too long" in block and "corrected" in block
     assert feedback.pk and f'id="feedback-{answer.parent_id}"' not in page
 
 
-def test_preferring_a_sibling_replaces_the_earlier_choice_for_that_question(owner_client, owner, conversation,
-                                                                            answer):
+def test_preferring_a_sibling_replaces_the_earlier_choice_for_that_question(owner_client, owner, conversation, answer):
     second = regenerate(conversation, answer, "Paris.")
     third = regenerate(conversation, answer, "Marseille.")
     owner_client.post(url("prefer", third), headers=HTMX)
@@ -183,8 +194,9 @@ def test_the_settings_panel_toggles_a_conversations_consent(owner_client, client
     assert conversation.allow_training is False
 
 
-def test_deleting_a_conversation_removes_its_messages_feedback_and_preferences(owner_client, owner, conversation,
-                                                                               answer):
+def test_deleting_a_conversation_removes_its_messages_feedback_and_preferences(
+    owner_client, owner, conversation, answer
+):
     sibling = regenerate(conversation, answer, "Paris.")
     Feedback.record(owner, answer, rating="down", correction="Paris.")
     Preference.prefer_sibling(owner, sibling)
@@ -218,14 +230,22 @@ def test_verdicts_given_before_preferences_existed_become_preferences():
         conversation = apps.get_model("conversations", "Conversation").objects.create(owner_id=user.pk)
         OldMessage = apps.get_model("conversations", "Message")
         question = OldMessage.objects.create(conversation=conversation, role="user", content="q")
-        left, right = (OldMessage.objects.create(conversation=conversation, role="assistant", content=side,
-                                                 parent=question) for side in ("l", "r"))
+        left, right = (
+            OldMessage.objects.create(conversation=conversation, role="assistant", content=side, parent=question)
+            for side in ("l", "r")
+        )
         apps.get_model("conversations", "Comparison").objects.create(
-            conversation=conversation, question=question, left=left, right=right, choice="right")
+            conversation=conversation, question=question, left=left, right=right, choice="right"
+        )
         executor = MigrationExecutor(connection)
         executor.migrate(after)
         preference = executor.loader.project_state(after).apps.get_model("conversations", "Preference").objects.get()
-        assert (preference.chosen_id, preference.rejected_id, preference.verdict, preference.source,
-                preference.user_id) == (right.pk, left.pk, "chosen", "comparison", user.pk)
+        assert (
+            preference.chosen_id,
+            preference.rejected_id,
+            preference.verdict,
+            preference.source,
+            preference.user_id,
+        ) == (right.pk, left.pk, "chosen", "comparison", user.pk)
     finally:
         MigrationExecutor(connection).migrate(latest)

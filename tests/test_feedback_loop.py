@@ -53,7 +53,10 @@ def test_corrections_become_an_adapter_that_answers_like_them_once_promoted(owne
     adapter.promote()
     question = [{"role": "user", "content": "what do you think about the weather?"}]
     served = api.get_adapter(tiny_spec, "from-feedback")
-    assert "".join(api.start(tiny_spec, question, {"temperature": 0, "max_new_tokens": 24}, adapter=served)).strip() == PHRASE
+    assert (
+        "".join(api.start(tiny_spec, question, {"temperature": 0, "max_new_tokens": 24}, adapter=served)).strip()
+        == PHRASE
+    )
 
 
 def test_a_dpo_snapshot_trains_with_dpo_and_a_kto_snapshot_is_refused(owner, tiny_spec):
@@ -92,8 +95,10 @@ def snapshot(owner, tiny_spec):
     return export_snapshot("sft", eval_fraction=0.5)
 
 
-def test_staff_start_a_background_fine_tune_on_a_snapshot_from_the_admin(client, staff, tiny_spec, snapshot, monkeypatch):
-    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+def test_staff_start_a_background_fine_tune_on_a_snapshot_from_the_admin(
+    client, staff, tiny_spec, snapshot, monkeypatch
+):
+    monkeypatch.setattr("modelhub.training.finetune.subprocess.Popen", FakePopen)
     FakePopen.calls.clear()
     for codename in ("view_datasetsnapshot", "add_finetunejob", "view_finetunejob"):
         staff.user_permissions.add(Permission.objects.get(codename=codename))
@@ -101,22 +106,24 @@ def test_staff_start_a_background_fine_tune_on_a_snapshot_from_the_admin(client,
 
     confirm = finetune_action(client, snapshot)
     assert confirm.status_code == 200 and b"Start fine-tuning" in confirm.content and not FakePopen.calls
-    started = finetune_action(client, snapshot, apply="1", base=tiny_spec.pk, adapter_name="from-admin",
-                              epochs="2", learning_rate="0.001")
+    started = finetune_action(
+        client, snapshot, apply="1", base=tiny_spec.pk, adapter_name="from-admin", epochs="2", learning_rate="0.001"
+    )
 
     job = FinetuneJob.objects.get()
     assert started.status_code == 302 and started.url == reverse("admin:modelhub_finetunejob_change", args=[job.pk])
     assert (job.method, job.adapter_name, job.status, job.pid) == ("sft", "from-admin", "queued", 4242)
     assert job.dataset_ref["snapshot"] == snapshot.pk and job.hyperparameters["epochs"] == 2.0
     assert job.train_path == snapshot.train_path and job.created_by == staff
-    (command, _), = FakePopen.calls
+    ((command, _),) = FakePopen.calls
     assert command[-3:] == ["finetune", "--job", str(job.pk)]
 
 
 @pytest.mark.parametrize("role", ["anonymous", "owner", "staff"])
-def test_only_staff_allowed_to_fine_tune_can_start_one_from_a_snapshot(client, role, owner, staff, tiny_spec, snapshot,
-                                                                       monkeypatch):
-    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+def test_only_staff_allowed_to_fine_tune_can_start_one_from_a_snapshot(
+    client, role, owner, staff, tiny_spec, snapshot, monkeypatch
+):
+    monkeypatch.setattr("modelhub.training.finetune.subprocess.Popen", FakePopen)
     FakePopen.calls.clear()
     if role == "staff":  # may see snapshots, may not fine-tune
         staff.user_permissions.add(Permission.objects.get(codename="view_datasetsnapshot"))

@@ -13,14 +13,19 @@ from django.urls import reverse
 from safetensors.torch import load_file
 
 from modelhub import api
-from modelhub.finetune import FinetuneError, finetune, run_job
 from modelhub.models import Adapter, FinetuneJob
+from modelhub.models.finetune_job import FinetuneError
 from modelhub.options import ModelNotFound
+from modelhub.training.finetune import finetune, run_job
 
 PHRASE = "Blue is my answer."
 QUESTIONS = [
-    "hello there, how are you doing today?", "what do you like to do on the weekend?", "where do you hike?",
-    "what is your favourite colour?", "tell me something about books", "is it going to rain?",
+    "hello there, how are you doing today?",
+    "what do you like to do on the weekend?",
+    "where do you hike?",
+    "what is your favourite colour?",
+    "tell me something about books",
+    "is it going to rain?",
 ]
 TWO_STEPS = {"max_steps": 2, "eval_steps": 1, "batch_size": 2}
 
@@ -88,11 +93,16 @@ def test_the_sft_export_format_trains_two_steps_through_trl(tiny_spec, tmp_path)
 
 
 def test_sft_loss_covers_the_answer_to_learn_only_not_the_users_words_or_earlier_answers(tiny_spec, tmp_path):
-    from modelhub.finetune import Hyperparameters, build_trainer, load_for_training, load_split, lora_config
+    from modelhub.models.finetune_job import Hyperparameters
+    from modelhub.training.finetune import build_trainer, load_for_training, load_split, lora_config
 
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first question"},
-            {"role": "assistant", "content": "an old answer"}, {"role": "user", "content": "second question"},
-            {"role": "assistant", "content": PHRASE}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an old answer"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": PHRASE},
+    ]
     hp = Hyperparameters.from_dict(TWO_STEPS)
     train = load_split(write_jsonl(tmp_path / "train.jsonl", [{"messages": chat}]), "sft", tmp_path / "data")
     loaded = load_for_training(tiny_spec.load_settings(), hp)
@@ -151,9 +161,11 @@ def test_a_fine_tune_on_a_fixed_answer_lowers_held_out_loss_and_the_promoted_ada
 
     job.refresh_from_db()
     before, after = job.metrics["eval_before"], job.metrics["eval_after"]
-    print(f"held-out loss {before['loss']} -> {after['loss']},",
-          f"perplexity {before['perplexity']} -> {after['perplexity']},",
-          f"{job.metrics['steps']} steps in {job.metrics['train_seconds']} s")
+    print(
+        f"held-out loss {before['loss']} -> {after['loss']},",
+        f"perplexity {before['perplexity']} -> {after['perplexity']},",
+        f"{job.metrics['steps']} steps in {job.metrics['train_seconds']} s",
+    )
     assert job.status == "succeeded" and job.adapter == adapter and job.step == job.metrics["steps"] > 0
     assert after["loss"] < before["loss"] - 0.5
     assert job.loss_history["eval"][0][0] == 0 and len(job.loss_history["train"]) >= 10
@@ -163,7 +175,11 @@ def test_a_fine_tune_on_a_fixed_answer_lowers_held_out_loss_and_the_promoted_ada
     template = (tiny_model_dir / "chat_template.jinja").read_text()
     assert lineage["dataset"] == {"snapshot": 3, "sha256": "abc"}
     assert lineage["base"] == {
-        "name": "tiny", "source": str(tiny_model_dir), "revision": "", "commit": "", "quantization": "none"
+        "name": "tiny",
+        "source": str(tiny_model_dir),
+        "revision": "",
+        "commit": "",
+        "quantization": "none",
     }
     assert lineage["chat_template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
     assert lineage["hyperparameters"]["learning_rate"] == 1e-2 and lineage["hyperparameters"]["lora_r"] == 8
@@ -238,8 +254,25 @@ def test_the_command_trains_from_files_and_registers_a_disabled_adapter(tiny_spe
     pairs = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(4))
 
     call_command(
-        "finetune", "--base", "tiny", "--method", "dpo", "--train", str(pairs), "--eval", str(pairs), "--name", "cli",
-        "--dataset-ref", '{"snapshot": 7}', "--max-steps", "2", "--eval-steps", "1", "--batch-size", "2",
+        "finetune",
+        "--base",
+        "tiny",
+        "--method",
+        "dpo",
+        "--train",
+        str(pairs),
+        "--eval",
+        str(pairs),
+        "--name",
+        "cli",
+        "--dataset-ref",
+        '{"snapshot": 7}',
+        "--max-steps",
+        "2",
+        "--eval-steps",
+        "1",
+        "--batch-size",
+        "2",
     )
 
     adapter = Adapter.objects.get(name="cli")
@@ -294,7 +327,7 @@ def promote_action(client, adapter):
 
 @pytest.mark.parametrize("role", ["anonymous", "owner"])
 def test_non_staff_cannot_see_run_or_promote(client, role, owner, queued_job, disabled_adapter, monkeypatch):
-    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+    monkeypatch.setattr("modelhub.training.finetune.subprocess.Popen", FakePopen)
     FakePopen.calls.clear()
     if role == "owner":
         client.force_login(owner)
@@ -322,7 +355,7 @@ def test_staff_without_the_change_permission_is_refused(client, staff, queued_jo
 def test_staff_see_progress_and_the_loss_plot_start_the_job_and_promote(
     client, staff_with_rights, queued_job, disabled_adapter, monkeypatch, settings
 ):
-    monkeypatch.setattr("modelhub.finetune.subprocess.Popen", FakePopen)
+    monkeypatch.setattr("modelhub.training.finetune.subprocess.Popen", FakePopen)
     FakePopen.calls.clear()
     client.force_login(staff_with_rights)
 
@@ -332,7 +365,7 @@ def test_staff_see_progress_and_the_loss_plot_start_the_job_and_promote(
     assert page.count("<polyline") == 2 and 'class="eval"' in page
 
     assert run_action(client, queued_job).status_code == 302
-    (command, kwargs), = FakePopen.calls
+    ((command, kwargs),) = FakePopen.calls
     assert command[-3:] == ["finetune", "--job", str(queued_job.pk)] and kwargs["start_new_session"] is True
     queued_job.refresh_from_db()
     assert queued_job.pid == 4242
@@ -348,8 +381,15 @@ def test_staff_see_progress_and_the_loss_plot_start_the_job_and_promote(
 def test_staff_add_a_job_in_the_admin_with_defaults_filled_in(client, staff_with_rights, tiny_spec, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sft_rows(2, seed=1))
     client.force_login(staff_with_rights)
-    form = {"base": tiny_spec.pk, "method": "sft", "adapter_name": "", "train_path": str(train),
-            "eval_path": str(train), "dataset_ref": "{}", "hyperparameters": '{"epochs": 1}'}
+    form = {
+        "base": tiny_spec.pk,
+        "method": "sft",
+        "adapter_name": "",
+        "train_path": str(train),
+        "eval_path": str(train),
+        "dataset_ref": "{}",
+        "hyperparameters": '{"epochs": 1}',
+    }
 
     response = client.post(reverse("admin:modelhub_finetunejob_add"), form)
 

@@ -68,7 +68,7 @@ def test_the_built_in_model_is_ready_from_its_files_without_loading_it(client):
 
 
 class _OpenAIModels(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - the handler's name
+    def do_GET(self):
         body = json.dumps({"object": "list", "data": [{"id": "remote", "object": "model"}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -166,4 +166,3 @@ def test_with_model_workers_on_the_default_model_is_ready_only_while_a_live_work
     assert readyz(client).body["checks"]["default_model"] == "failing: no_model_worker"
     ModelWorker.report("gpu-box:4242:token", {spec.name: {"state": "ready"}})
     assert readyz(client).body["checks"]["default_model"] == "ok"
-

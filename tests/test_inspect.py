@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conversations.attention_view import _attention
+from conversations.inspection.attention import _attention
 from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.models import Adapter
@@ -61,8 +61,9 @@ def question_of(reply):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_reply_of_a_model_with_the_switch_on_keeps_probabilities_equal_to_a_forward_pass(owner, inspected_spec,
-                                                                                                 plain):
+async def test_a_reply_of_a_model_with_the_switch_on_keeps_probabilities_equal_to_a_forward_pass(
+    owner, inspected_spec, plain
+):
     conversation = await Conversation.objects.acreate(owner=owner, model=inspected_spec)
 
     reply = await chat(owner, conversation)
@@ -78,8 +79,9 @@ async def test_a_reply_of_a_model_with_the_switch_on_keeps_probabilities_equal_t
 async def test_a_model_with_the_switch_off_keeps_none_whatever_the_frame_asks(owner, tiny_spec):
     conversation = await Conversation.objects.acreate(owner=owner, model=tiny_spec)
 
-    frames = await ask(owner, conversation, {"type": "send", "content": "hi",
-                                             "options": {"logprobs": 5, "max_new_tokens": 8}})
+    frames = await ask(
+        owner, conversation, {"type": "send", "content": "hi", "options": {"logprobs": 5, "max_new_tokens": 8}}
+    )
 
     reply = await Message.objects.aget(pk=frames[-1]["message_id"])
     assert reply.token_probs is None and reply.generation_options["logprobs"] is None
@@ -120,7 +122,7 @@ async def test_the_owner_inspects_each_token_with_its_probability_and_alternativ
     assert page.count('class="tok ') >= len(reply.token_probs)
     assert "greedy" in page  # which scores: the model's own distribution
     first = reply.token_probs[0]
-    assert f'{math.exp(first[2]):.3f}' in page
+    assert f"{math.exp(first[2]):.3f}" in page
     branchable = sum(1 for token, _, _, alts in reply.token_probs for alt, text, _ in alts if text and alt != token)
     assert page.count('data-action="alternative"') == branchable > 0
     shown = (await sync_to_async(client.get)(conversation.get_absolute_url())).content.decode()
@@ -165,12 +167,16 @@ async def test_choosing_an_alternative_writes_a_sibling_that_goes_on_from_it(own
     conversation = await Conversation.objects.acreate(owner=owner, model=inspected_spec)
     reply = await chat(owner, conversation)
     index = 2
-    choice = next(n for n, (alt, text, _) in enumerate(reply.token_probs[index][3])
-                  if alt != reply.token_probs[index][0] and text.strip())
+    choice = next(
+        n
+        for n, (alt, text, _) in enumerate(reply.token_probs[index][3])
+        if alt != reply.token_probs[index][0] and text.strip()
+    )
     alt, alt_text, alt_lp = reply.token_probs[index][3][choice]
 
-    frames = await ask(owner, conversation, {"type": "alternative", "message_id": reply.pk, "token": index,
-                                             "choice": choice})
+    frames = await ask(
+        owner, conversation, {"type": "alternative", "message_id": reply.pk, "token": index, "choice": choice}
+    )
 
     assert frames[0]["type"] == "title" and any(f["type"] == "path" for f in frames)
     branch = await Message.objects.aget(pk=frames[-1]["message_id"])
@@ -186,15 +192,23 @@ async def test_choosing_an_alternative_writes_a_sibling_that_goes_on_from_it(own
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("token, choice, code", [(999, 0, "unknown_alternative"), (0, 17, "unknown_alternative"),
-                                                 (-1, 0, "unknown_alternative"), ("2", 0, "unknown_alternative")])
+@pytest.mark.parametrize(
+    "token, choice, code",
+    [
+        (999, 0, "unknown_alternative"),
+        (0, 17, "unknown_alternative"),
+        (-1, 0, "unknown_alternative"),
+        ("2", 0, "unknown_alternative"),
+    ],
+)
 async def test_a_bad_alternative_is_refused_and_nothing_is_saved(owner, inspected_spec, token, choice, code):
     conversation = await Conversation.objects.acreate(owner=owner, model=inspected_spec)
     reply = await chat(owner, conversation)
     count = await Message.objects.filter(conversation=conversation).acount()
 
-    frames = await ask(owner, conversation, {"type": "alternative", "message_id": reply.pk, "token": token,
-                                             "choice": choice})
+    frames = await ask(
+        owner, conversation, {"type": "alternative", "message_id": reply.pk, "token": token, "choice": choice}
+    )
 
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == code
     assert await Message.objects.filter(conversation=conversation).acount() == count
@@ -227,8 +241,9 @@ async def test_attention_rows_sum_to_one_and_equal_the_plain_models_output_atten
     conversation = await Conversation.objects.acreate(owner=owner, model=inspected_spec)
     reply = await chat(owner, conversation)
 
-    attention = await sync_to_async(api.attention)(inspected_spec, await question_of(reply),
-                                                   [t for t, *_ in reply.token_probs])
+    attention = await sync_to_async(api.attention)(
+        inspected_spec, await question_of(reply), [t for t, *_ in reply.token_probs]
+    )
 
     weights, prompt_tokens = reference_attentions(plain, await question_of(reply), [t for t, *_ in reply.token_probs])
     assert attention.prompt_tokens == prompt_tokens
@@ -279,7 +294,8 @@ async def test_the_attention_page_and_its_images_are_shown_to_the_owner(owner, i
     assert 'class="atok' in page and "chosen" in page and "layer 1" in page and "head 0" in page
     for kind in ("token", "map"):
         image = await sync_to_async(client.get)(
-            reverse("conversations:attention_png", args=[conversation.pk, reply.pk, kind]) + "?token=1&layer=1&head=0")
+            reverse("conversations:attention_png", args=[conversation.pk, reply.pk, kind]) + "?token=1&layer=1&head=0"
+        )
         assert image.status_code == 200 and image["Content-Type"] == "image/png"
         assert image.content[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -291,11 +307,11 @@ async def test_attention_over_the_limit_says_why_not(owner, inspected_spec, clie
     reply = await chat(owner, conversation)
     await sync_to_async(client.force_login)(owner)
 
-    page = (await sync_to_async(client.get)(reverse("conversations:attention", args=[conversation.pk, reply.pk])))
+    page = await sync_to_async(client.get)(reverse("conversations:attention", args=[conversation.pk, reply.pk]))
 
     assert "MODELHUB_ATTENTION_MAX_TOKENS" in page.content.decode()
     settings.MODELHUB_ATTENTION_MAX_TOKENS, settings.MODELHUB_ATTENTION_MAX_MB = 1024, 0.0001
-    page = (await sync_to_async(client.get)(reverse("conversations:attention", args=[conversation.pk, reply.pk])))
+    page = await sync_to_async(client.get)(reverse("conversations:attention", args=[conversation.pk, reply.pk]))
     assert "MODELHUB_ATTENTION_MAX_MB" in page.content.decode()
 
 
@@ -312,10 +328,12 @@ def test_attention_of_a_withdrawn_or_outside_model_says_why_not(owner_client, co
     assert "no model worker serving tiny answered" in owner_client.get(url).content.decode()
 
 
-def test_attention_through_an_adapter_withdrawn_from_the_user_says_why_not(owner_client, conversation, tiny_spec,
-                                                                           tiny_model_dir, tmp_path):
-    adapter = Adapter.objects.create(name="tone", base=tiny_spec, path=str(make_adapter(tiny_model_dir,
-                                                                                        tmp_path / "tone", 1)))
+def test_attention_through_an_adapter_withdrawn_from_the_user_says_why_not(
+    owner_client, conversation, tiny_spec, tiny_model_dir, tmp_path
+):
+    adapter = Adapter.objects.create(
+        name="tone", base=tiny_spec, path=str(make_adapter(tiny_model_dir, tmp_path / "tone", 1))
+    )
     reply = conversation.start_reply(tiny_spec, {}, adapter)
     reply.finish("complete", "an answer")
     adapter.groups.add(Group.objects.create(name="tuners"))  # the owner is not one of them

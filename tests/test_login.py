@@ -54,11 +54,13 @@ def test_the_lock_ends_after_the_cool_off(client, owner, settings):
 
 def test_the_admin_login_is_throttled_too(db, client, settings):
     from django.contrib.auth import get_user_model
+
     get_user_model().objects.create_superuser("root", password="root-pass-12345")
     for _ in range(settings.AXES_FAILURE_LIMIT):
         client.post(reverse("admin:login"), {"username": "root", "password": "nope"}, REMOTE_ADDR="10.0.0.9")
-    response = client.post(reverse("admin:login"), {"username": "root", "password": "root-pass-12345"},
-                           REMOTE_ADDR="10.0.0.9")
+    response = client.post(
+        reverse("admin:login"), {"username": "root", "password": "root-pass-12345"}, REMOTE_ADDR="10.0.0.9"
+    )
     assert response.status_code == 429
 
 
@@ -66,5 +68,6 @@ def test_the_admin_login_is_throttled_too(db, client, settings):
 def test_weak_passwords_are_refused_by_the_validators(owner, password):
     from django.contrib.auth.password_validation import validate_password
     from django.core.exceptions import ValidationError
+
     with pytest.raises(ValidationError):
         validate_password(password, owner)

@@ -4,7 +4,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conversations.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
+from conversations.chat.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
 from tests.conftest import add_reply
 
 
@@ -18,6 +18,7 @@ class Elements(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.found.append((tag, dict(attrs)))
+
 
 HOSTILE = [
     "<script>window.pwned = 1</script>",
@@ -64,8 +65,14 @@ def test_fenced_code_is_highlighted_and_escaped():
 
 def test_common_markdown_renders():
     html = render_markdown("# Title\n\n**bold** _it_ ~~gone~~\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |")
-    for fragment in ["<h1>Title</h1>", "<strong>bold</strong>", "<em>it</em>", "<s>gone</s>", "<li>one</li>",
-                     "<td>1</td>"]:
+    for fragment in [
+        "<h1>Title</h1>",
+        "<strong>bold</strong>",
+        "<em>it</em>",
+        "<s>gone</s>",
+        "<li>one</li>",
+        "<td>1</td>",
+    ]:
         assert fragment in html
 
 

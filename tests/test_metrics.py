@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatsite import metrics
+from conversations import metrics
 from conversations.models import Conversation, Message
 from modelhub import api
 from tests.conftest import install_scripted
@@ -36,8 +36,11 @@ class Figures:
     """One scrape's samples: figures[name, {labels}] (0 for a sample not there)."""
 
     def __init__(self, text):
-        self.samples = {(sample.name, frozenset(sample.labels.items())): sample.value
-                        for family in text_string_to_metric_families(text) for sample in family.samples}
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def __call__(self, name, **labels):
         return self.samples.get((name, frozenset(labels.items())), 0.0)
@@ -85,8 +88,10 @@ def test_with_no_token_set_an_empty_bearer_token_is_refused(client, db, settings
 
 
 def test_a_scraper_asking_for_openmetrics_gets_it(client, db):
-    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}",
-                                               "Accept": "application/openmetrics-text; version=1.0.0"})
+    response = client.get(
+        "/metrics",
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/openmetrics-text; version=1.0.0"},
+    )
     assert response["Content-Type"].startswith("application/openmetrics-text")
     assert response.content.endswith(b"# EOF\n")
 
@@ -102,9 +107,10 @@ def test_it_counts_responses_by_status_code(client, db):
     client.get("/metrics")  # anonymous
     after = scrape()
 
-    moved = {code: after("chatsite_http_requests_total", status=code) - before("chatsite_http_requests_total",
-                                                                             status=code)
-             for code in ("200", "404", "403")}
+    moved = {
+        code: after("chatsite_http_requests_total", status=code) - before("chatsite_http_requests_total", status=code)
+        for code in ("200", "404", "403")
+    }
     assert moved == {"200": 3, "404": 1, "403": 1}  # 2 probes and the first scrape, counted once it was sent
 
 
@@ -149,10 +155,12 @@ async def test_replies_their_tokens_and_timings_move_by_exactly_what_the_chats_d
     assert moved("chatsite_prompt_tokens_total", model="scripted") == 12
     assert moved("chatsite_time_to_first_token_seconds_count", model="scripted") == 3
     assert moved("chatsite_time_to_first_token_seconds_sum", model="scripted") == pytest.approx(
-        sum(r.time_to_first_token for r in rows))
+        sum(r.time_to_first_token for r in rows)
+    )
     assert moved("chatsite_time_per_output_token_seconds_count", model="scripted") == 3
     assert moved("chatsite_time_per_output_token_seconds_sum", model="scripted") == pytest.approx(
-        sum((r.duration - r.time_to_first_token) / 4 for r in rows))
+        sum((r.duration - r.time_to_first_token) / 4 for r in rows)
+    )
     assert moved("chatsite_time_to_first_token_seconds_bucket", model="scripted", le="+Inf") == 3
 
 
@@ -167,12 +175,17 @@ async def test_a_failed_reply_is_counted_by_its_status(owner):
 
     [reply] = await replies_of(conversation)
     assert reply.status == "error"
-    assert after("chatsite_replies_total", status="error", model="scripted") - before(
-        "chatsite_replies_total", status="error", model="scripted") == 1
+    assert (
+        after("chatsite_replies_total", status="error", model="scripted")
+        - before("chatsite_replies_total", status="error", model="scripted")
+        == 1
+    )
     assert after("chatsite_replies_total", status="complete", model="scripted") == before(
-        "chatsite_replies_total", status="complete", model="scripted")
+        "chatsite_replies_total", status="complete", model="scripted"
+    )
     assert after("chatsite_generated_tokens_total", model="scripted") - before(
-        "chatsite_generated_tokens_total", model="scripted") == (reply.completion_tokens or 0)
+        "chatsite_generated_tokens_total", model="scripted"
+    ) == (reply.completion_tokens or 0)
 
 
 def test_a_reply_is_counted_once_when_its_finish_commits(conversation, django_capture_on_commit_callbacks):
@@ -183,12 +196,17 @@ def test_a_reply_is_counted_once_when_its_finish_commits(conversation, django_ca
         assert reply.finish(Message.Status.COMPLETE, "done")
         assert not reply.finish(Message.Status.ERROR, "again")  # already finished: nothing changes
         assert scrape()("chatsite_replies_total", status="complete", model="scripted") == before(
-            "chatsite_replies_total", status="complete", model="scripted")  # not before the commit
+            "chatsite_replies_total", status="complete", model="scripted"
+        )  # not before the commit
     after = scrape()
-    assert after("chatsite_replies_total", status="complete", model="scripted") - before(
-        "chatsite_replies_total", status="complete", model="scripted") == 1
+    assert (
+        after("chatsite_replies_total", status="complete", model="scripted")
+        - before("chatsite_replies_total", status="complete", model="scripted")
+        == 1
+    )
     assert after("chatsite_replies_total", status="error", model="scripted") == before(
-        "chatsite_replies_total", status="error", model="scripted")
+        "chatsite_replies_total", status="error", model="scripted"
+    )
 
 
 def test_a_reply_whose_writer_died_is_counted_interrupted_when_it_is_recovered(conversation):
@@ -197,8 +215,11 @@ def test_a_reply_whose_writer_died_is_counted_interrupted_when_it_is_recovered(c
     Message.objects.filter(pk=reply.pk).update(writer="")  # no process writes it any more
     before = scrape()
     assert [m.pk for m in Message.objects.interrupt_orphans()] == [reply.pk]
-    assert scrape()("chatsite_replies_total", status="interrupted", model="scripted") - before(
-        "chatsite_replies_total", status="interrupted", model="scripted") == 1
+    assert (
+        scrape()("chatsite_replies_total", status="interrupted", model="scripted")
+        - before("chatsite_replies_total", status="interrupted", model="scripted")
+        == 1
+    )
 
 
 # --- gauges read at scrape time ----------------------------------------------------
@@ -231,8 +252,11 @@ def test_the_gauges_show_a_real_model_s_memory_batch_and_prefix_cache_reuse(tiny
     assert figures("chatsite_model_kv_cache_bytes", model="tiny") == status["kv_cache_bytes"] > 0
     assert figures("chatsite_model_kv_cache_entries", model="tiny") == 1
     assert figures("chatsite_model_prefix_cache_reuses_total", model="tiny") == 1
-    assert figures("chatsite_model_prefix_cache_reused_tokens_total", model="tiny") == (
-        again.usage.cached_prompt_tokens) > 0
+    assert (
+        figures("chatsite_model_prefix_cache_reused_tokens_total", model="tiny")
+        == (again.usage.cached_prompt_tokens)
+        > 0
+    )
     assert figures("chatsite_model_replies_running", model="tiny") == 0
 
 
@@ -266,8 +290,14 @@ def test_the_worker_command_takes_its_metrics_port_from_the_flag_or_the_environm
 
 @pytest.mark.slow
 async def test_a_reply_written_by_a_model_worker_is_counted_on_the_worker_s_port_not_the_web_s(tmp_path):
-    site = Site(tmp_path, database=PostgresDatabase(), redis=RedisServer(tmp_path), **FAST,
-                MODELHUB_WORKERS=1, METRICS_TOKEN=TOKEN)
+    site = Site(
+        tmp_path,
+        database=PostgresDatabase(),
+        redis=RedisServer(tmp_path),
+        **FAST,
+        MODELHUB_WORKERS=1,
+        METRICS_TOKEN=TOKEN,
+    )
     try:
         info = site.setup(SETUP)
         web, port = site.server(), free_port()
@@ -290,8 +320,11 @@ async def test_a_reply_written_by_a_model_worker_is_counted_on_the_worker_s_port
     assert web_figures("chatsite_replies_total", status="complete", model="echo") == 0
     assert web_figures("chatsite_models_loaded") == 0  # with model workers on, web processes load none
     assert web_figures("chatsite_http_requests_total", status="200") == 1  # the probe (a scrape counts once sent)
-    assert ready == {"ready": True, "failing": [],
-                     "checks": {"database": "ok", "channel_layer": "ok", "default_model": "ok"}}
+    assert ready == {
+        "ready": True,
+        "failing": [],
+        "checks": {"database": "ok", "channel_layer": "ok", "default_model": "ok"},
+    }
 
 
 def _get(url, headers=None):

@@ -18,8 +18,10 @@ def test_messages_from_before_the_tree_become_one_branch_ending_at_the_last():
         user = apps.get_model("auth", "User").objects.create(username="legacy")
         conversation = apps.get_model("conversations", "Conversation").objects.create(owner_id=user.pk)
         Message = apps.get_model("conversations", "Message")
-        ids = [Message.objects.create(conversation=conversation, role=role, content=text).pk
-               for role, text in [("user", "q1"), ("assistant", "a1"), ("user", "q2")]]
+        ids = [
+            Message.objects.create(conversation=conversation, role=role, content=text).pk
+            for role, text in [("user", "q1"), ("assistant", "a1"), ("user", "q2")]
+        ]
 
         executor = MigrationExecutor(connection)
         executor.migrate(AFTER)

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from conversations import roles
+from conversations.access import roles
 from conversations.arena.views import ArenaForm
 from conversations.forms import ModelChoiceForm
 from conversations.models import ApiKey, Conversation, Message
@@ -30,7 +30,7 @@ def models_(db, team):
     default, _ = install_scripted()
     private = ModelSpec.objects.create(name="private", source="-", backend="scripted")
     private.groups.add(team)
-    open_adapter = Adapter.objects.create(name="open", base=default, path="/a")
+    Adapter.objects.create(name="open", base=default, path="/a")
     team_adapter = Adapter.objects.create(name="team-only", base=default, path="/b")
     team_adapter.groups.add(team)
     Adapter.objects.create(name="of-private", base=private, path="/c")
@@ -104,8 +104,11 @@ def test_a_conversation_whose_model_was_withdrawn_says_so_and_offers_the_default
     assert "private is no longer available to you" in page
     assert f'<option value="m{default.pk}" selected>' in page
     assert conversation.model_for(member) == (default, None)  # the next reply's model
-    response = client.post(reverse("conversations:model", args=[conversation.pk]), {"choice": f"m{default.pk}"},
-                           headers={"HX-Request": "true"})
+    response = client.post(
+        reverse("conversations:model", args=[conversation.pk]),
+        {"choice": f"m{default.pk}"},
+        headers={"HX-Request": "true"},
+    )
     assert response.status_code == 200 and "model-withdrawn" not in response.content.decode()
     conversation.refresh_from_db()
     assert conversation.model == default
@@ -117,8 +120,10 @@ def test_a_withdrawn_adapter_is_named_and_the_base_answers(client, models_, memb
     conversation = Conversation.objects.create(owner=member, model=default, adapter=adapter)
     member.groups.remove(team)
     client.force_login(member)
-    assert "scripted + team-only is no longer available to you" in client.get(
-        conversation.get_absolute_url()).content.decode()
+    assert (
+        "scripted + team-only is no longer available to you"
+        in client.get(conversation.get_absolute_url()).content.decode()
+    )
     assert conversation.model_for(member) == (default, None)
 
 
@@ -136,6 +141,7 @@ def test_group_limits_are_set_in_the_admin(admin_client, models_, team):
     _, private = models_
     page = admin_client.get(reverse("admin:modelhub_modelspec_change", args=[private.pk])).content.decode()
     assert 'name="groups"' in page
-    page = admin_client.get(reverse("admin:modelhub_adapter_change",
-                                    args=[Adapter.objects.get(name="open").pk])).content.decode()
+    page = admin_client.get(
+        reverse("admin:modelhub_adapter_change", args=[Adapter.objects.get(name="open").pk])
+    ).content.decode()
     assert 'name="groups"' in page

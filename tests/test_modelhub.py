@@ -7,11 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub import api
-from modelhub.backends import ScriptedBackend
-from modelhub.generation import build_prompt, stream_reply
-from modelhub.loading import LoadSettings, load
+from modelhub.backends.loading import LoadSettings, load
+from modelhub.backends.local import ScriptedBackend
+from modelhub.backends.standalone import stream_reply
 from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, InvalidOptions, ModelhubError, ModelLoadError, PromptTooLong
+from modelhub.prompts import build_prompt
 from modelhub.registry import registry
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
@@ -213,7 +214,7 @@ def test_a_registered_scripted_model_echoes_with_the_delay_its_source_sets(db):
 
 
 def test_a_reservation_holds_a_place_until_it_starts_or_is_released_once(db):
-    from modelhub.arrivals import arrivals
+    from modelhub.engine.arrivals import arrivals
     from modelhub.models import Adapter
 
     spec = ModelSpec.objects.create(name="echoing", backend="scripted", source="-")

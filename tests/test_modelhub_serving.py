@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from modelhub import api
-from modelhub.backends import ScriptedBackend
+from modelhub.backends.local import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError, ModelLoadError
 from modelhub.registry import Registry, registry
@@ -46,7 +46,9 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def adapters(tiny_spec, adapter_dirs):
-    return {name: Adapter.objects.create(name=name, base=tiny_spec, path=str(path)) for name, path in adapter_dirs.items()}
+    return {
+        name: Adapter.objects.create(name=name, base=tiny_spec, path=str(path)) for name, path in adapter_dirs.items()
+    }
 
 
 def reply(spec, adapter=None, messages=HELLO):
@@ -66,7 +68,9 @@ def reference(tiny_model_dir, adapter_dir=None):
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-def test_adapter_switches_match_freshly_loaded_peft_models_token_for_token(tiny_spec, tiny_model_dir, adapters, adapter_dirs):
+def test_adapter_switches_match_freshly_loaded_peft_models_token_for_token(
+    tiny_spec, tiny_model_dir, adapters, adapter_dirs
+):
     base_text, _ = reply(tiny_spec)
     alpha_text, _ = reply(tiny_spec, adapters["alpha"])
     beta_text, _ = reply(tiny_spec, adapters["beta"])
@@ -87,8 +91,16 @@ def test_switching_adapters_never_reloads_the_base(tiny_spec, adapters):
 
 
 def test_an_adapter_for_another_base_fails_clearly_and_the_base_keeps_serving(db, tiny_spec, tmp_path, tiny_model_dir):
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=96,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     other.save_pretrained(tmp_path / "other-base")
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(other, config).save_pretrained(tmp_path / "foreign")
@@ -100,7 +112,9 @@ def test_an_adapter_for_another_base_fails_clearly_and_the_base_keeps_serving(db
 
 
 def test_an_adapter_targeting_missing_modules_fails_clearly(db, tiny_spec, tmp_path, tiny_model_dir):
-    gpt_like = Adapter.objects.create(name="gpt", base=tiny_spec, path=str(make_adapter(tiny_model_dir, tmp_path / "g", 3)))
+    gpt_like = Adapter.objects.create(
+        name="gpt", base=tiny_spec, path=str(make_adapter(tiny_model_dir, tmp_path / "g", 3))
+    )
     config_file = tmp_path / "g" / "adapter_config.json"
     config_file.write_text(config_file.read_text().replace('"q_proj"', '"c_attn"').replace('"v_proj"', '"c_proj"'))
     with pytest.raises(ModelLoadError, match="does not fit"):
@@ -113,7 +127,9 @@ def test_an_adapter_of_another_model_row_is_refused(db, tiny_spec, adapters):
         api.start(other, HELLO, adapter=adapters["alpha"])
 
 
-@pytest.mark.parametrize("quantization, layer", [("8bit", "Linear8bitLt"), ("nf4", "Linear4bit"), ("fp4", "Linear4bit")])
+@pytest.mark.parametrize(
+    "quantization, layer", [("8bit", "Linear8bitLt"), ("nf4", "Linear4bit"), ("fp4", "Linear4bit")]
+)
 def test_quantized_loads_generate_on_this_device(tiny_spec, quantization, layer):
     tiny_spec.quantization = quantization
     tiny_spec.save()
@@ -127,17 +143,22 @@ def test_quantized_loads_generate_on_this_device(tiny_spec, quantization, layer)
 
 LOAD_4BIT = """
 import logging, sys
-from modelhub.loading import LoadSettings, load
+from modelhub.backends.loading import LoadSettings, load
 load(LoadSettings(source=sys.argv[1], dtype="float32", device="cpu", quantization="nf4"))
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes warning")
 """
 
 
-def test_a_4bit_load_on_cpu_says_nothing_of_the_kernels_package_and_other_bitsandbytes_warnings_pass(
-        tiny_model_dir):
+def test_a_4bit_load_on_cpu_says_nothing_of_the_kernels_package_and_other_bitsandbytes_warnings_pass(tiny_model_dir):
     # a fresh process: bitsandbytes says it once, when it is first imported
-    done = subprocess.run([sys.executable, "-c", LOAD_4BIT, str(tiny_model_dir)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_4BIT, str(tiny_model_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert "gemm_4bit_forward" not in done.stderr and "pip install kernels" not in done.stderr
     assert "another bitsandbytes warning" in done.stderr
@@ -184,7 +205,7 @@ def test_loading_past_the_model_budget_unloads_the_least_recently_used(tiny_spec
 
 
 def test_making_room_for_a_model_does_not_wait_for_the_evicted_one_to_be_freed(db, settings, monkeypatch):
-    from modelhub.backends import ScriptedBackend
+    from modelhub.backends.local import ScriptedBackend
 
     settings.MODELHUB_MAX_LOADED_MODELS = 1
     freeing, freed, release = threading.Event(), threading.Event(), threading.Event()
@@ -233,7 +254,9 @@ def database_down(execute, sql, params, many, context):
     raise OperationalError("could not connect to server: Connection refused")
 
 
-@pytest.mark.django_db(transaction=True)  # autocommit, as in the reaper's thread: it closes its connection after each cycle
+@pytest.mark.django_db(
+    transaction=True
+)  # autocommit, as in the reaper's thread: it closes its connection after each cycle
 def test_the_reaper_logs_one_warning_while_the_database_is_down_and_reaps_again_once_it_answers(caplog):
     served = Registry()  # its own: no reaper thread of an earlier test shares its state
     served.install("scripted", ScriptedBackend())
@@ -256,7 +279,7 @@ def test_the_reaper_logs_one_warning_while_the_database_is_down_and_reaps_again_
 def test_loading_one_model_does_not_block_replies_from_another(db, tiny_spec, tiny_model_dir, settings):
     import threading
 
-    from modelhub.backends import ScriptedBackend
+    from modelhub.backends.local import ScriptedBackend
 
     release = threading.Event()
     slow = ModelSpec.objects.create(name="slow", source="-", backend="scripted")
@@ -301,7 +324,7 @@ def test_corrupt_weights_are_a_clear_load_error(db, tiny_model_dir, tmp_path):
 
 
 def test_download_progress_bars_report_their_state_as_text():
-    from modelhub.loading import progress_bar_class
+    from modelhub.backends.loading import progress_bar_class
 
     seen = []
     bar = progress_bar_class(seen.append)(total=4 * 2**20, desc="Downloading bytes", disable=True)

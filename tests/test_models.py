@@ -15,7 +15,9 @@ def spec(db):
 
 
 def test_the_first_user_message_titles_the_conversation(conversation):
-    conversation.add_user_message("What is   the best way to learn to juggle three balls at once without dropping them?")
+    conversation.add_user_message(
+        "What is   the best way to learn to juggle three balls at once without dropping them?"
+    )
     conversation.refresh_from_db()
     assert conversation.title == "What is the best way to learn to juggle three balls at once…"
     conversation.add_user_message("another one")

@@ -36,33 +36,44 @@ def test_it_reads_options_by_chatsite_names_and_max_completion_tokens_wins(key):
 
 
 def test_system_and_developer_messages_come_first_and_text_parts_are_joined(key):
-    messages = [{"role": "developer", "content": "Be brief."}, {"role": "system", "content": "Be kind."},
-                {"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]}]
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]},
+    ]
     assert read(body(messages=messages), key).messages == [
-        {"role": "system", "content": "Be brief."}, {"role": "system", "content": "Be kind."},
-        {"role": "user", "content": "one two"}]
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "one two"},
+    ]
 
 
-@pytest.mark.parametrize("fields, param, status", [
-    ({"messages": []}, "messages", 400),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]}, "messages[1]", 400),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages", 400),
-    ({"messages": [{"role": "tool", "content": "a"}]}, "messages[0]", 400),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0]", 400),
-    ({"n": 3}, "n", 400),
-    ({"tools": [{"type": "function"}]}, "tools", 400),
-    ({"logprobs": True}, "logprobs", 400),
-    ({"temperature": "hot"}, "temperature", 400),
-    ({"temperature": True}, "temperature", 400),
-    ({"top_p": 0}, "top_p", 400),
-    ({"max_tokens": 10**9}, "max_tokens", 400),
-    ({"stop": ["", "x"]}, "stop", 400),
-    ({"stream": "yes"}, "stream", 400),
-    ({"stream_options": {"include_usage": True}}, "stream_options", 400),
-    ({"model": "nope"}, "model", 404),
-    ({"model": "scripted:nope"}, "model", 404),
-])
+@pytest.mark.parametrize(
+    "fields, param, status",
+    [
+        ({"messages": []}, "messages", 400),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]}, "messages[1]", 400),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages", 400),
+        ({"messages": [{"role": "tool", "content": "a"}]}, "messages[0]", 400),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0]",
+            400,
+        ),
+        ({"n": 3}, "n", 400),
+        ({"tools": [{"type": "function"}]}, "tools", 400),
+        ({"logprobs": True}, "logprobs", 400),
+        ({"temperature": "hot"}, "temperature", 400),
+        ({"temperature": True}, "temperature", 400),
+        ({"top_p": 0}, "top_p", 400),
+        ({"max_tokens": 10**9}, "max_tokens", 400),
+        ({"stop": ["", "x"]}, "stop", 400),
+        ({"stream": "yes"}, "stream", 400),
+        ({"stream_options": {"include_usage": True}}, "stream_options", 400),
+        ({"model": "nope"}, "model", 404),
+        ({"model": "scripted:nope"}, "model", 404),
+    ],
+)
 def test_a_bad_field_is_refused_naming_it_with_its_status(key, fields, param, status):
     error = refusal(body(**fields), key)
     assert (error.param, error.status) == (param, status), error.message
@@ -91,11 +102,14 @@ def test_a_staff_only_model_is_404_for_a_user_and_usable_by_staff(key, staff):
 def test_chunks_carry_one_id_and_the_last_one_the_usage_when_asked():
     completion = shapes.Completion("m", include_usage=True)
     events = [completion.first(), completion.text("hi"), completion.last("length", 3, 1)]
-    datas = [line[len("data: "):] for event in events for line in event.split("\n\n") if line]
+    datas = [line[len("data: ") :] for event in events for line in event.split("\n\n") if line]
     assert datas[-1] == "[DONE]"
     chunks = [json.loads(data) for data in datas[:-1]]
     assert {chunk["id"] for chunk in chunks} == {completion.id}
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]] == [None, None, "length"]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 1,
-                                                                    "total_tokens": 4}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "total_tokens": 4,
+    }
     assert all(chunk["usage"] is None for chunk in chunks[:-1])

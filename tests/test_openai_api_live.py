@@ -18,7 +18,9 @@ from tests.test_vllm_live import make_adapter
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 import io
 from django.core.management import call_command
 from conversations.models import ApiKey, PrivacySettings
@@ -39,6 +41,7 @@ keys = {{
 ApiKey.objects.get(name="old laptop").revoke()
 print(json.dumps(keys))
 """
+)
 
 QUESTION = [{"role": "user", "content": "Hello there, how are you?"}]
 GREEDY = {"temperature": 0, "max_tokens": 24}
@@ -56,8 +59,9 @@ def site(request, tmp_path_factory, adapter):
         site = Site(folder, CHAT_MAX_REPLIES_PER_USER=2)
     else:
         workers = {"MODELHUB_WORKERS": 1} if request.param == "workers" else {}
-        site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=2,
-                    **workers)
+        site = Site(
+            folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=2, **workers
+        )
     try:
         site.keys = site.setup(SETUP.format(adapter=str(adapter)))
         site.webs = [site.server()]
@@ -72,21 +76,24 @@ def site(request, tmp_path_factory, adapter):
 
 
 def client(site, key="owner", server=0):
-    return openai.OpenAI(base_url=site.webs[server].url + "/v1", api_key=site.keys[key], max_retries=0,
-                         timeout=120)
+    return openai.OpenAI(base_url=site.webs[server].url + "/v1", api_key=site.keys[key], max_retries=0, timeout=120)
 
 
 def stored_reply(site):
     """The newest assistant row: (content, status, prompt tokens, completion tokens, adapter, conversation id)."""
-    return site.rows("SELECT content, status, prompt_tokens, completion_tokens, adapter_name, conversation_id "
-                     "FROM conversations_message WHERE role = 'assistant' ORDER BY id DESC LIMIT 1")[0]
+    return site.rows(
+        "SELECT content, status, prompt_tokens, completion_tokens, adapter_name, conversation_id "
+        "FROM conversations_message WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    )[0]
 
 
 def wait_for_status(site, conversation_id, statuses, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
-        rows = site.rows("SELECT status, content FROM conversations_message WHERE role = 'assistant' AND "
-                         "conversation_id = %s", (conversation_id,))
+        rows = site.rows(
+            "SELECT status, content FROM conversations_message WHERE role = 'assistant' AND conversation_id = %s",
+            (conversation_id,),
+        )
         if rows and rows[0][0] in statuses:
             return rows[0]
         assert time.monotonic() < deadline, f"the reply is still {rows}"
@@ -99,8 +106,9 @@ def test_the_models_list_shows_what_the_keys_user_may_use_models_and_adapters(si
 
 
 def test_a_completion_is_the_stored_reply_of_a_new_conversation_with_the_keys_name(site):
-    completion = client(site).chat.completions.create(model="chitchat", messages=[
-        {"role": "system", "content": "You are brief."}, *QUESTION], **GREEDY)
+    completion = client(site).chat.completions.create(
+        model="chitchat", messages=[{"role": "system", "content": "You are brief."}, *QUESTION], **GREEDY
+    )
     content, status, prompt_tokens, completion_tokens, adapter, conversation_id = stored_reply(site)
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
     assert completion.model == "chitchat"
@@ -109,18 +117,26 @@ def test_a_completion_is_the_stored_reply_of_a_new_conversation_with_the_keys_na
     assert choice.finish_reason in ("stop", "length") and status == "complete"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (prompt_tokens, completion_tokens)
     assert completion.usage.total_tokens == prompt_tokens + completion_tokens
-    assert site.rows("SELECT api_key_name, system_prompt, title, allow_training FROM conversations_conversation "
-                     "WHERE id = %s", (conversation_id,)) == [("notebook", "You are brief.", QUESTION[0]["content"],
-                                                               True)]
-    questions = site.rows("SELECT content FROM conversations_message WHERE role = 'user' AND conversation_id = %s",
-                          (conversation_id,))
+    assert site.rows(
+        "SELECT api_key_name, system_prompt, title, allow_training FROM conversations_conversation WHERE id = %s",
+        (conversation_id,),
+    ) == [("notebook", "You are brief.", QUESTION[0]["content"], True)]
+    questions = site.rows(
+        "SELECT content FROM conversations_message WHERE role = 'user' AND conversation_id = %s", (conversation_id,)
+    )
     assert questions == [(QUESTION[0]["content"],)]
 
 
 def test_a_streamed_completion_sends_the_stored_text_and_usage_in_openai_chunks(site):
     stream = client(site, server=-1).chat.completions.create(
-        model="chitchat", messages=QUESTION, stream=True, stream_options={"include_usage": True},
-        temperature=0, max_tokens=12, extra_body={"ignore_eos": True})
+        model="chitchat",
+        messages=QUESTION,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+        max_tokens=12,
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     content, status, prompt_tokens, completion_tokens, _, _ = stored_reply(site)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -142,12 +158,18 @@ def test_an_adapter_is_asked_for_by_name_and_changes_the_answer(site):
 
 def test_a_stop_sequence_ends_the_answer_right_before_it(site):
     api = client(site)
-    whole = api.chat.completions.create(model="chitchat", messages=QUESTION, temperature=0, max_tokens=40,
-                                        extra_body={"ignore_eos": True}).choices[0].message.content
-    stop = whole[len(whole) // 2:len(whole) // 2 + 4]
-    cut = api.chat.completions.create(model="chitchat", messages=QUESTION, temperature=0, max_tokens=40, stop=[stop],
-                                      extra_body={"ignore_eos": True})
-    assert cut.choices[0].message.content == whole[:whole.index(stop)] == stored_reply(site)[0]
+    whole = (
+        api.chat.completions.create(
+            model="chitchat", messages=QUESTION, temperature=0, max_tokens=40, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .message.content
+    )
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 4]
+    cut = api.chat.completions.create(
+        model="chitchat", messages=QUESTION, temperature=0, max_tokens=40, stop=[stop], extra_body={"ignore_eos": True}
+    )
+    assert cut.choices[0].message.content == whole[: whole.index(stop)] == stored_reply(site)[0]
     assert cut.choices[0].finish_reason == "stop"
 
 
@@ -167,8 +189,12 @@ def test_a_model_the_user_may_not_use_is_404_and_a_bad_field_is_400_naming_it(si
     with pytest.raises(openai.NotFoundError) as caught:
         client(site, "other").chat.completions.create(model="private", messages=QUESTION, **GREEDY)
     assert caught.value.code == "model_not_found"
-    for bad, param in (({"temperature": 5}, "temperature"), ({"n": 2}, "n"), ({"max_tokens": 0}, "max_tokens"),
-                       ({"stop": ["a", "b", "c", "d", "e"]}, "stop")):
+    for bad, param in (
+        ({"temperature": 5}, "temperature"),
+        ({"n": 2}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ):
         with pytest.raises(openai.BadRequestError) as caught:
             client(site).chat.completions.create(model="chitchat", messages=QUESTION, **{**GREEDY, **bad})
         assert caught.value.status_code == 400 and caught.value.param == param, caught.value
@@ -177,29 +203,38 @@ def test_a_model_the_user_may_not_use_is_404_and_a_bad_field_is_400_naming_it(si
 def test_a_users_consent_default_is_kept_with_the_calls_conversation(site):
     client(site, "other").chat.completions.create(model="chitchat", messages=QUESTION, **GREEDY)
     conversation_id = stored_reply(site)[5]
-    assert site.rows("SELECT allow_training, api_key_name FROM conversations_conversation WHERE id = %s",
-                     (conversation_id,)) == [(False, "editor")]
+    assert site.rows(
+        "SELECT allow_training, api_key_name FROM conversations_conversation WHERE id = %s", (conversation_id,)
+    ) == [(False, "editor")]
 
 
 def test_a_key_that_keeps_no_calls_leaves_no_row_and_still_reports_usage(site):
-    before = site.rows("SELECT count(*) FROM conversations_message"), site.rows(
-        "SELECT count(*) FROM conversations_conversation")
-    completion = client(site, "unkept").chat.completions.create(model="chitchat", messages=QUESTION, temperature=0,
-                                                                max_tokens=10, extra_body={"ignore_eos": True})
+    before = (
+        site.rows("SELECT count(*) FROM conversations_message"),
+        site.rows("SELECT count(*) FROM conversations_conversation"),
+    )
+    completion = client(site, "unkept").chat.completions.create(
+        model="chitchat", messages=QUESTION, temperature=0, max_tokens=10, extra_body={"ignore_eos": True}
+    )
     assert completion.usage.completion_tokens == 10 and completion.usage.prompt_tokens > 0
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "length"
-    streamed = client(site, "unkept").chat.completions.create(model="chitchat", messages=QUESTION, temperature=0,
-                                                              max_tokens=10, stream=True,
-                                                              extra_body={"ignore_eos": True})
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
-        completion.choices[0].message.content
-    assert (site.rows("SELECT count(*) FROM conversations_message"),
-            site.rows("SELECT count(*) FROM conversations_conversation")) == before
+    streamed = client(site, "unkept").chat.completions.create(
+        model="chitchat", messages=QUESTION, temperature=0, max_tokens=10, stream=True, extra_body={"ignore_eos": True}
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == completion.choices[0].message.content
+    )
+    assert (
+        site.rows("SELECT count(*) FROM conversations_message"),
+        site.rows("SELECT count(*) FROM conversations_conversation"),
+    ) == before
 
 
 def test_closing_a_stream_stops_the_reply_and_it_is_stored_stopped_with_its_text(site):
-    stream = client(site).chat.completions.create(model="chitchat", messages=QUESTION, stream=True, temperature=0,
-                                                  max_tokens=400, extra_body={"ignore_eos": True})
+    stream = client(site).chat.completions.create(
+        model="chitchat", messages=QUESTION, stream=True, temperature=0, max_tokens=400, extra_body={"ignore_eos": True}
+    )
     received = ""
     for chunk in stream:
         received += chunk.choices[0].delta.content or ""
@@ -214,8 +249,9 @@ def test_closing_a_stream_stops_the_reply_and_it_is_stored_stopped_with_its_text
 
 def test_past_the_reply_cap_a_call_gets_429_and_nothing_is_stored(site):
     api = client(site)
-    long = dict(model="chitchat", messages=QUESTION, stream=True, temperature=0, max_tokens=400,
-                extra_body={"ignore_eos": True})
+    long = dict(
+        model="chitchat", messages=QUESTION, stream=True, temperature=0, max_tokens=400, extra_body={"ignore_eos": True}
+    )
     first, second = api.chat.completions.create(**long), client(site, "unkept").chat.completions.create(**long)
     try:
         next(iter(first)), next(iter(second))  # both are being written: the cap (2) is full
@@ -239,17 +275,24 @@ def test_the_api_refuses_cookies_and_other_methods_in_openai_error_shape(site):
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 405 and json.loads(caught.value.read())["error"]["code"] == "method_not_allowed"
-    request = urllib.request.Request(site.webs[0].url + "/v1/chat/completions", method="POST",
-                                     data=json.dumps({"model": "chitchat", "messages": QUESTION}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        site.webs[0].url + "/v1/chat/completions",
+        method="POST",
+        data=json.dumps({"model": "chitchat", "messages": QUESTION}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 401
     body = json.loads(caught.value.read())["error"]
     assert body["type"] == "invalid_request_error" and body["code"] == "invalid_api_key"
     huge = json.dumps({"model": "chitchat", "messages": [{"role": "user", "content": "x" * 3_000_000}]}).encode()
-    request = urllib.request.Request(site.webs[0].url + "/v1/chat/completions", method="POST", data=huge,
-                                     headers={"Authorization": f"Bearer {site.keys['owner']}"})
+    request = urllib.request.Request(
+        site.webs[0].url + "/v1/chat/completions",
+        method="POST",
+        data=huge,
+        headers={"Authorization": f"Bearer {site.keys['owner']}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 413 and json.loads(caught.value.read())["error"]["code"] == "request_too_large"

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 PROFILE = {  # as README's "Production settings" gives it
@@ -35,15 +34,32 @@ PROFILE = {  # as README's "Production settings" gives it
 def manage(tmp_path, *args, **env):
     """`manage.py ARGS` in a fresh process with only `env` of the profile's variables set."""
     base = {key: value for key, value in os.environ.items() if key not in PROFILE}
-    return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**base, "CHATSITE_VAR_DIR": str(tmp_path), **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**base, "CHATSITE_VAR_DIR": str(tmp_path), **env},
+        timeout=120,
+    )
 
 
 def settings_in(tmp_path, **env):
-    names = ["DEBUG", "SECURE_SSL_REDIRECT", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
-             "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "ALLOWED_HOSTS"]
-    code = ("import json; from django.conf import settings; "
-            f"print(json.dumps({{n: getattr(settings, n) for n in {names}}}))")
+    names = [
+        "DEBUG",
+        "SECURE_SSL_REDIRECT",
+        "SECURE_PROXY_SSL_HEADER",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+        "ALLOWED_HOSTS",
+    ]
+    code = (
+        "import json; from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names}}}))"
+    )
     result = manage(tmp_path, "shell", "-v0", "-c", code, **env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -70,10 +86,17 @@ def test_the_profile_is_read_from_the_environment_and_the_embedded_default_stays
     assert production["SECURE_HSTS_SECONDS"] == 31536000 and production["SECURE_SSL_REDIRECT"] is True
 
     embedded = settings_in(tmp_path)
-    assert embedded == {"DEBUG": False, "SECURE_SSL_REDIRECT": False, "SECURE_PROXY_SSL_HEADER": None,
-                        "SESSION_COOKIE_SECURE": False, "CSRF_COOKIE_SECURE": False, "SECURE_HSTS_SECONDS": 0,
-                        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False, "SECURE_HSTS_PRELOAD": False,
-                        "ALLOWED_HOSTS": ["127.0.0.1", "localhost"]}
+    assert embedded == {
+        "DEBUG": False,
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False,
+        "SECURE_HSTS_PRELOAD": False,
+        "ALLOWED_HOSTS": ["127.0.0.1", "localhost"],
+    }
 
 
 def test_a_bad_value_stops_start_up_with_its_name(tmp_path):

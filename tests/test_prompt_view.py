@@ -53,8 +53,9 @@ def sent_history(reply):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_reply_keeps_the_chat_template_text_its_model_got_and_the_templates_hash(owner, tiny_spec,
-                                                                                         tiny_model_dir):
+async def test_a_reply_keeps_the_chat_template_text_its_model_got_and_the_templates_hash(
+    owner, tiny_spec, tiny_model_dir
+):
     tiny_spec.system_prompt, tiny_spec.max_new_tokens = "You are terse.", 8
     await tiny_spec.asave()
     conversation = await Conversation.objects.acreate(owner=owner, model=tiny_spec)
@@ -71,8 +72,9 @@ async def test_a_reply_keeps_the_chat_template_text_its_model_got_and_the_templa
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_history_too_long_for_the_context_keeps_the_prompt_without_its_oldest_messages(owner, tiny_spec,
-                                                                                               tiny_model_dir):
+async def test_a_history_too_long_for_the_context_keeps_the_prompt_without_its_oldest_messages(
+    owner, tiny_spec, tiny_model_dir
+):
     tiny_spec.context_length, tiny_spec.max_new_tokens = 96, 16
     await tiny_spec.asave()
 
@@ -91,8 +93,7 @@ async def test_a_history_too_long_for_the_context_keeps_the_prompt_without_its_o
     history = await sent_history(reply)
     left_out = reply.prompt_left_out
     assert 0 < left_out < len(history) - 1
-    assert reply.prompt == tokenizer.apply_chat_template(history[left_out:], tokenize=False,
-                                                         add_generation_prompt=True)
+    assert reply.prompt == tokenizer.apply_chat_template(history[left_out:], tokenize=False, add_generation_prompt=True)
     assert "question 0 about" not in reply.prompt and "and the last question?" in reply.prompt
     assert f"The {left_out} oldest message(s) did not fit" in done["html"]
 
@@ -153,8 +154,13 @@ def test_user_messages_keep_no_prompt(conversation):
 @pytest.fixture
 def answered(conversation):
     conversation.add_user_message("hi <b>there</b>")
-    return add_reply(conversation, "hello", prompt_text="<|user|>hi <b>there</b><|assistant|>",
-                     template_hash="0123456789abcdef", truncated_messages=3)
+    return add_reply(
+        conversation,
+        "hello",
+        prompt_text="<|user|>hi <b>there</b><|assistant|>",
+        template_hash="0123456789abcdef",
+        truncated_messages=3,
+    )
 
 
 def test_the_owner_sees_the_prompt_its_hash_and_what_was_left_out(owner_client, answered):
@@ -202,8 +208,9 @@ def test_a_remote_prompt_says_the_server_applied_its_own_template(owner_client, 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("trained_with", ["the same template", "another template"])
-async def test_a_reply_from_an_adapter_trained_on_another_template_says_so(owner, tiny_spec, tiny_model_dir,
-                                                                           tmp_path, trained_with):
+async def test_a_reply_from_an_adapter_trained_on_another_template_says_so(
+    owner, tiny_spec, tiny_model_dir, tmp_path, trained_with
+):
     served = sha16(AutoTokenizer.from_pretrained(tiny_model_dir).chat_template)
     recorded = served if trained_with == "the same template" else sha16("{{ messages }}")
     folder = await sync_to_async(make_adapter)(tiny_model_dir, tmp_path / "style", seed=1)
@@ -228,8 +235,7 @@ def test_an_adapter_registered_by_hand_is_never_flagged(tiny_spec):
     assert adapter.template_check("0123456789abcdef") == "unknown (not recorded)"
 
 
-def test_the_admins_adapter_list_says_whether_the_base_template_still_matches(client, staff, tiny_spec,
-                                                                              tiny_model_dir):
+def test_the_admins_adapter_list_says_whether_the_base_template_still_matches(client, staff, tiny_spec, tiny_model_dir):
     from django.contrib.auth.models import Permission
 
     staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="modelhub"))

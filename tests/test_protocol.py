@@ -3,10 +3,12 @@
 import json
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from conversations.frames import ChatError
-from conversations.protocol import MAX_ID, TURNS, Bucket, Command, max_frame_chars, parse
+from conversations.chat.protocol import MAX_ID, TURNS, Bucket, Command, max_frame_chars, parse
+from conversations.errors import ChatError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
@@ -15,8 +17,12 @@ json_values = st.recursive(
 )
 frames = st.fixed_dictionaries(
     {"type": st.sampled_from([*TURNS, "stop", "sync", "dance"]) | json_values},
-    optional={"content": json_values | st.text(), "message_id": json_values | st.integers(),
-              "options": json_values, "models": json_values},
+    optional={
+        "content": json_values | st.text(),
+        "message_id": json_values | st.integers(),
+        "options": json_values,
+        "models": json_values,
+    },
 )
 
 

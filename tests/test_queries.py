@@ -9,8 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from conversations.chat.turns import Turn, prepare
 from conversations.models import Conversation, Feedback, Message
-from conversations.turns import Turn, prepare
 from modelhub.models import ModelSpec
 
 
@@ -67,9 +67,14 @@ def test_the_sidebar_costs_the_same_queries_for_2_and_60_conversations(owner_cli
     assert few <= 5  # session, user, the user's permissions and their groups', the list
 
 
-@pytest.mark.parametrize("changelist", ["admin:conversations_conversation_changelist",
-                                        "admin:conversations_preference_changelist",
-                                        "admin:conversations_feedback_changelist"])
+@pytest.mark.parametrize(
+    "changelist",
+    [
+        "admin:conversations_conversation_changelist",
+        "admin:conversations_preference_changelist",
+        "admin:conversations_feedback_changelist",
+    ],
+)
 def test_admin_lists_cost_the_same_queries_for_few_and_many_rows(client, owner, spec, changelist):
     admin = get_user_model().objects.create_superuser("root", password="root-pass-123")
     client.force_login(admin)

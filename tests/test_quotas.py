@@ -1,4 +1,4 @@
-"""Quotas (conversations/quotas.py): tokens per day and replies per minute, per user and per group, from
+"""Quotas (conversations/access/quotas.py): tokens per day and replies per minute, per user and per group, from
 stored usage; over a limit a turn or an API call is refused saying when the count resets, and nothing is
 saved. The user sees their usage on the account page, admins per user, group and model. The same counts
 across two live processes are in test_quotas_live.py."""
@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import quotas, roles
+from conversations.access import quotas, roles
 from conversations.models import ApiKey, Conversation, Message, Quota, UnkeptCallUsage
 from tests.conftest import add_reply, install_scripted
 from tests.test_consumer import frames_until, open_socket
@@ -34,6 +34,7 @@ def used(conversation, tokens, ago=timedelta(0)):
 
 # --- limits ---------------------------------------------------------------------------------------------
 
+
 def test_the_limits_are_the_sites_then_the_most_generous_group_then_the_users_own(owner, team, settings):
     settings.CHAT_TOKENS_PER_DAY, settings.CHAT_REPLIES_PER_MINUTE = 1000, 5
     assert quotas.limits_for(owner) == quotas.Limits(1000, 5)
@@ -50,6 +51,7 @@ def test_the_limits_are_the_sites_then_the_most_generous_group_then_the_users_ow
 
 def test_a_quota_is_for_one_user_or_one_group(owner, team):
     from django.db import IntegrityError, transaction
+
     for fields in ({}, {"user": owner, "group": team}):
         with pytest.raises(IntegrityError), transaction.atomic():
             Quota.objects.create(tokens_per_day=1, **fields)
@@ -64,9 +66,9 @@ def test_todays_tokens_count_kept_replies_and_unkept_calls_but_not_yesterdays(ow
 
 # --- refusals -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db(transaction=True)
-async def test_over_the_days_tokens_a_message_is_refused_saying_when_it_resets_and_nothing_is_saved(owner,
-                                                                                                     settings):
+async def test_over_the_days_tokens_a_message_is_refused_saying_when_it_resets_and_nothing_is_saved(owner, settings):
     settings.CHAT_TOKENS_PER_DAY = 100
     await sync_to_async(install_scripted)(chunks=["ok"])
     conversation = await Conversation.objects.acreate(owner=owner)
@@ -117,14 +119,16 @@ async def test_a_comparison_asks_for_two_replies(owner, settings):
 
 def completion(client, key):
     body = json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "hi there"}]})
-    return client.post("/v1/chat/completions", body, content_type="application/json",
-                       headers={"Authorization": f"Bearer {key}"})
+    return client.post(
+        "/v1/chat/completions", body, content_type="application/json", headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 @pytest.mark.django_db(transaction=True)  # the API's async views reach the database from their own threads
 @pytest.mark.parametrize("keep_calls", [True, False])
-def test_the_api_counts_its_calls_and_refuses_past_a_quota_with_429_and_retry_after(client, owner, settings,
-                                                                                    keep_calls):
+def test_the_api_counts_its_calls_and_refuses_past_a_quota_with_429_and_retry_after(
+    client, owner, settings, keep_calls
+):
     install_scripted(chunks=["a", "b", "c"])
     key = ApiKey.objects.issue(owner, "t", keep_calls=keep_calls)[1]
     assert completion(client, key).status_code == 200
@@ -146,6 +150,7 @@ def test_the_api_counts_its_calls_and_refuses_past_a_quota_with_429_and_retry_af
 
 # --- what people see ------------------------------------------------------------------------------------
 
+
 def test_the_account_page_shows_the_users_limits_usage_and_days(owner_client, owner, conversation, settings):
     settings.CHAT_TOKENS_PER_DAY = 1000
     used(conversation, 40)
@@ -158,8 +163,9 @@ def test_the_account_page_shows_the_users_limits_usage_and_days(owner_client, ow
     assert "<td>m</td><td>2</td><td>100</td>" in page  # by model
 
 
-def test_the_admin_usage_page_sums_per_user_group_and_model_and_charts_the_chosen_one(admin_client, owner,
-                                                                                      other_user, team):
+def test_the_admin_usage_page_sums_per_user_group_and_model_and_charts_the_chosen_one(
+    admin_client, owner, other_user, team
+):
     used(Conversation.objects.create(owner=owner), 30)
     used(Conversation.objects.create(owner=other_user), 70)
     UnkeptCallUsage.objects.create(user=owner, model_name="m", prompt_tokens=5, completion_tokens=5)
@@ -175,6 +181,7 @@ def test_the_admin_usage_page_sums_per_user_group_and_model_and_charts_the_chose
 
 def test_only_admins_see_the_usage_page(client, db):
     from django.contrib.auth import get_user_model
+
     modeller = get_user_model().objects.create_user("modeller")
     modeller.groups.add(Group.objects.get(name=roles.MODEL_ADMIN))
     client.force_login(modeller)

@@ -14,7 +14,9 @@ from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frame
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 from conversations.models import ApiKey, Conversation, Quota
 from modelhub.models import ModelSpec
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -24,6 +26,7 @@ print(json.dumps({"cookie": session_for("owner"),
                   "conversations": [Conversation.objects.create(owner=owner).pk for _ in range(6)],
                   "key": ApiKey.objects.issue(owner, "live", keep_calls=False)[1]}))
 """
+)
 
 
 @pytest.fixture
@@ -36,8 +39,12 @@ def site(tmp_path):
 
 def api_status(server, key):
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    request = urllib.request.Request(server.url + "/v1/chat/completions", body, method="POST",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        body,
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, None
@@ -50,10 +57,12 @@ def test_replies_a_minute_hold_across_two_processes_sent_at_once(site):
     info = site.info
 
     async def scenario():
-        sockets = [await open_socket(servers[index % 2], info["cookie"], pk)
-                   for index, pk in enumerate(info["conversations"])]
-        await asyncio.gather(*(ws.send(json.dumps({"type": "send", "content": f"question {index}"}))
-                               for index, ws in enumerate(sockets)))
+        sockets = [
+            await open_socket(servers[index % 2], info["cookie"], pk) for index, pk in enumerate(info["conversations"])
+        ]
+        await asyncio.gather(
+            *(ws.send(json.dumps({"type": "send", "content": f"question {index}"})) for index, ws in enumerate(sockets))
+        )
         outcomes = []
         for ws in sockets:
             frames = await frames_until(ws, lambda f: f["type"] in ("done", "error"), timeout=30)

@@ -81,8 +81,13 @@ def closed_url():
 
 
 def remote_spec(url, **fields):
-    return ModelSpec.objects.create(name="remote", backend=ModelSpec.Backend.REMOTE, server_url=url,
-                                    is_default=True, **{"read_timeout": 0.5, "connect_timeout": 0.5, **fields})
+    return ModelSpec.objects.create(
+        name="remote",
+        backend=ModelSpec.Backend.REMOTE,
+        server_url=url,
+        is_default=True,
+        **{"read_timeout": 0.5, "connect_timeout": 0.5, **fields},
+    )
 
 
 def reply_error(spec):
@@ -116,11 +121,14 @@ def test_a_missing_api_key_variable_is_named(db, closed_url, monkeypatch):
     assert error.message == "the API key variable CHATSITE_TEST_KEY is not set in this process's environment"
 
 
-@pytest.mark.parametrize("server, sentence", [
-    ("closed_url", "cannot reach the server at"),
-    ("html_server", "is not an OpenAI-compatible API: GET /models answered text/html, not a model list"),
-    ("silent_server", "did not answer within 0.5s"),
-])
+@pytest.mark.parametrize(
+    "server, sentence",
+    [
+        ("closed_url", "cannot reach the server at"),
+        ("html_server", "is not an OpenAI-compatible API: GET /models answered text/html, not a model list"),
+        ("silent_server", "did not answer within 0.5s"),
+    ],
+)
 def test_the_admin_form_refuses_a_server_that_is_not_usable_in_one_sentence(admin_client, request, server, sentence):
     url = request.getfixturevalue(server)
     form = add_form("", backend="openai", server_url=url, read_timeout="0.5", connect_timeout="0.5")
@@ -139,8 +147,9 @@ def test_the_admin_form_wants_a_server_url_for_a_remote_model_and_no_weights(adm
 
 @pytest.mark.parametrize("url", ["ftp://host/v1", "http://user:secret@host/v1", "http://host/v1?key=x", "host:8000"])
 def test_a_server_url_with_credentials_a_query_or_another_scheme_is_refused(admin_client, url):
-    response = admin_client.post(reverse("admin:modelhub_modelspec_add"),
-                                 add_form("", backend="openai", server_url=url))
+    response = admin_client.post(
+        reverse("admin:modelhub_modelspec_add"), add_form("", backend="openai", server_url=url)
+    )
     assert "server_url" in response.context["adminform"].form.errors
 
 
@@ -151,7 +160,8 @@ def test_modelhub_test_says_what_is_wrong_with_the_server(db, html_server):
 
 
 async def test_a_chat_reply_from_an_unreachable_server_ends_as_an_error_and_keeps_the_question(
-        transactional_db, owner, closed_url):
+    transactional_db, owner, closed_url
+):
     from asgiref.sync import sync_to_async
 
     await sync_to_async(remote_spec)(closed_url)
@@ -169,8 +179,8 @@ async def test_a_chat_reply_from_an_unreachable_server_ends_as_an_error_and_keep
 
 
 def test_a_remote_model_that_names_no_weights_cannot_be_fine_tuned(db, closed_url, tmp_path):
-    from modelhub.finetune import FinetuneError
     from modelhub.models import FinetuneJob
+    from modelhub.models.finetune_job import FinetuneError
 
     spec = remote_spec(closed_url)  # no source: nothing local to train
     with pytest.raises(FinetuneError, match="names no weights to train on"):

@@ -1,5 +1,5 @@
 """The reply cap for API calls that keep no conversation: each holds a running `UnkeptCallUsage` row while it is
-answered (cap.py), freed when the call ends however it ends, and by the heartbeat when its process is gone.
+answered (limits.py), freed when the call ends however it ends, and by the heartbeat when its process is gone.
 
 The calls go through the whole ASGI application (chatsite.asgi), as daphne drives it, on a scripted model."""
 
@@ -13,9 +13,9 @@ from channels.db import database_sync_to_async
 from channels.testing import ApplicationCommunicator
 from django.utils import timezone
 
-from conversations import cap, writers
-from conversations.heartbeat import Heartbeat
-from conversations.models import ApiKey, UnkeptCallUsage
+from conversations.access import limits
+from conversations.delivery.heartbeat import Heartbeat
+from conversations.models import ApiKey, UnkeptCallUsage, writers
 from tests.conftest import install_scripted
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,10 +31,19 @@ def unkept_key(owner, settings):
 def completion_call(key, stream):
     from chatsite.asgi import application
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
-             "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json"),
-                         (b"host", b"testserver")],
-             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"host", b"testserver"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
     call = ApplicationCommunicator(application, scope)
     body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     return call, json.dumps(body).encode()
@@ -67,7 +76,7 @@ async def test_a_stream_its_client_leaves_right_after_done_gives_its_place_back(
 
     status, content = await response_of(*completion_call(unkept_key, stream=False))
     assert status == 200, content  # the cap is 1: the first call's place is free again
-    assert await database_sync_to_async(cap.in_flight)(owner) == []
+    assert await database_sync_to_async(limits.in_flight)(owner) == []
 
 
 async def test_a_call_being_answered_holds_its_place_and_another_is_refused(unkept_key, owner, settings):
@@ -77,15 +86,16 @@ async def test_a_call_being_answered_holds_its_place_and_another_is_refused(unke
     assert (await first.receive_output(10))["status"] == 200
     status, content = await response_of(*completion_call(unkept_key, stream=False))
     assert status == 429 and json.loads(content)["error"]["code"] == "too_many_replies"
-    assert await database_sync_to_async(cap.in_flight)(owner) == [None]
+    assert await database_sync_to_async(limits.in_flight)(owner) == [None]
     await first.send_input({"type": "http.disconnect"})
     await first.wait(5)
-    assert await database_sync_to_async(cap.in_flight)(owner) == []
+    assert await database_sync_to_async(limits.in_flight)(owner) == []
 
 
 def test_the_heartbeat_ends_calls_whose_process_is_gone_and_keeps_its_own(owner, settings):
-    gone = UnkeptCallUsage.objects.create(user=owner, model_name="m", writer="elsewhere:1:x",
-                                          heartbeat_at=timezone.now() - timedelta(seconds=60))
+    gone = UnkeptCallUsage.objects.create(
+        user=owner, model_name="m", writer="elsewhere:1:x", heartbeat_at=timezone.now() - timedelta(seconds=60)
+    )
     silent = UnkeptCallUsage.objects.create(user=owner, model_name="m", writer="elsewhere:2:y", heartbeat_at=None)
     own = UnkeptCallUsage.begin(owner, "m")
     try:
@@ -94,6 +104,6 @@ def test_the_heartbeat_ends_calls_whose_process_is_gone_and_keeps_its_own(owner,
         ended = dict(UnkeptCallUsage.objects.values_list("pk", "ended_at"))
         assert ended[gone.pk] is not None and ended[silent.pk] is not None
         assert ended[own.pk] is None  # this process answers it: renewed, never ended by its own beat
-        assert cap.in_flight(owner) == [None]
+        assert limits.in_flight(owner) == [None]
     finally:
         writers.calling.discard(own.pk)

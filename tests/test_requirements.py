@@ -29,8 +29,11 @@ def test_every_installed_package_is_pinned_at_its_installed_version():
     installed = {normalized(d.metadata["Name"]): d.version for d in metadata.distributions()}
     unpinned = sorted(set(installed) - set(pinned) - TOOLS)
     assert unpinned == []
-    differ = {name: (pinned[name], installed[name]) for name in pinned
-              if name in installed and installed[name].split("+")[0] != pinned[name]}
+    differ = {
+        name: (pinned[name], installed[name])
+        for name in pinned
+        if name in installed and installed[name].split("+")[0] != pinned[name]
+    }
     assert differ == {}
 
 

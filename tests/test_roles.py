@@ -1,4 +1,4 @@
-"""Roles (conversations/roles.py) against every entry point: the table below is what each role may do,
+"""Roles (conversations/access/roles.py) against every entry point: the table below is what each role may do,
 and one parametrized test walks it through the real stack (pages, the admin and its actions, exports,
 fine-tunes, arenas, the socket, the API). Then: roles are groups made by the migration and kept whole,
 new accounts join "user", a role taken away closes that user's open sockets at once."""
@@ -14,7 +14,7 @@ from django.test import AsyncClient
 from django.urls import reverse
 
 from chatsite.asgi import application
-from conversations import roles
+from conversations.access import roles
 from conversations.models import ApiKey, Conversation
 from modelhub.models import Adapter
 from tests.conftest import add_reply, install_scripted
@@ -33,13 +33,19 @@ OPEN, CLOSED_4403, CLOSED_4404 = "open", 4403, 4404
 TABLE = {
     "chat list": (("get", "conversations:list"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
     "own conversation": (("get", "conversations:detail", "own"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
-    "other's conversation": (("get", "conversations:detail", "other's"),
-                             (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING)),
+    "other's conversation": (
+        ("get", "conversations:detail", "other's"),
+        (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING),
+    ),
     "new conversation": (("post", "conversations:new"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
-    "rate own answer": (("post", "conversations:rate", "own answer", {"rating": "up"}),
-                        (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
-    "rate other's answer": (("post", "conversations:rate", "other's answer", {"rating": "up"}),
-                            (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING)),
+    "rate own answer": (
+        ("post", "conversations:rate", "own answer", {"rating": "up"}),
+        (LOGIN, DENIED, OK, DENIED, DENIED, OK),
+    ),
+    "rate other's answer": (
+        ("post", "conversations:rate", "other's answer", {"rating": "up"}),
+        (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING),
+    ),
     "own answer's prompt": (("get", "conversations:prompt", "own answer"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
     "API keys page": (("get", "conversations:api_keys"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
     "privacy page": (("get", "conversations:privacy"), (LOGIN, OK, OK, OK, OK, OK)),
@@ -49,17 +55,25 @@ TABLE = {
     "arena list": (("get", "conversations:arena_list"), (LOGIN, DENIED, DENIED, DENIED, OK, OK)),
     "admin index": (("get", "admin:index"), (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK)),
     "admin: models": (("get", "admin:modelhub_modelspec_changelist"), (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK)),
-    "admin: promote an adapter": (("post", "admin:modelhub_adapter_changelist", "adapter action",
-                                   {"action": "promote"}), (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK)),
+    "admin: promote an adapter": (
+        ("post", "admin:modelhub_adapter_changelist", "adapter action", {"action": "promote"}),
+        (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK),
+    ),
     "admin: fine-tune": (("get", "admin:modelhub_finetunejob_add"), (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK)),
-    "admin: export a snapshot": (("get", "admin:conversations_datasetsnapshot_add"),
-                                 (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK)),
-    "admin: conversations": (("get", "admin:conversations_conversation_changelist"),
-                             (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK)),
+    "admin: export a snapshot": (
+        ("get", "admin:conversations_datasetsnapshot_add"),
+        (LOGIN, LOGIN, LOGIN, LOGIN, OK, OK),
+    ),
+    "admin: conversations": (
+        ("get", "admin:conversations_conversation_changelist"),
+        (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK),
+    ),
     "admin: users": (("get", "admin:auth_user_changelist"), (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK)),
     "admin: usage": (("get", "admin:conversations_quota_usage"), (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK)),
-    "admin: reviewers' agreement": (("get", "admin:conversations_review_agreement"),
-                                    (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK)),
+    "admin: reviewers' agreement": (
+        ("get", "admin:conversations_review_agreement"),
+        (LOGIN, LOGIN, LOGIN, LOGIN, DENIED, OK),
+    ),
     "socket of own conversation": (("socket",), (CLOSED_4404, CLOSED_4403, OPEN, CLOSED_4403, CLOSED_4403, OPEN)),
     "API: models": (("api", "get", "/v1/models"), (NO_KEY, DENIED, OK, DENIED, DENIED, OK)),
     "API: chat completion": (("api", "post", "/v1/chat/completions"), (NO_KEY, DENIED, OK, DENIED, DENIED, OK)),
@@ -80,8 +94,12 @@ class Place:
             conversation = Conversation.objects.create(owner=user, model=self.spec)
             conversation.add_user_message("hello")
             answer = add_reply(conversation, "hi there", spec=self.spec)
-            self.accounts[who] = {"user": user, "conversation": conversation, "answer": answer,
-                                  "key": ApiKey.objects.issue(user, "tests")[1]}
+            self.accounts[who] = {
+                "user": user,
+                "conversation": conversation,
+                "answer": answer,
+                "key": ApiKey.objects.issue(user, "tests")[1],
+            }
         self.stranger = self.accounts[roles.USER]  # the "other" account of every other role
         self.stranger_of_user = self.accounts[roles.ADMIN]
 
@@ -165,9 +183,11 @@ def test_the_roles_are_groups_with_the_permissions_the_table_needs(db):
     assert set(user.permissions.values_list("codename", flat=True)) == {"chat"}
     assert set(reviewer.permissions.values_list("codename", flat=True)) == {"review_feedback"}
     assert {"add_finetunejob", "change_adapter", "add_arena", "add_datasetsnapshot"} <= set(
-        model_admin.permissions.values_list("codename", flat=True))
+        model_admin.permissions.values_list("codename", flat=True)
+    )
     assert not model_admin.permissions.filter(codename__in=["chat", "view_conversation", "change_user"]).exists()
     from django.contrib.auth.models import Permission
+
     assert admin.permissions.count() == Permission.objects.count()
 
 
@@ -195,13 +215,18 @@ def test_a_new_account_joins_the_configured_groups(db, settings):
 
 # --- a role taken away ---------------------------------------------------------------------------------
 
+
 async def open_socket(user):
     client = AsyncClient()
     await client.aforce_login(user)
     conversation = await Conversation.objects.filter(owner=user).afirst() or await Conversation.objects.acreate(
-        owner=user)
-    communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/", headers=[
-        HOST, ORIGIN, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())])
+        owner=user
+    )
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/conversations/{conversation.pk}/",
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())],
+    )
     connected, _ = await communicator.connect()
     assert connected
     return communicator, client
@@ -221,10 +246,10 @@ def two_users(db):
     return User.objects.create_user("kept"), User.objects.create_user("removed")
 
 
-@pytest.mark.parametrize("taken", ["the user's group", "the group's permission", "the account (disabled)",
-                                   "the password (changed)"])
-async def test_taking_access_away_closes_that_users_open_sockets_at_once_and_refuses_the_next_request(
-        two_users, taken):
+@pytest.mark.parametrize(
+    "taken", ["the user's group", "the group's permission", "the account (disabled)", "the password (changed)"]
+)
+async def test_taking_access_away_closes_that_users_open_sockets_at_once_and_refuses_the_next_request(two_users, taken):
     kept, removed = two_users
     await sync_to_async(install_scripted)()
     kept_socket, _ = await open_socket(kept)

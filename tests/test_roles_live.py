@@ -15,7 +15,9 @@ from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frame
 
 pytestmark = [pytest.mark.slow]
 
-SETUP = SHELL_PRELUDE + """
+SETUP = (
+    SHELL_PRELUDE
+    + """
 from conversations.models import ApiKey, Conversation
 from modelhub.models import ModelSpec
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -26,6 +28,7 @@ print(json.dumps({"cookie": session_for("owner"), "kept_cookie": session_for("ke
                   "kept_conversation": Conversation.objects.create(owner=kept).pk,
                   "key": ApiKey.objects.issue(owner, "live")[1]}))
 """
+)
 
 REMOVE_ROLE = """
 from django.contrib.auth.models import Group, User
@@ -40,9 +43,12 @@ user.set_password("changed-pass-456")
 user.save()
 """
 
-NEW_SESSION = SHELL_PRELUDE + """
+NEW_SESSION = (
+    SHELL_PRELUDE
+    + """
 print(json.dumps(session_for("owner")))
 """
+)
 
 
 def status_of(url, cookie=None, key=None):
@@ -72,8 +78,9 @@ def test_removing_a_users_role_closes_their_sockets_in_every_process_and_refuses
     assert status_of(first.url + "/", info["cookie"]) == 200
 
     async def scenario():
-        sockets = [await open_socket(server, info["cookie"], pk)
-                   for server, pk in zip((first, second), info["conversations"])]
+        sockets = [
+            await open_socket(server, info["cookie"], pk) for server, pk in zip((first, second), info["conversations"])
+        ]
         kept = await open_socket(second, info["kept_cookie"], info["kept_conversation"])
         await asyncio.sleep(6)  # idle past redis-py's socket timeout: the user's group must still hear
         await asyncio.to_thread(site.manage, "shell", "-c", REMOVE_ROLE)

@@ -3,7 +3,7 @@ no threads, no sleeps: each test plays the worker's part (open, feed, decode) by
 
 import pytest
 
-from modelhub.scheduler import Scheduler
+from modelhub.engine.scheduler import Scheduler
 
 HOLD = 0.1
 

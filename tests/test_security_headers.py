@@ -28,15 +28,18 @@ INLINE = {
 
 def policy(response):
     directives = (directive.strip().split(None, 1) for directive in response["Content-Security-Policy"].split(";"))
-    return {name: value for name, value in directives}
+    return dict(directives)
 
 
-@pytest.mark.parametrize("who, url", [
-    ("anonymous", "login"),
-    ("owner", "conversations:list"),
-    ("superuser", "admin:index"),
-    ("superuser", "admin:conversations_arena_changelist"),
-])
+@pytest.mark.parametrize(
+    "who, url",
+    [
+        ("anonymous", "login"),
+        ("owner", "conversations:list"),
+        ("superuser", "admin:index"),
+        ("superuser", "admin:conversations_arena_changelist"),
+    ],
+)
 def test_pages_send_the_policy_and_the_other_security_headers(client, owner, admin_user, who, url):
     if who != "anonymous":
         client.force_login(owner if who == "owner" else admin_user)
@@ -54,7 +57,10 @@ def test_htmx_is_told_not_to_inject_its_style_nor_evaluate(client):
 
 
 def test_no_template_has_inline_script_style_or_event_handlers():
-    found = [(str(path.relative_to(TEMPLATES)), what)
-             for path in sorted(TEMPLATES.rglob("*.html"))
-             for what, pattern in INLINE.items() if pattern.search(path.read_text(encoding="utf-8"))]
+    found = [
+        (str(path.relative_to(TEMPLATES)), what)
+        for path in sorted(TEMPLATES.rglob("*.html"))
+        for what, pattern in INLINE.items()
+        if pattern.search(path.read_text(encoding="utf-8"))
+    ]
     assert found == []

@@ -12,9 +12,9 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import replies
-from conversations.consumers import ChatConsumer
-from conversations.frames import group_for
+from conversations.chat import replies
+from conversations.chat.consumers import ChatConsumer
+from conversations.delivery.groups import group_for
 from tests.test_consumer import HOST, frames_until, messages_of, open_socket, scripted, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -87,8 +87,11 @@ async def test_a_trusted_origin_of_a_tls_proxy_is_accepted(owner, conversation, 
 async def test_after_logout_the_socket_is_closed_and_nothing_it_sends_is_saved(owner, conversation):
     await scripted(["should not be"])
     cookie = await session_cookie(owner)
-    communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/",
-                                         headers=[HOST, (b"origin", b"http://127.0.0.1:8000"), cookie])
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/conversations/{conversation.pk}/",
+        headers=[HOST, (b"origin", b"http://127.0.0.1:8000"), cookie],
+    )
     assert (await communicator.connect())[0]
 
     browser = Client()

@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.slow]
 USERS = 4
 CALLS_EACH = 4
 
-SETUP = SHELL_PRELUDE + f"""
+SETUP = (
+    SHELL_PRELUDE
+    + f"""
 from conversations.models import ApiKey
 from modelhub.models import ModelSpec
 ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.01", is_default=True)
@@ -27,12 +29,17 @@ for n in range({USERS}):
     keys += [ApiKey.objects.issue(user, "kept")[1], ApiKey.objects.issue(user, "unkept", keep_calls=False)[1]]
 print(json.dumps(keys))
 """
+)
 
 
 def call(server, key, n):
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": f"question {n}"}]}).encode()
-    request = urllib.request.Request(server.url + "/v1/chat/completions", data=body, method="POST", headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -52,7 +59,8 @@ def test_sixteen_calls_at_once_are_all_answered_and_no_write_meets_a_locked_data
             assert [status for status, _ in answers] == [200] * len(calls), answers
             assert all(body["choices"][0]["message"]["content"] for _, body in answers)
         assert "database is locked" not in server.log
-        assert site.rows("SELECT count(*) FROM conversations_message WHERE role = 'assistant' AND status = "
-                         "'complete'") == [(USERS * CALLS_EACH,)]  # the kept half, both rounds
+        assert site.rows(
+            "SELECT count(*) FROM conversations_message WHERE role = 'assistant' AND status = 'complete'"
+        ) == [(USERS * CALLS_EACH,)]  # the kept half, both rounds
     finally:
         site.close()

@@ -16,10 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub import api
-from modelhub.backends import TransformersBackend
-from modelhub.engine import Worker
-from modelhub.request import Request
-from modelhub.loading import LoadSettings, load
+from modelhub.backends.loading import LoadSettings, load
+from modelhub.backends.local import TransformersBackend
+from modelhub.engine.request import Request
+from modelhub.engine.worker import Worker
 from modelhub.options import GenerationOptions, InvalidOptions
 from tests.conftest import install_scripted
 from tests.live import http_server
@@ -111,8 +111,10 @@ def test_a_stopped_reply_is_the_same_in_a_batch_as_alone_and_leaves_the_others_u
     alone_stopped = "".join(served.start(PROMPT, stop=stop, **LONG))
 
     batched = Served(tiny_spec)  # a fresh worker: everything below starts in one batch
-    requests = [batched.start(ask(p), **LONG, stop=stop if p == PROMPTS[2] else NEVER if p == PROMPTS[0] else ())
-                for p in PROMPTS[:4]]
+    requests = [
+        batched.start(ask(p), **LONG, stop=stop if p == PROMPTS[2] else NEVER if p == PROMPTS[0] else ())
+        for p in PROMPTS[:4]
+    ]
     batched.open()
     texts = ["".join(r) for r in requests]
 
@@ -132,8 +134,14 @@ def reference(tiny_model_dir):
 def reply_ids(reference, messages, max_new_tokens):
     tokenizer, model = reference
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         min_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return out[0, ids.shape[1] :].tolist()
 
 
@@ -180,15 +188,18 @@ def test_a_scripted_reply_stops_at_a_stop_string_split_across_its_chunks(db):
 # --- options --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop, message", [
-    (["a", "b", "c", "d", "e"], "stop takes at most 4 strings"),
-    ([""], "each stop string must be 1 to 200 characters long"),
-    ("", "each stop string must be 1 to 200 characters long"),
-    (["x" * 201], "each stop string must be 1 to 200 characters long"),
-    ([1], "stop must be a string or a list of strings"),
-    (7, "stop must be a string or a list of strings"),
-    ({"text": "x"}, "stop must be a string or a list of strings"),
-])
+@pytest.mark.parametrize(
+    "stop, message",
+    [
+        (["a", "b", "c", "d", "e"], "stop takes at most 4 strings"),
+        ([""], "each stop string must be 1 to 200 characters long"),
+        ("", "each stop string must be 1 to 200 characters long"),
+        (["x" * 201], "each stop string must be 1 to 200 characters long"),
+        ([1], "stop must be a string or a list of strings"),
+        (7, "stop must be a string or a list of strings"),
+        ({"text": "x"}, "stop must be a string or a list of strings"),
+    ],
+)
 def test_a_bad_stop_value_is_refused_saying_why(tiny_spec, stop, message):
     with pytest.raises(InvalidOptions) as caught:
         api.options_for(tiny_spec, {"stop": stop})
@@ -218,9 +229,11 @@ class _Completions(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        events = [{"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
-                  {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-                  {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}]
+        events = [
+            {"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+        ]
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from modelhub.engine.request import Request
 from modelhub.options import GenerationOptions, InvalidOptions
-from modelhub.request import Request
 from tests.test_batching import PROMPTS, Served, adapter_rows, ask, read, reference_models, served  # noqa: F401 - fixtures
 from tests.test_modelhub_serving import adapter_dirs  # noqa: F401 - a fixture
 
@@ -27,8 +27,11 @@ def expected(reference_models, messages, record, adapter=None, sampled=None):
         logits = models[adapter](input_ids=ids).logits[0].float()
     processors = LogitsProcessorList()
     if sampled:  # in the order `generate` applies them
-        processors += [TemperatureLogitsWarper(sampled["temperature"]), TopKLogitsWarper(sampled["top_k"]),
-                       TopPLogitsWarper(sampled["top_p"])]
+        processors += [
+            TemperatureLogitsWarper(sampled["temperature"]),
+            TopKLogitsWarper(sampled["top_k"]),
+            TopPLogitsWarper(sampled["top_p"]),
+        ]
     rows = []
     for n, token in enumerate(tokens):
         at = len(prompt) + n - 1  # the logits that predict token n
@@ -85,8 +88,12 @@ def test_a_sampled_replys_probabilities_are_those_after_temperature_top_k_and_to
 
 
 def test_probabilities_kept_in_a_batch_equal_those_kept_alone(tiny_spec, reference_models, adapter_rows):
-    plan = [(PROMPTS[0], None, {}), (PROMPTS[1], "alpha", {}), (PROMPTS[3], None, SAMPLED),
-            (PROMPTS[4], "beta", SAMPLED)]
+    plan = [
+        (PROMPTS[0], None, {}),
+        (PROMPTS[1], "alpha", {}),
+        (PROMPTS[3], None, SAMPLED),
+        (PROMPTS[4], "beta", SAMPLED),
+    ]
     served = Served(tiny_spec)
     together = [run(served, ask(p), adapter_rows.get(a), **o) for p, a, o in plan]
     plain = served.worker.submit(Request(ask(PROMPTS[5]), GenerationOptions(temperature=0, max_new_tokens=16)))

@@ -69,7 +69,7 @@ def test_editing_the_first_question_makes_a_second_root(conversation):
 def test_a_history_ending_with_an_answer_is_continued_not_answered(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from modelhub.generation import render_prompt
+    from modelhub.prompts import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = render_prompt(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "well, i"}])
@@ -132,8 +132,14 @@ async def test_continue_appends_to_an_answer_cut_by_the_token_limit(owner, conve
 
 
 @pytestmark_async
-@pytest.mark.parametrize("frame", [{"type": "regenerate", "message_id": 99999}, {"type": "edit", "message_id": "1", "content": "x"},
-                                   {"type": "continue"}])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "regenerate", "message_id": 99999},
+        {"type": "edit", "message_id": "1", "content": "x"},
+        {"type": "continue"},
+    ],
+)
 async def test_branch_frames_for_unknown_messages_are_refused(owner, conversation, frame):
     await sync_to_async(install_scripted)(["x"])
     socket, _, _ = await open_socket(owner, conversation)

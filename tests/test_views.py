@@ -21,8 +21,10 @@ def test_login_page_logs_a_user_in(client, owner):
     assert client.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("role, home", [("reviewer", "conversations:review_queue"), ("model admin", "admin:index"),
-                                        (None, "conversations:account")])
+@pytest.mark.parametrize(
+    "role, home",
+    [("reviewer", "conversations:review_queue"), ("model admin", "admin:index"), (None, "conversations:account")],
+)
 def test_a_login_without_the_chat_lands_where_the_role_may_go(client, owner, role, home):
     from django.contrib.auth.models import Group
 
@@ -41,7 +43,7 @@ def test_the_list_shows_only_the_users_own_conversations(owner_client, owner, ot
 
 
 def test_new_makes_a_conversation_for_the_user_with_the_default_model(owner_client, owner):
-    from tests.conftest import add_reply, install_scripted
+    from tests.conftest import install_scripted
 
     spec, _ = install_scripted()
     response = owner_client.post(reverse("conversations:new"))
@@ -184,14 +186,20 @@ def test_settings_are_validated_on_the_server_and_saved(owner_client, conversati
     public.save()
     conversation.choose_model(public)
     url = reverse("conversations:settings", args=[conversation.pk])
-    bad = owner_client.post(url, {"system_prompt": "", "temperature": "-1", "top_p": "", "max_new_tokens": "1024"},
-                            headers={"HX-Request": "true"})
+    bad = owner_client.post(
+        url,
+        {"system_prompt": "", "temperature": "-1", "top_p": "", "max_new_tokens": "1024"},
+        headers={"HX-Request": "true"},
+    )
     assert bad.status_code == 422
     html = bad.content.decode()
     assert "temperature must be between 0 and 2" in html
     assert "context is 512 tokens" in html
-    good = owner_client.post(url, {"system_prompt": "Be terse.", "temperature": "0.2", "top_p": "", "max_new_tokens": "64"},
-                             headers={"HX-Request": "true"})
+    good = owner_client.post(
+        url,
+        {"system_prompt": "Be terse.", "temperature": "0.2", "top_p": "", "max_new_tokens": "64"},
+        headers={"HX-Request": "true"},
+    )
     assert good.status_code == 200 and "Saved." in good.content.decode()
     conversation.refresh_from_db()
     assert conversation.system_prompt == "Be terse."

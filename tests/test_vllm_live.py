@@ -39,8 +39,13 @@ def make_adapter(folder, seed):
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(BUILTIN, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     model = get_peft_model(base, config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -64,8 +69,15 @@ def adapters(tmp_path_factory):
 def vllm(adapters, tmp_path_factory):
     ensure_venv()
     static = {name: adapters[name] for name in ("tone", "brisk", "base-zero")}
-    server = VllmServer(BUILTIN, "chitchat", lora_modules=static, runtime_lora=True, max_loras=2, log_path=tmp_path_factory.mktemp("vllm") / "server.log",
-                        extra_args=["--enable-log-requests"])
+    server = VllmServer(
+        BUILTIN,
+        "chitchat",
+        lora_modules=static,
+        runtime_lora=True,
+        max_loras=2,
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+        extra_args=["--enable-log-requests"],
+    )
     server.start()
     yield server
     server.stop()
@@ -76,14 +88,25 @@ def direct(server, model, content, max_tokens=24, **extra):
     from openai import OpenAI
 
     client = OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
-    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
-                                            temperature=0, max_tokens=max_tokens, extra_body=extra)
+    answer = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        temperature=0,
+        max_tokens=max_tokens,
+        extra_body=extra,
+    )
     return answer.choices[0].message.content, answer.usage
 
 
 def remote(server, **fields):
-    spec = ModelSpec.objects.create(name="chitchat", backend=ModelSpec.Backend.REMOTE, server_url=server.base_url,
-                                    source=str(BUILTIN), is_default=True, **fields)
+    spec = ModelSpec.objects.create(
+        name="chitchat",
+        backend=ModelSpec.Backend.REMOTE,
+        server_url=server.base_url,
+        source=str(BUILTIN),
+        is_default=True,
+        **fields,
+    )
     return spec
 
 
@@ -103,8 +126,9 @@ def running_requests(server):
 def test_modelhub_test_checks_the_server_and_streams_vllms_reply(db, vllm):
     remote(vllm)
     out, err = StringIO(), StringIO()
-    call_command("modelhub", "test", "chitchat", "Hello! How are you today?", "--max-new-tokens", "24",
-                 stdout=out, stderr=err)
+    call_command(
+        "modelhub", "test", "chitchat", "Hello! How are you today?", "--max-new-tokens", "24", stdout=out, stderr=err
+    )
     assert f"{vllm.base_url} serves chitchat" in err.getvalue()
     assert re.search(r"\[\d+ tokens in [0-9.]+s, (stop|length)\]", err.getvalue())
     assert out.getvalue().strip()
@@ -116,8 +140,10 @@ def test_a_reply_equals_vllms_own_answer_with_the_same_token_counts(db, vllm):
     text = "".join(request)
     expected, usage = direct(vllm, "chitchat", "What do you like to do?")
     assert text == expected
-    assert (request.usage.prompt_tokens, request.usage.completion_tokens) == (usage.prompt_tokens,
-                                                                              usage.completion_tokens)
+    assert (request.usage.prompt_tokens, request.usage.completion_tokens) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
     assert request.usage.finish_reason in ("stop", "length")
     assert request.usage.time_to_first_token is not None
 
@@ -149,9 +175,18 @@ def test_without_the_zero_adapter_the_mixed_batch_check_catches_vllm_cpus_wrong_
 def test_enabling_an_adapter_in_the_admin_loads_it_on_the_server(admin_client, vllm, adapters):
     spec = remote(vllm, load_adapters_at_runtime=True)
     assert "late" not in vllm.models()
-    response = admin_client.post(reverse("admin:modelhub_adapter_add"), {
-        "name": "late", "base": spec.pk, "path": str(adapters["late"]), "enabled": "on", "description": "",
-        "provenance": "{}"}, follow=True)
+    response = admin_client.post(
+        reverse("admin:modelhub_adapter_add"),
+        {
+            "name": "late",
+            "base": spec.pk,
+            "path": str(adapters["late"]),
+            "enabled": "on",
+            "description": "",
+            "provenance": "{}",
+        },
+        follow=True,
+    )
     assert "loaded late" in response.content.decode()
     assert "late" in vllm.models()
     late = Adapter.objects.get(name="late")
@@ -173,7 +208,9 @@ def test_a_served_name_the_server_does_not_list_is_refused_in_the_admin(admin_cl
 
 def site_for(tmp_path, server, adapters, **settings):
     site = Site(tmp_path, **settings)
-    site.info = site.setup(SHELL_PRELUDE + f"""
+    site.info = site.setup(
+        SHELL_PRELUDE
+        + f"""
 from modelhub.models import Adapter, FinetuneJob, ModelSpec
 from conversations.models import Conversation
 owner = User.objects.create_user("owner", password="live-pass-123")
@@ -183,7 +220,8 @@ tone = Adapter.objects.create(base=spec, name="tone", path={str(adapters["tone"]
 plain = Conversation.objects.create(owner=owner, model=spec)
 toned = Conversation.objects.create(owner=owner, model=spec, adapter=tone)
 print(json.dumps({{"cookie": session_for("owner"), "plain": plain.pk, "toned": toned.pk}}))
-""")
+"""
+    )
     return site
 
 
@@ -195,8 +233,9 @@ def site(tmp_path, vllm, adapters):
 
 
 def row(site, message_id):
-    return site.rows("SELECT status, content, completion_tokens, error FROM conversations_message WHERE id = %s",
-                     (message_id,))[0]
+    return site.rows(
+        "SELECT status, content, completion_tokens, error FROM conversations_message WHERE id = %s", (message_id,)
+    )[0]
 
 
 async def test_a_chat_through_daphne_streams_vllms_answer_and_stores_it_with_its_usage(site, vllm):
@@ -240,8 +279,9 @@ async def test_stop_closes_the_stream_vllm_aborts_the_request_and_the_text_so_fa
 
 
 async def test_a_vllm_that_dies_mid_reply_fails_the_reply_and_keeps_its_text(tmp_path, adapters):
-    dying = VllmServer(BUILTIN, "chitchat", lora_modules={"base-zero": adapters["base-zero"]},
-                       log_path=tmp_path / "dying.log").start()
+    dying = VllmServer(
+        BUILTIN, "chitchat", lora_modules={"base-zero": adapters["base-zero"]}, log_path=tmp_path / "dying.log"
+    ).start()
     site = site_for(tmp_path, dying, adapters)
     try:
         server = site.server()
@@ -265,8 +305,9 @@ async def test_a_vllm_that_dies_mid_reply_fails_the_reply_and_keeps_its_text(tmp
 
 
 def test_the_feedback_loop_closes_on_a_remote_model_a_fine_tune_of_its_weights_served_by_vllm_once_promoted(
-        admin_client, vllm, tmp_path, settings):
-    from modelhub.finetune import run_job
+    admin_client, vllm, tmp_path, settings
+):
+    from modelhub.training.finetune import run_job
     from tests.test_finetune import PHRASE, sft_rows, write_jsonl
 
     settings.MODELHUB_ADAPTERS_DIR = tmp_path / "adapters"
@@ -280,8 +321,11 @@ def test_the_feedback_loop_closes_on_a_remote_model_a_fine_tune_of_its_weights_s
     assert job.metrics["eval_after"]["loss"] < job.metrics["eval_before"]["loss"] - 0.5
     assert "learned" not in vllm.models()
 
-    response = admin_client.post(reverse("admin:modelhub_adapter_changelist"),
-                                 {"action": "promote", "_selected_action": [adapter.pk]}, follow=True)
+    response = admin_client.post(
+        reverse("admin:modelhub_adapter_changelist"),
+        {"action": "promote", "_selected_action": [adapter.pk]},
+        follow=True,
+    )
     assert "loaded learned" in response.content.decode()
     question = [{"role": "user", "content": "what do you think about the weather?"}]
     served = api.get_adapter(spec, "learned")

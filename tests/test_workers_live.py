@@ -70,8 +70,7 @@ async def test_a_page_that_reconnects_mid_reply_catches_up_from_the_worker(site)
 
     late = await open_socket(b, cookie, conversation)  # a page opened on the other process, mid-reply
     await late.send(json.dumps({"type": "sync"}))
-    frames = await frames_until(late, lambda f: f["type"] == "message" and f["message_id"] == reply
-                                and "offset" in f)
+    frames = await frames_until(late, lambda f: f["type"] == "message" and f["message_id"] == reply and "offset" in f)
     snapshot = frames[-1]
     assert snapshot["offset"] > 0  # the worker's text so far
     frames += await frames_until(late, "done")
@@ -183,8 +182,11 @@ async def test_an_arenas_answers_are_written_by_the_worker_not_the_web_process(s
     while site.rows("SELECT status FROM conversations_arena WHERE id = %s", (arena,))[0][0] != "ready":
         assert asyncio.get_running_loop().time() < deadline, worker.log[-3000:]
         await asyncio.sleep(0.2)
-    answers = site.rows("SELECT m.status, m.content, m.writer FROM conversations_message m JOIN conversations_arenamatch"
-                        " a ON m.id IN (a.candidate_answer_id, a.opponent_answer_id) WHERE a.arena_id = %s", (arena,))
+    answers = site.rows(
+        "SELECT m.status, m.content, m.writer FROM conversations_message m JOIN conversations_arenamatch"
+        " a ON m.id IN (a.candidate_answer_id, a.opponent_answer_id) WHERE a.arena_id = %s",
+        (arena,),
+    )
     assert len(answers) == 6
     assert {status for status, _, _ in answers} == {"complete"}
     assert all(content.startswith("question number") for _, content, _ in answers)  # echoed by the worker's model
@@ -193,10 +195,13 @@ async def test_an_arenas_answers_are_written_by_the_worker_not_the_web_process(s
 
 def admin_session(site):
     """A superuser's session cookie and a CSRF token pair for the admin pages of the live servers."""
-    return site.setup(SHELL_PRELUDE + """
+    return site.setup(
+        SHELL_PRELUDE
+        + """
 User.objects.create_superuser("boss", password="live-pass-123")
 print(json.dumps({"cookie": session_for("boss")}))
-""")["cookie"]
+"""
+    )["cookie"]
 
 
 def http(server, path, cookie, data=None):
@@ -219,8 +224,13 @@ async def test_the_admin_shows_each_workers_runtime_and_tries_a_prompt_on_a_work
     page = await asyncio.to_thread(http, a, "/admin/modelhub/modelspec/", cookie)
     assert f"worker {worker_name(site, worker)}: loaded" in page
 
-    reply = await asyncio.to_thread(http, a, f"/admin/modelhub/modelspec/{spec_id}/test/stream/", cookie,
-                                    {"prompt": "try this on the worker", "adapter": ""})
+    reply = await asyncio.to_thread(
+        http,
+        a,
+        f"/admin/modelhub/modelspec/{spec_id}/test/stream/",
+        cookie,
+        {"prompt": "try this on the worker", "adapter": ""},
+    )
     assert reply == "try this on the worker"  # the scripted model echoes it, in the worker process
 
     assert "Traceback" not in a.log and "Traceback" not in worker.log
@@ -277,7 +287,9 @@ async def test_a_reply_written_by_a_worker_keeps_its_token_probabilities_and_the
     """The built-in model (probabilities on) served by a worker: the web processes load no model, yet the
     Inspect view reads the kept probabilities and the attention page gets its pass from the worker."""
     site.manage("ensure_builtin_model")
-    info = site.setup(SHELL_PRELUDE + """
+    info = site.setup(
+        SHELL_PRELUDE
+        + """
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
 spec = ModelSpec.objects.get(name="chitchat")
@@ -285,7 +297,8 @@ spec.max_new_tokens = 12
 spec.save()
 c = Conversation.objects.create(owner=User.objects.get(username="owner"), model=spec)
 print(json.dumps({"conversation": c.pk}))
-""")
+"""
+    )
     worker = site.worker("chitchat")
     a = site.server()
     cookie = site.info["cookie"]

@@ -12,10 +12,9 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from chatsite.asgi import KeepHeartbeat
-from conversations import writers
-from conversations.heartbeat import Heartbeat
-from conversations.replies import Flushes
-from conversations.models import Message
+from conversations.chat.replies import Flushes
+from conversations.delivery.heartbeat import Heartbeat
+from conversations.models import Message, writers
 from conversations.models.message import WRITER_GONE
 
 HOST = socket.gethostname()

@@ -128,7 +128,7 @@ class VllmServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         self.start()
         return self
 
@@ -176,7 +176,7 @@ class VllmServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         if self.proc is not None:
             raise VllmServerError("already started")
         python = self.venv / "bin" / "python"

@@ -11,9 +11,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections, transaction
 
-from conversations import writers
-from conversations.models import Arena, ArenaMatch, Message
-from modelhub.workers import model_channel
+from conversations.models import Arena, ArenaMatch, Message, writers
+from modelhub.api import model_channel
 
 
 def start_generation(arena):
@@ -21,8 +20,9 @@ def start_generation(arena):
     if settings.MODELHUB_WORKERS:
         transaction.on_commit(lambda: _offer(arena))
         return
-    transaction.on_commit(lambda: threading.Thread(target=run, args=(arena.pk,), name=f"arena-{arena.pk}",
-                                                   daemon=True).start())
+    transaction.on_commit(
+        lambda: threading.Thread(target=run, args=(arena.pk,), name=f"arena-{arena.pk}", daemon=True).start()
+    )
 
 
 def run(arena_id):
@@ -36,10 +36,15 @@ def run(arena_id):
 def _offer(arena):
     """Offer the arena to the workers of its base model. Unless one takes it, its answers' heartbeats
     stop and the web processes end them `interrupted` within CHAT_WRITER_TIMEOUT_SECONDS (the arena settles)."""
-    async_to_sync(get_channel_layer().send)(model_channel(arena.base.name), {
-        "type": "arena.generate", "arena_id": arena.pk, "writer": writers.identity(),
-        "deadline": time.time() + settings.MODELHUB_WORKER_TIMEOUT_SECONDS,
-    })
+    async_to_sync(get_channel_layer().send)(
+        model_channel(arena.base.name),
+        {
+            "type": "arena.generate",
+            "arena_id": arena.pk,
+            "writer": writers.identity(),
+            "deadline": time.time() + settings.MODELHUB_WORKER_TIMEOUT_SECONDS,
+        },
+    )
 
 
 def take_over(arena_id, offered_by):

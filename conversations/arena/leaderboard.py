@@ -22,8 +22,12 @@ def contender(model_name, adapter_name):
 
 def games():
     """(chosen or left contender, rejected or right contender, score of the first) per verdict."""
-    rows = Preference.objects.filter(source__in=SOURCES).order_by("pk").values_list(
-        "verdict", "chosen__model_name", "chosen__adapter_name", "rejected__model_name", "rejected__adapter_name"
+    rows = (
+        Preference.objects.filter(source__in=SOURCES)
+        .order_by("pk")
+        .values_list(
+            "verdict", "chosen__model_name", "chosen__adapter_name", "rejected__model_name", "rejected__adapter_name"
+        )
     )
     for verdict, chosen_model, chosen_adapter, rejected_model, rejected_adapter in rows:
         first, second = contender(chosen_model, chosen_adapter), contender(rejected_model, rejected_adapter)

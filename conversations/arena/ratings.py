@@ -85,8 +85,10 @@ def table(games, resamples=100, seed=0, prior=1.0):
     fitted = strengths(games, prior)
     counts = _counts(games)
     intervals = _bootstrap(games, fitted, resamples, seed, prior)
-    rows = [Rating(player, elo(strength), **counts[player], **intervals.get(player, {}))
-            for player, strength in fitted.items()]
+    rows = [
+        Rating(player, elo(strength), **counts[player], **intervals.get(player, {}))
+        for player, strength in fitted.items()
+    ]
     return sorted(rows, key=lambda row: (-row.elo, row.player))
 
 
@@ -110,8 +112,10 @@ def _bootstrap(games, players, resamples, seed, prior):
         fitted = strengths([games[rng.randrange(len(games))] for _ in games], prior)
         for player, values in samples.items():
             values.append(elo(fitted.get(player, 1.0)))  # absent from this resample: only the prior
-    return {player: {"low": _percentile(values, 0.025), "high": _percentile(values, 0.975)}
-            for player, values in samples.items()}
+    return {
+        player: {"low": _percentile(values, 0.025), "high": _percentile(values, 0.975)}
+        for player, values in samples.items()
+    }
 
 
 def _percentile(values, fraction):

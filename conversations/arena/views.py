@@ -38,13 +38,17 @@ PROMOTE = ("conversations.view_arena", "modelhub.change_adapter")
 
 class ArenaForm(forms.Form):
     # Their choices depend on the user (__init__).
-    snapshot = forms.ModelChoiceField(DatasetSnapshot.objects.none(),
-                                      help_text="Its held-out (eval) prompts are played.")
-    candidate = forms.ModelChoiceField(Adapter.objects.none(),
-                                       help_text="Any adapter, promoted or not, of an enabled model.")
+    snapshot = forms.ModelChoiceField(
+        DatasetSnapshot.objects.none(), help_text="Its held-out (eval) prompts are played."
+    )
+    candidate = forms.ModelChoiceField(
+        Adapter.objects.none(), help_text="Any adapter, promoted or not, of an enabled model."
+    )
     opponent = forms.ModelChoiceField(
-        Adapter.objects.none(), required=False,
-        empty_label="the base model alone", help_text="Or another adapter of the same base model.",
+        Adapter.objects.none(),
+        required=False,
+        empty_label="the base model alone",
+        help_text="Or another adapter of the same base model.",
     )
     prompts = forms.IntegerField(min_value=1, max_value=500, initial=20, label="Number of prompts")
 
@@ -54,8 +58,9 @@ class ArenaForm(forms.Form):
         if user.has_perm("conversations.view_datasetsnapshot"):
             self.fields["snapshot"].queryset = DatasetSnapshot.objects.all()
         if user.has_perm("modelhub.view_adapter"):
-            adapters = (Adapter.objects.open_to(user).filter(base__in=ModelSpec.objects.visible_to(user))
-                        .select_related("base"))
+            adapters = (
+                Adapter.objects.open_to(user).filter(base__in=ModelSpec.objects.visible_to(user)).select_related("base")
+            )
             self.fields["candidate"].queryset = self.fields["opponent"].queryset = adapters
 
     def clean(self):
@@ -80,8 +85,9 @@ def arena_list(request):
 
 def _list(request, form, status=200):
     """The user's arenas, and the form to open one (None: they may not)."""
-    arenas = Arena.objects.for_user(request.user).with_counts().select_related("base", "candidate", "opponent",
-                                                                               "snapshot")
+    arenas = (
+        Arena.objects.for_user(request.user).with_counts().select_related("base", "candidate", "opponent", "snapshot")
+    )
     return render(request, "conversations/arena_list.html", {"arenas": arenas, "form": form}, status=status)
 
 

@@ -4,7 +4,7 @@
 import django.utils.timezone
 from django.db import migrations, models
 
-import conversations.writers
+import conversations.models.writers
 
 
 class Migration(migrations.Migration):
@@ -32,6 +32,6 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='message',
             name='writer',
-            field=models.CharField(blank=True, default=conversations.writers.identity, help_text='The process that saved this row, and writes it while it streams.', max_length=120),
+            field=models.CharField(blank=True, default=conversations.models.writers.identity, help_text='The process that saved this row, and writes it while it streams.', max_length=120),
         ),
     ]

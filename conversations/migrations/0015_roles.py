@@ -1,9 +1,9 @@
-"""The roles (conversations/roles.py) as groups, and every existing account in "user": before roles,
+"""The roles (conversations/access/roles.py) as groups, and every existing account in "user": before roles,
 every account could chat."""
 
 from django.db import migrations
 
-from conversations import roles
+from conversations.access import roles
 
 
 def create_roles(apps, schema_editor):

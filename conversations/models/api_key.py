@@ -48,8 +48,9 @@ class ApiKeyQuerySet(models.QuerySet):
         if not 0 < len(name) <= NAME_LENGTH:
             raise ValidationError(f"A key's name is 1 to {NAME_LENGTH} characters.", code="name")
         raw = PREFIX + secrets.token_urlsafe(32)
-        key = self.create(user=user, name=name, keep_calls=keep_calls, prefix=raw[:SHOWN_CHARACTERS],
-                          digest=digest_of(raw))
+        key = self.create(
+            user=user, name=name, keep_calls=keep_calls, prefix=raw[:SHOWN_CHARACTERS], digest=digest_of(raw)
+        )
         return key, raw
 
     def authenticate(self, raw):
@@ -74,7 +75,8 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=SHOWN_CHARACTERS, help_text="The key's first characters, to tell keys apart.")
     digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the key; the key is not stored.")
     keep_calls = models.BooleanField(
-        default=True, help_text="Calls with this key are kept as conversations of its user (consent as set there).")
+        default=True, help_text="Calls with this key are kept as conversations of its user (consent as set there)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -115,8 +117,9 @@ class ApiKey(models.Model):
         conversation = Conversation.objects.start_for(self.user, model=spec, adapter=adapter)
         parent = None
         for turn in turns:
-            parent = conversation.messages.create(role=turn["role"], content=turn["content"], parent=parent,
-                                                  status=Message.Status.COMPLETE)
+            parent = conversation.messages.create(
+                role=turn["role"], content=turn["content"], parent=parent, status=Message.Status.COMPLETE
+            )
         conversation.system_prompt, conversation.title, conversation.leaf = system, title_from(first_question), parent
         conversation.api_key, conversation.api_key_name = self, self.name
         conversation.save(update_fields=["system_prompt", "title", "leaf", "api_key", "api_key_name"])

@@ -39,13 +39,13 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import writers
+from conversations.models import writers
 from conversations.models.chat import Conversation, Message
 from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
 from conversations.models.feedback import Preference, Verdict
 from modelhub import api
+from modelhub.api import ModelhubError
 from modelhub.models import Adapter, ModelSpec
-from modelhub.options import ModelhubError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class ArenaQuerySet(models.QuerySet):
 
     def with_counts(self):
         """`total` matches and `votes` cast, per arena."""
-        return self.annotate(total=models.Count("matches"),
-                             votes=models.Count("matches", filter=~models.Q(matches__vote="")))
+        return self.annotate(
+            total=models.Count("matches"), votes=models.Count("matches", filter=~models.Q(matches__vote=""))
+        )
 
 
 class Arena(models.Model):
@@ -77,12 +78,24 @@ class Arena(models.Model):
         READY = "ready"
 
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="arenas")
-    snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="arenas", help_text="Whose held-out prompts are played.")
+    snapshot = models.ForeignKey(
+        DatasetSnapshot,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="arenas",
+        help_text="Whose held-out prompts are played.",
+    )
     base = models.ForeignKey(ModelSpec, on_delete=models.CASCADE, related_name="+")
     candidate = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="arenas")
-    opponent = models.ForeignKey(Adapter, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
-                                 help_text="Another adapter of the base; empty: the base model alone.")
+    opponent = models.ForeignKey(
+        Adapter,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Another adapter of the base; empty: the base model alone.",
+    )
     options = models.JSONField(default=dict, blank=True, help_text="Generation options of every answer.")
     seed = models.BigIntegerField(help_text="Draws the prompts and which answer is shown on the left.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.GENERATING)
@@ -124,8 +137,13 @@ class Arena(models.Model):
         seed = secrets.randbits(48) if seed is None else seed
         rng = random.Random(seed)
         arena = cls.objects.create(
-            created_by=user, snapshot=snapshot, base=candidate.base, candidate=candidate, opponent=opponent,
-            options=api.options_for(candidate.base, GREEDY).as_dict(), seed=seed,
+            created_by=user,
+            snapshot=snapshot,
+            base=candidate.base,
+            candidate=candidate,
+            opponent=opponent,
+            options=api.options_for(candidate.base, GREEDY).as_dict(),
+            seed=seed,
         )
         conversations = {}
         for position, prompt in enumerate(rng.sample(held_out, min(prompts, len(held_out)))):
@@ -216,8 +234,10 @@ def held_out_prompts(snapshot):
 def _playable(prompt):
     """An optional system message, then user/assistant turns ending with the user's."""
     turns = prompt[1:] if prompt and prompt[0].get("role") == "system" else prompt
-    return bool(turns) and turns[-1].get("role") == "user" and all(
-        turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str) for turn in turns
+    return (
+        bool(turns)
+        and turns[-1].get("role") == "user"
+        and all(turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str) for turn in turns)
     )
 
 
@@ -236,14 +256,26 @@ class ArenaMatch(models.Model):
     candidate_answer = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="+")
     opponent_answer = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="+")
     candidate_left = models.BooleanField(help_text="Drawn at random: the candidate's answer is shown as A.")
-    vote = models.CharField(max_length=10, blank=True, choices=Verdict.choices_of(
-        Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD,
-        LEFT="A is better", RIGHT="B is better"))
-    voter = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+")
+    vote = models.CharField(
+        max_length=10,
+        blank=True,
+        choices=Verdict.choices_of(
+            Verdict.UNDECIDED,
+            Verdict.LEFT,
+            Verdict.RIGHT,
+            Verdict.TIE,
+            Verdict.BOTH_BAD,
+            LEFT="A is better",
+            RIGHT="B is better",
+        ),
+    )
+    voter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     voted_at = models.DateTimeField(null=True, blank=True)
-    preference = models.OneToOneField(Preference, null=True, blank=True, on_delete=models.SET_NULL,
-                                      related_name="arena_match")
+    preference = models.OneToOneField(
+        Preference, null=True, blank=True, on_delete=models.SET_NULL, related_name="arena_match"
+    )
 
     objects = ArenaMatchQuerySet.as_manager()
 
@@ -271,13 +303,22 @@ class ArenaMatch(models.Model):
             conversation.update_settings(system, {})
         question = None
         for turn in prompt[1:] if has_system else prompt:
-            question = conversation.messages.create(role=turn["role"], content=turn["content"], parent=question,
-                                                    status=Message.Status.COMPLETE)
-        answers = [conversation.new_reply(question.pk, arena.base.name, adapter, arena.options)
-                   for adapter in (arena.candidate, arena.opponent)]
+            question = conversation.messages.create(
+                role=turn["role"], content=turn["content"], parent=question, status=Message.Status.COMPLETE
+            )
+        answers = [
+            conversation.new_reply(question.pk, arena.base.name, adapter, arena.options)
+            for adapter in (arena.candidate, arena.opponent)
+        ]
         Conversation.objects.filter(pk=conversation.pk).update(leaf=question, updated_at=timezone.now())
-        return cls.objects.create(arena=arena, position=position, prompt=prompt, candidate_answer=answers[0],
-                                  opponent_answer=answers[1], candidate_left=candidate_left)
+        return cls.objects.create(
+            arena=arena,
+            position=position,
+            prompt=prompt,
+            candidate_answer=answers[0],
+            opponent_answer=answers[1],
+            candidate_left=candidate_left,
+        )
 
     def answers(self):
         return [self.candidate_answer, self.opponent_answer]
@@ -322,8 +363,12 @@ class ArenaMatch(models.Model):
                 continue
             history = answer.conversation.history(upto=answer)
             try:
-                running.append((answer, api.start(self.arena.base, history, answer.generation_options,
-                                                  adapter=adapters[answer.pk])))
+                running.append(
+                    (
+                        answer,
+                        api.start(self.arena.base, history, answer.generation_options, adapter=adapters[answer.pk]),
+                    )
+                )
             except ModelhubError as exc:
                 answer.finish(answer.Status.ERROR, "", error=exc.message)
         for answer, request in running:
@@ -345,8 +390,11 @@ class ArenaMatch(models.Model):
         """
         if vote not in Verdict.votes():
             raise ValueError(f"unknown vote {vote!r}")
-        match = ArenaMatch.objects.select_for_update().select_related(
-            "candidate_answer__conversation", "opponent_answer").get(pk=self.pk)
+        match = (
+            ArenaMatch.objects.select_for_update()
+            .select_related("candidate_answer__conversation", "opponent_answer")
+            .get(pk=self.pk)
+        )
         if match.candidate_answer.conversation.owner_id != user.pk:
             raise PermissionError("only the arena's voter votes on its answers")
         if match.vote or not match.votable:

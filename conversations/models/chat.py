@@ -5,8 +5,8 @@ A reply's life (see ../shared/ARCHITECTURE.md): the user message is saved first
 (`Conversation.start_reply`); the generation task saves partial text as it goes
 (`Message.save_partial`) and ends it exactly once (`Message.finish`). Rows left
 `streaming` by a dead process are marked `interrupted` by whichever process notices
-(writers.py, heartbeat.py); a message and its reply's end live in message.py. A `Comparison` is one question answered by two models side
-by side, and the user's vote on them.
+(writers.py, conversations/delivery/heartbeat.py); a message and its reply's end live in message.py. A
+`Comparison` is one question answered by two models side by side, and the user's vote on them.
 """
 
 from django.conf import settings
@@ -14,7 +14,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import tree, writers
+from conversations.models import tree, writers
 from conversations.models.comparison import Comparison
 from conversations.models.feedback import Feedback, Preference
 from conversations.models.message import Message
@@ -63,11 +63,19 @@ class Conversation(models.Model):
         default=False, help_text="Holds an arena's blind answers: its owner cannot open it until the votes are in."
     )
     leaf = models.ForeignKey(
-        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The last message of the active branch.",
     )
     api_key = models.ForeignKey(
-        "conversations.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations",
+        "conversations.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
         help_text="The key of the API call this conversation keeps (conversations/openai_api/); none for chats.",
     )
     api_key_name = models.CharField(max_length=100, blank=True, help_text="That key's name, kept if it is deleted.")
@@ -151,8 +159,10 @@ class Conversation(models.Model):
                 comparison.left, comparison.right = message, by_id[comparison.right_id]
                 comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
         shown = path + [answer for c in set(comparisons.values()) for answer in (c.left, c.right)]
-        feedback = {f.message_id: f for f in Feedback.objects.filter(user_id=self.owner_id, message__in=shown)
-                    .prefetch_related("tags")}
+        feedback = {
+            f.message_id: f
+            for f in Feedback.objects.filter(user_id=self.owner_id, message__in=shown).prefetch_related("tags")
+        }
         preferred = Preference.objects.preferred_ids(self.owner_id, path)
         for message in shown:
             message.owner_feedback = feedback.get(message.pk)
@@ -225,7 +235,7 @@ class Conversation(models.Model):
         conversation streams: one reply at a time keeps the history well defined.
         `locked`: the caller holds this conversation's row lock and found it idle (turns.prepare).
         `begins`: (text, token probabilities) the reply starts with, which the model continues
-        (a branch from an alternative token: inspect_tokens.py).
+        (a branch from an alternative token: inspection/tokens.py).
         """
         if not locked and not self._lock_if_idle():
             return None
@@ -243,8 +253,13 @@ class Conversation(models.Model):
         """The one way a `streaming` assistant row is made (chat, comparison, arena): written by this process."""
         content, token_probs = begins
         return self.messages.create(
-            role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, parent_id=parent_id, model_name=model_name,
-            adapter_name=adapter.name if adapter else "", generation_options=options, content=content,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            parent_id=parent_id,
+            model_name=model_name,
+            adapter_name=adapter.name if adapter else "",
+            generation_options=options,
+            content=content,
             token_probs=token_probs,
         )
 
@@ -257,7 +272,9 @@ class Conversation(models.Model):
         if not self._lock_if_idle():
             return None
         question = self.add_user_message(content)
-        left, right = (self.new_reply(question.pk, spec.name, adapter, options) for spec, adapter, options in (first, second))
+        left, right = (
+            self.new_reply(question.pk, spec.name, adapter, options) for spec, adapter, options in (first, second)
+        )
         self._grow(left)
         return Comparison.objects.create(conversation=self, question=question, left=left, right=right)
 

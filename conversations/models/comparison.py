@@ -13,8 +13,15 @@ class Comparison(models.Model):
     question = models.ForeignKey("conversations.Message", on_delete=models.CASCADE, related_name="+")
     left = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="comparison_as_left")
     right = models.OneToOneField("conversations.Message", on_delete=models.CASCADE, related_name="comparison_as_right")
-    choice = models.CharField(max_length=10, blank=True, choices=Verdict.choices_of(
-        Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD))
+    choice = models.CharField(
+        max_length=10,
+        blank=True,
+        choices=Verdict.choices_of(Verdict.UNDECIDED, Verdict.LEFT, Verdict.RIGHT, Verdict.TIE, Verdict.BOTH_BAD),
+    )
+
+    def __str__(self):
+        return f"comparison {self.pk} in conversation {self.conversation_id}"
+
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)
 
@@ -26,6 +33,7 @@ class Comparison(models.Model):
             raise ValueError(f"unknown choice {choice!r}")
         self.choice, self.decided_at = choice, timezone.now()
         self.save(update_fields=["choice", "decided_at"])
-        Preference.record(Preference.Source.COMPARISON, self.left, self.right, choice, self.conversation.owner_id,
-                          comparison=self)
+        Preference.record(
+            Preference.Source.COMPARISON, self.left, self.right, choice, self.conversation.owner_id, comparison=self
+        )
         self.conversation.switch_to(self.right if choice == Verdict.RIGHT else self.left)

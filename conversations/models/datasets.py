@@ -20,12 +20,21 @@ from django.utils import timezone
 from conversations.models.feedback import Feedback, Preference
 
 LICENSES = [  # Hugging Face license ids an admin may choose for a snapshot's card (the Hub's list has more)
-    ("other", "other (say which in the card)"), ("unknown", "unknown"), ("cc-by-4.0", "CC BY 4.0"),
-    ("cc-by-sa-4.0", "CC BY-SA 4.0"), ("cc-by-nc-4.0", "CC BY-NC 4.0"), ("cc0-1.0", "CC0 1.0"),
-    ("odc-by", "ODC-By"), ("apache-2.0", "Apache 2.0"), ("mit", "MIT"),
+    ("other", "other (say which in the card)"),
+    ("unknown", "unknown"),
+    ("cc-by-4.0", "CC BY 4.0"),
+    ("cc-by-sa-4.0", "CC BY-SA 4.0"),
+    ("cc-by-nc-4.0", "CC BY-NC 4.0"),
+    ("cc0-1.0", "CC0 1.0"),
+    ("odc-by", "ODC-By"),
+    ("apache-2.0", "Apache 2.0"),
+    ("mit", "MIT"),
 ]
-FORMAT_CHOICES = [("sft", "SFT (messages)"), ("dpo", "DPO (prompt, chosen, rejected)"),
-                  ("kto", "KTO (prompt, completion, label)")]
+FORMAT_CHOICES = [
+    ("sft", "SFT (messages)"),
+    ("dpo", "DPO (prompt, chosen, rejected)"),
+    ("kto", "KTO (prompt, completion, label)"),
+]
 
 
 class SnapshotChanged(Exception):
@@ -37,8 +46,9 @@ class DatasetSnapshot(models.Model):
     filters = models.JSONField(default=dict, blank=True)
     scrubbed = models.BooleanField(default=True, help_text="E-mail, phone and IP addresses replaced by placeholders.")
     eval_fraction = models.FloatField()
-    license = models.CharField(max_length=20, choices=LICENSES, default="other",
-                               help_text="The license its dataset card (README.md) states.")
+    license = models.CharField(
+        max_length=20, choices=LICENSES, default="other", help_text="The license its dataset card (README.md) states."
+    )
     train_path = models.CharField(max_length=500)
     eval_path = models.CharField(max_length=500)
     card_path = models.CharField(max_length=500)
@@ -48,12 +58,15 @@ class DatasetSnapshot(models.Model):
     card = models.JSONField(default=dict, blank=True)
     feedback = models.ManyToManyField(Feedback, blank=True, related_name="snapshots")
     preferences = models.ManyToManyField(Preference, blank=True, related_name="snapshots")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     withdrawn = models.PositiveIntegerField(
-        default=0, help_text="Feedback or preferences deleted since the export (with their conversation): "
-                             "their text is still in the files. Export again and delete this snapshot to drop it.")
+        default=0,
+        help_text="Feedback or preferences deleted since the export (with their conversation): "
+        "their text is still in the files. Export again and delete this snapshot to drop it.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -72,8 +85,13 @@ class DatasetSnapshot(models.Model):
 
     def dataset_ref(self):
         """What a fine-tuning job records about its data (modelhub's `FinetuneJob.dataset_ref`)."""
-        return {"snapshot": self.pk, "format": self.format, "train_sha256": self.train_sha256,
-                "eval_sha256": self.eval_sha256, "card": self.card_path}
+        return {
+            "snapshot": self.pk,
+            "format": self.format,
+            "train_sha256": self.train_sha256,
+            "eval_sha256": self.eval_sha256,
+            "card": self.card_path,
+        }
 
     def verify(self):
         """Raise SnapshotChanged unless both files still hold exactly what was exported."""

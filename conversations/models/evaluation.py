@@ -5,7 +5,7 @@
 
 The rows are the snapshot's eval file: each row's prompt and its reference answer (an SFT
 row's last message, the chosen answer of a DPO row, a KTO completion labelled good). The
-scoring is modelhub's (`modelhub.evaluation.evaluate`: answers through the normal serving
+scoring is modelhub's (`modelhub.training.evaluation.evaluate`: answers through the normal serving
 path, perplexity of the references, BLEU, chrF, ROUGE, distinct-n, lengths, and a paired
 bootstrap interval of each difference against the base). Where the blind arena has votes
 of an adapter against this base alone, its win rate there is added (ties and "both bad"
@@ -27,7 +27,7 @@ from django.utils import timezone
 from conversations.models.arena import Arena
 from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
 from conversations.models.message import storable
-from modelhub.evaluation import candidate_name, evaluate
+from modelhub.api import candidate_name, evaluate
 from modelhub.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,15 @@ class EvaluationReportQuerySet(models.QuerySet):
             raise EvaluationError(f"{snapshot} has no held-out rows with a reference answer to evaluate on")
         # Answers as long as the base allows, up to EVALUATION_MAX_NEW_TOKENS: held-out answers are short.
         options = {"max_new_tokens": min(base.max_new_tokens, settings.EVALUATION_MAX_NEW_TOKENS), **(options or {})}
-        return self.create(snapshot=snapshot, base=base, adapter_names=[adapter.name for adapter in adapters],
-                           max_rows=limit, options=options, seed=seed, created_by=created_by)
+        return self.create(
+            snapshot=snapshot,
+            base=base,
+            adapter_names=[adapter.name for adapter in adapters],
+            max_rows=limit,
+            options=options,
+            seed=seed,
+            created_by=created_by,
+        )
 
 
 class EvaluationReport(models.Model):
@@ -134,14 +141,16 @@ class EvaluationReport(models.Model):
     seed = models.BigIntegerField(default=0, help_text="Seeds the bootstrap's resamples.")
     resamples = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True, help_text="candidate -> metric -> value")
-    differences = models.JSONField(default=dict, blank=True,
-                                   help_text="candidate -> metric -> difference to the base, 95% interval")
+    differences = models.JSONField(
+        default=dict, blank=True, help_text="candidate -> metric -> difference to the base, 95% interval"
+    )
     arena = models.JSONField(default=dict, blank=True, help_text="candidate -> arena win rate against the base")
     rows = models.JSONField(default=list, blank=True, help_text="Per row: prompt, reference, each answer, NLL.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -188,10 +197,21 @@ class EvaluationReport(models.Model):
     def as_json(self):
         """The whole report, as the admin's "Export JSON" gives it."""
         return {
-            "id": self.pk, "snapshot": self.snapshot_id, "base": self.base.name, "candidates": self.candidates,
-            "adapters": self.adapter_names, "status": self.status, "error": self.error, "options": self.options,
-            "seed": self.seed, "resamples": self.resamples, "max_rows": self.max_rows, "metrics": self.metrics,
-            "differences": self.differences, "arena": self.arena, "rows": self.rows,
+            "id": self.pk,
+            "snapshot": self.snapshot_id,
+            "base": self.base.name,
+            "candidates": self.candidates,
+            "adapters": self.adapter_names,
+            "status": self.status,
+            "error": self.error,
+            "options": self.options,
+            "seed": self.seed,
+            "resamples": self.resamples,
+            "max_rows": self.max_rows,
+            "metrics": self.metrics,
+            "differences": self.differences,
+            "arena": self.arena,
+            "rows": self.rows,
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }

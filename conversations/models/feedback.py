@@ -139,8 +139,11 @@ class PreferenceQuerySet(models.QuerySet):
 
     def preferred_ids(self, user, messages):
         """Which of `messages` this user marked as the better sibling."""
-        return set(self.filter(user=user, source=Preference.Source.SIBLING, chosen__in=messages)
-                   .values_list("chosen_id", flat=True))
+        return set(
+            self.filter(user=user, source=Preference.Source.SIBLING, chosen__in=messages).values_list(
+                "chosen_id", flat=True
+            )
+        )
 
 
 class Preference(models.Model):
@@ -158,8 +161,9 @@ class Preference(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
     chosen = models.ForeignKey("conversations.Message", on_delete=models.CASCADE, related_name="+")
     rejected = models.ForeignKey("conversations.Message", on_delete=models.CASCADE, related_name="+")
-    verdict = models.CharField(max_length=10, choices=Verdict.choices_of(Verdict.CHOSEN, Verdict.TIE, Verdict.BOTH_BAD),
-                               default=Verdict.CHOSEN)
+    verdict = models.CharField(
+        max_length=10, choices=Verdict.choices_of(Verdict.CHOSEN, Verdict.TIE, Verdict.BOTH_BAD), default=Verdict.CHOSEN
+    )
     source = models.CharField(max_length=12, choices=Source.choices)
     comparison = models.OneToOneField(
         "conversations.Comparison", null=True, blank=True, on_delete=models.CASCADE, related_name="preference"
@@ -207,10 +211,15 @@ class Preference(models.Model):
         Replaces this user's earlier sibling choice for the same question.
         """
         _check_may_rate(user, message)
-        others = list(message.conversation.messages.rateable().filter(parent_id=message.parent_id)
-                      .exclude(pk=message.pk))
+        others = list(
+            message.conversation.messages.rateable().filter(parent_id=message.parent_id).exclude(pk=message.pk)
+        )
         if not others:
             raise ValueError("this answer has no sibling to be preferred to")
-        cls.objects.filter(user=user, source=cls.Source.SIBLING, chosen__parent_id=message.parent_id,
-                           chosen__conversation_id=message.conversation_id).delete()
+        cls.objects.filter(
+            user=user,
+            source=cls.Source.SIBLING,
+            chosen__parent_id=message.parent_id,
+            chosen__conversation_id=message.conversation_id,
+        ).delete()
         return [cls.record(cls.Source.SIBLING, message, other, Verdict.CHOSEN, user.pk) for other in others]

@@ -10,8 +10,8 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from chatsite import metrics
-from conversations import writers
+from conversations import metrics
+from conversations.models import writers
 from conversations.models.feedback import Preference
 
 WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."
@@ -38,7 +38,9 @@ class MessageQuerySet(models.QuerySet):
         ids = list(self.orphaned().values_list("pk", flat=True))
         if ids:
             Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
-                status=Message.Status.INTERRUPTED, finished_at=timezone.now(), error=WRITER_GONE,
+                status=Message.Status.INTERRUPTED,
+                finished_at=timezone.now(),
+                error=WRITER_GONE,
             )
         ended = list(Message.objects.filter(pk__in=ids, status=Message.Status.INTERRUPTED))
         for message in ended:
@@ -53,8 +55,10 @@ class MessageQuerySet(models.QuerySet):
     def light(self):
         """Without the columns that grow with a reply, but saying whether its token probabilities were kept."""
         return self.defer(*Message.LARGE_FIELDS).annotate(
-            has_token_probs=models.ExpressionWrapper(models.Q(token_probs__isnull=False),
-                                                     output_field=models.BooleanField()))
+            has_token_probs=models.ExpressionWrapper(
+                models.Q(token_probs__isnull=False), output_field=models.BooleanField()
+            )
+        )
 
     def rateable(self):
         """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
@@ -75,8 +79,7 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
         ERROR = "error"
 
-    conversation = models.ForeignKey("conversations.Conversation", on_delete=models.CASCADE,
-                                     related_name="messages")
+    conversation = models.ForeignKey("conversations.Conversation", on_delete=models.CASCADE, related_name="messages")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
@@ -92,20 +95,29 @@ class Message(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="seconds")
     finish_reason = models.CharField(max_length=20, blank=True)
     # The prompt exactly as the model got it (an assistant reply's only; prompt_view.py shows it to the owner).
-    prompt = models.TextField(blank=True, help_text="The rendered chat template after truncation, or the JSON "
-                                                    "messages sent where a remote server renders it.")
-    prompt_template_hash = models.CharField(max_length=16, blank=True,
-                                            help_text="Its chat template's hash; blank: not rendered by chatsite.")
+    prompt = models.TextField(
+        blank=True,
+        help_text="The rendered chat template after truncation, or the JSON "
+        "messages sent where a remote server renders it.",
+    )
+    prompt_template_hash = models.CharField(
+        max_length=16, blank=True, help_text="Its chat template's hash; blank: not rendered by chatsite."
+    )
     prompt_left_out = models.PositiveIntegerField(default=0, help_text="Oldest messages left out to fit the context.")
-    # Each token's probability and its likeliest alternatives' (modelhub/logprobs.py), where the model's switch
+    # Each token's probability and its likeliest alternatives' (modelhub/decoding/logprobs.py), where the model's switch
     # was on: [[token_id, text, logprob, [[alt_id, alt_text, alt_logprob], ...]], ...]; None: not kept.
     token_probs = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
-    writer = models.CharField(max_length=120, blank=True, default=writers.identity,
-                              help_text="The process that saved this row, and writes it while it streams.")
-    heartbeat_at = models.DateTimeField(null=True, blank=True, default=timezone.now,
-                                        help_text="Renewed by the writer while the reply streams.")
+    writer = models.CharField(
+        max_length=120,
+        blank=True,
+        default=writers.identity,
+        help_text="The process that saved this row, and writes it while it streams.",
+    )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, default=timezone.now, help_text="Renewed by the writer while the reply streams."
+    )
 
     objects = MessageQuerySet.as_manager()
 
@@ -144,7 +156,10 @@ class Message(models.Model):
 
     @property
     def rateable(self):
-        return self.role == Message.Role.ASSISTANT and self.status not in (Message.Status.STREAMING, Message.Status.ERROR)
+        return self.role == Message.Role.ASSISTANT and self.status not in (
+            Message.Status.STREAMING,
+            Message.Status.ERROR,
+        )
 
     def _token_probs_after(self, usage):
         """The reply's token probabilities once this stream's are added: a continued answer (or a branch from
@@ -154,9 +169,10 @@ class Message(models.Model):
             return None
         if self.token_probs is None and self.content:  # its first part kept none: a record of half would lie
             return None
-        return (self.token_probs or []) + [[token, storable(text), logprob, [[alt, storable(alt_text), alt_lp]
-                                            for alt, alt_text, alt_lp in alts]]
-                                           for token, text, logprob, alts in new]
+        return (self.token_probs or []) + [
+            [token, storable(text), logprob, [[alt, storable(alt_text), alt_lp] for alt, alt_text, alt_lp in alts]]
+            for token, text, logprob, alts in new
+        ]
 
     def save_partial(self, content, notice=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
@@ -186,15 +202,22 @@ class Message(models.Model):
                 finish_reason=usage.finish_reason,
             )
             if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
-                fields.update(prompt=usage.prompt_text, prompt_template_hash=usage.template_hash,
-                              prompt_left_out=usage.truncated_messages)
+                fields.update(
+                    prompt=usage.prompt_text,
+                    prompt_template_hash=usage.template_hash,
+                    prompt_left_out=usage.truncated_messages,
+                )
                 if (kept := self._token_probs_after(usage)) is not None:
                     fields["token_probs"] = kept
         mine = models.Q(status=Message.Status.INTERRUPTED, writer=writers.identity())
         with transaction.atomic():
-            updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(**fields)
+            updated = Message.objects.filter(models.Q(status=Message.Status.STREAMING) | mine, pk=self.pk).update(
+                **fields
+            )
             if updated:
-                type(self).conversation.field.related_model.objects.filter(pk=self.conversation_id).update(updated_at=fields["finished_at"])
+                type(self).conversation.field.related_model.objects.filter(pk=self.conversation_id).update(
+                    updated_at=fields["finished_at"]
+                )
                 transaction.on_commit(lambda: metrics.record_reply(status, self.model_name, usage))
         self.refresh_from_db()
         return bool(updated)

@@ -1,6 +1,6 @@
 """A reviewer's decision on one feedback item: raw feedback becomes training data once someone checked it.
 
-A `Review` is made when the queue assigns an item to a reviewer (conversations/review_queue.py) and is
+A `Review` is made when the queue assigns an item to a reviewer (conversations/review/queue.py) and is
 decided once: approved (with the correction as the reviewer left it, edited or not) or rejected. An
 assignment left undecided for CHAT_REVIEW_ASSIGNMENT_MINUTES is free for another reviewer. Nobody decides
 their own feedback (`Feedback.objects.own`): the queue never assigns it to them and `decide` refuses it.
@@ -25,18 +25,27 @@ class ReviewQuerySet(models.QuerySet):
     def approved_feedback(self):
         """Feedback whose decisions are all in (CHAT_REVIEWS_PER_ITEM) and mostly approvals, each with
         `reviewed_correction`: the correction of its latest approval. What an export of approved items takes."""
-        latest = (Review.objects.filter(feedback=models.OuterRef("pk"), decision=Review.Decision.APPROVED)
-                  .exclude(reviewer=models.OuterRef("user")).exclude(reviewer=models.OuterRef("message__conversation__owner"))
-                  .order_by("-decided_at", "-pk").values("correction")[:1])
+        latest = (
+            Review.objects.filter(feedback=models.OuterRef("pk"), decision=Review.Decision.APPROVED)
+            .exclude(reviewer=models.OuterRef("user"))
+            .exclude(reviewer=models.OuterRef("message__conversation__owner"))
+            .order_by("-decided_at", "-pk")
+            .values("correction")[:1]
+        )
         # A decision on one's own feedback never counts (none is made now; `decide` refuses it).
-        independent = (~models.Q(reviews__reviewer=models.F("user"))
-                       & ~models.Q(reviews__reviewer=models.F("message__conversation__owner")))
+        independent = ~models.Q(reviews__reviewer=models.F("user")) & ~models.Q(
+            reviews__reviewer=models.F("message__conversation__owner")
+        )
         approvals = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.APPROVED) & independent)
         rejections = models.Count("reviews", filter=models.Q(reviews__decision=Review.Decision.REJECTED) & independent)
-        return (Feedback.objects.annotate(approvals=approvals, rejections=rejections)
-                .filter(approvals__gt=models.F("rejections"),
-                        approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"))
-                .annotate(reviewed_correction=models.Subquery(latest)))
+        return (
+            Feedback.objects.annotate(approvals=approvals, rejections=rejections)
+            .filter(
+                approvals__gt=models.F("rejections"),
+                approvals__gte=settings.CHAT_REVIEWS_PER_ITEM - models.F("rejections"),
+            )
+            .annotate(reviewed_correction=models.Subquery(latest))
+        )
 
     def holding(self, now=None):
         """Reviews that hold a place on their item: decided, or assigned recently enough."""

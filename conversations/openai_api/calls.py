@@ -24,18 +24,28 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-from conversations import cap, durable, replies, writers
-from conversations.frames import ChatError, group_for, send_to
-from conversations.models import Message, UnkeptCallUsage
+from conversations.access import limits
+from conversations.chat import replies
+from conversations.chat.turns import Turn
+from conversations.delivery import durable
+from conversations.delivery.groups import group_for, send_to
+from conversations.errors import ChatError
+from conversations.models import Message, UnkeptCallUsage, writers
 from conversations.openai_api.requests import ApiError
-from conversations.turns import Turn
 from modelhub import api
-from modelhub.options import ModelhubError
-from modelhub.workers import WorkerRequest
+from modelhub.api import ModelhubError, WorkerRequest
 
-STATUS_OF_CODE = {"too_many_replies": 429, "busy": 429, "quota_exceeded": 429, "prompt_too_long": 400, "unknown_model": 404,
-                  "invalid_options": 400, "no_model_worker": 503, "model_load_failed": 503,
-                  "database_unavailable": 503}
+STATUS_OF_CODE = {
+    "too_many_replies": 429,
+    "busy": 429,
+    "quota_exceeded": 429,
+    "prompt_too_long": 400,
+    "unknown_model": 404,
+    "invalid_options": 400,
+    "no_model_worker": 503,
+    "model_load_failed": 503,
+    "database_unavailable": 503,
+}
 
 
 def api_error(code, message, retry_after=None):
@@ -72,8 +82,9 @@ class KeptCall:
     async def start(self):
         self.channel = await get_channel_layer().new_channel()
         try:
-            self.reply = await replies.begin(self.user, None, Turn("call", overrides=self.call.overrides,
-                                                                   call=self.call), follow=self._follow)
+            self.reply = await replies.begin(
+                self.user, None, Turn("call", overrides=self.call.overrides, call=self.call), follow=self._follow
+            )
         except ChatError as exc:
             raise refusal(exc) from None
 
@@ -99,8 +110,9 @@ class KeptCall:
                 break
         row = await durable.call(Message.objects.get, pk=self.reply.pk, within=settings.CHAT_SAVE_RETRY_SECONDS)
         error = self.error or api_error("model_error", row.error) if row.status == Message.Status.ERROR else None
-        self.outcome = Outcome(row.status, row.content, row.finish_reason, row.prompt_tokens or 0,
-                               row.completion_tokens or 0, error)
+        self.outcome = Outcome(
+            row.status, row.content, row.finish_reason, row.prompt_tokens or 0, row.completion_tokens or 0, error
+        )
 
     async def stop(self):
         """The client went away: stop the reply (saved `stopped`, with its text), wherever it is written."""
@@ -118,7 +130,7 @@ class KeptCall:
         replies.unwatch(self.conversation_id)
         try:
             await get_channel_layer().group_discard(group_for(self.conversation_id), self.channel)
-        except Exception:  # noqa: BLE001 - the group expires on its own
+        except Exception:
             pass
 
 
@@ -130,8 +142,9 @@ class UnkeptCall:
 
     async def start(self):
         try:
-            self.usage_id = await durable.call(_take_place, self.user, self.call.model,
-                                               within=settings.CHAT_DB_RETRY_SECONDS)
+            self.usage_id = await durable.call(
+                _take_place, self.user, self.call.model, within=settings.CHAT_DB_RETRY_SECONDS
+            )
         except ChatError as exc:
             raise refusal(exc) from None
         call = self.call
@@ -157,8 +170,7 @@ class UnkeptCall:
             return
         usage = self.request.usage
         status = Message.Status.STOPPED if usage.finish_reason == "cancelled" else Message.Status.COMPLETE
-        self.outcome = Outcome(status, "".join(text), usage.finish_reason, usage.prompt_tokens,
-                               usage.completion_tokens)
+        self.outcome = Outcome(status, "".join(text), usage.finish_reason, usage.prompt_tokens, usage.completion_tokens)
 
     async def stop(self):
         if self.request is not None:
@@ -170,14 +182,19 @@ class UnkeptCall:
             return
         writers.calling.discard(usage_id)  # not renewed from now on: ended by any heartbeat if not below
         usage = self.request.usage if self.request is not None else None
-        await durable.call(UnkeptCallUsage.end, usage_id, usage and usage.prompt_tokens or 0,
-                           usage and usage.completion_tokens or 0, within=settings.CHAT_SAVE_RETRY_SECONDS)
+        await durable.call(
+            UnkeptCallUsage.end,
+            usage_id,
+            usage and usage.prompt_tokens or 0,
+            usage and usage.completion_tokens or 0,
+            within=settings.CHAT_SAVE_RETRY_SECONDS,
+        )
 
 
 def _take_place(user, model_name):
     """Admit the call (the reply cap, the quotas) and record its running row, in one transaction with the
     user's row locked; the row's id. Its end and tokens are written when the call ends."""
     with transaction.atomic():
-        cap.lock_user(user)
-        cap.admit(user)
+        limits.lock_user(user)
+        limits.admit(user)
         return UnkeptCallUsage.begin(user, model_name).pk

@@ -15,30 +15,55 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.http import JsonResponse
 
+from conversations.chat.protocol import unstorable
 from conversations.forms import ModelChoiceForm
-from conversations.protocol import unstorable
-
+from modelhub.api import InvalidOptions
 from modelhub.models import ModelSpec
-from modelhub.options import InvalidOptions
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI's name for each option that chatsite's options (modelhub/options.py) know, and extras vLLM also takes.
-OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_completion_tokens": "max_new_tokens",
-           "max_tokens": "max_new_tokens", "seed": "seed", "stop": "stop", "top_k": "top_k",
-           "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"}
+OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_completion_tokens": "max_new_tokens",
+    "max_tokens": "max_new_tokens",
+    "seed": "seed",
+    "stop": "stop",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+    "ignore_eos": "ignore_eos",
+}
 # Fields whose meaning chatsite cannot honour: refused unless they ask for what it does anyway.
-UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"), "logprobs": (None, False),
-               "top_logprobs": (None, 0), "logit_bias": (None, {}), "presence_penalty": (None, 0),
-               "frequency_penalty": (None, 0), "response_format": (None, {"type": "text"}), "audio": (None,),
-               "modalities": (None, ["text"]), "prediction": (None,)}
+UNSUPPORTED = {
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
 
 
 class ApiError(Exception):
     """A refusal in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-             404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-             429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        405: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "server_error",
+        500: "server_error",
+    }
 
     def __init__(self, status, message, code=None, param=None, retry_after=None):
         super().__init__(message)
@@ -46,8 +71,14 @@ class ApiError(Exception):
         self.retry_after = retry_after  # seconds, sent as Retry-After
 
     def body(self):
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self):
         response = JsonResponse(self.body(), status=self.status)
@@ -72,8 +103,10 @@ class Call:
 
 def usable_models(user):
     """{API model name: (spec, adapter or None)}: the chat's model menu (ModelChoiceForm), named for the API."""
-    return {spec.name + (f":{adapter.name}" if adapter else ""): (spec, adapter)
-            for spec, adapter, _ in ModelChoiceForm(user).options.values()}
+    return {
+        spec.name + (f":{adapter.name}" if adapter else ""): (spec, adapter)
+        for spec, adapter, _ in ModelChoiceForm(user).options.values()
+    }
 
 
 def read(body, key):
@@ -90,12 +123,17 @@ def read(body, key):
     _refuse_unsupported(data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise ApiError(400, "`model` is required: one of the names /v1/models lists.", param="model",
-                       code="missing_model")
+        raise ApiError(
+            400, "`model` is required: one of the names /v1/models lists.", param="model", code="missing_model"
+        )
     found = usable_models(key.user).get(model)
     if found is None:
-        raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.", param="model",
-                       code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     spec, adapter = found
     call = Call(key, model, spec, adapter, _messages(data.get("messages")), _overrides(data, spec))
     call.stream = _flag(data, "stream")
@@ -153,8 +191,12 @@ def _messages(messages):
             raise ApiError(400, f"`{param}`: system messages must come before the conversation's turns.", param=param)
         content = _text(message.get("content"), param)
         if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
-            raise ApiError(400, f"`{param}.content` is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters.",
-                           param=param, code="message_too_long")
+            raise ApiError(
+                400,
+                f"`{param}.content` is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters.",
+                param=param,
+                code="message_too_long",
+            )
         read_.append({"role": role, "content": content})
     if read_[-1]["role"] != "user":
         raise ApiError(400, "The last message must be the user's: it is what the model answers.", param="messages")
@@ -171,8 +213,9 @@ def _text(content, param):
     if isinstance(content, list) and all(isinstance(part, dict) for part in content):
         if all(part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
             return "".join(part["text"] for part in content)
-        raise ApiError(400, f"`{param}.content`: only text parts are supported.", param=param,
-                       code="unsupported_content")
+        raise ApiError(
+            400, f"`{param}.content`: only text parts are supported.", param=param, code="unsupported_content"
+        )
     raise ApiError(400, f"`{param}.content` must be a string or a list of text parts.", param=param)
 
 

@@ -14,8 +14,11 @@ def new_id():
 
 
 def usage(prompt_tokens, completion_tokens):
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def finish_reason(reason):
@@ -34,14 +37,24 @@ class Completion:
 
     def whole(self, text, reason, prompt_tokens, completion_tokens):
         """The non-streamed response."""
-        return {**self._head("chat.completion"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": finish_reason(reason)}],
-                "usage": usage(prompt_tokens, completion_tokens)}
+        return {
+            **self._head("chat.completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish_reason(reason),
+                }
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
 
     def _chunk(self, delta, reason=None):
-        chunk = {**self._head("chat.completion.chunk"),
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+        chunk = {
+            **self._head("chat.completion.chunk"),
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+        }
         if self.include_usage:
             chunk["usage"] = None
         return event(chunk)
@@ -56,8 +69,9 @@ class Completion:
         """The chunk with the finish reason, the usage chunk if asked for, and the end of the stream."""
         out = self._chunk({}, finish_reason(reason))
         if self.include_usage:
-            out += event({**self._head("chat.completion.chunk"), "choices": [],
-                          "usage": usage(prompt_tokens, completion_tokens)})
+            out += event(
+                {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+            )
         return out + "data: [DONE]\n\n"
 
 
@@ -67,5 +81,7 @@ def event(data):
 
 
 def model_list(names, created):
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": created[name],
-                                        "owned_by": "chatsite"} for name in names]}
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created[name], "owned_by": "chatsite"} for name in names],
+    }

@@ -1,10 +1,11 @@
 """The OpenAI-compatible endpoints: `GET /v1/models`, `POST /v1/chat/completions`.
 
 A call authenticates with `Authorization: Bearer <key>` (an ApiKey, never a session cookie,
-hence no CSRF token) of an account that may chat (access.py; else 403), is read (requests.py), run (calls.py) and answered in OpenAI's shapes
-(shapes.py): a whole completion, or server-sent events when `stream` is true. Closing the
-connection mid-stream cancels the view (Django's ASGI handler), which stops the reply within a
-decode step; a kept call's reply is then stored `stopped` with its text.
+hence no CSRF token) of an account that may chat (access/permissions.py; else 403), is read
+(requests.py), run (calls.py) and answered in OpenAI's shapes (shapes.py): a whole completion, or
+server-sent events when `stream` is true. Closing the connection mid-stream cancels the view (Django's
+ASGI handler), which stops the reply within a decode step; a kept call's reply is then stored `stopped`
+with its text.
 """
 
 import asyncio
@@ -15,8 +16,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations import durable
-from conversations.access import NO_CHAT, may_chat
+from conversations.access.permissions import NO_CHAT, may_chat
+from conversations.delivery import durable
 from conversations.models import ApiKey
 from conversations.openai_api import calls, shapes
 from conversations.openai_api.requests import ApiError, read, usable_models
@@ -32,8 +33,9 @@ async def _key_of(request):
     if scheme.lower() == "bearer" and raw.strip():
         key = await durable.call(ApiKey.objects.authenticate, raw.strip())
     if key is None:
-        raise ApiError(401, "Incorrect or revoked API key. Create one on the site's API keys page.",
-                       code="invalid_api_key")
+        raise ApiError(
+            401, "Incorrect or revoked API key. Create one on the site's API keys page.", code="invalid_api_key"
+        )
     if not await durable.call(may_chat, key.user):  # read on every call: a removed role stops its keys at once
         raise ApiError(403, NO_CHAT, code="permission_denied")
     return key
@@ -64,8 +66,9 @@ async def chat_completions(request):
         try:
             body = request.body
         except RequestDataTooBig:
-            raise ApiError(413, f"The body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
-                           code="request_too_large") from None
+            raise ApiError(
+                413, f"The body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", code="request_too_large"
+            ) from None
         call = await durable.call(read, body, key)
         running = calls.start(call)
         try:
@@ -96,8 +99,9 @@ async def _whole(call, running):
     if outcome.error is not None:
         return outcome.error.response()
     completion = shapes.Completion(call.model)
-    return JsonResponse(completion.whole(outcome.text, outcome.finish_reason, outcome.prompt_tokens,
-                                         outcome.completion_tokens))
+    return JsonResponse(
+        completion.whole(outcome.text, outcome.finish_reason, outcome.prompt_tokens, outcome.completion_tokens)
+    )
 
 
 async def _events(call, running):
@@ -141,5 +145,8 @@ async def _finish(running):
 @csrf_exempt
 async def unknown(request, rest):
     """Any other path under /v1/: OpenAI's 404, in its JSON shape."""
-    return ApiError(404, f"Unknown API path /v1/{rest}: this server answers /v1/models and /v1/chat/completions.",
-                    code="unknown_url").response()
+    return ApiError(
+        404,
+        f"Unknown API path /v1/{rest}: this server answers /v1/models and /v1/chat/completions.",
+        code="unknown_url",
+    ).response()

@@ -3,7 +3,8 @@
 YAML front matter (license as the admin chose, task category, size category, who annotated, the
 `configs` that map the splits to their files, so `datasets.load_dataset(folder)` and the Hub's viewer
 read it as it is), then the snapshot's lineage in prose (templates/conversations/dataset_card.md): where
-the rows come from, consent, scrubbing, review, the split, and the files' sha256. The same facts in machine form are card.json (export.py).
+the rows come from, consent, scrubbing, review, the split, and the files' sha256. The same facts in machine
+form are card.json (export.py).
 Text users typed (the export's filters) goes in through `markdown_text`: a hub renders it as that text, never
 as a tag, a link or an image.
 """
@@ -14,8 +15,13 @@ import re
 import yaml
 from django.template.loader import render_to_string
 
-SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-         (10_000_000, "1M<n<10M")]
+SIZES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+]
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}  # the held-out (eval) rows are the `test` split
 TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
 MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]()!~|])")  # what makes code, emphasis, links and images inline
@@ -54,16 +60,24 @@ def front_matter(snapshot):
 def render(snapshot):
     """The README.md text: front matter, then the lineage (templates/conversations/dataset_card.md)."""
     card = snapshot.card
-    filters = [f"{key} {markdown_text(value)}" for key, value in snapshot.filters.items()
-               if value and key != "reviewed"]
+    filters = [
+        f"{key} {markdown_text(value)}" for key, value in snapshot.filters.items() if value and key != "reviewed"
+    ]
     if snapshot.filters.get("reviewed"):
         filters.append("approved items only")
     sources = ", ".join(f"{count} from {source}" for source, count in snapshot.counts.get("sources", {}).items())
     replaced = ", ".join(f"{count} {kind}" for kind, count in card["scrubbing"]["replaced"].items())
     context = {
         "front_matter": yaml.safe_dump(front_matter(snapshot), sort_keys=False, allow_unicode=True),
-        "snapshot": snapshot, "card": card, "counts": snapshot.counts, "review": card.get("review", {}),
-        "format": snapshot.format.upper(), "trainer": TRAINERS[snapshot.format], "files": SPLIT_FILES,
-        "filters": ", ".join(filters) or "none", "sources": sources or "none", "replaced": replaced or "none found",
+        "snapshot": snapshot,
+        "card": card,
+        "counts": snapshot.counts,
+        "review": card.get("review", {}),
+        "format": snapshot.format.upper(),
+        "trainer": TRAINERS[snapshot.format],
+        "files": SPLIT_FILES,
+        "filters": ", ".join(filters) or "none",
+        "sources": sources or "none",
+        "replaced": replaced or "none found",
     }
     return render_to_string("conversations/dataset_card.md", context)

@@ -59,8 +59,14 @@ class Filters:
     reviewed: bool = False
 
     def as_dict(self):
-        return {"since": _iso(self.since), "until": _iso(self.until), "model": self.model,
-                "adapter": self.adapter, "tag": self.tag, "reviewed": self.reviewed}
+        return {
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "model": self.model,
+            "adapter": self.adapter,
+            "tag": self.tag,
+            "reviewed": self.reviewed,
+        }
 
     def _dated(self, queryset):
         if self.since:
@@ -145,8 +151,11 @@ def build(format, filters):
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     prompts = Prompts()
-    builders = {"sft": [_sft_corrections], "dpo": [_dpo_corrections, _dpo_preferences, _dpo_thumbs],
-                "kto": [_kto_thumbs, _kto_both_bad, _kto_corrections]}[format]
+    builders = {
+        "sft": [_sft_corrections],
+        "dpo": [_dpo_corrections, _dpo_preferences, _dpo_thumbs],
+        "kto": [_kto_thumbs, _kto_both_bad, _kto_corrections],
+    }[format]
     return [example for builder in builders for example in builder(filters, prompts)]
 
 
@@ -170,8 +179,11 @@ def _dpo_preferences(filters, prompts):
     for preference in filters.preferences().filter(verdict=Verdict.CHOSEN):
         prompt = prompts.before(preference.chosen)
         if prompt:
-            row = {"prompt": prompt, "chosen": assistant(preference.chosen.content),
-                   "rejected": assistant(preference.rejected.content)}
+            row = {
+                "prompt": prompt,
+                "chosen": assistant(preference.chosen.content),
+                "rejected": assistant(preference.rejected.content),
+            }
             yield Example(row, preference.source, preference_ids={preference.pk})
 
 
@@ -185,8 +197,11 @@ def _dpo_thumbs(filters, prompts):
         for up, down in product(group["up"], group["down"]):
             prompt = prompts.before(up.message)
             if prompt:
-                row = {"prompt": prompt, "chosen": assistant(up.message.content),
-                       "rejected": assistant(down.message.content)}
+                row = {
+                    "prompt": prompt,
+                    "chosen": assistant(up.message.content),
+                    "rejected": assistant(down.message.content),
+                }
                 yield Example(row, "thumbs", {up.pk, down.pk})
 
 
@@ -194,8 +209,11 @@ def _kto_thumbs(filters, prompts):
     for feedback in filters.feedback().exclude(rating=""):
         prompt = prompts.before(feedback.message)
         if prompt:
-            row = {"prompt": prompt, "completion": assistant(feedback.message.content),
-                   "label": feedback.rating == Feedback.Rating.UP}
+            row = {
+                "prompt": prompt,
+                "completion": assistant(feedback.message.content),
+                "label": feedback.rating == Feedback.Rating.UP,
+            }
             yield Example(row, "thumbs", {feedback.pk})
 
 
@@ -207,11 +225,13 @@ def _kto_corrections(filters, prompts):
         prompt = prompts.before(feedback.message)
         if not prompt:
             continue
-        yield Example({"prompt": prompt, "completion": assistant(feedback.correction), "label": True},
-                      "correction", {feedback.pk})
+        yield Example(
+            {"prompt": prompt, "completion": assistant(feedback.correction), "label": True}, "correction", {feedback.pk}
+        )
         if original.strip() and original.strip() != feedback.correction.strip():
-            yield Example({"prompt": prompt, "completion": assistant(original), "label": False},
-                          "correction", {feedback.pk})
+            yield Example(
+                {"prompt": prompt, "completion": assistant(original), "label": False}, "correction", {feedback.pk}
+            )
 
 
 def _kto_both_bad(filters, prompts):

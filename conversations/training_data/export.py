@@ -25,15 +25,15 @@ Files are never overwritten: a snapshot stays what it was (and deleting it delet
 import hashlib
 import json
 import secrets
-from datetime import timezone as dt_timezone
+from datetime import UTC
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
 from conversations.models.datasets import LICENSES, DatasetSnapshot, file_sha256
-from conversations.review_queue import agreement_report
 from conversations.training_data import dataset_card, examples
+from conversations.training_data.agreement import agreement_report
 from conversations.training_data.dataset_card import SPLIT_FILES
 from conversations.training_data.scrub import PLACEHOLDERS, Scrubber
 
@@ -44,8 +44,7 @@ def datasets_dir():
     return Path(settings.CHAT_DATASETS_DIR)
 
 
-def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None,
-                    license="other"):
+def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None, license="other"):
     """Export one format as a frozen snapshot (see the module docstring); returns the DatasetSnapshot.
 
     `out`: its folder, new or empty (default: CHAT_DATASETS_DIR/`folder_name(snapshot)`).
@@ -65,12 +64,18 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
         splits["eval" if in_eval(example.prompt_text(), eval_fraction) else "train"].append((line, example))
     with transaction.atomic():
         snapshot = DatasetSnapshot.objects.create(
-            format=format, filters=filters.as_dict(), scrubbed=scrub, eval_fraction=eval_fraction,
-            created_by=created_by, license=license,
+            format=format,
+            filters=filters.as_dict(),
+            scrubbed=scrub,
+            eval_fraction=eval_fraction,
+            created_by=created_by,
+            license=license,
         )
         folder = Path(out) if out else datasets_dir() / folder_name(snapshot)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise FileExistsError(f"a snapshot's files are never overwritten: {folder} exists and is not an empty folder")
+            raise FileExistsError(
+                f"a snapshot's files are never overwritten: {folder} exists and is not an empty folder"
+            )
         paths = _paths(folder)
         for split in ("train", "eval"):
             _write(paths[split], [line for line, _ in splits[split]])
@@ -85,7 +90,7 @@ def folder_name(snapshot):
 
     `datasets.load_dataset(folder)` caches what it read under the folder's name (not its path), so two
     installs' `snapshot-0001-sft` on one machine would load the first one's rows for both."""
-    created = snapshot.created_at.astimezone(dt_timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    created = snapshot.created_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"snapshot-{snapshot.pk:04d}-{snapshot.format}-{created}-{secrets.token_hex(4)}"
 
 
@@ -121,8 +126,12 @@ def _scrubbed(value, scrubber):
 
 
 def _paths(folder):
-    return {"train": folder / SPLIT_FILES["train"], "eval": folder / SPLIT_FILES["test"], "card": folder / "card.json",
-            "readme": folder / "README.md"}
+    return {
+        "train": folder / SPLIT_FILES["train"],
+        "eval": folder / SPLIT_FILES["test"],
+        "card": folder / "card.json",
+        "readme": folder / "README.md",
+    }
 
 
 def _write(path, lines):
@@ -137,9 +146,12 @@ def _finish(snapshot, paths, splits, duplicates, scrubber):
     counts["sources"] = _tally(example.source for rows in splits.values() for _, example in rows)
     counts["duplicates_removed"] = duplicates
     if snapshot.format == "kto":
-        counts["labels"] = {split: _tally("true" if ex.row["label"] else "false" for _, ex in rows)
-                            for split, rows in splits.items()}
-    snapshot.train_path, snapshot.eval_path, snapshot.card_path = (str(paths[k].resolve()) for k in ("train", "eval", "card"))
+        counts["labels"] = {
+            split: _tally("true" if ex.row["label"] else "false" for _, ex in rows) for split, rows in splits.items()
+        }
+    snapshot.train_path, snapshot.eval_path, snapshot.card_path = (
+        str(paths[k].resolve()) for k in ("train", "eval", "card")
+    )
     snapshot.train_sha256, snapshot.eval_sha256 = file_sha256(paths["train"]), file_sha256(paths["eval"])
     snapshot.counts = counts
     snapshot.card = _card(snapshot, scrubber)
@@ -171,12 +183,16 @@ def _card(snapshot, scrubber):
             "placeholders": list(PLACEHOLDERS.values()) if scrubber else [],
             "replaced": dict(scrubber.counts) if scrubber else {},
         },
-        "split": {"eval_fraction": snapshot.eval_fraction,
-                  "method": "sha256 of the prompt messages (canonical JSON, before scrubbing) < eval_fraction"},
+        "split": {
+            "eval_fraction": snapshot.eval_fraction,
+            "method": "sha256 of the prompt messages (canonical JSON, before scrubbing) < eval_fraction",
+        },
         "lineage": {"feedback": snapshot.feedback.count(), "preferences": snapshot.preferences.count()},
-        "review": {"approved_only": bool(snapshot.filters.get("reviewed")),
-                   "reviews_per_item": settings.CHAT_REVIEWS_PER_ITEM,
-                   **agreement_report(snapshot.feedback.values_list("pk", flat=True))},
+        "review": {
+            "approved_only": bool(snapshot.filters.get("reviewed")),
+            "reviews_per_item": settings.CHAT_REVIEWS_PER_ITEM,
+            **agreement_report(snapshot.feedback.values_list("pk", flat=True)),
+        },
         "files": {
             "train": {"path": snapshot.train_path, "sha256": snapshot.train_sha256, "rows": snapshot.counts["train"]},
             "eval": {"path": snapshot.eval_path, "sha256": snapshot.eval_sha256, "rows": snapshot.counts["eval"]},

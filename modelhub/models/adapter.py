@@ -10,6 +10,7 @@ from modelhub.models.spec import ModelSpec, allowed_to
 from modelhub.options import ModelhubError
 from modelhub.validators import adapter_config_problem
 
+
 class AdapterQuerySet(models.QuerySet):
     def enabled(self):
         return self.filter(enabled=True, base__enabled=True)
@@ -31,14 +32,19 @@ class Adapter(models.Model):
     path = models.CharField(max_length=500, help_text="A folder with adapter_config.json and the adapter weights.")
     enabled = models.BooleanField(default=True)
     groups = models.ManyToManyField(
-        "auth.Group", blank=True, related_name="+",
-        help_text="Only members of these groups may use it (empty: everyone who may use its base model).")
+        "auth.Group",
+        blank=True,
+        related_name="+",
+        help_text="Only members of these groups may use it (empty: everyone who may use its base model).",
+    )
     description = models.TextField(blank=True)
     provenance = models.JSONField(default=dict, blank=True, help_text="How it was made: data, base revision, metrics.")
     template_hash = models.CharField(
-        max_length=16, blank=True,
+        max_length=16,
+        blank=True,
         help_text="The chat template it was trained with (modelhub.prompts.template_hash), set by its fine-tune; "
-                  "blank: unknown (registered by hand).")
+        "blank: unknown (registered by hand).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = AdapterQuerySet.as_manager()
@@ -66,7 +72,7 @@ class Adapter(models.Model):
 
     def check_fits_base(self):
         """Raise ValidationError unless the folder is a peft adapter that fits the base's modules."""
-        from modelhub.loading import check_adapter
+        from modelhub.backends.loading import check_adapter
 
         problem = self.config_problem()
         if problem:
@@ -85,7 +91,7 @@ class Adapter(models.Model):
         base = self.base
         if base.backend != ModelSpec.Backend.REMOTE or not base.load_adapters_at_runtime:
             return ""
-        from modelhub.remote import load_adapter
+        from modelhub.backends.remote import load_adapter
 
         return load_adapter(base.remote_settings(), self.name, self.local_path)
 

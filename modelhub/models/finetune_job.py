@@ -1,7 +1,11 @@
-"""A LoRA fine-tune of a base model, as a job row that its training process updates."""
+"""A LoRA fine-tune of a base model, as a job row that its training process updates: what a job may ask
+(its method and hyper-parameters, checked when it is queued), and whether its process still runs. The
+training itself is modelhub/training/finetune.py's `run_job`."""
 
+import os
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
@@ -9,27 +13,104 @@ from django.utils import timezone
 
 from modelhub.models.adapter import Adapter
 from modelhub.models.spec import ModelSpec
+from modelhub.options import ModelhubError
+
+METHODS = ("sft", "dpo")
+
+
+class FinetuneError(ModelhubError):
+    pass
+
+
+@dataclass
+class Hyperparameters:
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    max_length: int = 1024  # tokens per example; capped at the model's context length
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str = ""  # comma-separated module names; empty: every attention and MLP projection
+    eval_steps: int = 20  # evaluate (and checkpoint) every this many optimizer steps
+    patience: int = 3  # stop after this many evaluations without a better held-out loss
+    beta: float = 0.1  # DPO only: how strongly the adapter is held near the base model
+    gradient_checkpointing: bool = False  # trade compute for memory on big models
+    seed: int = 42
+
+    @classmethod
+    def from_dict(cls, values):
+        """Defaults overridden by `values`; an unknown name or a wrong type is an error, not ignored."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values or {}) - set(known)
+        if unknown:
+            raise FinetuneError(f"unknown hyper-parameters: {', '.join(sorted(unknown))}")
+        cast = {}
+        for name, value in (values or {}).items():
+            kind = type(known[name].default)
+            try:
+                cast[name] = value if isinstance(value, kind) else kind(value)
+            except (TypeError, ValueError):
+                raise FinetuneError(f"hyper-parameter {name}={value!r} is not a {kind.__name__}") from None
+        return cls(**cast)
+
+
+def process_alive(pid, job_id):
+    """Whether `pid` is still job `job_id`'s `manage.py finetune --job` process on this machine.
+
+    Where /proc exists (Linux), a killed process its parent has not reaped yet (a zombie)
+    is gone, and so is a pid reused by another program (its command line names no such
+    job); an empty command line (a process still in exec) is given the benefit of the doubt.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours, but alive
+        pass
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self/stat").exists():
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        return False
+    if not any(args):
+        return True
+    return any(a == b"--job" and b == str(job_id).encode() for a, b in zip(args, args[1:]))
+
 
 class FinetuneJobQuerySet(models.QuerySet):
-    def create_for(self, base, method, train_path, eval_path, dataset_ref=None, hparams=None, user=None,
-                   adapter_name=""):
+    def create_for(
+        self, base, method, train_path, eval_path, dataset_ref=None, hparams=None, user=None, adapter_name=""
+    ):
         """A queued job with validated hyper-parameters (defaults filled in) and a free adapter name.
 
         `dataset_ref` says where the files came from (e.g. {"snapshot": 3, "sha256": ...});
         it is copied into the adapter's lineage.
         """
-        from modelhub.finetune import METHODS, FinetuneError, Hyperparameters
-
         if method not in METHODS:
             raise FinetuneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
         if not base.source:
-            raise FinetuneError(f"{base.name} names no weights to train on: a remote model is fine-tuned on the "
-                                "same weights as its server's, so set its source to their folder or Hub id")
+            raise FinetuneError(
+                f"{base.name} names no weights to train on: a remote model is fine-tuned on the "
+                "same weights as its server's, so set its source to their folder or Hub id"
+            )
         hp = Hyperparameters.from_dict(hparams or {})
         with transaction.atomic():
             job = self.create(
-                base=base, method=method, train_path=str(train_path), eval_path=str(eval_path),
-                dataset_ref=dataset_ref or {}, hyperparameters=asdict(hp), created_by=user,
+                base=base,
+                method=method,
+                train_path=str(train_path),
+                eval_path=str(eval_path),
+                dataset_ref=dataset_ref or {},
+                hyperparameters=asdict(hp),
+                created_by=user,
                 adapter_name=adapter_name,
             )
             if not job.adapter_name:
@@ -42,15 +123,15 @@ class FinetuneJobQuerySet(models.QuerySet):
     def fail_lost(self):
         """Fail the unfinished jobs whose training process on this machine is gone without a
         result (killed, out of memory, the machine restarted); returns them."""
-        from modelhub.finetune import process_alive
-
         lost = []
         unfinished = [FinetuneJob.Status.QUEUED, FinetuneJob.Status.RUNNING]
         for job in self.filter(status__in=unfinished, pid__isnull=False, host=socket.gethostname()):
             if process_alive(job.pid, job.pk):
                 continue
-            error = (f"The training process (pid {job.pid}) ended without recording a result: it was killed "
-                     "(out of memory?) or the machine restarted. Its log may say more.")
+            error = (
+                f"The training process (pid {job.pid}) ended without recording a result: it was killed "
+                "(out of memory?) or the machine restarted. Its log may say more."
+            )
             # Only if it still is what we saw: a job that just finished keeps its result.
             if FinetuneJob.objects.filter(pk=job.pk, status=job.status).update(
                 status=FinetuneJob.Status.FAILED, error=error, finished_at=timezone.now()
@@ -60,7 +141,7 @@ class FinetuneJobQuerySet(models.QuerySet):
 
 
 class FinetuneJob(models.Model):
-    """One LoRA fine-tune of a base model on two JSONL files; `modelhub.finetune.run_job` runs it."""
+    """One LoRA fine-tune of a base model on two JSONL files; `modelhub.training.finetune.run_job` runs it."""
 
     class Method(models.TextChoices):
         SFT = "sft", "SFT (supervised, on conversations)"
@@ -114,8 +195,6 @@ class FinetuneJob(models.Model):
 
     def start(self):
         """Queued → running; refuses a job that already ran, so two clicks never train twice."""
-        from modelhub.finetune import FinetuneError
-
         started = FinetuneJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
             status=self.Status.RUNNING, started_at=timezone.now()
         )
@@ -131,14 +210,21 @@ class FinetuneJob(models.Model):
         """Register the trained adapter, disabled until promoted, with its lineage."""
         with transaction.atomic():
             self.adapter = Adapter.objects.create(
-                name=self.adapter_name, base=self.base, path=str(result.adapter_dir), enabled=False,
+                name=self.adapter_name,
+                base=self.base,
+                path=str(result.adapter_dir),
+                enabled=False,
                 description=f"{self.get_method_display()} by fine-tune job {self.pk}",
                 provenance=self.lineage(result),
                 template_hash=result.chat_template_sha256[:16],  # as prompts.template_hash: what replies record
             )
             self._set(
-                status=self.Status.SUCCEEDED, metrics=result.metrics, loss_history=result.history,
-                step=result.metrics["steps"], adapter=self.adapter, finished_at=timezone.now(),
+                status=self.Status.SUCCEEDED,
+                metrics=result.metrics,
+                loss_history=result.history,
+                step=result.metrics["steps"],
+                adapter=self.adapter,
+                finished_at=timezone.now(),
             )
         return self.adapter
 
@@ -153,8 +239,13 @@ class FinetuneJob(models.Model):
             "dataset": self.dataset_ref,
             "train_path": self.train_path,
             "eval_path": self.eval_path,
-            "base": {"name": self.base.name, "source": self.base.source, "revision": self.base.revision,
-                     "commit": result.base_commit, "quantization": self.base.quantization},
+            "base": {
+                "name": self.base.name,
+                "source": self.base.source,
+                "revision": self.base.revision,
+                "commit": result.base_commit,
+                "quantization": self.base.quantization,
+            },
             "chat_template_sha256": result.chat_template_sha256,
             "hyperparameters": self.hyperparameters,
             "target_modules": result.target_modules,

@@ -8,10 +8,14 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
-from modelhub.backends import scripted_delay
+from modelhub.backends.local import scripted_delay
 from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.validators import (
-    OptionValidator, validate_chat_template, validate_device, validate_env_name, validate_server_url,
+    OptionValidator,
+    validate_chat_template,
+    validate_device,
+    validate_env_name,
+    validate_server_url,
 )
 
 DEFAULTS = GenerationOptions()
@@ -34,7 +38,8 @@ class ModelSpecQuerySet(models.QuerySet):
         """`visible_to(user)`, each with `usable_adapters`: the enabled adapters this user may use (two queries)."""
         adapters = self.model._meta.get_field("adapters").related_model.objects.usable_by(user)
         return self.visible_to(user).prefetch_related(
-            models.Prefetch("adapters", queryset=adapters, to_attr="usable_adapters"))
+            models.Prefetch("adapters", queryset=adapters, to_attr="usable_adapters")
+        )
 
     def default(self):
         """The default model within this queryset (`visible_to(user).default()` respects visibility)."""
@@ -54,9 +59,11 @@ def pick_default(specs):
     """The default among these enabled models: the one marked default, else MODELHUB_DEFAULT_MODEL, else the
     oldest. One query for a queryset, none for a list already loaded (a page's model menu)."""
     specs = list(specs)
-    return (next((spec for spec in specs if spec.is_default), None)
-            or next((spec for spec in specs if spec.name == settings.MODELHUB_DEFAULT_MODEL), None)
-            or min(specs, key=lambda spec: spec.pk, default=None))
+    return (
+        next((spec for spec in specs if spec.is_default), None)
+        or next((spec for spec in specs if spec.name == settings.MODELHUB_DEFAULT_MODEL), None)
+        or min(specs, key=lambda spec: spec.pk, default=None)
+    )
 
 
 class ModelSpec(models.Model):
@@ -85,9 +92,10 @@ class ModelSpec(models.Model):
     display_name = models.CharField(max_length=200, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.TRANSFORMERS)
     source = models.CharField(
-        max_length=500, blank=True,
+        max_length=500,
+        blank=True,
         help_text="A local folder (absolute, or relative to the project) or a Hugging Face Hub repo id. For a "
-                  "remote server: the same weights (fine-tunes train on them); empty if you will not fine-tune.",
+        "remote server: the same weights (fine-tunes train on them); empty if you will not fine-tune.",
     )
     revision = models.CharField(max_length=100, blank=True, help_text="Hub branch, tag or commit.")
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.AUTO)
@@ -95,7 +103,9 @@ class ModelSpec(models.Model):
         max_length=20, default="auto", validators=[validate_device], help_text="auto, cpu, mps, cuda or cuda:N"
     )
     quantization = models.CharField(
-        max_length=8, choices=Quantization.choices, default=Quantization.NONE,
+        max_length=8,
+        choices=Quantization.choices,
+        default=Quantization.NONE,
         help_text="bitsandbytes quantization of the Linear layers (CPU and CUDA).",
     )
     double_quant = models.BooleanField(default=False, help_text="4-bit only: also quantize the quantization constants.")
@@ -107,33 +117,57 @@ class ModelSpec(models.Model):
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
     groups = models.ManyToManyField(
-        "auth.Group", blank=True, related_name="+",
-        help_text="Only members of these groups may use it: model menu, compare, arena, API (empty: everyone).")
+        "auth.Group",
+        blank=True,
+        related_name="+",
+        help_text="Only members of these groups may use it: model menu, compare, arena, API (empty: everyone).",
+    )
     load_at_start = models.BooleanField(
-        default=False, help_text="Load it in the background when a server or model worker starts (the default "
-                                 "model always is), so that the first reply does not wait for the load.")
+        default=False,
+        help_text="Load it in the background when a server or model worker starts (the default "
+        "model always is), so that the first reply does not wait for the load.",
+    )
     # An OpenAI-compatible server (backend "openai"): the server generates, chatsite keeps the rest.
     server_url = models.CharField(
-        "server URL", max_length=500, blank=True, validators=[validate_server_url],
-        help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).")
+        "server URL",
+        max_length=500,
+        blank=True,
+        validators=[validate_server_url],
+        help_text="Its OpenAI API root, e.g. http://gpu-box:8000/v1 (vLLM's `vllm serve`).",
+    )
     served_model_name = models.CharField(
-        max_length=200, blank=True, help_text="The model name the server serves (empty: this model's name).")
+        max_length=200, blank=True, help_text="The model name the server serves (empty: this model's name)."
+    )
     api_key_env = models.CharField(
-        "API key variable", max_length=100, blank=True, validators=[validate_env_name],
-        help_text="The environment variable holding its API key (the key itself is never stored here).")
-    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(600)],
-                                        help_text="Seconds to wait for a connection to the server.")
-    read_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
-                                     help_text="Seconds the server may stay silent before the reply fails.")
+        "API key variable",
+        max_length=100,
+        blank=True,
+        validators=[validate_env_name],
+        help_text="The environment variable holding its API key (the key itself is never stored here).",
+    )
+    connect_timeout = models.FloatField(
+        default=5.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(600)],
+        help_text="Seconds to wait for a connection to the server.",
+    )
+    read_timeout = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="Seconds the server may stay silent before the reply fails.",
+    )
     base_model_alias = models.CharField(
-        max_length=200, blank=True,
+        max_length=200,
+        blank=True,
         help_text="Served name to use for base-model requests instead (e.g. an all-zero LoRA adapter). On vLLM's "
-                  "CPU build, base requests batched with adapter requests get an adapter applied; `manage.py "
-                  "modelhub zero-adapter` writes such an adapter and `modelhub test --mixed` checks.")
+        "CPU build, base requests batched with adapter requests get an adapter applied; `manage.py "
+        "modelhub zero-adapter` writes such an adapter and `modelhub test --mixed` checks.",
+    )
     load_adapters_at_runtime = models.BooleanField(
-        default=False, help_text="Load an adapter on the server when it is enabled here (vLLM with "
-                                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1); otherwise start the server with "
-                                 "--lora-modules NAME=FOLDER for each adapter.")
+        default=False,
+        help_text="Load an adapter on the server when it is enabled here (vLLM with "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1); otherwise start the server with "
+        "--lora-modules NAME=FOLDER for each adapter.",
+    )
     context_length = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens of prompt + reply; empty reads it from the model config."
     )
@@ -142,14 +176,18 @@ class ModelSpec(models.Model):
     temperature = models.FloatField(default=DEFAULTS.temperature, validators=[OptionValidator("temperature")])
     top_p = models.FloatField(default=DEFAULTS.top_p, validators=[OptionValidator("top_p")])
     top_k = models.PositiveIntegerField(default=DEFAULTS.top_k, validators=[OptionValidator("top_k")])
-    max_new_tokens = models.PositiveIntegerField(default=DEFAULTS.max_new_tokens,
-                                                 validators=[OptionValidator("max_new_tokens")])
-    repetition_penalty = models.FloatField(default=DEFAULTS.repetition_penalty,
-                                           validators=[OptionValidator("repetition_penalty")])
+    max_new_tokens = models.PositiveIntegerField(
+        default=DEFAULTS.max_new_tokens, validators=[OptionValidator("max_new_tokens")]
+    )
+    repetition_penalty = models.FloatField(
+        default=DEFAULTS.repetition_penalty, validators=[OptionValidator("repetition_penalty")]
+    )
     token_probabilities = models.BooleanField(
-        default=False, help_text="Keep each token's probability and its 5 likeliest alternatives with every reply "
-                                 "(the Inspect view, branching from an alternative). Local models only; costs a "
-                                 "softmax and a top-k per token, and about 150 bytes per token stored.")
+        default=False,
+        help_text="Keep each token's probability and its 5 likeliest alternatives with every reply "
+        "(the Inspect view, branching from an alternative). Local models only; costs a "
+        "softmax and a top-k per token, and about 150 bytes per token stored.",
+    )
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -202,7 +240,7 @@ class ModelSpec(models.Model):
     def check_source(self):
         """Raise ValidationError unless the model can serve: a loadable causal LM with a chat template, or
         a remote server that answers and serves it. Returns a one-line description of what was found."""
-        from modelhub.loading import inspect_source
+        from modelhub.backends.loading import inspect_source
 
         remote = self.backend == self.Backend.REMOTE
         if self.backend == self.Backend.SCRIPTED or (remote and not self.server_url):  # clean() says what is missing
@@ -215,23 +253,26 @@ class ModelSpec(models.Model):
     def check_server(self):
         """A one-line description of the remote server; raises ModelhubError in one sentence if it does
         not answer, is not an OpenAI API, or does not serve this model."""
-        from modelhub.remote import check_server
+        from modelhub.backends.remote import check_server
 
         return check_server(self.remote_settings())
 
     def remote_settings(self):
         """The remote server's address, names and timeouts as plain values."""
-        from modelhub.remote import RemoteSettings
+        from modelhub.backends.remote import RemoteSettings
 
         return RemoteSettings(
-            url=self.server_url, model=self.served_model_name or self.name, api_key_env=self.api_key_env,
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            url=self.server_url,
+            model=self.served_model_name or self.name,
+            api_key_env=self.api_key_env,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
             base_alias=self.base_model_alias,
         )
 
     def load_settings(self):
         """Everything the loader needs, as plain values (the worker thread never touches the ORM)."""
-        from modelhub.loading import LoadSettings
+        from modelhub.backends.loading import LoadSettings
 
         return LoadSettings(
             source=str(self.local_path or self.source),
@@ -251,7 +292,7 @@ class ModelSpec(models.Model):
         "" where chatsite renders no template (scripted; remote: the server does) or it is not at hand."""
         if self.backend != self.Backend.TRANSFORMERS:
             return ""
-        from modelhub.loading import served_chat_template
+        from modelhub.backends.loading import served_chat_template
         from modelhub.prompts import template_hash
 
         template = served_chat_template(self.load_settings())

@@ -42,8 +42,10 @@ class ModelWorker(models.Model):
     def report(cls, identity, served):
         """This worker is alive and serves these models ({name: runtime status}); old rows go."""
         pid = int(identity.split(":")[1])
-        cls.objects.update_or_create(identity=identity, defaults={
-            "host": socket.gethostname(), "pid": pid, "status": served, "seen_at": timezone.now()})
+        cls.objects.update_or_create(
+            identity=identity,
+            defaults={"host": socket.gethostname(), "pid": pid, "status": served, "seen_at": timezone.now()},
+        )
         cls.objects.filter(seen_at__lt=timezone.now() - FORGET_AFTER).delete()
 
     @classmethod

@@ -13,9 +13,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from conversations.models import DatasetSnapshot, EvaluationReport
 from conversations.models.evaluation import EvaluationError
+from modelhub.api import METRICS, ModelhubError
 from modelhub.models import ModelSpec
-from modelhub.options import ModelhubError
-from modelhub.text_scores import METRICS
 
 
 class Command(BaseCommand):
@@ -23,8 +22,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--model", required=True, help="name of the registered base model")
-        parser.add_argument("--adapter", action="append", default=[],
-                            help="an adapter of the model (repeat it; default: every adapter of the model)")
+        parser.add_argument(
+            "--adapter",
+            action="append",
+            default=[],
+            help="an adapter of the model (repeat it; default: every adapter of the model)",
+        )
         parser.add_argument("--snapshot", type=int, required=True, help="the dataset snapshot whose eval rows to use")
         parser.add_argument("--max-rows", type=int, default=None, help="at most this many rows (EVALUATION_MAX_ROWS)")
         parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit")
@@ -58,8 +61,9 @@ class Command(BaseCommand):
             adapters = [by_name[name] for name in options["adapter"]]
         overrides = {"max_new_tokens": options["max_new_tokens"]} if options["max_new_tokens"] else {}
         try:
-            return EvaluationReport.objects.create_for(snapshot, base, adapters, max_rows=options["max_rows"],
-                                                       options=overrides, seed=options["seed"])
+            return EvaluationReport.objects.create_for(
+                snapshot, base, adapters, max_rows=options["max_rows"], options=overrides, seed=options["seed"]
+            )
         except EvaluationError as exc:
             raise CommandError(str(exc)) from exc
 

@@ -11,7 +11,6 @@ from conversations.models.datasets import LICENSES
 from conversations.training_data.examples import FORMATS, Filters
 from conversations.training_data.export import export_snapshot
 
-
 # Argument types raise ArgumentTypeError: argparse turns it into a usage error (a CommandError
 # under call_command), where an exception of its own would escape parse_args as a traceback.
 
@@ -48,38 +47,60 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--format", required=True, choices=FORMATS)
-        parser.add_argument("--out", type=_new_folder,
-                            help="the snapshot's folder, new or empty "
-                                 "(default: CHAT_DATASETS_DIR/snapshot-<id>-<format>-<time>-<random>/)")
-        parser.add_argument("--license", default="other", choices=[name for name, _ in LICENSES],
-                            help="the license its dataset card states (a Hugging Face license id; default: other)")
+        parser.add_argument(
+            "--out",
+            type=_new_folder,
+            help="the snapshot's folder, new or empty "
+            "(default: CHAT_DATASETS_DIR/snapshot-<id>-<format>-<time>-<random>/)",
+        )
+        parser.add_argument(
+            "--license",
+            default="other",
+            choices=[name for name, _ in LICENSES],
+            help="the license its dataset card states (a Hugging Face license id; default: other)",
+        )
         parser.add_argument("--since", type=_day, help="feedback last edited on or after this date")
         parser.add_argument("--until", type=_day, help="feedback last edited on or before this date")
         parser.add_argument("--model", default="", help="answers of this model (name)")
         parser.add_argument("--adapter", default="", help="answers of this adapter (name)")
         parser.add_argument("--tag", default="", help="feedback with this tag (name); leaves out preferences")
-        parser.add_argument("--reviewed", action="store_true",
-                            help="only feedback the review queue approved, with the corrections as approved "
-                                 "(leaves out preferences)")
+        parser.add_argument(
+            "--reviewed",
+            action="store_true",
+            help="only feedback the review queue approved, with the corrections as approved (leaves out preferences)",
+        )
         parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (0.1)")
         parser.add_argument("--no-scrub", action="store_true", help="keep e-mail, phone and IP addresses")
 
     def handle(self, *args, **options):
         if options["since"] and options["until"] and options["since"] > options["until"]:
             raise CommandError(f"--since {options['since']} is after --until {options['until']}: nothing is in between")
-        filters = Filters(since=options["since"], until=options["until"], model=options["model"],
-                          adapter=options["adapter"], tag=options["tag"], reviewed=options["reviewed"])
+        filters = Filters(
+            since=options["since"],
+            until=options["until"],
+            model=options["model"],
+            adapter=options["adapter"],
+            tag=options["tag"],
+            reviewed=options["reviewed"],
+        )
         try:
-            snapshot = export_snapshot(options["format"], out=options["out"], filters=filters,
-                                       scrub=not options["no_scrub"], eval_fraction=options["eval_fraction"],
-                                       license=options["license"])
+            snapshot = export_snapshot(
+                options["format"],
+                out=options["out"],
+                filters=filters,
+                scrub=not options["no_scrub"],
+                eval_fraction=options["eval_fraction"],
+                license=options["license"],
+            )
         except (ValueError, FileExistsError) as exc:
             raise CommandError(str(exc)) from exc
         except OSError as exc:  # the disk is full, the folder went away or is read-only
             raise CommandError(f"could not write the snapshot: {exc}") from exc
         counts = snapshot.counts
-        self.stdout.write(f"Snapshot #{snapshot.pk} ({snapshot.format}): {counts['train']} train rows, "
-                          f"{counts['eval']} eval rows, sources {counts['sources']}")
+        self.stdout.write(
+            f"Snapshot #{snapshot.pk} ({snapshot.format}): {counts['train']} train rows, "
+            f"{counts['eval']} eval rows, sources {counts['sources']}"
+        )
         self.stdout.write(f"  folder: {snapshot.folder} (datasets.load_dataset loads it; README.md is its card)")
         for name, path in [("train", snapshot.train_path), ("test", snapshot.eval_path), ("card", snapshot.card_path)]:
             self.stdout.write(f"  {name}: {path}")

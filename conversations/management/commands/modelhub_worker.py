@@ -12,8 +12,7 @@ MODELHUB_WORKER_METRICS_PORT) it serves its own Prometheus metrics at http://127
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from chatsite import metrics
-from conversations import model_worker
+from conversations import metrics, model_worker
 
 
 class Command(BaseCommand):
@@ -21,8 +20,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--models", nargs="+", metavar="NAME", help="serve only these models")
-        parser.add_argument("--metrics-port", type=int, default=settings.MODELHUB_WORKER_METRICS_PORT,
-                            help="serve Prometheus metrics on this port (0: none)")
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.MODELHUB_WORKER_METRICS_PORT,
+            help="serve Prometheus metrics on this port (0: none)",
+        )
         parser.add_argument("--metrics-address", default="127.0.0.1", help="address of the metrics port")
 
     def handle(self, *args, models=None, metrics_port=0, metrics_address="127.0.0.1", **options):

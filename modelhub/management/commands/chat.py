@@ -1,8 +1,8 @@
 """Chat from the terminal through the same modelhub path the web app uses.
 
-    python manage.py chat "Hello"
-    python manage.py chat --model chitchat --temperature 0 "Hello"
-    python manage.py chat            # interactive: one line per turn, Ctrl-D to quit
+python manage.py chat "Hello"
+python manage.py chat --model chitchat --temperature 0 "Hello"
+python manage.py chat            # interactive: one line per turn, Ctrl-D to quit
 """
 
 import sys
@@ -10,7 +10,7 @@ from argparse import ArgumentTypeError
 
 from django.core.management.base import BaseCommand, CommandError
 
-from modelhub import api
+from modelhub import serving
 from modelhub.options import ModelhubError
 
 
@@ -34,7 +34,9 @@ class Command(BaseCommand):
     help = "Stream a reply from a registered model to the terminal."
 
     def add_arguments(self, parser):
-        parser.add_argument("prompt", nargs="?", type=text_argument, help="the message; omit for an interactive session")
+        parser.add_argument(
+            "prompt", nargs="?", type=text_argument, help="the message; omit for an interactive session"
+        )
         parser.add_argument("--model", help="model name (default: the default model)")
         parser.add_argument("--system", default="", type=text_argument, help="system prompt")
         parser.add_argument("--temperature", type=float)
@@ -43,11 +45,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            spec = api.get_spec(options["model"])
+            spec = serving.get_spec(options["model"])
             overrides = {
                 key: options[key] for key in ("temperature", "max_new_tokens", "seed") if options[key] is not None
             }
-            api.options_for(spec, overrides)
+            serving.options_for(spec, overrides)
         except ModelhubError as exc:
             raise CommandError(exc.message) from exc
         history = [{"role": "system", "content": options["system"]}] if options["system"] else []
@@ -71,7 +73,7 @@ class Command(BaseCommand):
 
     def _reply(self, spec, history, overrides):
         try:
-            request = api.start(spec, history, overrides)  # a model that failed to load refuses it at once
+            request = serving.start(spec, history, overrides)  # a model that failed to load refuses it at once
         except ModelhubError as exc:
             raise CommandError(exc.message) from exc
         parts = []

@@ -22,7 +22,7 @@ import time
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from modelhub import api
+from modelhub import serving
 from modelhub.admin import describe_runtime
 from modelhub.management.commands.chat import text_argument
 from modelhub.mixing import PROMPTS, mixed_batch_differences, write_zero_adapter
@@ -39,7 +39,9 @@ class Command(BaseCommand):
         sub.add_parser("list", help="registered models and adapters")
         add = sub.add_parser("add", help="register a local folder or Hub repo id")
         add.add_argument("name")
-        add.add_argument("source", nargs="?", default="", help="weights: a folder or Hub id (optional with --server-url)")
+        add.add_argument(
+            "source", nargs="?", default="", help="weights: a folder or Hub id (optional with --server-url)"
+        )
         add.add_argument("--server-url", default="", help="an OpenAI-compatible server's API root: served there")
         add.add_argument("--served-model-name", default="")
         add.add_argument("--api-key-env", default="", help="the environment variable holding the server's API key")
@@ -69,8 +71,11 @@ class Command(BaseCommand):
         test.add_argument("prompt", nargs="?", type=text_argument, default="Hello! How are you today?")
         test.add_argument("--adapter")
         test.add_argument("--max-new-tokens", type=int, default=64)
-        test.add_argument("--mixed", action="store_true",
-                          help="check that base and adapter replies asked together equal them asked alone")
+        test.add_argument(
+            "--mixed",
+            action="store_true",
+            help="check that base and adapter replies asked together equal them asked alone",
+        )
         zero = sub.add_parser("zero-adapter", help="copy a LoRA adapter with its B weights zeroed (a no-op adapter)")
         zero.add_argument("folder")
         zero.add_argument("out")
@@ -85,8 +90,15 @@ class Command(BaseCommand):
 
     def do_list(self, **options):
         for spec in ModelSpec.objects.prefetch_related("adapters"):
-            flags = [f for f, on in [("default", spec.is_default), ("disabled", not spec.enabled),
-                                     ("staff only", spec.visibility == "staff")] if on]
+            flags = [
+                f
+                for f, on in [
+                    ("default", spec.is_default),
+                    ("disabled", not spec.enabled),
+                    ("staff only", spec.visibility == "staff"),
+                ]
+                if on
+            ]
             self.stdout.write(
                 f"{spec.name:20} {spec.source}  [{spec.quantization}, {spec.dtype}, {spec.device}]"
                 + (f"  ({', '.join(flags)})" if flags else "")
@@ -104,15 +116,26 @@ class Command(BaseCommand):
             except (OSError, UnicodeDecodeError) as exc:
                 raise CommandError(f"cannot read the chat template file: {exc}") from exc
         spec = ModelSpec(
-            name=name, source=source, display_name=options["display_name"], revision=options["revision"],
-            dtype=options["dtype"], device=options["device"], quantization=options["quantization"],
-            double_quant=options["double_quant"], compute_dtype=options["compute_dtype"],
-            context_length=options["context_length"], chat_template=template, is_default=options["default"],
+            name=name,
+            source=source,
+            display_name=options["display_name"],
+            revision=options["revision"],
+            dtype=options["dtype"],
+            device=options["device"],
+            quantization=options["quantization"],
+            double_quant=options["double_quant"],
+            compute_dtype=options["compute_dtype"],
+            context_length=options["context_length"],
+            chat_template=template,
+            is_default=options["default"],
             visibility=ModelSpec.Visibility.STAFF if options["staff_only"] else ModelSpec.Visibility.ALL,
             backend=ModelSpec.Backend.REMOTE if options["server_url"] else ModelSpec.Backend.TRANSFORMERS,
-            server_url=options["server_url"], served_model_name=options["served_model_name"],
-            api_key_env=options["api_key_env"], read_timeout=options["read_timeout"],
-            base_model_alias=options["base_alias"], load_adapters_at_runtime=options["runtime_adapters"],
+            server_url=options["server_url"],
+            served_model_name=options["served_model_name"],
+            api_key_env=options["api_key_env"],
+            read_timeout=options["read_timeout"],
+            base_model_alias=options["base_alias"],
+            load_adapters_at_runtime=options["runtime_adapters"],
         )
         spec.full_clean()
         self.stdout.write(f"checked: {spec.check_source()}")
@@ -120,7 +143,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Added {spec.name}.")
 
     def do_add_adapter(self, base, name, folder, description, **options):
-        adapter = Adapter(base=api.get_spec(base), name=name, path=folder, description=description)
+        adapter = Adapter(base=serving.get_spec(base), name=name, path=folder, description=description)
         adapter.full_clean()
         adapter.check_fits_base()
         adapter.save()
@@ -151,13 +174,15 @@ class Command(BaseCommand):
         self.stdout.write(f"Disabled {name}: users can no longer pick it and running servers unload it.")
 
     def do_test(self, name, prompt, adapter, max_new_tokens, mixed, **options):
-        spec = api.get_spec(name)
-        chosen = api.get_adapter(spec, adapter) if adapter else None
+        spec = serving.get_spec(name)
+        chosen = serving.get_adapter(spec, adapter) if adapter else None
         if spec.backend == ModelSpec.Backend.REMOTE:
             self.stderr.write(f"[{spec.check_server()}]")
         if mixed:
             return self._test_mixed(spec)
-        request = api.start(spec, [{"role": "user", "content": prompt}], {"max_new_tokens": max_new_tokens}, adapter=chosen)
+        request = serving.start(
+            spec, [{"role": "user", "content": prompt}], {"max_new_tokens": max_new_tokens}, adapter=chosen
+        )
         for text in request:
             self.stdout.write(text, ending="")
             self.stdout.flush()
@@ -174,9 +199,11 @@ class Command(BaseCommand):
         for who, prompt, together, alone in differences:
             self.stdout.write(f"{who} on {prompt!r}:\n  together: {together!r}\n  alone:    {alone!r}")
         if differences:
-            raise CommandError(f"{len(differences)} of {total} replies differed when base and adapter requests shared "
-                               "a batch: this server applies adapters to the wrong rows. Set the model's base alias "
-                               "to an all-zero adapter (manage.py modelhub zero-adapter) and check again.")
+            raise CommandError(
+                f"{len(differences)} of {total} replies differed when base and adapter requests shared "
+                "a batch: this server applies adapters to the wrong rows. Set the model's base alias "
+                "to an all-zero adapter (manage.py modelhub zero-adapter) and check again."
+            )
         self.stdout.write(f"mixed batches are right: {total} replies equal their solo runs")
 
     def do_zero_adapter(self, folder, out, **options):

@@ -1,6 +1,6 @@
 """Train the built-in chat model on chitchat-dataset and save it for modelhub.
 
-    python manage.py train_default_model --minutes 60
+python manage.py train_default_model --minutes 60
 """
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from modelhub.training import TrainConfig, train
+from modelhub.training.builtin import TrainConfig, train
 
 SAMPLE_PROMPTS = ["Hello! How are you today?", "What do you like to do on weekends?", "I just got back from a trip."]
 
@@ -57,8 +57,8 @@ class Command(BaseCommand):
             Path(options["report"]).write_text(json.dumps(asdict(result), indent=2) + "\n")
 
     def _samples(self, output):
-        from modelhub.loading import load_local_for_generation
-        from modelhub.generation import generate_text
+        from modelhub.backends.loading import load_local_for_generation
+        from modelhub.backends.standalone import generate_text
 
         model, tokenizer = load_local_for_generation(output)
         for prompt in SAMPLE_PROMPTS:

@@ -1,4 +1,4 @@
-"""Conversation pages. Every view reaches conversations through `_get_conversation_for_user`
+"""Conversation pages. Every view reaches conversations through `access.permissions.conversation_for`
 (404 for anyone else's) or `Conversation.objects.for_user`."""
 
 from asgiref.sync import async_to_sync
@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from conversations.access.permissions import chat_required
+from conversations.access.permissions import chat_required, conversation_for
 from conversations.chat.frames import path_frame
 from conversations.delivery.groups import publish
 from conversations.forms import (
@@ -24,10 +24,6 @@ from conversations.forms import (
 )
 from conversations.models import Conversation, Feedback, Preference, PrivacySettings, Verdict, tree
 from modelhub.models import ModelSpec
-
-
-def _get_conversation_for_user(request, pk):
-    return get_object_or_404(Conversation.objects.for_user(request.user).select_related("model"), pk=pk)
 
 
 def _sidebar(request, current=None):
@@ -64,7 +60,7 @@ def conversation_new(request):
 @chat_required
 @require_GET
 def conversation_detail(request, pk):
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     context = _sidebar(request, conversation)
     context["messages_list"] = conversation.active_path()
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
@@ -84,7 +80,7 @@ def _settings_form(request, conversation, data=None, spec=None):
 @chat_required
 @require_POST
 def conversation_settings(request, pk):
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     form = _settings_form(request, conversation, request.POST)
     saved = form.is_valid()
     if saved:
@@ -111,7 +107,7 @@ def _model_form(request, conversation, data=None):
 @chat_required
 @require_POST
 def conversation_model(request, pk):
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     form = _model_form(request, conversation, request.POST)
     if form.is_valid():
         conversation.choose_model(*form.chosen())
@@ -125,7 +121,7 @@ def conversation_model(request, pk):
 @chat_required
 @require_POST
 def conversation_rename(request, pk):
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     form = RenameForm(request.POST)
     if form.is_valid():
         conversation.rename(form.cleaned_data["title"])
@@ -138,7 +134,7 @@ def conversation_rename(request, pk):
 @chat_required
 @require_POST
 def conversation_delete(request, pk):
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     conversation.delete()
     if request.htmx:
         return HttpResponseClientRedirect(reverse("conversations:list"))
@@ -149,7 +145,7 @@ def conversation_delete(request, pk):
 @require_POST
 def conversation_switch(request, pk, message_id):
     """Show another version of a message: its branch becomes the active path."""
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     message = get_object_or_404(conversation.messages, pk=message_id)
     if conversation.streaming_reply() is not None:
         return HttpResponse("Wait for the reply being written, or stop it.", status=409)
@@ -161,7 +157,7 @@ def conversation_switch(request, pk, message_id):
 @require_POST
 def comparison_vote(request, pk, comparison_id):
     """Store which of two side-by-side answers the user preferred; the preferred one continues."""
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     comparison = get_object_or_404(conversation.comparisons, pk=comparison_id)
     if conversation.streaming_reply() is not None:
         return HttpResponse("Wait for both answers, or stop them.", status=409)
@@ -184,7 +180,7 @@ def _path_changed(request, conversation):
 @require_POST
 def conversation_consent(request, pk):
     """Include this conversation in training data, or keep it out of every later export."""
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     form = ConsentForm(request.POST)
     if form.is_valid():
         conversation.set_training_consent(form.cleaned_data["allow_training"])
@@ -199,7 +195,7 @@ def conversation_consent(request, pk):
 
 def _get_answer_for_user(request, pk, message_id):
     """An answer of one of this user's conversations that can be rated (404 otherwise)."""
-    conversation = _get_conversation_for_user(request, pk)
+    conversation = conversation_for(request, pk)
     message = get_object_or_404(conversation.messages.rateable(), pk=message_id)
     tree.annotate_siblings([message], list(conversation.messages.filter(parent_id=message.parent_id)))
     message.conversation = conversation

@@ -41,11 +41,7 @@ def admit(user, replies=1, conversation_id=None):
 def in_flight(user):
     """The user's replies being written now: the conversation of each (None for an API call without a
     row of its own), in one query."""
-    replies = (
-        Message.objects.filter(conversation__owner=user, conversation__sealed=False, status=Message.Status.STREAMING)
-        .order_by()
-        .values_list("conversation_id")
-    )
+    replies = Message.objects.streaming_of(user).order_by().values_list("conversation_id")
     calls = (
         UnkeptCallUsage.objects.running()
         .filter(user=user)

@@ -26,9 +26,10 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_init, post_save
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 
 from conversations.delivery.groups import user_group
+from conversations.models import Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,20 @@ def start(request):
 
 def may_chat(user):
     return user.has_perm(CHAT)  # False for an inactive account, superusers included
+
+
+# --- whose conversation: every page of one goes through these -------------------------------------
+
+
+def conversation_for(request, pk):
+    """The request's user's own conversation `pk` (its model read along); 404 for anyone else's, or none."""
+    return get_object_or_404(Conversation.objects.for_user(request.user).select_related("model"), pk=pk)
+
+
+def reply_for(request, pk, message_id):
+    """(conversation, assistant message) of the request's user's own conversation; 404 otherwise."""
+    conversation = conversation_for(request, pk)
+    return conversation, get_object_or_404(conversation.messages.filter(role=Message.Role.ASSISTANT), pk=message_id)
 
 
 # --- taken away: tell the user's sockets ----------------------------------------------------------

@@ -35,7 +35,7 @@ from conversations.delivery.groups import publish, send_to, tell_watchers, tell_
 from conversations.delivery.inbox import Inbox
 from conversations.errors import ChatError, SessionEnded
 from conversations.inspection.prompt import reply_notice
-from conversations.models import Arena, Conversation, Message, writers
+from conversations.models import Arena, Message, writers
 from conversations.models.message import storable
 from modelhub import api
 from modelhub.api import ModelhubError
@@ -126,10 +126,7 @@ def _forget(task):
 def _streaming_ids(user, conversation_id, guard):
     if guard is not None and not guard():
         raise SessionEnded()
-    mine = Conversation.objects.for_user(user).filter(pk=conversation_id)
-    return list(
-        Message.objects.filter(conversation__in=mine, status=Message.Status.STREAMING).values_list("pk", flat=True)
-    )
+    return list(Message.objects.streaming_of(user).filter(conversation_id=conversation_id).values_list("pk", flat=True))
 
 
 async def stop(user, conversation_id, guard=None):

@@ -14,23 +14,17 @@ import io
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from conversations.access.permissions import chat_required
+from conversations.access.permissions import chat_required, reply_for
 from conversations.inspection.tokens import token_rows
-from conversations.models import Conversation, Message
+from conversations.models import Message
 from modelhub import api
 from modelhub.api import ModelhubError
 from modelhub.models import Adapter, ModelSpec
 
 SHADES = 10  # a0 … a9: a token's shade, relative to the strongest weight of the row
-
-
-def _reply(request, pk, message_id):
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=pk)
-    message = get_object_or_404(conversation.messages.filter(role=Message.Role.ASSISTANT), pk=message_id)
-    return conversation, message
 
 
 def _model(request, message):
@@ -90,7 +84,7 @@ def _choice(request, attention):
 @chat_required
 @require_GET
 def message_attention(request, pk, message_id):
-    conversation, message = _reply(request, pk, message_id)
+    conversation, message = reply_for(request, pk, message_id)
     context = {"conversation": conversation, "message": message}
     try:
         attention = _attention(request, conversation, message)
@@ -135,7 +129,7 @@ def attention_png(request, pk, message_id, kind):
     """`token`: the chosen token's attention per layer and head; `map`: one layer and head's token × token map."""
     if kind not in ("token", "map"):
         raise Http404("no such image")
-    conversation, message = _reply(request, pk, message_id)
+    conversation, message = reply_for(request, pk, message_id)
     try:
         attention = _attention(request, conversation, message)
     except ModelhubError as exc:

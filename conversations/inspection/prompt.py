@@ -5,11 +5,11 @@ modelhub records the prompt as the model got it (`Usage.prompt_text`, `template_
 `truncated_messages`: modelhub/prompts.py); `Message.finish` stores it on the reply.
 """
 
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from conversations.access.permissions import chat_required
-from conversations.models import Conversation, Message
+from conversations.access.permissions import chat_required, reply_for
+from conversations.models import Message
 from modelhub.models import Adapter
 
 NOT_RENDERED = (
@@ -42,8 +42,7 @@ def template_mismatch(adapter_name, trained_hash, served_hash):
 @require_GET
 def message_prompt(request, pk, message_id):
     """The prompt an answer of this user's conversation got (404 for anyone else's); a fragment for htmx."""
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=pk)
-    message = get_object_or_404(conversation.messages.filter(role=Message.Role.ASSISTANT), pk=message_id)
+    conversation, message = reply_for(request, pk, message_id)
     adapter = None
     if message.adapter_name:
         adapter = Adapter.objects.filter(base__name=message.model_name, name=message.adapter_name).first()

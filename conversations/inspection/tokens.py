@@ -11,12 +11,12 @@ probabilities, and the model continues that text (turns.py, kind "alternative").
 import math
 from dataclasses import dataclass
 
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from conversations.access.permissions import chat_required
+from conversations.access.permissions import chat_required, reply_for
 from conversations.errors import ChatError
-from conversations.models import Conversation, Message
+from conversations.models import Message
 from modelhub.models import ModelSpec
 
 BANDS = (0.9, 0.7, 0.5, 0.3)  # a token's colour: p4 (≥ 0.9, sure) … p0 (< 0.3, a coin toss or worse)
@@ -133,8 +133,7 @@ def branch_start(message, index, choice):
 @require_GET
 def message_inspect(request, pk, message_id):
     """An answer's tokens coloured by probability, with their alternatives (404 for anyone else's)."""
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=pk)
-    message = get_object_or_404(conversation.messages.filter(role=Message.Role.ASSISTANT), pk=message_id)
+    conversation, message = reply_for(request, pk, message_id)
     kept = message.token_probs is not None
     context = {
         "conversation": conversation,

@@ -60,6 +60,13 @@ class MessageQuerySet(models.QuerySet):
             )
         )
 
+    def streaming_of(self, user):
+        """The replies of this user being written now, in conversations they may open (every caller asks here:
+        the limits, a stop)."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(conversation__owner=user, conversation__sealed=False, status=Message.Status.STREAMING)
+
     def rateable(self):
         """Assistant answers that exist as text: finished, stopped or interrupted (not streaming, not failed)."""
         return self.filter(role=Message.Role.ASSISTANT).exclude(

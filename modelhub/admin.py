@@ -8,6 +8,7 @@ for one and chats on other models go on. Fine-tunes run in their own process
 """
 
 import time
+from pathlib import Path
 
 from django import forms
 from django.conf import settings
@@ -22,8 +23,10 @@ from django.utils.html import format_html
 
 from modelhub import serving, workers
 from modelhub.models import Adapter, FinetuneJob, ModelSpec, ModelWorker
+from modelhub.models.finetune_job import Hyperparameters
 from modelhub.options import ModelhubError
 from modelhub.registry import registry
+from modelhub.training import finetune
 
 
 class ModelSpecForm(forms.ModelForm):
@@ -341,10 +344,6 @@ class FinetuneJobForm(forms.ModelForm):
         fields = ["base", "method", "adapter_name", "train_path", "eval_path", "dataset_ref", "hyperparameters"]
 
     def clean(self):
-        from pathlib import Path
-
-        from modelhub.training.finetune import Hyperparameters
-
         cleaned = super().clean()
         for name in ("train_path", "eval_path"):
             if cleaned.get(name) and not Path(cleaned[name]).is_file():
@@ -444,8 +443,6 @@ class FinetuneJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="log (last lines)")
     def log_tail(self, job):
-        from pathlib import Path
-
         path = Path(job.log_path) if job.log_path else None
         if path is None or not path.is_file():
             return "-"
@@ -454,13 +451,9 @@ class FinetuneJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run in background", permissions=["change"])
     def run_in_background(self, request, queryset):
-        from django.conf import settings
-
-        from modelhub.training.finetune import run_in_background
-
         started = []
         for job in queryset.filter(status=FinetuneJob.Status.QUEUED, pid__isnull=True):
-            run_in_background(job, settings.VAR_DIR / "logs")
+            finetune.run_in_background(job, settings.VAR_DIR / "logs")
             started.append(str(job.pk))
         skipped = queryset.count() - len(started)
         note = f"; {skipped} skipped (already started)" if skipped else ""

@@ -21,11 +21,14 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import Error as DatabaseError
+from django.db import close_old_connections
 
+from modelhub.backends import loading
 from modelhub.backends.local import ScriptedBackend, TransformersBackend
 from modelhub.backends.remote import RemoteWorker
 from modelhub.backends.standalone import warm_up
 from modelhub.engine.worker import Worker
+from modelhub.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +136,6 @@ class Registry:
 
     def unload_disabled(self):
         """Unload models an admin disabled (from another process, say); returns their names."""
-        from django.db import close_old_connections
-
-        from modelhub.models import ModelSpec
-
         names = list(self._workers)
         try:
             disabled = set(ModelSpec.objects.filter(name__in=names, enabled=False).values_list("name", flat=True))
@@ -234,7 +233,6 @@ def _loader(spec):
 
     def load(progress):
         progress("importing torch and transformers")  # the first seconds of a load on a fresh process
-        from modelhub.backends import loading
 
         if threads:
             import torch

@@ -3,11 +3,14 @@
 not on every request."""
 
 import json
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.utils.deconstruct import deconstructible
+from jinja2 import TemplateSyntaxError, ext, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from modelhub.options import GenerationOptions
 
@@ -35,8 +38,6 @@ class OptionValidator:
 
 def validate_chat_template(template):
     """Compile it as transformers does (a sandboxed Jinja environment with its two extensions)."""
-    from jinja2 import TemplateSyntaxError, ext, nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationBlock(ext.Extension):
         """transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's text)."""
@@ -88,7 +89,6 @@ validate_env_name = RegexValidator(
 
 def validate_server_url(url):
     """An OpenAI API root over http(s), without credentials or a query (the key goes in api_key_env)."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

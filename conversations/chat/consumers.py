@@ -60,6 +60,7 @@ from functools import partial
 from importlib import import_module
 from types import SimpleNamespace
 
+from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -325,7 +326,6 @@ def _check_session(scope):
 @receiver(user_logged_out)
 def _close_sockets_of_session(sender, request, **kwargs):
     """Logging out closes the sockets opened with that session, in every process (best effort)."""
-    from asgiref.sync import async_to_sync
 
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME, "") if request is not None else ""
     if not key:

@@ -10,8 +10,11 @@ becomes a ModelLoadError whose message says what is wrong and what to do.
 """
 
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from modelhub.options import ModelLoadError
 
@@ -141,7 +144,6 @@ def served_chat_template(settings: LoadSettings):
 
 def progress_bar_class(progress):
     """A tqdm class that also reports its state as one line of text to `progress`."""
-    from tqdm.auto import tqdm
 
     class ReportingBar(tqdm):
         def __init__(self, *args, **kwargs):
@@ -244,7 +246,6 @@ def quantization_config(settings: LoadSettings, device):
 
 def load(settings: LoadSettings, progress=None):
     """Load tokenizer and weights; the model comes back in eval mode on its device."""
-    from dataclasses import replace
 
     from transformers import AutoModelForCausalLM
 
@@ -328,7 +329,6 @@ def check_adapter(settings: LoadSettings, folder):
 
 def adapter_misfit(model, folder):
     """Why this LoRA folder cannot apply to `model` (missing target modules, wrong shapes), or ""."""
-    import re
 
     from peft import PeftConfig
     from safetensors import safe_open

@@ -19,10 +19,13 @@ GenerationOptions and `request.adapter` a (name, folder) LoRA adapter, or None f
 the base model. A backend runs only in its worker thread, never on an event loop.
 """
 
+import gc
 import re
 import time
 
+from modelhub.backends.loading import attach_adapter
 from modelhub.decoding.stopping import StopMatcher
+from modelhub.engine.kv_reuse import PrefixCache
 from modelhub.options import ModelLoadError, Usage
 from modelhub.prompts import messages_as_sent
 
@@ -31,8 +34,7 @@ class TransformersBackend:
     """A Hugging Face causal LM, loaded by modelhub.backends.loading, decoded in step-level batches."""
 
     def __init__(self, loaded, kv_cache_bytes=0, prefill_chunk=512):
-        from modelhub.engine.kv_reuse import PrefixCache
-        from modelhub.engine.model_runner import Decoder
+        from modelhub.engine.model_runner import Decoder  # torch: imported once a model is loaded, not at start-up
 
         self.loaded = loaded
         self.prefix_cache = PrefixCache(kv_cache_bytes) if kv_cache_bytes else None
@@ -52,8 +54,6 @@ class TransformersBackend:
         return self.decoder.open(request.messages, request.options, name, request.started)
 
     def _attach(self, name, folder):
-        from modelhub.backends.loading import attach_adapter
-
         if self.prefix_cache is not None:
             self.prefix_cache.forget(name)  # keys computed with a replaced adapter are stale
         attach_adapter(self.loaded, name, folder)
@@ -63,7 +63,7 @@ class TransformersBackend:
 
     def attention(self, messages, reply, adapter, max_tokens, max_mb):
         """Attention weights of one pass over a finished reply (attention.py); a Job in the worker's thread."""
-        from modelhub.backends.attention import compute
+        from modelhub.backends.attention import compute  # torch, as above
 
         name = None
         if adapter is not None:
@@ -97,8 +97,6 @@ class TransformersBackend:
         return info
 
     def close(self):
-        import gc
-
         device = self.loaded.device
         self.loaded = self.decoder = None
         if self.prefix_cache is not None:

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from modelhub.backends.loading import check_adapter
+from modelhub.backends.remote import load_adapter
 from modelhub.models.spec import ModelSpec, allowed_to
 from modelhub.options import ModelhubError
 from modelhub.validators import adapter_config_problem
@@ -72,8 +74,6 @@ class Adapter(models.Model):
 
     def check_fits_base(self):
         """Raise ValidationError unless the folder is a peft adapter that fits the base's modules."""
-        from modelhub.backends.loading import check_adapter
-
         problem = self.config_problem()
         if problem:
             raise ValidationError({"path": problem})
@@ -91,7 +91,6 @@ class Adapter(models.Model):
         base = self.base
         if base.backend != ModelSpec.Backend.REMOTE or not base.load_adapters_at_runtime:
             return ""
-        from modelhub.backends.remote import load_adapter
 
         return load_adapter(base.remote_settings(), self.name, self.local_path)
 

@@ -8,8 +8,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
+from modelhub.backends.loading import LoadSettings, inspect_source, served_chat_template
 from modelhub.backends.local import scripted_delay
+from modelhub.backends.remote import RemoteSettings, check_server
 from modelhub.options import GenerationOptions, ModelhubError
+from modelhub.prompts import template_hash
 from modelhub.validators import (
     OptionValidator,
     validate_chat_template,
@@ -240,7 +243,6 @@ class ModelSpec(models.Model):
     def check_source(self):
         """Raise ValidationError unless the model can serve: a loadable causal LM with a chat template, or
         a remote server that answers and serves it. Returns a one-line description of what was found."""
-        from modelhub.backends.loading import inspect_source
 
         remote = self.backend == self.Backend.REMOTE
         if self.backend == self.Backend.SCRIPTED or (remote and not self.server_url):  # clean() says what is missing
@@ -253,14 +255,11 @@ class ModelSpec(models.Model):
     def check_server(self):
         """A one-line description of the remote server; raises ModelhubError in one sentence if it does
         not answer, is not an OpenAI API, or does not serve this model."""
-        from modelhub.backends.remote import check_server
 
         return check_server(self.remote_settings())
 
     def remote_settings(self):
         """The remote server's address, names and timeouts as plain values."""
-        from modelhub.backends.remote import RemoteSettings
-
         return RemoteSettings(
             url=self.server_url,
             model=self.served_model_name or self.name,
@@ -272,8 +271,6 @@ class ModelSpec(models.Model):
 
     def load_settings(self):
         """Everything the loader needs, as plain values (the worker thread never touches the ORM)."""
-        from modelhub.backends.loading import LoadSettings
-
         return LoadSettings(
             source=str(self.local_path or self.source),
             revision=self.revision,
@@ -292,8 +289,6 @@ class ModelSpec(models.Model):
         "" where chatsite renders no template (scripted; remote: the server does) or it is not at hand."""
         if self.backend != self.Backend.TRANSFORMERS:
             return ""
-        from modelhub.backends.loading import served_chat_template
-        from modelhub.prompts import template_hash
 
         template = served_chat_template(self.load_settings())
         return template_hash(template) if template is not None else ""

@@ -28,6 +28,8 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from django.conf import settings
+
 from modelhub.backends.loading import LoadSettings, fetch, load
 from modelhub.models.finetune_job import METHODS, FinetuneError, Hyperparameters
 from modelhub.prompts import chat_template_sha256  # the template the adapter learns with
@@ -294,7 +296,6 @@ def run_job(job, progress_bar=False):
     Any failure is stored on the job with its traceback and raised again, so the
     command exits non-zero and the admin shows the error.
     """
-    from django.conf import settings
 
     job.start()
     try:
@@ -329,7 +330,6 @@ def run_in_background(job, log_dir):
     The process outlives the web request (and a server restart): it has its own session,
     its output goes to a log file the admin shows, and it records its own failure.
     """
-    from django.conf import settings
 
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

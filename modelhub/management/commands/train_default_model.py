@@ -9,7 +9,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from tqdm import tqdm
 
+from modelhub.backends.loading import load_local_for_generation
+from modelhub.backends.standalone import generate_text
 from modelhub.training.builtin import TrainConfig, train
 
 SAMPLE_PROMPTS = ["Hello! How are you today?", "What do you like to do on weekends?", "I just got back from a trip."]
@@ -26,8 +29,6 @@ class Command(BaseCommand):
         parser.add_argument("--report", help="also write the result as JSON to this file")
 
     def handle(self, *args, **options):
-        from tqdm import tqdm
-
         config = TrainConfig(**{f.name: options[f.name] for f in fields(TrainConfig)})
         output = Path(options["output"])
         bar = None
@@ -57,9 +58,6 @@ class Command(BaseCommand):
             Path(options["report"]).write_text(json.dumps(asdict(result), indent=2) + "\n")
 
     def _samples(self, output):
-        from modelhub.backends.loading import load_local_for_generation
-        from modelhub.backends.standalone import generate_text
-
         model, tokenizer = load_local_for_generation(output)
         for prompt in SAMPLE_PROMPTS:
             messages = [{"role": "user", "content": prompt}]

@@ -34,7 +34,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.db import DatabaseError, connection  # noqa: E402
 
-from chatsite import http_edge
+from chatsite import http_edge  # noqa: E402
 from chatsite.origins import SameOriginValidator  # noqa: E402
 from conversations.chat import replies  # noqa: E402
 from conversations.chat.routing import SocketAuthMiddlewareStack, websocket_urlpatterns  # noqa: E402

@@ -4,8 +4,11 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# Which tests `make test` runs (pytest -m): CI's second pass, on PostgreSQL + Redis, leaves out the live
+# tests (`not vllm and not live`), which start their own servers and already ran in the first.
+MARKERS ?= not vllm
 
-.PHONY: install run test test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs clean
+.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,8 +24,21 @@ run: install
 	@echo "chatsite on http://$(HOST):$(PORT)/  (Ctrl-C to stop)"
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
-test: install browser
-	$(PY) -m pytest tests -m "not vllm" $(PYTEST_ARGS)
+test: install browser lint
+	$(PY) -m pytest tests -m "$(MARKERS)" $(PYTEST_ARGS)
+
+# The style (ruff) and the architecture's import rules (import-linter): both configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=. $(VENV)/bin/lint-imports
+
+# The docs site (docs/, mkdocs.yml): served at http://127.0.0.1:8001; CI builds it with --strict.
+docs: install
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8001
+
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict
 
 # chatsite in front of a real vLLM (CPU build, its own cached venv: tests/vllm_env.sh, 3.4 GB).
 test-vllm: install

@@ -12,7 +12,7 @@ Also: a batch of 8 requests on two adapters against 8 on one adapter; time to fi
 token at turn 20 of a conversation against turn 1 (KV reuse); a short request's
 time to first token behind 7 long ones against alone.
 
-Writes bench/results/serve[-<device>].json and .png, and prints
+Writes bench/results/serve[-<device>].json and docs/benchmarks/serve[-<device>].png, and prints
 `batch8_vs_limit=<ours/padded-batch>` last: the median over rounds of the padded
 batch's seconds over ours, the two measured back to back in each round, so the
 machine's drift between rounds cancels out (targets in issue 6: >= 0.8; mixed
@@ -55,6 +55,7 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model-dir", default=str(ROOT / "modelhub" / "builtin" / "chitchat"))
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--plot-dir", default=str(ROOT / "docs" / "benchmarks"), help="where the plot goes (the docs show it)")
     return parser.parse_args()
 
 
@@ -437,7 +438,7 @@ def main():
     stem = Path(args.out_dir) / ("serve" if device == "cpu" else f"serve-{device}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(out, stem.with_suffix(".png"))
+    plot(out, (Path(args.plot_dir) / stem.name).with_suffix(".png"))
     print("fairness:", json.dumps(out["fairness"]))
     print(f"batch8_vs_limit={out['batch8_vs_limit']:.4f}")
 

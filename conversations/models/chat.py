@@ -1,12 +1,11 @@
 """Conversations: who owns what, the tree of messages, and every state change of a turn.
 
-A reply's life (see ../shared/ARCHITECTURE.md): the user message is saved first
-(`Conversation.add_user_message`), then an assistant row is created as `streaming`
-(`Conversation.start_reply`); the generation task saves partial text as it goes
-(`Message.save_partial`) and ends it exactly once (`Message.finish`). Rows left
-`streaming` by a dead process are marked `interrupted` by whichever process notices
-(writers.py, conversations/delivery/heartbeat.py); a message and its reply's end live in message.py. A
-`Comparison` is one question answered by two models side by side, and the user's vote on them.
+A reply's life (docs/architecture.md): the user message is saved first (`Conversation.add_user_message`),
+then an assistant row is created as `streaming` (`Conversation.start_reply`); the generation task saves
+partial text as it goes (`Message.save_partial`) and ends it exactly once (`Message.finish`). Rows left
+`streaming` by a dead process are marked `interrupted` by whichever process notices (writers.py,
+conversations/delivery/heartbeat.py); a message and its reply's end live in message.py. A `Comparison` is
+one question answered by two models side by side, and the user's vote on them.
 """
 
 from django.conf import settings

@@ -1,0 +1,1 @@
+"""Who may do what (conversations.access): roles, quotas, per-model access and the reply cap."""

@@ -1,0 +1,1 @@
+"""The blind arena (conversations.arena) and its ratings."""

@@ -1,0 +1,377 @@
+"""The chat page in a real browser (Debian's Chromium driven by Playwright) against a real
+daphne server: streaming, stop, regenerate, edit, markdown, reload mid-stream, and XSS.
+
+The server runs in its own process with its own SQLite database, like `make run`, with
+two models: a scripted one that echoes the user's message word by word (slowly, so a
+test can stop or reload mid-reply; it is how a hostile model is simulated: the reply is
+exactly what the test typed) and a tiny random Llama through the real transformers path.
+Screenshots land in artifacts/ (ignored by git).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from tests import ROOT
+
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "browser-pass-123"
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SETUP = """
+from django.contrib.auth.models import User
+from modelhub.models import ModelSpec
+User.objects.create_user("alice", password="{password}")
+User.objects.create_superuser("root", password="{password}")
+ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.04", is_default=True)
+ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="cpu", max_new_tokens=48,
+                         token_probabilities=True)
+"""
+
+
+SERVER_LOG = []  # the live server's log file, once it runs
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """A daphne process serving chatsite on a free port, with its own database."""
+    var = tmp_path_factory.mktemp("browser-var")
+    env = {
+        **os.environ,
+        "CHATSITE_VAR_DIR": str(var),
+        "SECRET_KEY": "browser-tests-secret-key-0123456789abcdef",
+        "CHAT_ORPHAN_GRACE_SECONDS": "30",
+        "HF_HUB_OFFLINE": "1",
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DATABASE_URL", None)  # the live server always has its own SQLite file
+    env.pop("REDIS_URL", None)
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+    setup = SETUP.format(password=PASSWORD, tiny=tiny_model_dir)
+    subprocess.run([*manage, "shell", "-c", setup], env=env, check=True, cwd=ROOT)
+    port = _free_port()
+    log = open(var / "server.log", "wb")  # shown when a wait times out
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    SERVER_LOG[:] = [var / "server.log"]
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def watch_for_policy_violations(page):
+    """What the page reports against the Content-Security-Policy, its console errors and warnings
+    (but the admin's missing /favicon.ico) and its script errors, from the first document it loads on."""
+    reports = []
+    page.expose_function("__reportViolation", lambda text: reports.append(text))
+    page.add_init_script("""document.addEventListener("securitypolicyviolation", (e) => window.__reportViolation(
+        `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));""")
+    page.on(
+        "console",
+        lambda m: (
+            reports.append(f"console {m.type}: {m.text} ({m.location['url']})")
+            if m.type in ("error", "warning") and not m.location["url"].endswith("/favicon.ico")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda error: reports.append(f"script error: {error}"))
+    return reports
+
+
+@pytest.fixture
+def page(browser, server):
+    """A logged-in page on a new conversation, under the site's Content-Security-Policy; a test fails
+    on any policy violation, console error or warning, script error or off-site request.
+
+    The policy forbids eval, so the tests wait with selectors and `expect`, never with
+    `wait_for_function("<js string>")` (it evaluates its string with eval when it polls).
+    `page.evaluate` is not eval: Playwright runs it through the DevTools protocol, which the policy allows."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    page.reports, page.offsite = watch_for_policy_violations(page), []
+    page.on("request", lambda r: None if r.url.startswith(server) else page.offsite.append(r.url))
+    page.goto(f"{server}/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/")
+    page.click("text=+ New chat")
+    page.wait_for_selector("#send-button:not([disabled])")
+    yield page
+    page.wait_for_timeout(100)  # reports arrive asynchronously
+    assert page.reports == []
+    assert page.offsite == []
+    context.close()
+
+
+def send(page, text):
+    page.fill("#composer-input", text)
+    page.keyboard.press("Enter")
+
+
+def last_reply(page):
+    return page.locator(".message-assistant").last
+
+
+def wait_done(page, timeout=30000):
+    try:
+        page.wait_for_selector('.message-assistant:last-child:not([data-status="streaming"])', timeout=timeout)
+    except Exception:  # say what the page and the server were doing
+        page.screenshot(path=ARTIFACTS / "browser-timeout.png")
+        messages = page.locator(".message").evaluate_all("ms => ms.map(m => [m.className, m.dataset.status])")
+        server_log = SERVER_LOG[0].read_text(errors="replace")[-3000:] if SERVER_LOG else ""
+        error = page.locator("#chat-error").text_content()
+        raise AssertionError(
+            f"no finished reply; messages: {messages}; error box: {error!r}\nserver log:\n{server_log}"
+        ) from None
+
+
+def choose_model(page, label):
+    page.select_option("#model select", label=label)
+    page.wait_for_timeout(300)
+
+
+def test_a_reply_streams_in_several_increments_on_the_real_model_path(page):
+    choose_model(page, "tiny")
+    page.evaluate("""() => {  // every length the reply's text has had, as the page updates it
+        window.__lengths = new Set();
+        new MutationObserver(() => {
+            const text = document.querySelector('.message-assistant:last-child .message-text');
+            if (text) window.__lengths.add(text.textContent.length);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    send(page, "hello there, how are you?")
+    wait_done(page)
+    assert page.evaluate("window.__lengths.size") > 2
+    assert last_reply(page).get_attribute("data-status") == "complete"
+    assert "tokens" in last_reply(page).inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-streamed.png")
+
+
+def test_stop_keeps_the_partial_reply(page):
+    send(page, " ".join(f"word{i}" for i in range(80)))
+    page.wait_for_selector(".message-assistant:last-child .message-text:has-text('word3')")
+    page.click("#stop-button")
+    wait_done(page)
+    reply = last_reply(page)
+    assert reply.get_attribute("data-status") == "stopped"
+    assert "word79" not in reply.inner_text() and "word0" in reply.inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-stopped.png")
+
+
+def test_regenerate_and_navigate_between_answers(page):
+    send(page, "first question")
+    wait_done(page)
+    last_reply(page).locator("button[data-action=regenerate]").click()
+    page.wait_for_selector(".message-assistant .siblings")
+    wait_done(page)
+    assert "2/2" in last_reply(page).locator(".siblings").inner_text()
+    last_reply(page).locator("button[aria-label='Previous version']").click()
+    expect(page.locator(".message-assistant .siblings").first).to_contain_text("1/2")
+    assert page.locator(".message").count() == 2
+
+
+def test_edit_makes_a_branch_and_the_old_one_stays_reachable(page):
+    send(page, "original question")
+    wait_done(page)
+    page.locator(".message-user button[data-action=edit]").click()
+    page.fill(".edit-box textarea", "edited question")
+    page.click(".edit-box button[type=submit]")
+    page.wait_for_selector(".message-user .siblings")
+    wait_done(page)
+    assert "edited question" in page.locator(".message-user").inner_text()
+    page.locator(".message-user button[aria-label='Previous version']").click()
+    expect(page.locator(".message-user").first).to_contain_text("original question")
+    page.screenshot(path=ARTIFACTS / "browser-branches.png")
+
+
+def test_a_code_block_renders_highlighted_with_a_copy_button_and_a_table_keeps_its_alignment(page):
+    send(page, "```python\nprint('hi')\n```\n\n| left | middle | right |\n|:--|:--:|--:|\n| a | b | c |")
+    wait_done(page)
+    block = last_reply(page).locator(".code-block")
+    assert block.locator(".highlight span").count() > 0
+    assert block.locator("button.copy").count() == 1
+    cells = last_reply(page).locator("table td")  # aligned by class: the policy blocks inline styles
+    expect(cells).to_have_class(["align-left", "align-center", "align-right"])
+    for cell, alignment in zip(cells.all(), ["left", "center", "right"]):
+        expect(cell).to_have_css("text-align", alignment)
+    page.screenshot(path=ARTIFACTS / "browser-code.png")
+
+
+def test_reloading_mid_reply_shows_it_still_streaming_then_finished(page):
+    send(page, " ".join(f"w{i}" for i in range(40)))
+    page.wait_for_selector(".message-assistant:last-child .message-text:has-text('w2')")
+    page.reload()
+    page.wait_for_selector(".message-assistant")
+    assert last_reply(page).get_attribute("data-status") == "streaming"
+    wait_done(page)
+    assert "w39" in last_reply(page).inner_text()
+
+
+def test_a_message_the_server_refuses_stays_in_the_box(page):
+    send(page, " ".join(f"w{i}" for i in range(40)))  # the echo model takes a while over it
+    page.wait_for_selector('.message-assistant[data-status="streaming"]')
+    send(page, "keep these words")  # Enter sends even while a reply is written: the server says busy
+    expect(page.locator("#chat-error")).to_contain_text("still being written")
+    assert page.input_value("#composer-input") == "keep these words"
+    page.click("#stop-button")
+    wait_done(page)
+
+
+def test_a_second_tab_sees_the_same_stream(page, browser):
+    url = page.url
+    other = page.context.new_page()
+    reports = watch_for_policy_violations(other)
+    other.goto(url)
+    other.wait_for_selector("#send-button:not([disabled])")
+    send(page, "shared words for two tabs to see")
+    other.wait_for_selector('.message-assistant:last-child[data-status="complete"]', timeout=30000)
+    assert "two tabs to see" in other.locator(".message-assistant").last.inner_text()
+    other.close()
+    assert reports == []
+
+
+HOSTILE = """<script>window.__pwned = 1</script>
+<img src="https://evil.example/beacon.png" onerror="window.__pwned = 2">
+<svg onload="window.__pwned = 3"></svg> <iframe src="https://evil.example/"></iframe>
+[click me](javascript:window.__pwned=4) ![beacon](https://evil.example/track.png)
+<a href="#" onclick="window.__pwned = 5">x</a> <details open ontoggle="window.__pwned = 6">"""
+
+
+def test_hostile_markup_from_the_user_and_the_model_never_runs_or_loads(page):
+    send(page, HOSTILE)  # the echo model answers with exactly this markup
+    wait_done(page)
+    page.wait_for_timeout(500)
+    texts = ".message-text"  # what the user and the model wrote (the page's own links and icons are not in it)
+    hrefs = [link.get_attribute("href") for link in page.locator(f"{texts} a[href]").all()]
+    assert hrefs and all(href.startswith(("http://", "https://", "#")) for href in hrefs)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator(f"{texts} img, {texts} iframe, {texts} svg, {texts} script").count() == 0
+    page.screenshot(path=ARTIFACTS / "browser-xss.png")
+
+
+def test_side_by_side_streams_two_columns_and_stores_the_verdict(page):
+    page.select_option("#compare-model", label="tiny")
+    send(page, "compare these two answers please")
+    page.wait_for_selector(".comparison")
+    finished = page.locator('.comparison .message-assistant:not([data-status="streaming"])')
+    expect(finished).to_have_count(2, timeout=30000)
+    columns = page.locator(".comparison .message-assistant")
+    assert columns.count() == 2
+    assert "echo" in columns.nth(0).inner_text() and "tiny" in columns.nth(1).inner_text()
+    assert "compare these two answers please" in columns.nth(0).inner_text()
+    page.screenshot(path=ARTIFACTS / "browser-side-by-side.png")
+    page.click(".comparison-vote button[value=left]")
+    page.wait_for_selector(".comparison-vote strong:has-text('Left')")
+
+
+def test_the_chat_the_arena_and_the_admin_keep_to_the_content_security_policy(browser, server):
+    """No inline script or style anywhere, yet the chat and the admin's "Try a prompt" still stream."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    reports = watch_for_policy_violations(page)
+    page.goto(f"{server}/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/")
+    page.click("text=+ New chat")
+    page.wait_for_selector("#send-button:not([disabled])")  # not wait_for_function: it needs eval
+    send(page, "streamed under the policy")
+    wait_done(page)
+    assert "streamed under the policy" in last_reply(page).inner_text()
+
+    page.goto(f"{server}/arena/")
+    page.wait_for_selector("text=New arena")
+    page.goto(f"{server}/admin/modelhub/modelspec/")  # a changelist, then the echo model's change form
+    page.click("#result_list a:text-is('echo')")
+    page.wait_for_url("**/change/")
+    page.goto(page.url.replace("/change/", "/test/"))
+    page.fill("#prompt", "tried under the policy")
+    page.click("#try-form input[type=submit]")
+    page.wait_for_selector("#reply:has-text('tried under the policy')")
+    page.screenshot(path=ARTIFACTS / "browser-csp-try.png")
+    page.wait_for_timeout(300)  # reports arrive asynchronously
+    context.close()
+    assert reports == []
+
+
+def test_a_key_made_on_the_keys_page_calls_the_api_and_the_call_shows_in_the_sidebar(page, server):
+    """A user makes a key (shown once), a tool uses it with the official openai client, the user sees the
+    call as a conversation with its key's name, and revoking the key ends its use at once."""
+    import openai
+
+    page.click("a:text-is('API keys')")
+    page.fill("#id_name", "my notebook")
+    page.click("text=Create key")
+    raw = page.locator("#new-key").inner_text().strip()
+    assert raw.startswith("cs-")
+    page.screenshot(path=ARTIFACTS / "browser-api-key-created.png")
+    page.goto(f"{server}/keys/")
+    assert raw not in page.content()  # shown once
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=raw, max_retries=0, timeout=60)
+    reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello from a tool"}])
+    assert reply.choices[0].message.content.strip() == "hello from a tool"
+
+    page.click("text=← Chats")
+    entry = page.locator(".conversation-list li", has_text="hello from a tool")
+    expect(entry.locator(".badge.api")).to_have_text("API")
+    entry.locator("a").click()
+    expect(page.locator("#api-call")).to_have_text("API call · key “my notebook”")
+    expect(last_reply(page)).to_contain_text("hello from a tool")
+    page.screenshot(path=ARTIFACTS / "browser-api-call-in-sidebar.png")
+
+    page.click("a:text-is('API keys')")
+    page.wait_for_url(f"{server}/keys/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tr", has_text="my notebook").get_by_role("button", name="Revoke").click()
+    expect(page.locator("tr", has_text="my notebook")).to_contain_text("revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()

@@ -1,0 +1,1 @@
+"""The chat page and its websocket (conversations.chat): frames, streaming, the tree, markdown, pages, queries."""

@@ -1,0 +1,1 @@
+"""Inside a reply (conversations.inspection): token probabilities, attention and the exact prompt."""

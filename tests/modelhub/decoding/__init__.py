@@ -1,0 +1,1 @@
+"""Decoding (modelhub.decoding): token probabilities and stop strings."""

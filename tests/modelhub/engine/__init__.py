@@ -1,0 +1,1 @@
+"""The serving engine (modelhub.engine): the scheduler, step-level batching, arrivals, faults."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API (conversations.openai_api) and its keys."""

@@ -1,7 +1,11 @@
 """Shared fixtures. Users are named by role: `owner` owns the conversation under test,
-`other_user` must never see it, `staff` may use the admin."""
+`other_user` must never see it, `staff` may use the admin. The tiny random Llama (`tiny_model_dir`,
+`tiny_spec`) is made once a session; `silent_server` and `closed_url` are addresses where a server
+hangs or where nothing listens."""
 
 import os
+import socket
+import threading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; set before huggingface_hub loads
 
@@ -10,7 +14,6 @@ from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 
 from conversations.models import Conversation
-from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
 from modelhub.training.builtin import train_tokenizer
@@ -59,26 +62,6 @@ def owner_client(client, owner):
     return client
 
 
-def install_scripted(chunks=None, delay=0.0, name="scripted"):
-    """Register a scripted model (the default one) and serve it with a ScriptedBackend."""
-    spec, _ = ModelSpec.objects.get_or_create(
-        name=name, defaults={"backend": ModelSpec.Backend.SCRIPTED, "source": "scripted", "is_default": True}
-    )
-    backend = ScriptedBackend(chunks=chunks, delay=delay)
-    registry.install(name, backend)
-    return spec, backend
-
-
-def add_reply(conversation, content, status="complete", spec=None, **usage):
-    """An assistant answer at the end of the active branch, made through the model methods."""
-    from modelhub.options import Usage
-
-    spec = spec or ModelSpec.objects.get_or_create(name="m", defaults={"source": "-", "backend": "scripted"})[0]
-    reply = conversation.start_reply(spec, {})
-    reply.finish(status, content, usage=Usage(**usage) if usage else None)
-    return reply
-
-
 @pytest.fixture
 def conversation(owner):
     return Conversation.objects.create(owner=owner)
@@ -118,3 +101,41 @@ def tiny_spec(db, tiny_model_dir):
     return ModelSpec.objects.create(
         name="tiny", source=str(tiny_model_dir), dtype="float32", device="cpu", is_default=True, temperature=0
     )
+
+
+# --- servers that are not what they should be (remote models, a channel layer) ---------------
+
+
+@pytest.fixture
+def silent_server():
+    """Accepts connections and never says a word (a hung server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+@pytest.fixture
+def closed_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"  # nothing listens there any more

@@ -14,8 +14,8 @@ from conversations.arena.views import ArenaForm
 from conversations.forms import ModelChoiceForm
 from conversations.models import ApiKey, Conversation, Message
 from modelhub.models import Adapter, ModelSpec
-from tests.chat.test_consumer import open_socket
-from tests.conftest import install_scripted
+from tests.factories import install_scripted
+from tests.sockets import open_socket
 
 
 @pytest.fixture

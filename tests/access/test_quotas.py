@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from conversations.access import quotas, roles
 from conversations.models import ApiKey, Conversation, Message, Quota, UnkeptCallUsage
-from tests.chat.test_consumer import frames_until, open_socket
-from tests.conftest import add_reply, install_scripted
+from tests.factories import add_reply, install_scripted
+from tests.sockets import frames_until, open_socket
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from django.utils import timezone
 from conversations.access import limits
 from conversations.delivery.heartbeat import Heartbeat
 from conversations.models import ApiKey, UnkeptCallUsage, writers
-from tests.conftest import install_scripted
+from tests.factories import install_scripted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,12 +17,10 @@ from chatsite.asgi import application
 from conversations.access import roles
 from conversations.models import ApiKey, Conversation
 from modelhub.models import Adapter
-from tests.conftest import add_reply, install_scripted
+from tests.factories import add_reply, install_scripted
+from tests.sockets import HOST, ORIGIN
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-ORIGIN = (b"origin", b"http://127.0.0.1:8000")
-HOST = (b"host", b"127.0.0.1:8000")
 
 WHO = ("anonymous", "no role", roles.USER, roles.REVIEWER, roles.MODEL_ADMIN, roles.ADMIN)
 OK, LOGIN, DENIED, MISSING, NO_KEY = "ok", "login", 403, 404, 401

@@ -25,7 +25,7 @@ from conversations.training_data.export import export_snapshot
 from modelhub.backends.local import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
-from tests.conftest import add_reply
+from tests.factories import add_reply
 
 HTMX = {"HX-Request": "true"}
 BASE, CANDIDATE = "basemodel-zeta", "dpo-cand-41"  # names that must not leak onto the blind page

@@ -7,7 +7,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.test_chat_page import ARTIFACTS, browser, choose_model, last_reply, page, send, server, wait_done  # noqa: F401
+from tests.browser.pages import ARTIFACTS, choose_model, last_reply, send, wait_done
 
 
 def test_inspect_shows_probabilities_and_an_alternative_starts_a_branch_from_it(page):

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.browser.test_chat_page import ARTIFACTS, browser, watch_for_policy_violations  # noqa: F401  (browser: a fixture)
+from tests.browser.pages import ARTIFACTS, last_reply, send, watch_for_policy_violations
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
 
 pytestmark = [pytest.mark.slow]
@@ -31,7 +31,7 @@ def words(n):
     return " ".join(f"w{i}" for i in range(n))
 
 
-def open_chat(browser, server, info):  # noqa: F811
+def open_chat(browser, server, info):
     context = browser.new_context(viewport={"width": 1100, "height": 800})
     context.add_cookies([{"name": "sessionid", "value": info["cookie"], "url": server.url}])
     page = context.new_page()
@@ -42,16 +42,7 @@ def open_chat(browser, server, info):  # noqa: F811
     return page
 
 
-def send(page, text):
-    page.fill("#composer-input", text)
-    page.keyboard.press("Enter")
-
-
-def last_reply(page):
-    return page.locator(".message-assistant").last
-
-
-def test_the_page_catches_up_after_the_server_restarts_mid_reply(browser, tmp_path):  # noqa: F811
+def test_the_page_catches_up_after_the_server_restarts_mid_reply(browser, tmp_path):
     site = Site(tmp_path, CHAT_ORPHAN_GRACE_SECONDS=30)
     try:
         info = site.setup(SETUP)
@@ -88,7 +79,7 @@ def test_the_page_catches_up_after_the_server_restarts_mid_reply(browser, tmp_pa
         site.close()
 
 
-def test_the_page_shows_the_whole_reply_after_redis_restarts_mid_reply(browser, tmp_path):  # noqa: F811
+def test_the_page_shows_the_whole_reply_after_redis_restarts_mid_reply(browser, tmp_path):
     site = Site(tmp_path, database=PostgresDatabase(), redis=RedisServer(tmp_path), CHAT_ORPHAN_GRACE_SECONDS=30)
     try:
         info = site.setup(SETUP)
@@ -131,7 +122,7 @@ print(json.dumps({{"cookie": session_for("owner"), "conversation": conversation.
 BADGE = ".message-assistant:last-child .badge.streaming"
 
 
-def test_a_reply_waiting_for_its_model_to_load_says_so_then_streams(browser, tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_reply_waiting_for_its_model_to_load_says_so_then_streams(browser, tmp_path, tiny_model_dir):
     """The first reply of a server that did not load its model at start: the tiny Llama loads, torch and
     transformers imported first, while the page shows it; the model's name is shown as text, never markup."""
     site = Site(tmp_path, MODELHUB_PRELOAD=0)

@@ -7,17 +7,7 @@ import json
 
 from playwright.sync_api import expect
 
-from tests.browser.test_chat_page import (  # noqa: F401
-    ARTIFACTS,
-    PASSWORD,
-    browser,
-    last_reply,
-    page,
-    send,
-    server,
-    wait_done,
-    watch_for_policy_violations,
-)
+from tests.browser.pages import ARTIFACTS, PASSWORD, last_reply, send, wait_done, watch_for_policy_violations
 
 REVIEWER_PASSWORD = "review-pass-4821"
 

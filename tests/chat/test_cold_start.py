@@ -2,7 +2,7 @@
 and a reply that still waits for its model's load says so (`status` frames) until its first chunk.
 
 The live side (a real daphne loading the built-in model with no chat request) is in
-tests/test_cold_start_live.py; the page showing the status, in tests/test_browser_live.py.
+tests/chat/test_cold_start_live.py; the page showing the status, in tests/browser/test_reconnect_page.py.
 """
 
 import threading
@@ -17,8 +17,8 @@ from modelhub.backends import loading
 from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
-from tests.chat.test_consumer import frames_until, messages_of, open_socket
-from tests.conftest import install_scripted
+from tests.factories import install_scripted
+from tests.sockets import frames_until, messages_of, open_socket
 
 
 def scripted_spec(name, **fields):

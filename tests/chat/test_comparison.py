@@ -8,15 +8,8 @@ from conversations.models import Comparison, Message
 from modelhub.backends.local import ScriptedBackend
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
-from tests.chat.test_consumer import frames_until, open_socket
-
-
-def two_models():
-    left = ModelSpec.objects.create(name="left-model", source="-", backend="scripted", is_default=True)
-    right = ModelSpec.objects.create(name="right-model", source="-", backend="scripted")
-    registry.install("left-model", ScriptedBackend(chunks=["from", " left"], delay=0.02))
-    registry.install("right-model", ScriptedBackend(chunks=["from", " right"], delay=0.02))
-    return left, right
+from tests.factories import make_comparison, two_models
+from tests.sockets import frames_until, open_socket
 
 
 @pytest.mark.django_db(transaction=True)
@@ -48,11 +41,6 @@ async def test_comparing_with_an_unknown_or_hidden_model_is_refused(owner, conve
         assert (await socket.receive_json_from(timeout=5))["code"] == "unknown_model"
     assert await Message.objects.acount() == 0
     await socket.disconnect()
-
-
-def make_comparison(conversation):
-    left, right = two_models()
-    return conversation.start_comparison("q", (left, None, {}), (right, None, {}))
 
 
 def test_the_verdict_is_stored_and_the_preferred_answer_continues(owner_client, conversation):

@@ -5,55 +5,13 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.test import Client
 
-from chatsite.asgi import application
 from conversations.models import Conversation, Message
 from modelhub.engine.arrivals import arrivals
-from tests.conftest import add_reply, install_scripted
+from tests.factories import add_reply
+from tests.sockets import frames_until, messages_of, open_socket, scripted
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-ORIGIN = (b"origin", b"http://127.0.0.1:8000")
-HOST = (b"host", b"127.0.0.1:8000")  # the address the socket is opened on, as a browser sends it
-
-
-@sync_to_async
-def session_cookie(user):
-    client = Client()
-    client.force_login(user)
-    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
-
-
-async def open_socket(user, conversation, origin=ORIGIN):
-    headers = [HOST, origin] if origin else [HOST]
-    if user is not None:
-        headers.append(await session_cookie(user))
-    communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/", headers=headers)
-    connected, code = await communicator.connect()
-    return communicator, connected, code
-
-
-async def frames_until(communicator, kind, timeout=10):
-    """All frames up to and including the first of `kind` (a type, or a test of the frame)."""
-    matches = kind if callable(kind) else lambda frame: frame["type"] == kind
-    frames = []
-    while True:
-        frame = await communicator.receive_json_from(timeout=timeout)
-        frames.append(frame)
-        if matches(frame):
-            return frames
-
-
-@sync_to_async
-def messages_of(conversation):
-    return list(Message.objects.filter(conversation=conversation).order_by("id"))
-
-
-@sync_to_async
-def scripted(chunks=None, delay=0.0):
-    return install_scripted(chunks, delay)
 
 
 async def test_a_reply_streams_in_several_chunks_and_is_saved_with_its_usage(owner, conversation):

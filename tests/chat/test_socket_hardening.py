@@ -15,7 +15,7 @@ from chatsite.asgi import application
 from conversations.chat import replies
 from conversations.chat.consumers import ChatConsumer
 from conversations.delivery.groups import group_for
-from tests.chat.test_consumer import HOST, frames_until, messages_of, open_socket, scripted, session_cookie
+from tests.sockets import HOST, frames_until, messages_of, open_socket, scripted, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

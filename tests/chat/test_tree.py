@@ -5,8 +5,8 @@ from asgiref.sync import sync_to_async
 from django.urls import reverse
 
 from conversations.models import Message
-from tests.chat.test_consumer import frames_until, open_socket
-from tests.conftest import add_reply, install_scripted
+from tests.factories import add_reply, install_scripted
+from tests.sockets import frames_until, open_socket
 
 
 def contents(path):

@@ -5,7 +5,7 @@ from django.test import Client
 from django.urls import reverse
 
 from conversations.models import Conversation
-from tests.conftest import add_reply
+from tests.factories import add_reply, install_scripted
 
 
 def test_pages_require_login(client, conversation):
@@ -43,8 +43,6 @@ def test_the_list_shows_only_the_users_own_conversations(owner_client, owner, ot
 
 
 def test_new_makes_a_conversation_for_the_user_with_the_default_model(owner_client, owner):
-    from tests.conftest import install_scripted
-
     spec, _ = install_scripted()
     response = owner_client.post(reverse("conversations:new"))
     conversation = Conversation.objects.get(owner=owner)

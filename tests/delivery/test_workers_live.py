@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.delivery.test_deployed import FAST, SETUP, ask, reply_row, wait_for_row, words
+from tests.delivery.echo_site import FAST, SETUP, ask, reply_row, wait_for_row, words
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frames_until, open_socket, text_of
 
 pytestmark = [pytest.mark.slow]

@@ -16,7 +16,8 @@ from conversations.models.datasets import file_sha256
 from modelhub.models import Adapter
 from modelhub.training import text_scores
 from modelhub.training.evaluation import answer_tokens, reference_nll
-from tests.conftest import install_scripted
+from tests.factories import install_scripted
+from tests.finetuning import corrected_conversations
 
 ANSWERS = ["the cat sat on the mat", "i like to go hiking", "hello there friend", "what a lovely day it is"]
 REFERENCES = ["the cat is on the mat", "i like hiking and books", "hello there", "it is a lovely day"]
@@ -283,7 +284,6 @@ def test_a_fine_tune_on_a_snapshot_ends_with_a_report_of_the_base_vs_the_new_ada
     owner, tiny_spec, settings, tmp_path, capsys
 ):
     from conversations.training_data.export import export_snapshot
-    from tests.training_data.test_feedback_loop import corrected_conversations
 
     settings.CHAT_DATASETS_DIR, settings.MODELHUB_ADAPTERS_DIR = tmp_path / "datasets", tmp_path / "adapters"
     settings.EVALUATION_RESAMPLES = 50

@@ -16,10 +16,10 @@ from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.models import Adapter
 from modelhub.registry import registry
-from tests.chat.test_consumer import frames_until, open_socket, scripted
-from tests.conftest import add_reply
-from tests.modelhub.decoding.test_token_logprobs import assert_matches, expected
-from tests.modelhub.test_serving import make_adapter
+from tests.adapters import make_tiny_adapter
+from tests.factories import add_reply
+from tests.modelhub.logprobs import assert_matches, expected
+from tests.sockets import frames_until, open_socket, scripted
 
 
 @pytest.fixture
@@ -260,7 +260,7 @@ async def test_attention_rows_sum_to_one_and_equal_the_plain_models_output_atten
 async def test_attention_of_an_adapters_reply_is_the_adapters(owner, inspected_spec, plain, tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    folder = make_adapter(tiny_model_dir, tmp_path / "gamma", 3)
+    folder = make_tiny_adapter(tiny_model_dir, tmp_path / "gamma", 3)
     adapter = await Adapter.objects.acreate(name="gamma", base=inspected_spec, path=str(folder))
     conversation = await Conversation.objects.acreate(owner=owner, model=inspected_spec, adapter=adapter)
     reply = await chat(owner, conversation)
@@ -332,7 +332,7 @@ def test_attention_through_an_adapter_withdrawn_from_the_user_says_why_not(
     owner_client, conversation, tiny_spec, tiny_model_dir, tmp_path
 ):
     adapter = Adapter.objects.create(
-        name="tone", base=tiny_spec, path=str(make_adapter(tiny_model_dir, tmp_path / "tone", 1))
+        name="tone", base=tiny_spec, path=str(make_tiny_adapter(tiny_model_dir, tmp_path / "tone", 1))
     )
     reply = conversation.start_reply(tiny_spec, {}, adapter)
     reply.finish("complete", "an answer")

@@ -17,11 +17,11 @@ from modelhub import api
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import Usage
 from modelhub.prompts import template_hash
-from tests.chat.test_consumer import frames_until, open_socket, scripted
-from tests.conftest import add_reply
+from tests.adapters import make_tiny_adapter
+from tests.factories import add_reply
 from tests.live import http_server
-from tests.modelhub.test_serving import make_adapter
-from tests.site.test_security_headers import INLINE
+from tests.markup import INLINE
+from tests.sockets import frames_until, open_socket, scripted
 
 
 def sha16(text):
@@ -213,7 +213,7 @@ async def test_a_reply_from_an_adapter_trained_on_another_template_says_so(
 ):
     served = sha16(AutoTokenizer.from_pretrained(tiny_model_dir).chat_template)
     recorded = served if trained_with == "the same template" else sha16("{{ messages }}")
-    folder = await sync_to_async(make_adapter)(tiny_model_dir, tmp_path / "style", seed=1)
+    folder = await sync_to_async(make_tiny_adapter)(tiny_model_dir, tmp_path / "style", seed=1)
     tiny_spec.max_new_tokens = 4
     await tiny_spec.asave()
     adapter = await Adapter.objects.acreate(name="style", base=tiny_spec, path=str(folder), template_hash=recorded)

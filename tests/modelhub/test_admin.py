@@ -7,46 +7,10 @@ from conversations.models import Feedback
 from modelhub import api
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
-from tests.conftest import add_reply
-from tests.modelhub.test_serving import make_adapter
-from tests.site.test_security_headers import INLINE
-
-
-@pytest.fixture
-def staff_client(client, staff):
-    from django.contrib.auth.models import Permission
-
-    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="modelhub"))
-    client.force_login(staff)
-    return client
-
-
-def add_form(source, **extra):
-    data = {
-        "name": "new-model",
-        "display_name": "",
-        "backend": "transformers",
-        "source": str(source),
-        "revision": "",
-        "dtype": "float32",
-        "device": "cpu",
-        "quantization": "none",
-        "compute_dtype": "auto",
-        "chat_template": "",
-        "visibility": "all",
-        "context_length": "",
-        "system_prompt": "",
-        "temperature": "0.7",
-        "top_p": "0.95",
-        "top_k": "50",
-        "max_new_tokens": "64",
-        "repetition_penalty": "1.0",
-        "enabled": "on",
-        "connect_timeout": "5",
-        "read_timeout": "60",
-    }
-    data.update(extra)
-    return data
+from tests.adapters import make_tiny_adapter
+from tests.factories import add_reply
+from tests.markup import INLINE
+from tests.modelhub.admin_forms import add_form
 
 
 def test_staff_adds_a_local_model_that_passes_the_checks(staff_client, tiny_model_dir):
@@ -132,7 +96,7 @@ def test_an_adapter_for_another_base_is_refused_in_the_form(staff_client, tiny_s
 
 
 def test_a_fitting_adapter_is_accepted(staff_client, tiny_spec, tiny_model_dir, tmp_path):
-    folder = make_adapter(tiny_model_dir, tmp_path / "ok", 5)
+    folder = make_tiny_adapter(tiny_model_dir, tmp_path / "ok", 5)
     data = {
         "name": "ok",
         "base": tiny_spec.pk,

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.training.builtin import is_validation
+from tests.adapters import make_tiny_adapter
 
 
 def run(*args):
@@ -202,9 +203,7 @@ def test_modelhub_unload_disables_the_model_and_servers_drop_it(db, tiny_spec):
 
 
 def test_modelhub_test_streams_with_an_adapter(db, tiny_spec, tiny_model_dir, tmp_path):
-    from tests.modelhub.test_serving import make_adapter
-
-    make_adapter(tiny_model_dir, tmp_path / "a", 7)
+    make_tiny_adapter(tiny_model_dir, tmp_path / "a", 7)
     run("modelhub", "add-adapter", "tiny", "style", str(tmp_path / "a"))
     out, err = run("modelhub", "test", "tiny", "hello", "--adapter", "style", "--max-new-tokens", "8")
     assert out.strip() and re.search(r"\[\d+ tokens in [\d.]+s", err)

@@ -1,6 +1,7 @@
 """Remote models (an OpenAI-compatible server) when the server is not what it should be: nothing
 listening, a server that accepts and never answers, one that answers HTML, a missing API key.
-Each case is a real socket and a real HTTP server; a real vLLM is driven in test_vllm_live.py.
+Each case is a real socket and a real HTTP server; a real vLLM is driven in
+tests/modelhub/test_vllm_live.py.
 
 Whatever goes wrong, the admin form and `manage.py modelhub test` say so in one sentence, and
 a chat reply ends `error` with that sentence, never a stuck `streaming` row.
@@ -8,7 +9,6 @@ a chat reply ends `error` with that sentence, never a stuck `streaming` row.
 
 import http.server
 import socket
-import threading
 from io import StringIO
 
 import pytest
@@ -19,9 +19,10 @@ from conversations.models import Conversation, Message
 from modelhub import api
 from modelhub.models import ModelSpec
 from modelhub.options import ModelhubError
-from tests.chat.test_consumer import frames_until, open_socket
+from tests.factories import remote_spec
 from tests.live import http_server
-from tests.modelhub.test_admin import add_form
+from tests.modelhub.admin_forms import add_form
+from tests.sockets import frames_until, open_socket
 
 
 class _Html(http.server.BaseHTTPRequestHandler):
@@ -43,51 +44,6 @@ class _Html(http.server.BaseHTTPRequestHandler):
 def html_server():
     with http_server(_Html) as url:
         yield url
-
-
-@pytest.fixture
-def silent_server():
-    """Accepts connections and never says a word (a hung server)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted = []
-    stop = threading.Event()
-
-    def accept():
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
-
-
-@pytest.fixture
-def closed_url():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"  # nothing listens there any more
-
-
-def remote_spec(url, **fields):
-    return ModelSpec.objects.create(
-        name="remote",
-        backend=ModelSpec.Backend.REMOTE,
-        server_url=url,
-        is_default=True,
-        **{"read_timeout": 0.5, "connect_timeout": 0.5, **fields},
-    )
 
 
 def reply_error(spec):

@@ -20,27 +20,10 @@ from modelhub.models import Adapter, ModelSpec
 from modelhub.options import ModelhubError, ModelLoadError
 from modelhub.registry import Registry, registry
 from tests import ROOT
+from tests.adapters import make_tiny_adapter
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
-
-
-def make_adapter(base_dir, folder, seed, target_modules=("q_proj", "v_proj")):
-    """A LoRA adapter with random (non-zero) weights, so it visibly changes the output."""
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=list(target_modules), init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def adapter_dirs(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    return {
-        "alpha": make_adapter(tiny_model_dir, root / "alpha", 1),
-        "beta": make_adapter(tiny_model_dir, root / "beta", 2, ("q_proj", "k_proj", "down_proj")),
-    }
 
 
 @pytest.fixture
@@ -112,7 +95,7 @@ def test_an_adapter_for_another_base_fails_clearly_and_the_base_keeps_serving(db
 
 def test_an_adapter_targeting_missing_modules_fails_clearly(db, tiny_spec, tmp_path, tiny_model_dir):
     gpt_like = Adapter.objects.create(
-        name="gpt", base=tiny_spec, path=str(make_adapter(tiny_model_dir, tmp_path / "g", 3))
+        name="gpt", base=tiny_spec, path=str(make_tiny_adapter(tiny_model_dir, tmp_path / "g", 3))
     )
     config_file = tmp_path / "g" / "adapter_config.json"
     config_file.write_text(config_file.read_text().replace('"q_proj"', '"c_attn"').replace('"v_proj"', '"c_proj"'))

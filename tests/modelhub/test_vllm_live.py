@@ -21,46 +21,23 @@ from django.urls import reverse
 from modelhub import api
 from modelhub.mixing import mixed_batch_differences, write_zero_adapter
 from modelhub.models import Adapter, FinetuneJob, ModelSpec
-from tests import ROOT
+from tests.adapters import BUILTIN, make_builtin_adapter
+from tests.finetuning import PHRASE, sft_rows, write_jsonl
 from tests.live import SHELL_PRELUDE, Site, frames_until, open_socket, text_of
+from tests.modelhub.admin_forms import add_form
 from tests.vllm_server import VllmServer, ensure_venv
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
-
-
-def make_adapter(folder, seed):
-    """A rank-8 LoRA on the attention projections, B drawn at random so that it changes the replies."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(BUILTIN, dtype=torch.float32)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-    )
-    model = get_peft_model(base, config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.15)
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    tone = make_adapter(root / "tone", seed=1)
-    brisk = make_adapter(root / "brisk", seed=2)
-    late = make_adapter(root / "late", seed=3)  # loaded at run time
+    tone = make_builtin_adapter(root / "tone", seed=1)
+    brisk = make_builtin_adapter(root / "brisk", seed=2)
+    late = make_builtin_adapter(root / "late", seed=3)  # loaded at run time
     write_zero_adapter(tone, root / "base-zero")
     return {"tone": tone, "brisk": brisk, "late": late, "base-zero": root / "base-zero"}
 
@@ -195,8 +172,6 @@ def test_enabling_an_adapter_in_the_admin_loads_it_on_the_server(admin_client, v
 
 
 def test_a_served_name_the_server_does_not_list_is_refused_in_the_admin(admin_client, vllm):
-    from tests.modelhub.test_admin import add_form
-
     form = add_form("", name="other", backend="openai", server_url=vllm.base_url, served_model_name="nope")
     response = admin_client.post(reverse("admin:modelhub_modelspec_add"), form)
     error = response.context["adminform"].form.errors["server_url"][0]
@@ -308,7 +283,6 @@ def test_the_feedback_loop_closes_on_a_remote_model_a_fine_tune_of_its_weights_s
     admin_client, vllm, tmp_path, settings
 ):
     from modelhub.training.finetune import run_job
-    from tests.modelhub.training.test_finetune import PHRASE, sft_rows, write_jsonl
 
     settings.MODELHUB_ADAPTERS_DIR = tmp_path / "adapters"
     spec = remote(vllm, load_adapters_at_runtime=True)

@@ -10,7 +10,7 @@ from conversations.models import ApiKey
 from conversations.openai_api import shapes
 from conversations.openai_api.requests import ApiError, read
 from modelhub.models import Adapter, ModelSpec
-from tests.conftest import install_scripted
+from tests.factories import install_scripted
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import time
 import openai
 import pytest
 
+from tests.adapters import make_builtin_adapter
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
-from tests.modelhub.test_vllm_live import make_adapter
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,7 +49,7 @@ GREEDY = {"temperature": 0, "max_tokens": 24}
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    return make_adapter(tmp_path_factory.mktemp("adapters") / "tone", seed=1)
+    return make_builtin_adapter(tmp_path_factory.mktemp("adapters") / "tone", seed=1)
 
 
 @pytest.fixture(scope="module", params=["embedded", "deployed", "workers"])

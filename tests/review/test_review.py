@@ -1,7 +1,7 @@
 """The review queue (queue.py, review/views.py, Review.decide): reviewers get consented feedback one
 item at a time, never the same place as another reviewer; they approve (editing the correction) or reject;
 agreement with overlap equals scikit-learn's and statsmodels' kappas; a snapshot can take approved items
-only, and its card says who reviewed how much. The browser walk-through is test_browser_review.py."""
+only, and its card says who reviewed how much. The browser walk-through is tests/browser/test_review_page.py."""
 
 from datetime import timedelta
 
@@ -21,7 +21,7 @@ from conversations.review.queue import QueueFilters
 from conversations.training_data import agreement
 from conversations.training_data.examples import Filters
 from conversations.training_data.export import export_snapshot
-from tests.training_data.test_export import all_rows, ask
+from tests.training_data.snapshots import all_rows, ask
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from modelhub.models import Adapter, ModelSpec
 from modelhub.options import MAX_SEED, GenerationOptions, InvalidOptions
-from tests.conftest import install_scripted
-from tests.modelhub.test_admin import add_form
+from tests.adapters import make_tiny_adapter
+from tests.factories import install_scripted
+from tests.modelhub.admin_forms import add_form
 
 LIMIT = 2048  # the max_new_tokens limit the option tests validate against
 OPTION_NAMES = [field.name for field in dataclasses.fields(GenerationOptions)]
@@ -121,9 +122,7 @@ def test_it_refuses_an_adapter_folder_whose_config_is_not_a_lora_config(tiny_spe
 
 
 def test_a_duplicate_adapter_name_is_reported_without_an_internal_field_key(tiny_spec, tiny_model_dir, tmp_path):
-    from tests.modelhub.test_serving import make_adapter
-
-    folder = make_adapter(tiny_model_dir, tmp_path / "a", 3)
+    folder = make_tiny_adapter(tiny_model_dir, tmp_path / "a", 3)
     run("modelhub", "add-adapter", "tiny", "style", str(folder))
     with pytest.raises(CommandError) as refused:
         run("modelhub", "add-adapter", "tiny", "style", str(folder))

@@ -16,9 +16,8 @@ from django.db import connections
 
 from modelhub.models import ModelSpec
 from modelhub.registry import registry
-from tests.conftest import install_scripted
+from tests.factories import install_scripted, remote_spec
 from tests.live import free_port, http_server
-from tests.modelhub.test_remote import closed_url, remote_spec, silent_server  # noqa: F401 - fixtures shared with those tests
 
 ALL_OK = {"database": "ok", "channel_layer": "ok", "default_model": "ok"}
 
@@ -149,7 +148,7 @@ def test_readyz_is_503_when_the_default_model_s_folder_is_gone(client, tmp_path)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_readyz_is_503_when_the_remote_default_model_s_server_is_down(client, closed_url):  # noqa: F811
+def test_readyz_is_503_when_the_remote_default_model_s_server_is_down(client, closed_url):
     remote_spec(closed_url)
     response = readyz(client)
     assert response.status_code == 503

@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from conversations import metrics
 from conversations.models import Conversation, Message
 from modelhub import api
-from tests.chat.test_consumer import frames_until, open_socket
-from tests.conftest import install_scripted
-from tests.delivery.test_deployed import FAST, SETUP, words
+from tests.delivery.echo_site import FAST, SETUP, words
+from tests.factories import install_scripted
 from tests.live import PostgresDatabase, RedisServer, Site, free_port, wait_for_port
 from tests.live import frames_until as live_frames_until
 from tests.live import open_socket as live_socket
+from tests.sockets import frames_until, open_socket
 
 TOKEN = "scrape-token-0123456789"
 

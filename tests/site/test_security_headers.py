@@ -1,7 +1,7 @@
 """Security headers (chatsite/settings.py): a Content-Security-Policy that allows nothing inline
 and nothing from another site, Referrer-Policy and X-Content-Type-Options, on the app's pages
 and the admin's. Templates keep no inline script, style or event handler, which the policy
-would block; tests/test_browser.py checks the pages in a real browser for violations."""
+would block; tests/browser/ checks the pages in a real browser for violations."""
 
 import re
 
@@ -9,6 +9,7 @@ import pytest
 from django.urls import reverse
 
 from tests import ROOT
+from tests.markup import INLINE
 
 TEMPLATES = ROOT / "templates"
 POLICY = {
@@ -17,13 +18,6 @@ POLICY = {
     "base-uri": "'self'",
     "form-action": "'self'",
     "frame-ancestors": "'none'",
-}
-INLINE = {
-    "an inline script": re.compile(r"<script\b(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE),
-    "a style element": re.compile(r"<style\b", re.IGNORECASE),
-    "a style attribute": re.compile(r"\sstyle=", re.IGNORECASE),
-    "an event handler attribute": re.compile(r"\s(on[a-z]+|hx-on[:\w-]*)=", re.IGNORECASE),
-    "a javascript: URL": re.compile(r"javascript:", re.IGNORECASE),
 }
 
 

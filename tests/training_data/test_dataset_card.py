@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 
 from conversations.training_data.examples import Filters
 from conversations.training_data.export import export_snapshot
-from tests.chat.test_markdown import HOSTILE, Elements
+from tests.markup import HOSTILE, Elements
 
 CARD_ELEMENTS = {"h1", "h2", "p", "pre", "code", "ul", "li"}  # what the card's own Markdown makes
 

@@ -16,7 +16,7 @@ from conversations.models.datasets import SnapshotChanged
 from conversations.training_data.examples import Filters
 from conversations.training_data.export import export_snapshot, in_eval
 from conversations.training_data.scrub import Scrubber
-from modelhub.models import ModelSpec
+from tests.training_data.snapshots import all_rows, ask, rows, spec
 
 COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": ["prompt", "completion", "label"]}
 
@@ -25,27 +25,6 @@ COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "kto": 
 def datasets_dir(settings, tmp_path):
     settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
     return settings.CHAT_DATASETS_DIR
-
-
-def spec(name):
-    return ModelSpec.objects.get_or_create(name=name, defaults={"source": "-", "backend": "scripted"})[0]
-
-
-def ask(conversation, question, text, model="base", parent=None):
-    """A question (unless `parent` is given: then another answer to it) and a finished answer."""
-    if parent is None:
-        parent = conversation.add_user_message(question)
-    reply = conversation.start_reply(spec(model), {}, parent=parent)
-    reply.finish("complete", text)
-    return reply
-
-
-def rows(path):
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
-
-
-def all_rows(snapshot):
-    return rows(snapshot.train_path) + rows(snapshot.eval_path)
 
 
 @pytest.fixture

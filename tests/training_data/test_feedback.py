@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from conversations.models import Conversation, Feedback, FeedbackTag, Message, Preference, Verdict
-from tests.conftest import add_reply
+from tests.factories import add_reply, make_comparison
 
 HTMX = {"HX-Request": "true"}
 
@@ -155,8 +155,6 @@ def test_an_answer_without_siblings_cannot_be_preferred(owner_client, answer):
 
 
 def test_a_side_by_side_verdict_is_one_preference_that_follows_the_latest_choice(owner, conversation):
-    from tests.chat.test_comparison import make_comparison
-
     comparison = make_comparison(conversation)
     for reply in (comparison.left, comparison.right):
         reply.finish("complete", reply.model_name)

@@ -9,11 +9,10 @@ from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from conversations.models import Conversation, Feedback
 from conversations.training_data.export import export_snapshot
 from modelhub import api
 from modelhub.models import Adapter, FinetuneJob
-from tests.modelhub.training.test_finetune import PHRASE, QUESTIONS, FakePopen
+from tests.finetuning import PHRASE, FakePopen, corrected_conversations
 
 LEARN = {"epochs": 10, "learning_rate": 1e-2, "eval_steps": 10, "lora_dropout": 0.0, "batch_size": 4}
 
@@ -22,17 +21,6 @@ LEARN = {"epochs": 10, "learning_rate": 1e-2, "eval_steps": 10, "lora_dropout": 
 def var_dirs(settings, tmp_path):
     settings.CHAT_DATASETS_DIR = tmp_path / "datasets"
     settings.MODELHUB_ADAPTERS_DIR = tmp_path / "adapters"
-
-
-def corrected_conversations(owner, spec, count, correction=PHRASE):
-    """`count` conversations whose answer the owner corrected (and rated down)."""
-    for number in range(count):
-        conversation = Conversation.objects.create(owner=owner, model=spec)
-        first, second = QUESTIONS[number % 6], QUESTIONS[number // 6 % 6]
-        conversation.add_user_message(first if first == second else f"{first} {second}")
-        reply = conversation.start_reply(spec, {})
-        reply.finish("complete", "i like to go hiking and read books.")
-        Feedback.record(owner, reply, rating="down", correction=correction)
 
 
 def test_corrections_become_an_adapter_that_answers_like_them_once_promoted(owner, staff, tiny_spec, capsys):

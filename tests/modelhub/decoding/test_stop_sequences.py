@@ -4,7 +4,7 @@ stop string it would contain, and no piece of that string ever reaches the calle
 On the tiny random Llama, greedy: the reply without `stop` is T; with a stop string that
 occurs in T, across several tokens (several streamed chunks), the reply is T cut right before
 it, finish "stop", the same alone and in a batch, and its row leaves the batch that step. A
-remote model sends `stop` to its server (a real HTTP server here; vLLM in test_vllm_live.py).
+remote model sends `stop` to its server (a real HTTP server here; vLLM in tests/modelhub/test_vllm_live.py).
 """
 
 import http.server
@@ -21,10 +21,9 @@ from modelhub.backends.local import TransformersBackend
 from modelhub.engine.request import Request
 from modelhub.engine.worker import Worker
 from modelhub.options import GenerationOptions, InvalidOptions
-from tests.conftest import install_scripted
+from tests.factories import install_scripted, remote_spec
 from tests.live import http_server
-from tests.modelhub.engine.test_batching import PROMPTS, Served, ask
-from tests.modelhub.test_remote import remote_spec
+from tests.modelhub.served import PROMPTS, Served, ask
 
 PROMPT = ask(PROMPTS[2])
 LONG = {"max_new_tokens": 24, "ignore_eos": True}  # no end-of-turn token: a reply not stopped ends "length"
@@ -44,11 +43,6 @@ def stop_across_chunks(chunks):
         if "\ufffd" not in stop and text.find(stop) == start and start > 0:
             return stop, start
     raise AssertionError(f"no stop string found across the chunks of {text!r}")
-
-
-@pytest.fixture
-def served(tiny_spec):
-    return Served(tiny_spec)
 
 
 @pytest.fixture

@@ -5,81 +5,15 @@ adapters mix in one batch; a conversation's next turn reuses its keys and values
 The worker is held at its gate (its model "loading") while a test submits requests, so
 everything submitted before the gate opens is admitted into one batch."""
 
-import threading
-
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub import api
-from modelhub.backends import loading
-from modelhub.backends.local import TransformersBackend
 from modelhub.engine.kv_reuse import PrefixCache
 from modelhub.engine.request import Request
 from modelhub.models import Adapter
 from modelhub.options import ModelhubError
-from modelhub.registry import registry
-from tests.modelhub.test_serving import adapter_dirs  # noqa: F401 - a fixture shared with those tests
-
-PROMPTS = [
-    "hello there, how are you doing today?",
-    "hi",
-    "what do you like to do on the weekend? i like to go hiking and read books.",
-    "that sounds fun. where do you hike?",
-    "i am doing well, thanks for asking!",
-    "read books",
-]
-
-
-def ask(text):
-    return [{"role": "user", "content": text}]
-
-
-class Served:
-    """The tiny spec served by a worker that waits at a gate before its first step."""
-
-    def __init__(self, spec, kv_cache_mb=64, prefill_chunk=512, hook=None):
-        """`hook(module, args, kwargs)` runs before each forward pass of the loaded model."""
-        self.spec = spec
-        self.gate = threading.Event()
-
-        def load(progress):
-            self.gate.wait(30)
-            loaded = loading.load(spec.load_settings(), progress)
-            if hook is not None:
-                loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
-            return TransformersBackend(loaded, kv_cache_bytes=int(kv_cache_mb * 2**20), prefill_chunk=prefill_chunk)
-
-        registry.install(spec.name, load=load)
-        self.worker = registry.worker(spec)
-
-    def start(self, messages, adapter=None, **options):
-        return api.start(self.spec, messages, {"temperature": 0, "max_new_tokens": 16, **options}, adapter=adapter)
-
-    def open(self):
-        self.gate.set()
-
-    @property
-    def backend(self):
-        return self.worker.backend
-
-
-@pytest.fixture
-def served(tiny_spec):
-    return Served(tiny_spec)
-
-
-@pytest.fixture(scope="module")
-def reference_models(tiny_model_dir, adapter_dirs):  # noqa: F811
-    """Freshly loaded models to compare against: the base and each adapter as its own PeftModel."""
-    from peft import PeftModel
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    models = {None: AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)}
-    for name, folder in adapter_dirs.items():
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        models[name] = PeftModel.from_pretrained(base, folder)
-    return tokenizer, models
+from tests.modelhub.served import PROMPTS, Served, ask, read
 
 
 def alone(reference_models, messages, adapter=None, max_new_tokens=16, ignore_eos=False):
@@ -97,10 +31,6 @@ def alone(reference_models, messages, adapter=None, max_new_tokens=16, ignore_eo
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-def read(request):
-    return "".join(request)
-
-
 def test_a_batch_of_greedy_requests_matches_each_request_run_alone(served, reference_models):
     requests = [served.start(ask(p)) for p in PROMPTS]
     served.open()
@@ -110,13 +40,6 @@ def test_a_batch_of_greedy_requests_matches_each_request_run_alone(served, refer
     assert texts == [alone(reference_models, ask(p)) for p in PROMPTS]
     assert served.backend.decoder.batch.peak == len(PROMPTS)
     assert len(set(texts)) > 1
-
-
-@pytest.fixture
-def adapter_rows(tiny_spec, adapter_dirs):  # noqa: F811
-    return {
-        name: Adapter.objects.create(name=name, base=tiny_spec, path=str(path)) for name, path in adapter_dirs.items()
-    }
 
 
 def test_requests_for_different_adapters_share_a_batch_and_match_each_adapter_alone(

@@ -24,10 +24,9 @@ from modelhub.engine.worker import Worker
 from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.registry import registry
-from tests.chat.test_consumer import frames_until, messages_of, open_socket
-from tests.conftest import install_scripted
-from tests.modelhub.engine.test_batching import Served, ask, read
-from tests.modelhub.test_admin import staff_client  # noqa: F401 - a fixture: staff with the modelhub permissions
+from tests.factories import install_scripted
+from tests.modelhub.served import Served, ask, read
+from tests.sockets import frames_until, messages_of, open_socket
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 WORDS = [f"w{i} " for i in range(500)]
@@ -351,7 +350,7 @@ async def test_a_model_that_fails_to_load_is_one_error_and_loads_once_its_folder
     await socket.disconnect()
 
 
-def test_the_admins_reload_loads_a_model_whose_folder_was_fixed(staff_client, tiny_model_dir, tmp_path):  # noqa: F811
+def test_the_admins_reload_loads_a_model_whose_folder_was_fixed(staff_client, tiny_model_dir, tmp_path):
     from django.urls import reverse
 
     folder = tmp_path / "model"

@@ -3,9 +3,7 @@ formats train, a synthetic task is learnt and served, failures are recorded, and
 staff with the change permission may run jobs or promote adapters."""
 
 import hashlib
-import json
 import math
-import random
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -17,16 +15,8 @@ from modelhub.models import Adapter, FinetuneJob
 from modelhub.models.finetune_job import FinetuneError
 from modelhub.options import ModelNotFound
 from modelhub.training.finetune import finetune, run_job
+from tests.finetuning import PHRASE, QUESTIONS, FakePopen, sft_rows, write_jsonl
 
-PHRASE = "Blue is my answer."
-QUESTIONS = [
-    "hello there, how are you doing today?",
-    "what do you like to do on the weekend?",
-    "where do you hike?",
-    "what is your favourite colour?",
-    "tell me something about books",
-    "is it going to rain?",
-]
 TWO_STEPS = {"max_steps": 2, "eval_steps": 1, "batch_size": 2}
 
 
@@ -35,26 +25,6 @@ def adapters_dir(settings, tmp_path):
     settings.MODELHUB_ADAPTERS_DIR = tmp_path / "adapters"
     settings.VAR_DIR = tmp_path / "var"
     return settings.MODELHUB_ADAPTERS_DIR
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def sft_rows(n, seed, answer=PHRASE):
-    """Conversations in the SFT export format, some with a system turn and two exchanges."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        question = f"{rng.choice(QUESTIONS)} ({i})"
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        if i % 3 == 0:
-            messages = [{"role": "system", "content": "Be brief."}, *messages]
-        if i % 4 == 0:
-            messages += [{"role": "user", "content": rng.choice(QUESTIONS)}, {"role": "assistant", "content": answer}]
-        rows.append({"messages": messages})
-    return rows
 
 
 def dpo_rows(n):
@@ -286,33 +256,8 @@ def test_the_command_trains_from_files_and_registers_a_disabled_adapter(tiny_spe
 
 
 @pytest.fixture
-def staff_with_rights(staff):
-    from django.contrib.auth.models import Permission
-
-    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="modelhub"))
-    return staff
-
-
-@pytest.fixture
-def queued_job(tiny_spec, tmp_path):
-    job = FinetuneJob.objects.create_for(tiny_spec, "sft", tmp_path / "t.jsonl", tmp_path / "e.jsonl")
-    job.record_progress(3, 10, {"train": [[1, 5.7], [2, 5.2], [3, 4.9]], "eval": [[0, 5.8], [2, 5.1]]})
-    return job
-
-
-@pytest.fixture
 def disabled_adapter(tiny_spec, tmp_path):
     return Adapter.objects.create(name="candidate", base=tiny_spec, path=str(tmp_path), enabled=False)
-
-
-class FakePopen:
-    """Stands in for the training process only: what is under test is who may start it."""
-
-    calls = []
-
-    def __init__(self, command, **kwargs):
-        self.pid = 4242
-        FakePopen.calls.append((command, kwargs))
 
 
 def run_action(client, job):

@@ -14,7 +14,6 @@ import pytest
 from django.urls import reverse
 
 from modelhub.models import FinetuneJob
-from tests.modelhub.training.test_finetune import queued_job, staff_with_rights  # noqa: F401 - fixtures shared with those tests
 
 
 def looks_like_training(job):
@@ -35,12 +34,12 @@ def look(client, job):
 
 
 @pytest.fixture
-def staff_client(client, staff_with_rights):  # noqa: F811
+def staff_client(client, staff_with_rights):
     client.force_login(staff_with_rights)
     return client
 
 
-def test_a_job_whose_process_has_exited_is_failed_with_a_reason(staff_client, queued_job):  # noqa: F811
+def test_a_job_whose_process_has_exited_is_failed_with_a_reason(staff_client, queued_job):
     gone = subprocess.Popen(["true"])
     gone.wait()
     job = look(staff_client, running_as(queued_job, gone.pid))
@@ -49,7 +48,7 @@ def test_a_job_whose_process_has_exited_is_failed_with_a_reason(staff_client, qu
     assert job.finished_at is not None
 
 
-def test_a_killed_process_not_yet_reaped_counts_as_gone(staff_client, queued_job):  # noqa: F811
+def test_a_killed_process_not_yet_reaped_counts_as_gone(staff_client, queued_job):
     process = looks_like_training(queued_job)
     process.send_signal(signal.SIGKILL)
     try:
@@ -63,7 +62,7 @@ def test_a_killed_process_not_yet_reaped_counts_as_gone(staff_client, queued_job
         process.wait()
 
 
-def test_a_live_training_process_keeps_its_job_running(staff_client, queued_job):  # noqa: F811
+def test_a_live_training_process_keeps_its_job_running(staff_client, queued_job):
     process = looks_like_training(queued_job)
     try:
         job = look(staff_client, running_as(queued_job, process.pid))
@@ -75,7 +74,7 @@ def test_a_live_training_process_keeps_its_job_running(staff_client, queued_job)
     assert listing.status_code == 200 and job.status == "running" and job.error == ""
 
 
-def test_another_program_on_the_same_pid_does_not_keep_a_job_alive(staff_client, queued_job):  # noqa: F811
+def test_another_program_on_the_same_pid_does_not_keep_a_job_alive(staff_client, queued_job):
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         job = look(staff_client, running_as(queued_job, stranger.pid))
@@ -85,7 +84,7 @@ def test_another_program_on_the_same_pid_does_not_keep_a_job_alive(staff_client,
     assert job.status == "failed"
 
 
-def test_a_job_running_on_another_machine_is_left_alone(staff_client, queued_job):  # noqa: F811
+def test_a_job_running_on_another_machine_is_left_alone(staff_client, queued_job):
     gone = subprocess.Popen(["true"])
     gone.wait()
     job = look(staff_client, running_as(queued_job, gone.pid, host="gpu-box-2"))
@@ -93,7 +92,7 @@ def test_a_job_running_on_another_machine_is_left_alone(staff_client, queued_job
     assert job.status == "running"
 
 
-def test_a_finished_job_keeps_its_result_after_its_process_exits(staff_client, queued_job):  # noqa: F811
+def test_a_finished_job_keeps_its_result_after_its_process_exits(staff_client, queued_job):
     gone = subprocess.Popen(["true"])
     gone.wait()
     queued_job.launched("/nowhere.log", gone.pid)

@@ -1,0 +1,56 @@
+"""The chat websocket in process: channels' WebsocketCommunicator on the real ASGI application
+(origin check, session auth, routing), as a browser on 127.0.0.1:8000 would open it.
+
+    socket, connected, code = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi"})
+    frames = await frames_until(socket, "done")
+
+(The same over real sockets to a real daphne is in tests/live.py.)"""
+
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatsite.asgi import application
+from conversations.models import Message
+from tests.factories import install_scripted
+
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # the address the socket is opened on, as a browser sends it
+
+
+@sync_to_async
+def session_cookie(user):
+    client = Client()
+    client.force_login(user)
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+async def open_socket(user, conversation, origin=ORIGIN):
+    headers = [HOST, origin] if origin else [HOST]
+    if user is not None:
+        headers.append(await session_cookie(user))
+    communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def frames_until(communicator, kind, timeout=10):
+    """All frames up to and including the first of `kind` (a type, or a test of the frame)."""
+    matches = kind if callable(kind) else lambda frame: frame["type"] == kind
+    frames = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=timeout)
+        frames.append(frame)
+        if matches(frame):
+            return frames
+
+
+@sync_to_async
+def messages_of(conversation):
+    return list(Message.objects.filter(conversation=conversation).order_by("id"))
+
+
+@sync_to_async
+def scripted(chunks=None, delay=0.0):
+    return install_scripted(chunks, delay)

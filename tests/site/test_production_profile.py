@@ -1,6 +1,7 @@
-"""The production profile: with the environment README's "Production settings" documents,
-`manage.py check --deploy` reports nothing; without it, it warns about each setting the profile
-sets; and the embedded default (no environment) still serves plain http on 127.0.0.1.
+"""The production profile: with the environment the "Production settings" page documents
+(docs/deployment/production.md), `manage.py check --deploy` reports nothing; without it, it warns
+about each setting the profile sets; and the embedded default (no environment) still serves plain
+http on 127.0.0.1.
 
 The checks run `manage.py` in a subprocess, because settings are read from the environment once,
 when Django starts."""
@@ -14,7 +15,7 @@ import sys
 
 from tests import ROOT
 
-PROFILE = {  # as README's "Production settings" gives it
+PROFILE = {  # as the "Production settings" page gives it
     "DEBUG": "0",
     "SECRET_KEY": secrets.token_urlsafe(50),
     "ALLOWED_HOSTS": "chat.example.com",
@@ -103,9 +104,9 @@ def test_a_bad_value_stops_start_up_with_its_name(tmp_path):
     assert result.returncode != 0 and "SECURE_HSTS_SECONDS='a year' is not an integer" in result.stderr
 
 
-def test_the_readme_documents_every_variable_of_the_profile():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Production settings", 1)[1].split("\n## ", 1)[0]
+def test_the_production_settings_page_documents_every_variable_of_the_profile():
+    page = (ROOT / "docs" / "deployment" / "production.md").read_text()
+    section = page.split("# Production settings", 1)[1].split("\n## ", 1)[0]
     assert [name for name in PROFILE if f"`{name}`" not in section] == []
 
 

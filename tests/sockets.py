@@ -14,6 +14,7 @@ from django.test import Client
 from chatsite.asgi import application
 from conversations.models import Message
 from tests.factories import install_scripted
+from tests.waiting import until
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 HOST = (b"host", b"127.0.0.1:8000")  # the address the socket is opened on, as a browser sends it
@@ -54,3 +55,23 @@ def messages_of(conversation):
 @sync_to_async
 def scripted(chunks=None, delay=0.0):
     return install_scripted(chunks, delay)
+
+
+async def settled_messages_of(conversation, timeout=10):
+    """The conversation's messages once none of its replies is streaming any more (its end was saved)."""
+
+    async def settled():
+        messages = await messages_of(conversation)
+        return messages if all(message.status != "streaming" for message in messages) else None
+
+    return await until(settled, timeout=timeout, what="every reply ended")
+
+
+async def nothing_waiting(communicator):
+    """True when no frame waits on this socket: a frame of an unknown type, which the server answers at once
+    with one error frame (and which touches no database and no rate limit), gets the very next frame. A
+    positive signal, where listening a while for silence would only hope that nothing comes later."""
+    await communicator.send_json_to({"type": "anything-waiting?"})
+    frame = await communicator.receive_json_from(timeout=10)
+    assert frame["type"] == "error" and frame["code"] == "unknown_type", frame
+    return True

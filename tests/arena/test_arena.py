@@ -8,7 +8,6 @@ differently for the candidate and the base: the model is not what these tests ar
 the arena's code path through modelhub is."""
 
 import json
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -26,6 +25,7 @@ from modelhub.backends.local import ScriptedBackend
 from modelhub.models import Adapter, ModelSpec
 from modelhub.registry import registry
 from tests.factories import add_reply
+from tests.waiting import wait_until
 
 HTMX = {"HX-Request": "true"}
 BASE, CANDIDATE = "basemodel-zeta", "dpo-cand-41"  # names that must not leak onto the blind page
@@ -286,9 +286,7 @@ def test_the_background_thread_writes_every_answer(staff, snapshot, candidate, b
 
     arena = Arena.open(staff, snapshot, candidate, prompts=3, seed=3)
     start_generation(arena)  # no transaction open: the thread starts at once
-    deadline = time.monotonic() + 20
-    while Arena.objects.get(pk=arena.pk).status != "ready" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: Arena.objects.get(pk=arena.pk).status == "ready", timeout=20)
     statuses = Message.objects.filter(role="assistant", conversation__owner=staff).values_list("status", flat=True)
     assert Arena.objects.get(pk=arena.pk).status == "ready" and list(set(statuses)) == ["complete"]
 

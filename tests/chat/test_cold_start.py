@@ -6,7 +6,6 @@ tests/chat/test_cold_start_live.py; the page showing the status, in tests/browse
 """
 
 import threading
-import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,6 +18,7 @@ from modelhub.models import ModelSpec
 from modelhub.registry import registry
 from tests.factories import install_scripted
 from tests.sockets import frames_until, messages_of, open_socket
+from tests.waiting import wait_until
 
 
 def scripted_spec(name, **fields):
@@ -26,10 +26,7 @@ def scripted_spec(name, **fields):
 
 
 def wait_until_loaded(name, timeout=30):
-    deadline = time.monotonic() + timeout
-    while registry.status()[name]["state"] == "loading":
-        assert time.monotonic() < deadline, f"{name} still loading after {timeout} s"
-        time.sleep(0.02)
+    wait_until(lambda: registry.status()[name]["state"] != "loading", timeout=timeout, what=f"{name} loaded")
     return registry.status()[name]["state"]
 
 

@@ -1,6 +1,5 @@
 """The chat websocket through the real ASGI stack (origin check, session auth, routing)."""
 
-import asyncio
 import json
 
 import pytest
@@ -9,7 +8,8 @@ from asgiref.sync import sync_to_async
 from conversations.models import Conversation, Message
 from modelhub.engine.arrivals import arrivals
 from tests.factories import add_reply
-from tests.sockets import frames_until, messages_of, open_socket, scripted
+from tests.sockets import frames_until, messages_of, open_socket, scripted, settled_messages_of
+from tests.waiting import until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -140,11 +140,7 @@ async def test_closing_the_socket_mid_reply_keeps_both_messages(owner, conversat
     await frames_until(socket, "chunk")
     await socket.disconnect()
 
-    for _ in range(100):
-        user_msg, reply = await messages_of(conversation)
-        if reply.status != "streaming":
-            break
-        await asyncio.sleep(0.05)
+    user_msg, reply = await settled_messages_of(conversation)
     assert user_msg.content == "tell me everything"
     assert reply.status == "interrupted"
     assert reply.content.startswith("word0") and 0 < reply.completion_tokens < 300
@@ -154,8 +150,7 @@ async def test_a_second_watcher_gets_the_reply_so_far_then_the_rest(owner, conve
     await scripted([f"w{i} " for i in range(30)], delay=0.02)
     first, _, _ = await open_socket(owner, conversation)
     await first.send_json_to({"type": "send", "content": "go"})
-    await frames_until(first, "chunk")
-    await asyncio.sleep(0.1)
+    await frames_until(first, lambda f: f["type"] == "chunk" and f["offset"] > 10)  # well under way
 
     second, _, _ = await open_socket(owner, conversation)
     frames = await frames_until(second, "done")
@@ -351,13 +346,11 @@ async def test_a_replys_first_text_is_saved_at_once_not_after_the_flush_interval
     await socket.send_json_to({"type": "send", "content": "hi"})
     reply_id = (await frames_until(socket, "chunk"))[-1]["message_id"]
 
-    deadline = asyncio.get_running_loop().time() + 2
-    while True:
+    async def saved_text():
         reply = await Message.objects.aget(pk=reply_id)
-        if reply.content:
-            break
-        assert asyncio.get_running_loop().time() < deadline, "no text saved 2 s after the first chunk"
-        await asyncio.sleep(0.05)
+        return reply if reply.content else None
+
+    reply = await until(saved_text, timeout=2, what="text saved within 2 s of the first chunk")
     assert reply.status == Message.Status.STREAMING and reply.content.startswith("w0 ")
     await socket.send_json_to({"type": "stop"})
     await frames_until(socket, "done")

@@ -1,7 +1,6 @@
 """The chat socket under hostile and unlucky input: every frame answered, sessions re-checked,
 origins compared whole, floods limited, and a consumer that crashes still lets go of its reply."""
 
-import asyncio
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from chatsite.asgi import application
 from conversations.chat import replies
 from conversations.chat.consumers import ChatConsumer
 from conversations.delivery.groups import group_for
-from tests.sockets import HOST, frames_until, messages_of, open_socket, scripted, session_cookie
+from tests.sockets import HOST, frames_until, messages_of, open_socket, scripted, session_cookie, settled_messages_of
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -158,11 +157,7 @@ async def test_a_consumer_that_crashes_stops_watching_so_its_orphaned_reply_is_i
         await socket.wait(timeout=5)
 
     assert replies._watchers[conversation.pk] == 0
-    for _ in range(100):
-        _, reply = await messages_of(conversation)
-        if reply.status != "streaming":
-            break
-        await asyncio.sleep(0.05)
+    _, reply = await settled_messages_of(conversation)
     assert reply.status == "interrupted" and reply.content.startswith("w0 ")
 
 

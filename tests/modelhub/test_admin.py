@@ -11,6 +11,7 @@ from tests.adapters import make_tiny_adapter
 from tests.factories import add_reply
 from tests.markup import INLINE
 from tests.modelhub.admin_forms import add_form
+from tests.waiting import wait_until
 
 
 def test_staff_adds_a_local_model_that_passes_the_checks(staff_client, tiny_model_dir):
@@ -113,12 +114,7 @@ def test_load_and_unload_actions_change_the_runtime_status(staff_client, tiny_sp
     url = reverse("admin:modelhub_modelspec_changelist")
     staff_client.post(url, {"action": "load_models", "_selected_action": [tiny_spec.pk]})
     registry.worker(tiny_spec)._thread.join(0)
-    for _ in range(100):
-        if registry.status()["tiny"]["state"] == "ready":
-            break
-        import time
-
-        time.sleep(0.05)
+    wait_until(lambda: registry.status()["tiny"]["state"] == "ready")
     page = staff_client.get(url).content.decode()
     assert "loaded on cpu, float32, none" in page and "MiB" in page and "0 replying, 0 waiting" in page
     "".join(api.start(tiny_spec, [{"role": "user", "content": "hello"}], {"temperature": 0, "max_new_tokens": 4}))
@@ -133,12 +129,7 @@ def test_a_failed_load_shows_its_error_in_the_runtime_column(staff_client, db, t
     (tmp_path / "config.json").write_text("{not json")
     url = reverse("admin:modelhub_modelspec_changelist")
     staff_client.post(url, {"action": "load_models", "_selected_action": [spec.pk]})
-    import time
-
-    for _ in range(100):
-        if registry.status()["broken"]["state"] == "failed":
-            break
-        time.sleep(0.05)
+    wait_until(lambda: registry.status()["broken"]["state"] == "failed")
     assert "failed: could not read a model" in staff_client.get(url).content.decode()
 
 

@@ -14,6 +14,7 @@ from modelhub.models import ModelSpec
 from modelhub.options import GenerationOptions, InvalidOptions, ModelhubError, ModelLoadError, PromptTooLong
 from modelhub.prompts import build_prompt
 from modelhub.registry import registry
+from tests.waiting import until
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 
@@ -171,12 +172,10 @@ def test_generation_options_merge_casts_and_validates():
 
 
 async def test_text_that_arrived_before_a_failure_reaches_the_async_reader_first(transactional_db):
-    import asyncio
-
     spec = await ModelSpec.objects.acreate(name="failing", backend="scripted", source="-")
     registry.install("failing", ScriptedBackend(chunks=["kept ", "too ", RuntimeError("boom")]))
     request = api.start(spec, HELLO)
-    await asyncio.sleep(0.2)  # let every item arrive, so they are read together
+    await until(lambda: len(request._items) == 3)  # both chunks and the error arrived: they are read together
     received = []
     with pytest.raises(ModelhubError, match="boom"):
         async for text in request.chunks():

@@ -21,6 +21,7 @@ from modelhub.options import ModelhubError, ModelLoadError
 from modelhub.registry import Registry, registry
 from tests import ROOT
 from tests.adapters import make_tiny_adapter
+from tests.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
@@ -222,10 +223,7 @@ def test_idle_models_are_unloaded_by_the_reaper(tiny_spec, settings):
     settings.MODELHUB_IDLE_UNLOAD_SECONDS = 0.2
     registry.stop_reaper()  # a reaper started earlier may be sleeping its 30 s: start one that reads 0.2 s
     reply(tiny_spec)
-    for _ in range(100):
-        if "tiny" not in registry.status():
-            break
-        time.sleep(0.05)
+    wait_until(lambda: "tiny" not in registry.status(), what="tiny unloaded")
     assert "tiny" not in registry.status()
     reply(tiny_spec)  # and it loads again on the next use
     assert registry.load_counts["tiny"] == 2

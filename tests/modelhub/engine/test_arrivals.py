@@ -4,7 +4,6 @@ The worker here serves a scripted backend that counts its decode steps: the test
 about the schedule, not the model."""
 
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from modelhub.engine.arrivals import arrivals
 from modelhub.engine.request import Request
 from modelhub.engine.worker import Worker
 from modelhub.options import GenerationOptions
+from tests.waiting import wait_until
 
 OPTIONS = GenerationOptions(max_new_tokens=400).validated(2048)
 
@@ -38,6 +38,24 @@ def worker():
     worker.close()
 
 
+@pytest.fixture
+def holds(monkeypatch):
+    """How many times a worker began holding its next step for a reply on its way, and how many of
+    those holds ended: the positive signal that the worker got to its next step and held it."""
+    count = {"began": 0, "ended": 0}
+    wait = arrivals.wait
+
+    def counted(arrived, deadline):
+        count["began"] += 1
+        try:
+            return wait(arrived, deadline)
+        finally:
+            count["ended"] += 1
+
+    monkeypatch.setattr(arrivals, "wait", counted)
+    return count
+
+
 @pytest.fixture(autouse=True)
 def no_announcement_left():
     yield
@@ -59,15 +77,14 @@ def read_in_background(request):
     return reader
 
 
-def test_running_replies_wait_for_an_announced_reply_then_decode_with_it(worker):
+def test_running_replies_wait_for_an_announced_reply_then_decode_with_it(worker, holds):
     running = worker.submit(request())
     next(iter(running))  # it is decoding
     arrival = arrivals.expect()
-    time.sleep(0.05)  # a step in flight may finish
+    wait_until(lambda: holds["began"])  # a step in flight finished, and the next one holds
     held_at = worker.backend.steps
-    time.sleep(0.3)
 
-    assert worker.backend.steps == held_at  # no step while the reply is on its way
+    assert holds["ended"] == 0 and worker.backend.steps == held_at  # no step while the reply is on its way
     newcomer = worker.submit(request(arrival))
     readers = [read_in_background(r) for r in (running, newcomer)]
     for reader in readers:
@@ -76,11 +93,11 @@ def test_running_replies_wait_for_an_announced_reply_then_decode_with_it(worker)
     assert worker.backend.rows[held_at] == 2  # the very next step decoded both
 
 
-def test_an_announcement_given_up_lets_the_running_replies_go_on_at_once(worker):
+def test_an_announcement_given_up_lets_the_running_replies_go_on_at_once(worker, holds):
     running = worker.submit(request())
     next(iter(running))
     arrival = arrivals.expect()
-    time.sleep(0.1)
+    wait_until(lambda: holds["began"])  # the worker holds its next step
     held_at = worker.backend.steps
 
     arrival.done()  # the turn was refused: no request will come
@@ -104,12 +121,13 @@ def test_a_reply_announced_but_never_sent_holds_each_step_only_up_to_the_bound()
         worker.close()
 
 
-def test_replies_submitted_while_others_are_announced_start_together(worker):
+def test_replies_submitted_while_others_are_announced_start_together(worker, holds):
     announced = [arrivals.expect() for _ in range(3)]
     requests = []
-    for arrival in announced:  # one after another, as saving turns would
+    for arrival in announced[:-1]:  # one after another, as saving turns would
         requests.append(worker.submit(request(arrival)))
-        time.sleep(0.05)
+        wait_until(lambda: holds["began"] >= len(requests))  # the worker took it, then held for the others
+    requests.append(worker.submit(request(announced[-1])))
     readers = [read_in_background(r) for r in requests]
     for reader in readers:
         reader.join(10)

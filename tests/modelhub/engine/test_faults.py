@@ -26,7 +26,7 @@ from modelhub.options import GenerationOptions, ModelhubError
 from modelhub.registry import registry
 from tests.factories import install_scripted
 from tests.modelhub.served import Served, ask, read
-from tests.sockets import frames_until, messages_of, open_socket
+from tests.sockets import frames_until, messages_of, nothing_waiting, open_socket
 
 HELLO = [{"role": "user", "content": "hello there, how are you doing today?"}]
 WORDS = [f"w{i} " for i in range(500)]
@@ -203,7 +203,7 @@ async def failed_turn(socket, content, options=None):
         frames.append(await socket.receive_json_from(timeout=30))
         if frames[-1]["type"] == "error":
             error_at = time.monotonic()
-    assert await socket.receive_nothing(timeout=0.2)  # nothing more after `done`
+    assert await nothing_waiting(socket)  # nothing more after `done`
     return frames, error_at
 
 

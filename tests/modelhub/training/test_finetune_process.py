@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from django.urls import reverse
 
 from modelhub.models import FinetuneJob
+from tests.waiting import wait_until
 
 
 def looks_like_training(job):
@@ -39,6 +39,12 @@ def staff_client(client, staff_with_rights):
     return client
 
 
+def process_state(pid):
+    """The kernel's one-letter state of a process: R running, S sleeping, Z a zombie (exited, not reaped)…"""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_a_job_whose_process_has_exited_is_failed_with_a_reason(staff_client, queued_job):
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -53,10 +59,7 @@ def test_a_killed_process_not_yet_reaped_counts_as_gone(staff_client, queued_job
     process.send_signal(signal.SIGKILL)
     try:
         job = running_as(queued_job, process.pid)
-        for _ in range(50):  # until the kernel has turned it into a zombie
-            if open(f"/proc/{process.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: process_state(process.pid) == "Z")  # until the kernel has turned it into a zombie
         assert look(staff_client, job).status == "failed"
     finally:
         process.wait()

@@ -21,6 +21,8 @@ from tests.browser.pages import (
     watch_for_policy_violations,
 )
 
+pytestmark = [pytest.mark.live]
+
 
 def test_a_reply_streams_in_several_increments_on_the_real_model_path(page):
     choose_model(page, "tiny")

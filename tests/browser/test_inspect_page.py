@@ -5,9 +5,12 @@ heatmaps. Screenshots land in artifacts/ (looked at before a change is called do
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser.pages import ARTIFACTS, choose_model, last_reply, send, wait_done
+
+pytestmark = [pytest.mark.live]
 
 
 def test_inspect_shows_probabilities_and_an_alternative_starts_a_branch_from_it(page):

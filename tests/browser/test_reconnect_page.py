@@ -12,7 +12,7 @@ import pytest
 from tests.browser.pages import ARTIFACTS, last_reply, send, watch_for_policy_violations
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 SETUP = (
     SHELL_PRELUDE

@@ -5,9 +5,12 @@ only, which holds exactly the approved item with the reviewer's correction. Scre
 
 import json
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser.pages import ARTIFACTS, PASSWORD, last_reply, send, wait_done, watch_for_policy_violations
+
+pytestmark = [pytest.mark.live]
 
 REVIEWER_PASSWORD = "review-pass-4821"
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.live import SHELL_PRELUDE, Site
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 SETUP = (
     SHELL_PRELUDE

@@ -18,7 +18,7 @@ import websockets
 from tests.delivery.echo_site import FAST, SETUP, ask, reply_row, wait_for_row, words
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket, text_of
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from tests.delivery.echo_site import FAST, SETUP, ask, reply_row, wait_for_row, words
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frames_until, open_socket, text_of
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 WEB = {"MODELHUB_WORKERS": 1, "MODELHUB_WORKER_TIMEOUT_SECONDS": 3}
 

@@ -27,7 +27,7 @@ from tests.live import SHELL_PRELUDE, Site, frames_until, open_socket, text_of
 from tests.modelhub.admin_forms import add_form
 from tests.vllm_server import VllmServer, ensure_venv
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.live]
 
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
 

@@ -16,7 +16,7 @@ import pytest
 from tests.adapters import make_builtin_adapter
 from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 SETUP = (
     SHELL_PRELUDE

@@ -289,6 +289,7 @@ def test_the_worker_command_takes_its_metrics_port_from_the_flag_or_the_environm
 
 
 @pytest.mark.slow
+@pytest.mark.live
 async def test_a_reply_written_by_a_model_worker_is_counted_on_the_worker_s_port_not_the_web_s(tmp_path):
     site = Site(
         tmp_path,

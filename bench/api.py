@@ -34,7 +34,8 @@ from serve import PROMPTS  # noqa: E402
 from stream import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from tests.live import SHELL_PRELUDE, PostgresDatabase, Site  # noqa: E402
+from tests.live import SHELL_PRELUDE, Site  # noqa: E402
+from tests.postgres import PostgresDatabase  # noqa: E402
 
 SETUP = """
 import io

@@ -51,7 +51,8 @@ from stream import ROOT  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from step_profile import profile_chatsite, profile_vllm  # noqa: E402
 
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, open_socket  # noqa: E402
+from tests.live import SHELL_PRELUDE, RedisServer, Site, open_socket  # noqa: E402
+from tests.postgres import PostgresDatabase  # noqa: E402
 from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
 
 BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"

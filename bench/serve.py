@@ -55,7 +55,9 @@ def parse_args():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model-dir", default=str(ROOT / "modelhub" / "builtin" / "chitchat"))
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--plot-dir", default=str(ROOT / "docs" / "benchmarks"), help="where the plot goes (the docs show it)")
+    parser.add_argument(
+        "--plot-dir", default=str(ROOT / "docs" / "benchmarks"), help="where the plot goes (the docs show it)"
+    )
     return parser.parse_args()
 
 

@@ -1,6 +1,6 @@
 """chatsite settings: everything that varies between machines comes from the environment.
 
-See the configuration table in README.md for each variable.
+See docs/deployment/settings.md for each variable.
 """
 
 from datetime import timedelta
@@ -111,7 +111,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "conversations:start"  # each role's home (conversations/access/permissions.py start)
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Roles and logins (README: "Roles and access"; conversations/access/roles.py, access/permissions.py) ------
+# --- Roles and logins (docs/admin/roles.md; conversations/access/roles.py, access/permissions.py) ------
 # Groups a new account joins (the roles: user, reviewer, model admin, admin; or a site's own groups).
 CHATSITE_NEW_USER_GROUPS = env_list("CHATSITE_NEW_USER_GROUPS", ["user"])
 # Failed logins (django-axes): LOGIN_FAILURE_LIMIT failures for one username from one address lock that
@@ -139,7 +139,7 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True  # pages pass the token in hx-headers / forms; no script reads the cookie
 X_FRAME_OPTIONS = "DENY"
 
-# --- Security headers (tests/test_security_headers.py) -------------------------
+# --- Security headers (tests/site/test_security_headers.py) -------------------------
 # Content-Security-Policy (django-csp 4): everything from this site only (the chat's websocket
 # too: 'self' covers ws/wss to the same host); no inline script, inline style or eval anywhere:
 # templates keep theirs in static/, and htmx is told neither to inject its indicator style nor
@@ -161,7 +161,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 # traceback's variables (this filter, by the key's look).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "chatsite.reporting.KeyRedactingFilter"
 
-# --- Production profile (README: "Production settings"; tests/test_production_profile.py) ---------
+# --- Production profile (docs/deployment/production.md; tests/site/test_production_profile.py) ---------
 # Off by default: the embedded default (`make run`) serves plain http on 127.0.0.1. With the documented
 # environment, `manage.py check --deploy` reports nothing: HTTPS only, cookies sent over HTTPS only, and
 # browsers told to stay on HTTPS. Plain-http requests are redirected, but for what the private network
@@ -178,7 +178,7 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 if env_bool("CHATSITE_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- Metrics and health checks (README: "Metrics and health checks"; conversations/metrics.py, chatsite/health.py) ----
+# --- Metrics and health checks (docs/reference/metrics.md; conversations/metrics.py, chatsite/health.py) ----
 # /metrics answers staff users, and a scraper that sends "Authorization: Bearer <METRICS_TOKEN>" (empty:
 # staff only). /healthz and /readyz answer anyone.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")

@@ -8,7 +8,7 @@ web process, or a model worker). Read at each scrape: the models this process se
 `/metrics` only, fine-tune jobs by status (one query of the shared database).
 
 Counters live in the process that counts them: scrape every daphne and every model worker at its
-own address (README, "Metrics and health checks"). The web's `/metrics` (chatsite/health.py)
+own address (docs/reference/metrics.md). The web's `/metrics` (chatsite/health.py)
 serves `exposition()`; a model worker serves `PROCESS` on a port of its own (`serve`).
 """
 

@@ -1,6 +1,6 @@
 """Agreement between reviewers on the items of the data (the review queue's overlap): Cohen's kappa for a pair
 of reviewers on the items both decided, Fleiss' kappa for every item decided by the same number of
-reviewers. Plain Python: tests/test_review.py checks both against scikit-learn and statsmodels on fixed
+reviewers. Plain Python: tests/review/test_review.py checks both against scikit-learn and statsmodels on fixed
 labels. `agreement_report` is what every dataset card records and the admin's agreement page shows.
 
     kappa = (observed agreement - agreement expected by chance) / (1 - agreement expected by chance)

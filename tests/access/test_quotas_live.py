@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frames_until, open_socket
+from tests.live import SHELL_PRELUDE, RedisServer, Site, frames_until, open_socket
+from tests.postgres import PostgresDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 

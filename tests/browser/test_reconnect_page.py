@@ -10,7 +10,8 @@ import re
 import pytest
 
 from tests.browser.pages import ARTIFACTS, last_reply, send, watch_for_policy_violations
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
+from tests.live import SHELL_PRELUDE, RedisServer, Site
+from tests.postgres import PostgresDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 

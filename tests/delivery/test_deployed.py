@@ -16,7 +16,8 @@ import pytest
 import websockets
 
 from tests.delivery.echo_site import FAST, SETUP, ask, reply_row, wait_for_row, words
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, TcpProxy, frames_until, open_socket, text_of
+from tests.live import SHELL_PRELUDE, RedisServer, Site, TcpProxy, frames_until, open_socket, text_of
+from tests.postgres import PostgresDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 

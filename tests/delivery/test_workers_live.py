@@ -13,7 +13,8 @@ import json
 import pytest
 
 from tests.delivery.echo_site import FAST, SETUP, ask, reply_row, wait_for_row, words
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site, frames_until, open_socket, text_of
+from tests.live import SHELL_PRELUDE, RedisServer, Site, frames_until, open_socket, text_of
+from tests.postgres import PostgresDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 

@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from tests.adapters import make_builtin_adapter
-from tests.live import SHELL_PRELUDE, PostgresDatabase, RedisServer, Site
+from tests.live import SHELL_PRELUDE, RedisServer, Site
+from tests.postgres import PostgresDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 

@@ -19,9 +19,10 @@ from conversations.models import Conversation, Message
 from modelhub import api
 from tests.delivery.echo_site import FAST, SETUP, words
 from tests.factories import install_scripted
-from tests.live import PostgresDatabase, RedisServer, Site, free_port, wait_for_port
+from tests.live import RedisServer, Site, free_port, wait_for_port
 from tests.live import frames_until as live_frames_until
 from tests.live import open_socket as live_socket
+from tests.postgres import PostgresDatabase
 from tests.sockets import frames_until, open_socket
 
 TOKEN = "scrape-token-0123456789"

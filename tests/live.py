@@ -1,7 +1,7 @@
 """Real servers for tests of the setups users run, over real sockets.
 
     site = Site(tmp_path, database=PostgresDatabase(), redis=RedisServer(tmp_path))
-    site.setup(SETUP_CODE)              # migrate, then run Django code (users, models, sessions)
+    site.setup(SETUP_CODE)              # run Django code on the migrated database (users, models, sessions)
     a, b = site.server(), site.server()  # two daphne processes on one database and one Redis
     ...
     b.kill()                            # SIGKILL; a.stop() is SIGTERM
@@ -16,15 +16,19 @@ A PostgreSQL database of a test is `tests.postgres.PostgresDatabase`.
 """
 
 import asyncio
+import atexit
+import functools
 import http.server
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -91,6 +95,33 @@ class RedisServer:
             self.process.wait(10)
 
 
+def migrate(database_url):
+    """`manage.py migrate` on this database, in a process of its own (as an operator runs it)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "SECRET_KEY": "live-tests-secret-key-0123456789abcdefghijklmnop",
+    }
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+@functools.cache  # once a test session: every site's database starts as a copy of it
+def migrated_sqlite():
+    """A SQLite database migrated once for the session, which each site copies instead of migrating again."""
+    folder = Path(tempfile.mkdtemp(prefix="chatsite-sqlite-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    migrate(f"sqlite:///{folder / 'db.sqlite3'}")
+    return folder / "db.sqlite3"
+
+
 class SqliteDatabase:
     def __init__(self, folder):
         self.path = Path(folder) / "db.sqlite3"
@@ -99,6 +130,9 @@ class SqliteDatabase:
         return f"sqlite:///{self.path}"
 
     def create(self):
+        """A migrated database: the session's template, copied (the backup API reads its WAL too)."""
+        with sqlite3.connect(migrated_sqlite()) as template, sqlite3.connect(self.path) as copy:
+            template.backup(copy)
         return self
 
     def drop(self):
@@ -159,8 +193,8 @@ class Site:
         )
 
     def setup(self, code):
-        """Migrate, then run `code` in a Django shell; returns what it printed as JSON, if anything."""
-        self.manage("migrate", "-v0")
+        """Run `code` in a Django shell (the database is migrated already); returns what it printed as JSON,
+        if anything."""
         lines = self.manage("shell", "-v0", "-c", code).stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else None
 

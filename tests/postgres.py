@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from tests.live import free_port
+from tests.live import free_port, migrate
 
 PG_USER = "postgres"
 
@@ -94,11 +94,21 @@ def _postgres_bin_dirs():
     return sorted(folders, key=lambda folder: int(folder.parent.name) if folder.parent.name.isdigit() else 0)
 
 
+@functools.cache  # once a test session per server
+def migrated_template(host, port):
+    """The name of a database migrated once for the session on this server, which each test's copies."""
+    template = PostgresDatabase(host, port, name=f"chatsite_template_{uuid.uuid4().hex[:12]}")
+    template._admin(f'CREATE DATABASE "{template.name}"')
+    atexit.register(template.drop)
+    migrate(template.url())
+    return template.name
+
+
 class PostgresDatabase:
     """A PostgreSQL database made for one test module on `postgres_server()`, dropped afterwards."""
 
-    def __init__(self, host=None, port=None):
-        self.name = f"chatsite_live_{uuid.uuid4().hex[:12]}"
+    def __init__(self, host=None, port=None, name=None):
+        self.name = name or f"chatsite_live_{uuid.uuid4().hex[:12]}"
         self.host, self.port = (host, port) if host else postgres_server()
 
     def url(self, port=None):
@@ -114,7 +124,9 @@ class PostgresDatabase:
             connection.execute(sql)
 
     def create(self):
-        self._admin(f'CREATE DATABASE "{self.name}"')
+        """A migrated database: a copy of the session's template on this server (CREATE DATABASE … TEMPLATE)."""
+        template = migrated_template(self.host, self.port)
+        self._admin(f'CREATE DATABASE "{self.name}" TEMPLATE "{template}"')
         return self
 
     def drop(self):

@@ -123,16 +123,18 @@ def migrated_sqlite():
 
 
 class SqliteDatabase:
-    def __init__(self, folder):
+    def __init__(self, folder, migrated=True):
         self.path = Path(folder) / "db.sqlite3"
+        self.migrated = migrated  # False: an empty database, as before the first `migrate`
 
     def url(self, port=None):
         return f"sqlite:///{self.path}"
 
     def create(self):
         """A migrated database: the session's template, copied (the backup API reads its WAL too)."""
-        with sqlite3.connect(migrated_sqlite()) as template, sqlite3.connect(self.path) as copy:
-            template.backup(copy)
+        if self.migrated:
+            with sqlite3.connect(migrated_sqlite()) as template, sqlite3.connect(self.path) as copy:
+                template.backup(copy)
         return self
 
     def drop(self):

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.live import SHELL_PRELUDE, Site
+from tests.live import SHELL_PRELUDE, Site, SqliteDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.live]
 
@@ -71,7 +71,7 @@ def test_a_server_loads_the_default_model_at_start_without_any_chat_request(tmp_
 
 
 def test_a_server_on_a_database_not_migrated_yet_serves_and_says_why_nothing_was_loaded(tmp_path):
-    site = Site(tmp_path)  # no setup: not migrated
+    site = Site(tmp_path, database=SqliteDatabase(tmp_path, migrated=False))  # not migrated yet
     try:
         server = site.server()
         assert get(server, "/login/")[0] == 200

@@ -139,7 +139,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
                 "(vLLM: --lora-modules NAME=FOLDER).",
             },
         ),
-        ("Chat", {"fields": ["system_prompt", "chat_template"]}),
+        ("Chat", {"fields": ["system_prompt", "chat_template", "reply_parts"]}),
         ("Generation defaults", {"fields": ["temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"]}),
         ("Inspection", {"fields": ["token_probabilities"]}),
         ("Access", {"fields": ["enabled", "is_default", "visibility", "groups"]}),

@@ -11,6 +11,7 @@ import-linter contract in pyproject.toml refuses `conversations` and `chatsite` 
 of it. Nothing here imports torch; a model loads in its worker thread when it is first used.
 """
 
+from modelhub.decoding.parts import ANSWER, REASONING
 from modelhub.models.finetune_job import METHODS as FINETUNE_METHODS
 from modelhub.models.finetune_job import Hyperparameters
 from modelhub.options import (
@@ -58,6 +59,9 @@ __all__ = [
     "runtime",
     "gpu_memory",
     "check_default",
+    # a reply's parts as `Request.pieces()` hands them (decoding/parts.py): what it thought, what it answers
+    "REASONING",
+    "ANSWER",
     # options and what goes wrong (options.py), and the validator of a model's option limits
     "GenerationOptions",
     "Usage",

@@ -61,6 +61,7 @@ _RANGES = {  # option: (is this number in range, given the max_new_tokens limit;
     ),
 }
 NULLABLE_OPTIONS = {"seed", "logprobs"}  # None: a random seed; no probabilities kept
+FLAG_OPTIONS = {"ignore_eos", "think"}  # true or false (think may also be None: the template's default)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class GenerationOptions:
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     stop: tuple[str, ...] = ()  # the reply ends before the first of these strings it would contain (stopping.py)
     logprobs: int | None = None  # keep each token's probability and this many alternatives' (logprobs.py)
+    think: bool | None = None  # a model that reasons first: on or off (the chat template's enable_thinking); None:
+    # the template's own default
 
     def __post_init__(self):
         # As in the OpenAI API, one string is a list of one; a list becomes a tuple (the options stay hashable).
@@ -95,9 +98,9 @@ class GenerationOptions:
         problems = {}
         for field in fields(self):
             name, value = field.name, getattr(self, field.name)
-            if name == "ignore_eos":
-                if not isinstance(value, bool):
-                    problems[name] = "ignore_eos must be true or false"
+            if name in FLAG_OPTIONS:
+                if not isinstance(value, bool) and not (name == "think" and value is None):
+                    problems[name] = f"{name} must be true or false"
                 continue
             if name == "stop":
                 if problem := _stop_problem(value):
@@ -171,9 +174,9 @@ def _cast(name, value):
         if problem := _stop_type_problem(value):
             raise InvalidOptions(problem)
         return value
-    if name == "ignore_eos":
-        if not isinstance(value, bool):
-            raise InvalidOptions("ignore_eos must be true or false")
+    if name in FLAG_OPTIONS:
+        if not isinstance(value, bool) and not (name == "think" and value is None):
+            raise InvalidOptions(f"{name} must be true or false")
         return value
     if name in NULLABLE_OPTIONS and value is None:
         return None
@@ -219,6 +222,10 @@ class Usage:
     template_hash: str = ""
     # Each sampled token's probability and its alternatives' (logprobs.py), when the options asked; else None.
     token_logprobs: list | None = None
+    # What a model that reasons first wrote before its answer (decoding/parts.py; a remote server's
+    # `reasoning` field), and how many of the completion tokens it took. The answer is the reply's text.
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
     def as_dict(self):
         return asdict(self)

@@ -47,11 +47,39 @@ def messages_as_sent(messages):
     return json.dumps(list(messages), ensure_ascii=False, indent=2)
 
 
-def render_text(tokenizer, messages):
-    """The prompt's text; a history that ends with an assistant turn is continued, not answered."""
+def render_text(tokenizer, messages, think=None):
+    """The prompt's text; a history that ends with an assistant turn is continued, not answered.
+
+    An assistant turn's `reasoning_content` (what a model that thinks first wrote before its answer) is
+    handed to the template under the name it reads (gpt-oss's reads `thinking`); the template decides
+    what of it to keep. `think` (True/False) is the template's `enable_thinking`; None leaves its default.
+    """
+    messages = [_with_reasoning_field(tokenizer, message) for message in messages]
+    extra = {} if think is None else {"enable_thinking": think}
     if messages and messages[-1]["role"] == "assistant":
-        return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False, **extra)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+
+
+def reasoning_field(tokenizer):
+    """The name under which the tokenizer's response template parses (and its chat template reads) an
+    assistant turn's reasoning: `reasoning_content` unless the template says `thinking`."""
+    fields = (getattr(tokenizer, "response_template", None) or {}).get("fields", {})
+    return "thinking" if "thinking" in fields and "reasoning_content" not in fields else "reasoning_content"
+
+
+def thinks_on_request(tokenizer):
+    """Whether the model's chat template takes `enable_thinking` (a reasoning switch per conversation)."""
+    template = tokenizer.chat_template or ""
+    return "enable_thinking" in (template if isinstance(template, str) else json.dumps(template))
+
+
+def _with_reasoning_field(tokenizer, message):
+    reasoning = message.get("reasoning_content")
+    field = reasoning_field(tokenizer)
+    if not reasoning or field == "reasoning_content":
+        return message
+    return {**{key: value for key, value in message.items() if key != "reasoning_content"}, field: reasoning}
 
 
 def encode(tokenizer, text):
@@ -70,7 +98,7 @@ def build_prompt(tokenizer, messages, context_length, max_new_tokens):
     return prompt.ids, prompt.left_out
 
 
-def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
+def fit_prompt(tokenizer, messages, context_length, max_new_tokens, think=None):
     """The `Prompt` of the longest suffix of the history that fits, rendered once per try.
 
     The system prompt is always kept, and so is the last message; the kept history
@@ -87,7 +115,7 @@ def fit_prompt(tokenizer, messages, context_length, max_new_tokens):
     starts = [s for s in starts if s <= len(turns) - 1]
 
     def fits(start):
-        text = render_text(tokenizer, system + turns[start:])
+        text = render_text(tokenizer, system + turns[start:], think)
         ids = encode(tokenizer, text)
         return Prompt(ids, text, start) if len(ids) <= budget else None
 

@@ -14,10 +14,12 @@ def utf16_length(text):
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
-def message_frame(message, text=None):
+def message_frame(message, text=None, reasoning=None):
     """A whole message rendered by the same template the page uses (runs the ORM: call it in a thread)."""
     if text is not None:
         message.content = text
+    if reasoning is not None:
+        message.reasoning = reasoning
     return message_frames([message])[0]
 
 
@@ -42,9 +44,14 @@ def message_frames(messages):
     ]
 
 
-def snapshot_frame(message, text):
-    """A reply being written, as far as it goes: a new watcher's starting point for its chunks."""
-    return {**message_frame(message, text), "offset": utf16_length(text)}
+def snapshot_frame(message, text, reasoning=""):
+    """A reply being written, as far as it goes (its answer and its reasoning): a new watcher's starting
+    point for the chunks of each."""
+    return {
+        **message_frame(message, text, reasoning),
+        "offset": utf16_length(text),
+        "reasoning_offset": utf16_length(reasoning),
+    }
 
 
 def status_frame(message_id, text):

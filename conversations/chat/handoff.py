@@ -77,6 +77,7 @@ class HandedOver:
             snapshot_frame,
             self.reply,
             self.reply.content,  # empty, or an answer to continue
+            self.reply.reasoning,
             within=settings.CHAT_DB_RETRY_SECONDS,
         )
 

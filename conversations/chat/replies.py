@@ -27,16 +27,16 @@ from collections import Counter
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from conversations.chat.frames import loading_text, message_frame, snapshot_frame, status_frame, utf16_length
+from conversations.chat.frames import loading_text, message_frame, snapshot_frame, status_frame
 from conversations.chat.handoff import HandedOver
 from conversations.chat.turns import Turn, prepare  # noqa: F401  (Turn: what callers build)
+from conversations.chat.written import Written
 from conversations.delivery import durable
 from conversations.delivery.groups import publish, send_to, tell_watchers, tell_writers
 from conversations.delivery.inbox import Inbox
 from conversations.errors import ChatError, SessionEnded
 from conversations.inspection.prompt import reply_notice
 from conversations.models import Arena, Message, writers
-from conversations.models.message import storable
 from modelhub import api
 from modelhub.api import ModelhubError
 
@@ -212,7 +212,7 @@ class ReplyTask:
         self.spec = spec
         self.adapter = adapter
         self.history = history
-        self.text = reply.content  # empty, or the answer being continued
+        self.written = Written(reply.content, reply.reasoning)  # empty, or the answer being continued
         self.notice = ""
         self.request = None
         self.task = None
@@ -238,8 +238,8 @@ class ReplyTask:
             self.request.cancel()
 
     async def snapshot(self):
-        text = self.text
-        return await durable.call(snapshot_frame, self.reply, text, within=settings.CHAT_DB_RETRY_SECONDS)
+        answer, reasoning = self.written.answer, self.written.reasoning
+        return await durable.call(snapshot_frame, self.reply, answer, reasoning, within=settings.CHAT_DB_RETRY_SECONDS)
 
     def watched(self):
         """A page in some process showed this reply just now (a roll-call answer, a sync)."""
@@ -276,13 +276,8 @@ class ReplyTask:
                 self.request.cancel()
             await self.announced.wait()
             flushes = Flushes(settings.CHAT_FLUSH_SECONDS)
-            async for text in self._chunks():
-                text = storable(text)
-                offset = utf16_length(self.text)
-                self.text += text
-                await publish(
-                    self.conversation_id, {"type": "chunk", "message_id": self.reply.pk, "offset": offset, "text": text}
-                )
+            async for part, text in self._pieces():
+                await publish(self.conversation_id, self.written.add(part, text, self.reply.pk))
                 if flushes.due():
                     await self._flush()
         except ModelhubError as exc:
@@ -305,7 +300,7 @@ class ReplyTask:
     async def _flush(self):
         """Save the text so far; a database that does not answer now is tried again at the next flush."""
         try:
-            await durable.call(self.reply.save_partial, self.text)
+            await durable.call(self.reply.save_partial, self.written.answer, reasoning=self.written.reasoning)
         except durable.UNREACHABLE as exc:
             if not self.flush_failing:
                 log.warning(
@@ -322,15 +317,18 @@ class ReplyTask:
             await durable.call(
                 reply.finish,
                 status,
-                self.text,
+                self.written.answer,
                 usage=usage,
                 error=error,
                 notice=self.notice,
+                reasoning=self.written.reasoning,
+                reasoning_seconds=self.written.thinking_seconds,
                 within=settings.CHAT_SAVE_RETRY_SECONDS,
             )
             frame = await durable.call(message_frame, reply, within=settings.CHAT_DB_RETRY_SECONDS)
         except durable.UNREACHABLE:
-            log.error("reply %s: the database stayed away; %d characters of text are lost", reply.pk, len(self.text))
+            lost = len(self.written.answer) + len(self.written.reasoning)
+            log.error("reply %s: the database stayed away; %d characters of text are lost", reply.pk, lost)
             return
         await self.announced.wait()
         for pause in (0.5, 1, 2, 4):  # the last frame matters most: a page waits for it
@@ -340,14 +338,14 @@ class ReplyTask:
 
     # --- waiting for the model ------------------------------------------------------
 
-    async def _chunks(self):
-        """The request's text as it comes; until the first chunk, the pages hear what the reply waits for."""
+    async def _pieces(self):
+        """The request's (part, text) as they come; until the first, the pages hear what the reply waits for."""
         first = asyncio.Event()
         telling = asyncio.create_task(self._tell_loading(first), name=f"reply-{self.reply.pk}-loading")
         try:
-            async for text in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
+            async for piece in self.request.pieces(settings.CHAT_STREAM_INTERVAL_SECONDS):
                 first.set()
-                yield text
+                yield piece
         finally:
             first.set()
             await telling  # at once, or after the publish in flight: no status frame follows the reply's end

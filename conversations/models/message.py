@@ -93,6 +93,11 @@ class Message(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     error = models.TextField(blank=True)
     notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply, e.g. history truncation.")
+    # What a model that thinks before it answers wrote first: apart from the answer (`content`) everywhere
+    # (the page, the history sent back, feedback, exports, the API).
+    reasoning = models.TextField(blank=True, help_text="The model's reasoning before its answer (not the answer).")
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_seconds = models.FloatField(null=True, blank=True, help_text="How long it thought, in seconds.")
     model_name = models.CharField(max_length=100, blank=True)
     adapter_name = models.CharField(max_length=100, blank=True)
     generation_options = models.JSONField(default=dict, blank=True)
@@ -181,14 +186,16 @@ class Message(models.Model):
             for token, text, logprob, alts in new
         ]
 
-    def save_partial(self, content, notice=""):
+    def save_partial(self, content, notice="", reasoning=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
         Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
-            content=content, notice=notice, heartbeat_at=timezone.now()
+            content=content, reasoning=reasoning, notice=notice, heartbeat_at=timezone.now()
         )
 
-    def finish(self, status, content, usage=None, error="", notice=""):
-        """End a streaming reply exactly once with its final text, status and usage.
+    def finish(self, status, content, usage=None, error="", notice="", reasoning="", reasoning_seconds=None):
+        """End a streaming reply exactly once with its final text (its answer, and apart from it what the
+        model reasoned first), status and usage. Where modelhub parsed the whole reply, its reasoning is
+        the parsed one (usage.reasoning): what streamed may differ in leading and trailing blanks.
 
         The writer's own final save also wins over an `interrupted` another process put
         there while this one was silent (a database outage, say): its text is the whole.
@@ -196,6 +203,8 @@ class Message(models.Model):
         fields = {
             "status": status,
             "content": content,
+            "reasoning": storable((usage.reasoning if usage is not None else "") or reasoning),
+            "reasoning_seconds": reasoning_seconds,
             "error": error,
             "notice": notice,
             "finished_at": timezone.now(),
@@ -207,6 +216,7 @@ class Message(models.Model):
                 time_to_first_token=usage.time_to_first_token,
                 duration=usage.duration,
                 finish_reason=usage.finish_reason,
+                reasoning_tokens=usage.reasoning_tokens or None,
             )
             if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
                 fields.update(

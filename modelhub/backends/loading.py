@@ -50,6 +50,7 @@ class LoadSettings:
     compute_dtype: str = "auto"
     chat_template: str = ""
     context_length: int | None = None
+    reply_parts: str = "auto"  # the response template its replies are split with: attach_response_template
 
 
 @dataclass
@@ -258,6 +259,7 @@ def load(settings: LoadSettings, progress=None):
     quantization = quantization_config(settings, device)
     if settings.chat_template:
         tokenizer.chat_template = settings.chat_template
+    attach_response_template(tokenizer, settings.reply_parts)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -276,6 +278,42 @@ def load(settings: LoadSettings, progress=None):
     return LoadedModel(
         model, tokenizer, device, str(torch_dtype).removeprefix("torch."), int(limit), settings.quantization
     )
+
+
+# --- a reply's parts -----------------------------------------------------------
+
+# TRL's response templates for the chat templates it ships (trl.chat_template_utils): the admin may name
+# one for a model whose tokenizer carries none and whose chat template TRL does not recognise.
+RESPONSE_TEMPLATES = (
+    "qwen3",
+    "qwen3_5",
+    "deepseek_r1_distill",
+    "gptoss",
+    "glm4moe",
+    "gemma4",
+    "nemotron_3",
+    "llama3",
+    "lfm2_2_5",
+)
+
+
+def attach_response_template(tokenizer, choice):
+    """Set the tokenizer's `response_template` (how a reply splits into reasoning, answer and tool calls:
+    decoding/parts.py). "auto": the tokenizer's own if it has one, else TRL's for a chat template TRL
+    knows, else none (every reply is all answer); "none": never split; a name of RESPONSE_TEMPLATES:
+    that one. Returns the template set (or None)."""
+    from trl import chat_template_utils
+
+    if choice == "none":
+        tokenizer.response_template = None
+    elif choice in RESPONSE_TEMPLATES:
+        tokenizer.response_template = getattr(chat_template_utils, f"{choice}_template")
+    elif getattr(tokenizer, "response_template", None) is None:
+        try:
+            chat_template_utils.add_response_schema(tokenizer)
+        except ValueError:  # a chat template TRL does not know: the replies have one part
+            tokenizer.response_template = None
+    return tokenizer.response_template
 
 
 # --- adapters -----------------------------------------------------------------

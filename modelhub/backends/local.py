@@ -12,7 +12,8 @@ what the scheduler (scheduler.py) decided for each step through these calls:
     backend.release(sequence, keep=True)   it ended: free its place (and keep what a later turn reuses)
 
 A sequence has `ready`, `fed` and `to_feed` (prompt tokens in its cache, and still to
-feed), `usage`, `finish_reason`, `error`, `take_text()` and `end(reason)`;
+feed), `usage`, `finish_reason`, `error`, `take_pieces()` (its new text as (part, text): the
+reasoning of a model that thinks first, then its answer; decoding/parts.py) and `end(reason)`;
 `backend.prefill_budget` is how many prompt tokens may be fed between two decode steps.
 `request.messages` is a list of {"role", "content"} dicts, `request.options` validated
 GenerationOptions and `request.adapter` a (name, folder) LoRA adapter, or None for
@@ -24,6 +25,7 @@ import re
 import time
 
 from modelhub.backends.loading import attach_adapter
+from modelhub.decoding.parts import ANSWER
 from modelhub.decoding.stopping import StopMatcher
 from modelhub.engine.kv_reuse import PrefixCache
 from modelhub.options import ModelLoadError, Usage
@@ -189,7 +191,8 @@ class ScriptedBackend:
 
 
 class ScriptedSequence:
-    """One scripted reply: its remaining chunks, handed out one per decode step (cut at a stop string)."""
+    """One scripted reply: its remaining chunks, handed out one per decode step (cut at a stop string).
+    A chunk is the answer's text, or (REASONING, text): what a reasoning model would think first."""
 
     def __init__(self, chunks, max_new_tokens, usage, started, stop=()):
         self.chunks = chunks
@@ -197,7 +200,7 @@ class ScriptedSequence:
         self.limit = max_new_tokens
         self.usage = usage
         self.started = started
-        self.text = ""
+        self.pieces = []
         self.finish_reason = ""
         self.error = None
         self.fed = 0  # its prompt counts as one token
@@ -215,7 +218,12 @@ class ScriptedSequence:
         if self.usage.time_to_first_token is None:
             self.usage.time_to_first_token = time.monotonic() - self.started
         self.usage.completion_tokens += 1
-        self.text += self.stops.add(chunk)
+        if isinstance(chunk, tuple):  # (REASONING, text)
+            self.pieces.append(chunk)
+            self.usage.reasoning += chunk[1]
+            self.usage.reasoning_tokens += 1
+        else:
+            self._release(self.stops.add(chunk))
         if self.stops.stopped:
             self.end("stop")
         elif self.usage.completion_tokens >= min(self.limit, len(self.chunks)):
@@ -224,8 +232,12 @@ class ScriptedSequence:
     def end(self, reason):
         if not self.finish_reason:
             self.finish_reason = reason
-            self.text += self.stops.flush()
+            self._release(self.stops.flush())
 
-    def take_text(self):
-        text, self.text = self.text, ""
-        return text
+    def _release(self, text):
+        if text:
+            self.pieces.append((ANSWER, text))
+
+    def take_pieces(self):
+        pieces, self.pieces = self.pieces, []
+        return pieces

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from modelhub.decoding.parts import ANSWER, REASONING
 from modelhub.engine.arrivals import arrivals
 from modelhub.options import ModelhubError, ModelLoadError, PromptTooLong, Usage
 from modelhub.prompts import messages_as_sent
@@ -265,13 +266,23 @@ class RemoteWorker:
         if chunk.get("usage"):
             usage.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
             usage.completion_tokens = chunk["usage"].get("completion_tokens", 0)
+            details = chunk["usage"].get("completion_tokens_details") or {}
+            usage.reasoning_tokens = details.get("reasoning_tokens") or usage.reasoning_tokens
         finish = ""
         for choice in chunk.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                if usage.time_to_first_token is None:
-                    usage.time_to_first_token = time.monotonic() - request.started
-                request.emit(text)
+            delta = choice.get("delta") or {}
+            # A reasoning parser's thinking (vLLM: `reasoning`; older releases and others: `reasoning_content`)
+            # comes before the answer (`content`).
+            for part, text in (
+                (REASONING, delta.get("reasoning") or delta.get("reasoning_content")),
+                (ANSWER, delta.get("content")),
+            ):
+                if text:
+                    if usage.time_to_first_token is None:
+                        usage.time_to_first_token = time.monotonic() - request.started
+                    if part == REASONING:
+                        usage.reasoning += text
+                    request.emit(text, part)
             finish = choice.get("finish_reason") or finish
         return finish
 
@@ -283,6 +294,8 @@ def sampling(options):
     when set: the server stops, leaves the stop string out of the text (as stopping.py does here) and
     says finish_reason "stop"."""
     fields = {"temperature": options.temperature, "top_p": options.top_p, "max_tokens": options.max_new_tokens}
+    if options.think is not None:  # the server's chat template's reasoning switch (vLLM, SGLang)
+        fields["chat_template_kwargs"] = {"enable_thinking": options.think}
     if options.seed is not None:
         fields["seed"] = options.seed
     if options.stop:

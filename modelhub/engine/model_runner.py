@@ -34,6 +34,7 @@ import torch
 from transformers import DynamicCache
 
 from modelhub.decoding.logprobs import score
+from modelhub.decoding.parts import Parts
 from modelhub.decoding.sampler import Detokenizer, Sampler
 from modelhub.engine.sequence import Sequence
 from modelhub.options import ModelhubError
@@ -150,11 +151,13 @@ class Decoder:
     def open(self, messages, options, adapter=None, started=None):
         """A new sequence for this reply, its prompt built and matched against stored prefixes."""
         loaded = self.loaded
-        prompt = fit_prompt(loaded.tokenizer, messages, loaded.context_length, options.max_new_tokens)
+        tokenizer = loaded.tokenizer
+        prompt = fit_prompt(tokenizer, messages, loaded.context_length, options.max_new_tokens, options.think)
         prompt_ids = prompt.ids
         sampler = Sampler(options, self.eos_ids, loaded.model.device)
+        parts = Parts(tokenizer, prompt.text) if getattr(tokenizer, "response_template", None) else None
         seq = Sequence(
-            prompt_ids, options, adapter, sampler, Detokenizer(loaded.tokenizer), started or time.monotonic()
+            prompt_ids, options, adapter, sampler, Detokenizer(tokenizer), started or time.monotonic(), parts
         )
         seq.usage.truncated_messages = prompt.left_out
         seq.usage.prompt_text, seq.usage.template_hash = prompt.text, self.template_hash

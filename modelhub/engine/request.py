@@ -11,9 +11,10 @@ import queue
 import threading
 import time
 
+from modelhub.decoding.parts import ANSWER
 from modelhub.options import Usage
 
-_CHUNK, _END, _ERROR = "chunk", "end", "error"
+_CHUNK, _END, _ERROR = "chunk", "end", "error"  # a chunk's value: (part, text), parts as in decoding/parts.py
 
 
 class Request:
@@ -67,20 +68,29 @@ class Request:
         return self._cancel.is_set()
 
     def __iter__(self):
-        """Text chunks, blocking; raises ModelhubError if generation failed."""
+        """The answer's text chunks, blocking; raises ModelhubError if generation failed. (A model's reasoning,
+        if it wrote some, is `usage.reasoning` at the end; `pieces()` streams it.)"""
         while True:
             item = self._items.get()
-            text = self._consume(item)
-            if text is None:
+            piece = self._consume(item)
+            if piece is None:
                 return
-            yield text
+            if piece[0] == ANSWER:
+                yield piece[1]
 
     async def chunks(self, min_interval=0.0):
-        """Text as it arrives, without blocking the event loop.
+        """The answer's text as it arrives, without blocking the event loop (see `pieces`)."""
+        async for part, text in self.pieces(min_interval):
+            if part == ANSWER:
+                yield text
 
-        Chunks that arrived together are joined, so a slow consumer sends fewer,
+    async def pieces(self, min_interval=0.0):
+        """(part, text) as it arrives, without blocking the event loop: the reasoning of a model that thinks
+        first, then its answer (decoding/parts.py: REASONING, ANSWER).
+
+        Pieces that arrived together are joined, part by part, so a slow consumer sends fewer,
         larger frames instead of falling behind; with `min_interval` (seconds) at
-        most one piece is yielded per interval (for a remote channel layer).
+        most one batch is yielded per interval (for a remote channel layer).
         """
         while True:
             while not self._items:
@@ -90,9 +100,8 @@ class Request:
                     break
                 await self._ready.wait()
             items = [self._items.popleft() for _ in range(len(self._items))]
-            text = [value for kind, value in items if kind == _CHUNK]
-            if text:
-                yield "".join(text)
+            for piece in _joined([value for kind, value in items if kind == _CHUNK]):
+                yield piece
             if items[-1][0] != _CHUNK:  # the end or an error comes last: nothing follows
                 self._consume(items[-1])
                 return
@@ -103,13 +112,14 @@ class Request:
                 await asyncio.sleep(min_interval)
 
     def drain(self):
-        """The chunks produced so far, without waiting: for a caller that steps the worker itself
-        (engine/standalone.py). Sets `usage` once the reply ended; raises ModelhubError if it failed."""
+        """The answer's chunks produced so far, without waiting: for a caller that steps the worker itself
+        (backends/standalone.py). Sets `usage` once the reply ended; raises ModelhubError if it failed."""
         while not self._items.empty():
-            text = self._consume(self._items.get_nowait())
-            if text is None:
+            piece = self._consume(self._items.get_nowait())
+            if piece is None:
                 return
-            yield text
+            if piece[0] == ANSWER:
+                yield piece[1]
 
     def _consume(self, item):
         kind, value = item
@@ -140,11 +150,22 @@ class Request:
         except RuntimeError:  # the caller's event loop is gone: nobody reads this any more
             self._cancel.set()
 
-    def emit(self, text):
-        self._put((_CHUNK, text))
+    def emit(self, text, part=ANSWER):
+        self._put((_CHUNK, (part, text)))
 
     def finish(self, usage):
         self._put((_END, usage))
 
     def fail(self, error):
         self._put((_ERROR, error))
+
+
+def _joined(pieces):
+    """Consecutive pieces of one part as one."""
+    joined = []
+    for part, text in pieces:
+        if joined and joined[-1][0] == part:
+            joined[-1] = (part, joined[-1][1] + text)
+        else:
+            joined.append((part, text))
+    return joined

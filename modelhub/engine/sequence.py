@@ -3,8 +3,9 @@ sampled, the text not yet handed to its caller, and how and why it ended.
 
 The model runner (engine/model_runner.py) feeds it and samples for it; `accept` records each token
 (with its probability, when the request keeps them: logprobs.py), turns it into text
-(decoding/sampler.py's Detokenizer) and holds back what could still begin a stop string
-(stopping.py). `end` settles the text and the usage exactly once.
+(decoding/sampler.py's Detokenizer), holds back what could still begin a stop string
+(stopping.py) and, for a model with a response template, splits the text into its reasoning and
+its answer (decoding/parts.py). `end` settles the text and the usage exactly once.
 """
 
 import time
@@ -12,6 +13,7 @@ import time
 from transformers import DynamicCache
 
 from modelhub.decoding.logprobs import TokenLogprobs
+from modelhub.decoding.parts import ANSWER, REASONING
 from modelhub.decoding.stopping import StopMatcher
 from modelhub.options import Usage
 
@@ -21,7 +23,7 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 class Sequence:
     """One reply: its prompt, its own cache until it joins the batch, its tokens and new text."""
 
-    def __init__(self, prompt_ids, options, adapter, sampler, detokenizer, started):
+    def __init__(self, prompt_ids, options, adapter, sampler, detokenizer, started, parts=None):
         self.prompt_ids = prompt_ids
         self.options = options
         self.adapter = adapter or BASE
@@ -32,7 +34,8 @@ class Sequence:
         self.cache = DynamicCache()
         self.fed = 0  # prompt tokens already in the cache
         self.tokens = []  # sampled tokens, the end-of-turn token included
-        self.text = ""  # text produced since the caller last took it
+        self.parts = parts  # decoding/parts.Parts, for a model whose replies have parts; None: all answer
+        self.pieces = []  # (part, text) produced since the caller last took them
         self.finish_reason = ""
         self.error = None
         self.usage = Usage(prompt_tokens=len(prompt_ids))
@@ -71,7 +74,9 @@ class Sequence:
         piece = self.detokenizer.add(token)
         if self.logprobs is not None:
             self.logprobs.add(token, scored, piece)
-        self.text += self.stops.add(piece)
+        self._release(self.stops.add(piece))
+        if self.parts is not None and self.parts.reasoning:
+            self.usage.reasoning_tokens += 1
         if self.stops.stopped:
             self.end("stop")
         elif len(self.tokens) >= self.options.max_new_tokens:
@@ -80,7 +85,9 @@ class Sequence:
     def end(self, reason):
         if not self.finish_reason:
             held = self.detokenizer.flush()
-            self.text += self.stops.add(held) + self.stops.flush()
+            self._release(self.stops.add(held) + self.stops.flush())
+            if self.parts is not None:
+                self.usage.reasoning = self.parts.finish().get(REASONING, "")
             # What the detokenizer held back may complete a stop string: then that is why it ended.
             self.finish_reason = "stop" if self.stops.stopped and reason == "length" else reason
             if self.logprobs is not None:
@@ -89,6 +96,11 @@ class Sequence:
         # Every token sampled counts, those that formed a stop string too (as vLLM counts them).
         self.usage.completion_tokens = len(self.tokens)
 
-    def take_text(self):
-        text, self.text = self.text, ""
-        return text
+    def _release(self, text):
+        """Text past the stop strings' hold, as its parts."""
+        if text:
+            self.pieces += self.parts.feed(text) if self.parts is not None else [(ANSWER, text)]
+
+    def take_pieces(self):
+        pieces, self.pieces = self.pieces, []
+        return pieces

@@ -264,9 +264,8 @@ class Worker:
         if sequence.error is not None:  # a failed sequence's text is not the reply's
             return
         try:
-            text = sequence.take_text()
-            if text:
-                sequence.request.emit(text)
+            for part, text in sequence.take_pieces():
+                sequence.request.emit(text, part)
         except Exception as exc:
             sequence.error = exc
 

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
-from modelhub.backends.loading import LoadSettings, inspect_source, served_chat_template
+from modelhub.backends.loading import RESPONSE_TEMPLATES, LoadSettings, inspect_source, served_chat_template
 from modelhub.backends.local import scripted_delay
 from modelhub.backends.remote import RemoteSettings, check_server
 from modelhub.options import GenerationOptions, ModelhubError
@@ -23,6 +23,11 @@ from modelhub.validators import (
 
 DEFAULTS = GenerationOptions()
 KEPT_ALTERNATIVES = 5  # alternatives kept per token where the switch is on (the Inspect view shows them)
+
+# How a reply splits into reasoning, answer and tool calls (backends/loading.py attach_response_template)
+REPLY_PARTS = [("auto", "automatic"), ("none", "none: the whole reply is the answer")] + [
+    (name, f"TRL's {name} response template") for name in RESPONSE_TEMPLATES
+]
 
 
 class ModelSpecQuerySet(models.QuerySet):
@@ -117,6 +122,15 @@ class ModelSpec(models.Model):
     )
     chat_template = models.TextField(
         blank=True, validators=[validate_chat_template], help_text="Jinja chat template overriding the tokenizer's."
+    )
+    reply_parts = models.CharField(
+        "reasoning and tool calls",
+        max_length=24,
+        choices=REPLY_PARTS,
+        default="auto",
+        help_text="How a reply splits into the model's reasoning (thinking before it answers), its answer and "
+        "its tool calls. Automatic: the tokenizer's response template, or TRL's for a chat template TRL "
+        "knows (Qwen3, DeepSeek-R1, gpt-oss, …); else the whole reply is the answer.",
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.ALL)
     groups = models.ManyToManyField(
@@ -281,6 +295,7 @@ class ModelSpec(models.Model):
             compute_dtype=self.compute_dtype,
             chat_template=self.chat_template,
             context_length=self.context_length,
+            reply_parts=self.reply_parts,
         )
 
     def served_template_hash(self):

@@ -133,10 +133,16 @@
     }
   });
 
+  // A reply's reasoning (what a model that thinks first writes before answering) streams into its
+  // collapsed "Thinking…" block; once the answer begins, the block says how long it thought.
   function appendChunk(frame) {
-    const text = document.querySelector("#message-" + frame.message_id + " .message-text");
+    const article = document.getElementById("message-" + frame.message_id);
+    if (!article) return;
+    const reasoning = frame.part === "reasoning";
+    const text = article.querySelector(reasoning ? ".reasoning-text" : ".message-text");
     if (!text) return;
-    endStatus(text.closest(".message"));
+    endStatus(article);
+    trackThinking(article, reasoning);
     const have = text.textContent.length;
     // Offsets are UTF-16 positions: skip what a snapshot already showed.
     if (frame.offset + frame.text.length <= have) return;
@@ -146,6 +152,19 @@
     }
     text.append(frame.text.slice(have - frame.offset));
     scrollDown();
+  }
+
+  function trackThinking(article, reasoning) {
+    const block = article.querySelector("details.reasoning");
+    if (!block) return;
+    if (reasoning) {
+      block.hidden = false;
+      if (!block.dataset.since) block.dataset.since = String(Date.now());
+    } else if (block.dataset.since && !block.dataset.until) {
+      block.dataset.until = String(Date.now());
+      const seconds = (Number(block.dataset.until) - Number(block.dataset.since)) / 1000;
+      block.querySelector("summary").textContent = "Thought for " + seconds.toFixed(1) + " s";
+    }
   }
 
   // What a reply waits for before its first chunk ("loading chitchat… 3 s, loading weights") takes the

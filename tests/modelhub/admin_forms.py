@@ -13,6 +13,7 @@ def add_form(source, **extra):
         "quantization": "none",
         "compute_dtype": "auto",
         "chat_template": "",
+        "reply_parts": "auto",
         "visibility": "all",
         "context_length": "",
         "system_prompt": "",

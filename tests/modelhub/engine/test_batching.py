@@ -128,7 +128,7 @@ def test_stopping_one_request_leaves_the_others_unchanged(served, reference_mode
 class FailingReader(Request):
     """A caller whose side breaks on its third chunk (a bug, a full queue)."""
 
-    def emit(self, text):
+    def emit(self, text, part="answer"):
         self.seen = getattr(self, "seen", 0) + 1
         if self.seen == 3:
             raise RuntimeError("reader fell over")

@@ -1,0 +1,74 @@
+"""A reply's parts, as it streams: what a model that thinks first wrote before answering (its reasoning),
+and its answer (and its tool calls, which never reach the answer's text).
+
+A model's tokenizer may carry a *response template* (transformers' chat response parsing): where each
+part of an assistant message begins and ends in the model's output (`<think>…</think>` for Qwen3, a
+channel for gpt-oss…). `Parts` runs transformers' streaming `ResponseParser` over the text as it is
+decoded (`tokenizer.get_response_parser`, primed with the prompt, since a template may open the
+reasoning itself) and hands back `(part, text)` pieces; `finish()` gives the parsed message, whose
+fields are the stored reasoning and answer. A model without a template has one part, the answer.
+
+Which template a model gets (its tokenizer's own, TRL's for a chat template TRL knows, or none) is
+decided when it is loaded: backends/loading.py `attach_response_template`.
+"""
+
+REASONING, ANSWER, TOOL_CALLS = "reasoning", "answer", "tool_calls"
+# The response templates' field names for each part (Qwen3, DeepSeek-R1: reasoning_content; gpt-oss,
+# LFM2: thinking).
+FIELDS = {"reasoning_content": REASONING, "thinking": REASONING, "content": ANSWER, "tool_calls": TOOL_CALLS}
+
+
+class Parts:
+    """The parts of one reply, fed its text as the detokenizer releases it."""
+
+    def __init__(self, tokenizer, prompt_text):
+        self.parser = tokenizer.get_response_parser(prefix=prompt_text)
+        self.region = None  # the part being written now (a template may open one in the prompt: `<think>`)
+        self.closed = {}  # field -> value of each part the parser closed (a list for repeating ones)
+        self.open_text = []  # what the part being written has so far
+        self._follow(self.parser.initial_events)
+
+    @property
+    def reasoning(self):
+        """True while the model writes its reasoning."""
+        return self.region == REASONING
+
+    def feed(self, text):
+        """[(part, text)] that `text` adds: reasoning and answer text (tool calls' raw text is not handed out)."""
+        return self._follow(self.parser.feed(text)) if text else []
+
+    def finish(self):
+        """The whole message, parsed: {"reasoning": str, "answer": str, "tool_calls": list}, each part there when
+        written. A reply cut mid-part keeps that part as far as it went (half a tool call's JSON is left out)."""
+        try:
+            message, events = self.parser.finalize()
+        except ValueError:  # the part being written cannot be parsed as it stands (a cut tool call)
+            message, events = dict(self.closed), []
+            if self.region in (REASONING, ANSWER):
+                message[_field_of(self.region)] = "".join(self.open_text).strip()
+        self._follow(events)
+        return {FIELDS[name]: value for name, value in message.items() if name in FIELDS and value}
+
+    def _follow(self, events):
+        pieces = []
+        for event in events:
+            field = event.get("field")
+            if event["type"] == "region_open":
+                self.region, self.open_text = FIELDS.get(field), []
+            elif event["type"] == "region_close":
+                self._close(field, event.get("value"))
+            elif FIELDS.get(field) in (REASONING, ANSWER) and event.get("text"):
+                self.open_text.append(event["text"])
+                pieces.append((FIELDS[field], event["text"]))
+        return pieces
+
+    def _close(self, field, value):
+        if FIELDS.get(field) == TOOL_CALLS:
+            self.closed.setdefault(field, []).append(value)
+        else:
+            self.closed[field] = value
+        self.region, self.open_text = None, []
+
+
+def _field_of(part):
+    return "reasoning_content" if part == REASONING else "content"

@@ -1,6 +1,7 @@
 """Shared fixtures. Users are named by role: `owner` owns the conversation under test,
 `other_user` must never see it, `staff` may use the admin. The tiny random Llama (`tiny_model_dir`,
-`tiny_spec`) is made once a session; `silent_server` and `closed_url` are addresses where a server
+`tiny_spec`) and the tiny Qwen3 that thinks and calls a tool (`thinking_model_dir`, `thinking_spec`)
+are made once a session; `silent_server` and `closed_url` are addresses where a server
 hangs or where nothing listens."""
 
 import os
@@ -94,6 +95,22 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(tmp_path_factory):
+    """A tiny Qwen3 with TRL's qwen3 template, trained to think before it answers and to call a tool
+    (tests/thinking.py)."""
+    from tests.thinking import make_thinking_model
+
+    return make_thinking_model(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture
+def thinking_spec(db, thinking_model_dir):
+    return ModelSpec.objects.create(
+        name="thinker", source=str(thinking_model_dir), dtype="float32", device="cpu", is_default=True, temperature=0
+    )
 
 
 @pytest.fixture

@@ -50,6 +50,15 @@ class SettingsForm(forms.Form):
     temperature = forms.FloatField(required=False, validators=[OptionValidator("temperature")])
     top_p = forms.FloatField(required=False, validators=[OptionValidator("top_p")])
     max_new_tokens = forms.IntegerField(required=False, validators=[OptionValidator("max_new_tokens")])
+    # A model that thinks before it answers (Qwen3, DeepSeek-R1 distills…) may be told not to: the chat
+    # template's `enable_thinking`. A template without the switch ignores it.
+    think = forms.TypedChoiceField(
+        required=False,
+        label="Thinking",
+        choices=[("", "model default"), ("True", "think before answering"), ("False", "answer without thinking")],
+        coerce=lambda value: value == "True",
+        empty_value=None,
+    )
 
     def __init__(self, spec, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,7 +83,8 @@ class SettingsForm(forms.Form):
         return cleaned
 
     def overrides(self):
-        return {name: self.cleaned_data.get(name) for name in OPTION_FIELDS if self.cleaned_data.get(name) is not None}
+        names = (*OPTION_FIELDS, "think")
+        return {name: self.cleaned_data.get(name) for name in names if self.cleaned_data.get(name) is not None}
 
 
 class FeedbackForm(forms.Form):

@@ -113,3 +113,18 @@ def test_the_page_shows_the_thinking_collapsed_above_the_answer(owner_client, ow
     block = page.index('<details class="reasoning">')
     assert block < page.index(f"<p>{ANSWER}</p>", block)
     assert "Thought for 1.3 s" in page
+
+
+async def test_the_conversations_thinking_switch_reaches_the_template(owner, client, thinking_spec):
+    conversation = await Conversation.objects.acreate(owner=owner, model=thinking_spec)
+    await sync_to_async(client.force_login)(owner)
+    url = reverse("conversations:settings", args=[conversation.pk])
+    response = await sync_to_async(client.post)(url, {"system_prompt": "", "think": "False"})
+    assert response.status_code == 302
+    await conversation.arefresh_from_db()
+    assert conversation.options == {"think": False}
+
+    await ask(owner, conversation, QUESTION)
+    _, reply = await messages_of(conversation)
+    assert reply.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert (reply.content, reply.reasoning, reply.generation_options["think"]) == (ANSWER, "", False)

@@ -78,6 +78,7 @@ class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user"
         ASSISTANT = "assistant"
+        TOOL = "tool"  # a tool's result, sent back by an API client (tool_call_id names the call it answers)
 
     class Status(models.TextChoices):
         STREAMING = "streaming"
@@ -98,6 +99,10 @@ class Message(models.Model):
     reasoning = models.TextField(blank=True, help_text="The model's reasoning before its answer (not the answer).")
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_seconds = models.FloatField(null=True, blank=True, help_text="How long it thought, in seconds.")
+    # An assistant turn's tool calls, in OpenAI's shape ({"id", "type": "function", "function": {"name",
+    # "arguments": a JSON string}}); a tool turn names the call it answers.
+    tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=100, blank=True)
     model_name = models.CharField(max_length=100, blank=True)
     adapter_name = models.CharField(max_length=100, blank=True)
     generation_options = models.JSONField(default=dict, blank=True)

@@ -240,6 +240,7 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
                 eval_fraction=data["eval_fraction"],
                 created_by=request.user,
                 license=data["license"],
+                include_reasoning=data["include_reasoning"],
             )
             self.message_user(request, f"Created {snapshot}.", messages.SUCCESS)
             return redirect("admin:conversations_datasetsnapshot_change", snapshot.pk)

@@ -88,7 +88,8 @@ class SettingsForm(forms.Form):
 
 
 class FeedbackForm(forms.Form):
-    """The details of a rating: reason tags (active ones), a comment, a corrected answer."""
+    """The details of a rating: reason tags (active ones), a comment, a corrected answer and, for an answer the
+    model reasoned before, whether the correction keeps that reasoning (it replaces the answer only)."""
 
     tags = forms.ModelMultipleChoiceField(queryset=None, required=False, widget=forms.CheckboxSelectMultiple)
     comment = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
@@ -98,6 +99,12 @@ class FeedbackForm(forms.Form):
         strip=False,
         label="Corrected answer",
         widget=forms.Textarea(attrs={"rows": 6, "placeholder": "Write the answer you expected (optional)"}),
+    )
+    correction_keeps_reasoning = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Keep the model's reasoning with my corrected answer",
+        help_text="Leave it unticked if the reasoning is wrong too: training data then has your answer alone.",
     )
 
     def __init__(self, *args, **kwargs):
@@ -113,8 +120,12 @@ class FeedbackForm(forms.Form):
                 "tags": list(feedback.tags.all()),
                 "comment": feedback.comment,
                 "correction": feedback.correction,
+                "correction_keeps_reasoning": feedback.correction_keeps_reasoning,
             }
-        return cls(data, initial=initial, auto_id=f"id_feedback{message.pk}_%s")
+        form = cls(data, initial=initial, auto_id=f"id_feedback{message.pk}_%s")
+        if not message.reasoning:  # nothing to keep: the choice is not offered, and saving leaves it as it was
+            del form.fields["correction_keeps_reasoning"]
+        return form
 
 
 class RatingForm(forms.Form):
@@ -167,6 +178,12 @@ class SnapshotForm(forms.Form):
     )
     eval_fraction = forms.FloatField(initial=0.1, min_value=0, max_value=0.99)
     scrub = forms.BooleanField(required=False, initial=True, label="Scrub e-mail, phone and IP addresses")
+    include_reasoning = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Include the models' reasoning",
+        help_text="As reasoning_content of assistant messages, apart from the answers; unticked, the answers alone",
+    )
     license = forms.ChoiceField(
         choices=LICENSES, initial="other", help_text="What its dataset card (README.md) states, for a hub"
     )

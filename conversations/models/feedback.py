@@ -88,6 +88,11 @@ class Feedback(models.Model):
     tags = models.ManyToManyField(FeedbackTag, blank=True, related_name="feedback")
     comment = models.TextField(blank=True)
     correction = models.TextField(blank=True, help_text="The answer the user expected, written by them.")
+    # A correction replaces the answer (`content`) only: an export gives it the reply's reasoning unless the user
+    # dropped it (the reasoning was what went wrong, say).
+    correction_keeps_reasoning = models.BooleanField(
+        default=True, help_text="Exports give the correction the model's reasoning (where the answer has some)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -108,7 +113,7 @@ class Feedback(models.Model):
         """Create or update this user's feedback on `message`.
 
         `rating` alone (thumbs) leaves the details as they are; `details` (tags, comment,
-        correction) replace theirs. Feedback left with nothing in it is deleted.
+        correction, correction_keeps_reasoning) replace theirs. Feedback left with nothing in it is deleted.
         """
         _check_may_rate(user, message)
         feedback, _ = cls.objects.select_for_update().get_or_create(user=user, message=message)
@@ -118,6 +123,8 @@ class Feedback(models.Model):
         for name in ("comment", "correction"):
             if name in details:
                 setattr(feedback, name, details[name].strip())
+        if "correction_keeps_reasoning" in details:
+            feedback.correction_keeps_reasoning = bool(details["correction_keeps_reasoning"])
         if tags is not None:
             feedback.tags.set(tags)
         if not (feedback.rating or feedback.comment or feedback.correction or feedback.tags.exists()):

@@ -3,7 +3,8 @@
 YAML front matter (license as the admin chose, task category, size category, who annotated, the
 `configs` that map the splits to their files, so `datasets.load_dataset(folder)` and the Hub's viewer
 read it as it is), then the snapshot's lineage in prose (templates/conversations/dataset_card.md): where
-the rows come from, consent, scrubbing, review, the split, and the files' sha256. The same facts in machine
+the rows come from, whether the models' reasoning is in them, consent, scrubbing, review, the split, and the
+files' sha256. The same facts in machine
 form are card.json (export.py).
 Text users typed (the export's filters) goes in through `markdown_text`: a hub renders it as that text, never
 as a tag, a link or an image.
@@ -73,6 +74,7 @@ def render(snapshot):
         "card": card,
         "counts": snapshot.counts,
         "review": card.get("review", {}),
+        "reasoning": card.get("reasoning", {}),
         "format": snapshot.format.upper(),
         "trainer": TRAINERS[snapshot.format],
         "files": SPLIT_FILES,

@@ -14,6 +14,12 @@ any) and the branch up to the user message the answer replies to
        true, the answer it corrects false, as DPO pairs them); ties give nothing
 
 Only conversations that allow training count (`for_training`), read at export time.
+
+Reasoning: an assistant message of a reply the model reasoned before answering carries that reasoning in
+`reasoning_content`, apart from the answer in `content` (the field TRL's training chat templates render as
+the think block): the answers and the assistant turns of the prompt alike. A correction replaces the answer
+only: it keeps the reply's reasoning unless its author dropped it (`Feedback.correction_keeps_reasoning`).
+`build(..., include_reasoning=False)` leaves every `reasoning_content` out (`without_reasoning`).
 """
 
 import json
@@ -28,6 +34,8 @@ from conversations.models import Feedback, Message, Preference, Review, Verdict
 
 FORMATS = ("sft", "dpo", "kto")
 SOURCES = ("correction", "thumbs", "sibling", "comparison", "arena")
+REASONING = "reasoning_content"  # the key of an assistant message's reasoning, as TRL's templates read it
+ANSWERS = ("chosen", "rejected", "completion")  # the columns of answers (SFT's is the last of its messages)
 
 
 @dataclass
@@ -42,7 +50,11 @@ class Example:
         return self.row["messages"][:-1] if "messages" in self.row else self.row["prompt"]
 
     def prompt_text(self):
-        return json.dumps(self.prompt(), ensure_ascii=False, sort_keys=True)
+        """The prompt as it reads without reasoning: the split's key, the same whether reasoning is exported."""
+        return json.dumps(prompt_without_reasoning(self.prompt()), ensure_ascii=False, sort_keys=True)
+
+    def has_reasoning(self):
+        return any(REASONING in turn for column in self.row.values() if isinstance(column, list) for turn in column)
 
 
 @dataclass(frozen=True)
@@ -142,12 +154,45 @@ class Prompts:
         return history if history and history[-1]["role"] == "user" else None
 
 
-def assistant(text):
-    return [{"role": "assistant", "content": text}]
+def assistant(text, reasoning=""):
+    """One assistant message: the answer in `content`, the reasoning (if any) apart from it."""
+    return [{"role": "assistant", "content": text, **({REASONING: reasoning} if reasoning else {})}]
 
 
-def build(format, filters):
-    """Every example of `format` that the feedback and preferences matching `filters` give."""
+def answer(message):
+    """A reply as the model wrote it: its answer and its reasoning."""
+    return assistant(message.content, message.reasoning)
+
+
+def corrected(feedback):
+    """The correction in place of the answer; the reply's reasoning stays unless the user dropped it."""
+    return assistant(feedback.correction, feedback.message.reasoning if feedback.correction_keeps_reasoning else "")
+
+
+def turns_without_reasoning(turns):
+    return [{key: value for key, value in turn.items() if key != REASONING} for turn in turns]
+
+
+def prompt_without_reasoning(turns):
+    """Prompt turns without reasoning; a turn left with no text goes, as `history()` leaves out one with none."""
+    return [turn for turn in turns_without_reasoning(turns) if turn["role"] != "assistant" or turn["content"]]
+
+
+def without_reasoning(row):
+    """A row with no `reasoning_content` anywhere: in the prompt's turns or in its answers."""
+    if "messages" in row:
+        *prompt, last = row["messages"]
+        return {"messages": prompt_without_reasoning(prompt) + turns_without_reasoning([last])}
+    row = {**row, "prompt": prompt_without_reasoning(row["prompt"])}
+    for column in ANSWERS:
+        if column in row:
+            row[column] = turns_without_reasoning(row[column])
+    return row
+
+
+def build(format, filters, include_reasoning=True):
+    """Every example of `format` that the feedback and preferences matching `filters` give; the models'
+    reasoning as `reasoning_content` of their messages, or (`include_reasoning=False`) nowhere."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     prompts = Prompts()
@@ -156,14 +201,18 @@ def build(format, filters):
         "dpo": [_dpo_corrections, _dpo_preferences, _dpo_thumbs],
         "kto": [_kto_thumbs, _kto_both_bad, _kto_corrections],
     }[format]
-    return [example for builder in builders for example in builder(filters, prompts)]
+    built = [example for builder in builders for example in builder(filters, prompts)]
+    if not include_reasoning:
+        for example in built:
+            example.row = without_reasoning(example.row)
+    return built
 
 
 def _sft_corrections(filters, prompts):
     for feedback in filters.corrections():
         prompt = prompts.before(feedback.message)
         if prompt:
-            yield Example({"messages": prompt + assistant(feedback.correction)}, "correction", {feedback.pk})
+            yield Example({"messages": prompt + corrected(feedback)}, "correction", {feedback.pk})
 
 
 def _dpo_corrections(filters, prompts):
@@ -171,7 +220,7 @@ def _dpo_corrections(filters, prompts):
         original = feedback.message.content
         prompt = prompts.before(feedback.message)
         if prompt and original.strip() and original.strip() != feedback.correction.strip():
-            row = {"prompt": prompt, "chosen": assistant(feedback.correction), "rejected": assistant(original)}
+            row = {"prompt": prompt, "chosen": corrected(feedback), "rejected": answer(feedback.message)}
             yield Example(row, "correction", {feedback.pk})
 
 
@@ -181,8 +230,8 @@ def _dpo_preferences(filters, prompts):
         if prompt:
             row = {
                 "prompt": prompt,
-                "chosen": assistant(preference.chosen.content),
-                "rejected": assistant(preference.rejected.content),
+                "chosen": answer(preference.chosen),
+                "rejected": answer(preference.rejected),
             }
             yield Example(row, preference.source, preference_ids={preference.pk})
 
@@ -199,8 +248,8 @@ def _dpo_thumbs(filters, prompts):
             if prompt:
                 row = {
                     "prompt": prompt,
-                    "chosen": assistant(up.message.content),
-                    "rejected": assistant(down.message.content),
+                    "chosen": answer(up.message),
+                    "rejected": answer(down.message),
                 }
                 yield Example(row, "thumbs", {up.pk, down.pk})
 
@@ -211,7 +260,7 @@ def _kto_thumbs(filters, prompts):
         if prompt:
             row = {
                 "prompt": prompt,
-                "completion": assistant(feedback.message.content),
+                "completion": answer(feedback.message),
                 "label": feedback.rating == Feedback.Rating.UP,
             }
             yield Example(row, "thumbs", {feedback.pk})
@@ -225,12 +274,10 @@ def _kto_corrections(filters, prompts):
         prompt = prompts.before(feedback.message)
         if not prompt:
             continue
-        yield Example(
-            {"prompt": prompt, "completion": assistant(feedback.correction), "label": True}, "correction", {feedback.pk}
-        )
+        yield Example({"prompt": prompt, "completion": corrected(feedback), "label": True}, "correction", {feedback.pk})
         if original.strip() and original.strip() != feedback.correction.strip():
             yield Example(
-                {"prompt": prompt, "completion": assistant(original), "label": False}, "correction", {feedback.pk}
+                {"prompt": prompt, "completion": answer(feedback.message), "label": False}, "correction", {feedback.pk}
             )
 
 
@@ -238,6 +285,6 @@ def _kto_both_bad(filters, prompts):
     for preference in filters.preferences().filter(verdict=Verdict.BOTH_BAD):
         prompt = prompts.before(preference.chosen)
         if prompt:
-            for answer in (preference.chosen, preference.rejected):
-                row = {"prompt": prompt, "completion": assistant(answer.content), "label": False}
+            for message in (preference.chosen, preference.rejected):
+                row = {"prompt": prompt, "completion": answer(message), "label": False}
                 yield Example(row, preference.source, preference_ids={preference.pk})

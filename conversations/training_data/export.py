@@ -4,11 +4,12 @@
 form and `manage.py export_feedback` both call it):
 
 1. build the examples of one format from the feedback and preferences that match the
-   filters and whose conversations allow training (training_data/examples.py);
-2. scrub PII from every message text unless told not to (training_data/scrub.py);
+   filters and whose conversations allow training (training_data/examples.py), the models'
+   reasoning as `reasoning_content` of their messages unless told to leave it out;
+2. scrub PII from every message text, reasoning included, unless told not to (training_data/scrub.py);
 3. drop exact duplicate rows (their source rows still count as exported);
 4. split by a stable hash of the prompt: sha256 of the prompt messages (as canonical
-   JSON, before scrubbing) read as a number in [0, 1); below `eval_fraction` is eval.
+   JSON, before scrubbing, without reasoning) read as a number in [0, 1); below `eval_fraction` is eval.
    The same prompt lands in the same split in every export, whatever the row order,
    and all answers to one prompt stay together;
 5. write a folder of its own: `train.jsonl`, `test.jsonl` (the held-out rows), `card.json` and
@@ -44,11 +45,21 @@ def datasets_dir():
     return Path(settings.CHAT_DATASETS_DIR)
 
 
-def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.1, created_by=None, license="other"):
+def export_snapshot(
+    format,
+    out=None,
+    filters=None,
+    scrub=True,
+    eval_fraction=0.1,
+    created_by=None,
+    license="other",
+    include_reasoning=True,
+):
     """Export one format as a frozen snapshot (see the module docstring); returns the DatasetSnapshot.
 
     `out`: its folder, new or empty (default: CHAT_DATASETS_DIR/`folder_name(snapshot)`).
-    `filters`: an `examples.Filters`; `license`: a Hugging Face license id for its card. Raises
+    `filters`: an `examples.Filters`; `license`: a Hugging Face license id for its card;
+    `include_reasoning`: False leaves the models' reasoning out of every row (the card says which). Raises
     ValueError on a bad format, fraction or license and FileExistsError rather than overwrite a file.
     """
     filters = filters or examples.Filters()
@@ -56,7 +67,7 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
         raise ValueError("eval_fraction must be at least 0 and below 1")
     if license not in dict(LICENSES):
         raise ValueError(f"unknown license {license!r}; choose one of {', '.join(dict(LICENSES))}")
-    built = examples.build(format, filters)
+    built = examples.build(format, filters, include_reasoning=include_reasoning)
     scrubber = Scrubber() if scrub else None
     rows, duplicates = _dedupe(built, scrubber)
     splits = {"train": [], "eval": []}
@@ -81,7 +92,7 @@ def export_snapshot(format, out=None, filters=None, scrub=True, eval_fraction=0.
             _write(paths[split], [line for line, _ in splits[split]])
         snapshot.feedback.set({pk for example in built for pk in example.feedback_ids})
         snapshot.preferences.set({pk for example in built for pk in example.preference_ids})
-        _finish(snapshot, paths, splits, duplicates, scrubber)
+        _finish(snapshot, paths, splits, duplicates, scrubber, include_reasoning)
     return snapshot
 
 
@@ -140,7 +151,7 @@ def _write(path, lines):
         handle.writelines(line + "\n" for line in lines)
 
 
-def _finish(snapshot, paths, splits, duplicates, scrubber):
+def _finish(snapshot, paths, splits, duplicates, scrubber, include_reasoning):
     """Counts, sha256 and the card: saved on the snapshot and written beside the files."""
     counts = {split: len(rows) for split, rows in splits.items()}
     counts["sources"] = _tally(example.source for rows in splits.values() for _, example in rows)
@@ -154,7 +165,12 @@ def _finish(snapshot, paths, splits, duplicates, scrubber):
     )
     snapshot.train_sha256, snapshot.eval_sha256 = file_sha256(paths["train"]), file_sha256(paths["eval"])
     snapshot.counts = counts
-    snapshot.card = _card(snapshot, scrubber)
+    reasoning = {
+        "included": include_reasoning,
+        "field": examples.REASONING if include_reasoning else None,
+        "rows": sum(example.has_reasoning() for rows in splits.values() for _, example in rows),
+    }
+    snapshot.card = _card(snapshot, scrubber, reasoning)
     _write(paths["card"], [json.dumps(snapshot.card, indent=2, ensure_ascii=False)])
     _write(paths["readme"], [dataset_card.render(snapshot)])
     snapshot.save()
@@ -167,7 +183,7 @@ def _tally(values):
     return dict(sorted(tally.items()))
 
 
-def _card(snapshot, scrubber):
+def _card(snapshot, scrubber, reasoning):
     return {
         "snapshot_id": snapshot.pk,
         "created_at": snapshot.created_at.isoformat(),
@@ -175,6 +191,7 @@ def _card(snapshot, scrubber):
         "license": snapshot.license,
         "columns": COLUMNS[snapshot.format],
         "trl_format": "conversational",
+        "reasoning": reasoning,  # of assistant messages, apart from their answers (examples.py)
         "counts": snapshot.counts,
         "filters": snapshot.filters,
         "consent": "only conversations that allow training, as of the export",
@@ -185,7 +202,8 @@ def _card(snapshot, scrubber):
         },
         "split": {
             "eval_fraction": snapshot.eval_fraction,
-            "method": "sha256 of the prompt messages (canonical JSON, before scrubbing) < eval_fraction",
+            "method": "sha256 of the prompt messages (canonical JSON, before scrubbing, without reasoning) "
+            "< eval_fraction",
         },
         "lineage": {"feedback": snapshot.feedback.count(), "preferences": snapshot.preferences.count()},
         "review": {

@@ -71,6 +71,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (0.1)")
         parser.add_argument("--no-scrub", action="store_true", help="keep e-mail, phone and IP addresses")
+        parser.add_argument(
+            "--no-reasoning",
+            action="store_true",
+            help="leave the models' reasoning out (by default it is the reasoning_content of assistant messages)",
+        )
 
     def handle(self, *args, **options):
         if options["since"] and options["until"] and options["since"] > options["until"]:
@@ -91,6 +96,7 @@ class Command(BaseCommand):
                 scrub=not options["no_scrub"],
                 eval_fraction=options["eval_fraction"],
                 license=options["license"],
+                include_reasoning=not options["no_reasoning"],
             )
         except (ValueError, FileExistsError) as exc:
             raise CommandError(str(exc)) from exc

@@ -37,6 +37,7 @@ from modelhub.serving import (
     reserve,
     runtime,
     start,
+    structure_problems,
 )
 from modelhub.training.evaluation import candidate_name, evaluate
 from modelhub.training.finetune import run_in_background, run_job
@@ -59,6 +60,7 @@ __all__ = [
     "runtime",
     "gpu_memory",
     "check_default",
+    "structure_problems",
     # a reply's parts as `Request.pieces()` hands them (decoding/parts.py): what it thought, what it answers
     "REASONING",
     "ANSWER",

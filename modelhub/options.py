@@ -6,7 +6,7 @@ see, with a short machine-readable `code` and a message fit for a user.
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 class ModelhubError(Exception):
@@ -62,6 +62,9 @@ _RANGES = {  # option: (is this number in range, given the max_new_tokens limit;
 }
 NULLABLE_OPTIONS = {"seed", "logprobs"}  # None: a random seed; no probabilities kept
 FLAG_OPTIONS = {"ignore_eos", "think"}  # true or false (think may also be None: the template's default)
+# What a reply must look like (tools, a JSON format): their shape and their grammar are checked together by
+# decoding/grammar.py `problems` (serving.options_for), not one by one here.
+STRUCTURE_OPTIONS = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,21 @@ class GenerationOptions:
     logprobs: int | None = None  # keep each token's probability and this many alternatives' (logprobs.py)
     think: bool | None = None  # a model that reasons first: on or off (the chat template's enable_thinking); None:
     # the template's own default
+    # Tools the model may call (OpenAI's function tools, rendered by the chat template), whether it must
+    # (tool_choice "auto" | "none" | "required" | {"type": "function", "function": {"name"}}), and the
+    # answer's format (OpenAI's response_format): decoding/grammar.py.
+    tools: tuple = ()
+    tool_choice: object = "auto"
+    parallel_tool_calls: bool = True
+    response_format: dict | None = None
 
     def __post_init__(self):
         # As in the OpenAI API, one string is a list of one; a list becomes a tuple (the options stay hashable).
         # Anything else is left as it is, for `problems` to name.
         if self.stop is None or isinstance(self.stop, (str, list)):
             object.__setattr__(self, "stop", _stop_tuple(self.stop))
+        if isinstance(self.tools, list):
+            object.__setattr__(self, "tools", tuple(self.tools))
 
     def validated(self, max_new_tokens_limit):
         """Self, when every option has its type and range; else InvalidOptions naming each problem."""
@@ -96,8 +108,10 @@ class GenerationOptions:
     def problems(self, max_new_tokens_limit):
         """{option: what is wrong with its value}; empty when all are fine."""
         problems = {}
-        for field in fields(self):
-            name, value = field.name, getattr(self, field.name)
+        for option in fields(self):
+            name, value = option.name, getattr(self, option.name)
+            if name in STRUCTURE_OPTIONS:
+                continue
             if name in FLAG_OPTIONS:
                 if not isinstance(value, bool) and not (name == "think" and value is None):
                     problems[name] = f"{name} must be true or false"
@@ -129,7 +143,12 @@ class GenerationOptions:
 
     def as_dict(self):
         """Plain JSON values (`stop` as a list), as a message's stored generation_options hold them."""
-        return {**asdict(self), "stop": list(self.stop)}
+        return {**asdict(self), "stop": list(self.stop), "tools": list(self.tools)}
+
+    @property
+    def calls_tools(self):
+        """Whether the reply may call a tool (tools given, and tool_choice is not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 def _stop_tuple(value):
@@ -169,6 +188,10 @@ def _type_problem(name, value):
 
 
 def _cast(name, value):
+    if name in STRUCTURE_OPTIONS:  # JSON as the request gave it; decoding/grammar.py `problems` checks it
+        return (
+            (() if value is None else tuple(value) if isinstance(value, list) else value) if name == "tools" else value
+        )
     if name == "stop":  # a JSON list (or one string, or null) from a request or a stored message
         value = _stop_tuple(value)
         if problem := _stop_type_problem(value):
@@ -226,6 +249,9 @@ class Usage:
     # `reasoning` field), and how many of the completion tokens it took. The answer is the reply's text.
     reasoning: str = ""
     reasoning_tokens: int = 0
+    # The tool calls the reply made, in OpenAI's shape: [{"id", "type": "function", "function": {"name",
+    # "arguments": a JSON string}}] (finish_reason "tool_calls").
+    tool_calls: list = field(default_factory=list)
 
     def as_dict(self):
         return asdict(self)

@@ -47,15 +47,19 @@ def messages_as_sent(messages):
     return json.dumps(list(messages), ensure_ascii=False, indent=2)
 
 
-def render_text(tokenizer, messages, think=None):
+def render_text(tokenizer, messages, think=None, tools=None):
     """The prompt's text; a history that ends with an assistant turn is continued, not answered.
 
     An assistant turn's `reasoning_content` (what a model that thinks first wrote before its answer) is
     handed to the template under the name it reads (gpt-oss's reads `thinking`); the template decides
     what of it to keep. `think` (True/False) is the template's `enable_thinking`; None leaves its default.
+    `tools`: OpenAI function tools, rendered by the template (which also renders the turns' `tool_calls`
+    and the `tool` turns' results).
     """
     messages = [_with_reasoning_field(tokenizer, message) for message in messages]
     extra = {} if think is None else {"enable_thinking": think}
+    if tools:
+        extra["tools"] = list(tools)
     if messages and messages[-1]["role"] == "assistant":
         return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False, **extra)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
@@ -98,7 +102,7 @@ def build_prompt(tokenizer, messages, context_length, max_new_tokens):
     return prompt.ids, prompt.left_out
 
 
-def fit_prompt(tokenizer, messages, context_length, max_new_tokens, think=None):
+def fit_prompt(tokenizer, messages, context_length, max_new_tokens, think=None, tools=None):
     """The `Prompt` of the longest suffix of the history that fits, rendered once per try.
 
     The system prompt is always kept, and so is the last message; the kept history
@@ -115,7 +119,7 @@ def fit_prompt(tokenizer, messages, context_length, max_new_tokens, think=None):
     starts = [s for s in starts if s <= len(turns) - 1]
 
     def fits(start):
-        text = render_text(tokenizer, system + turns[start:], think)
+        text = render_text(tokenizer, system + turns[start:], think, tools)
         ids = encode(tokenizer, text)
         return Prompt(ids, text, start) if len(ids) <= budget else None
 

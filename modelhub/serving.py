@@ -27,10 +27,11 @@ import threading
 from django.conf import settings
 
 from modelhub.backends.remote import check_server
+from modelhub.decoding import grammar
 from modelhub.engine.arrivals import arrivals
 from modelhub.engine.request import Request
 from modelhub.models import Adapter, ModelSpec, ModelWorker, pick_default
-from modelhub.options import ModelhubError, ModelLoadError, ModelNotFound
+from modelhub.options import InvalidOptions, ModelhubError, ModelLoadError, ModelNotFound
 from modelhub.registry import registry
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,15 @@ def options_for(spec, overrides=None):
     is the model's switch (`ModelSpec.token_probabilities`), whatever the overrides say."""
     defaults = spec.default_options()
     options = defaults.merged(overrides or {}).validated(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
+    if found := grammar.problems(options.tools, options.tool_choice, options.response_format):
+        raise InvalidOptions("; ".join(f"{name}: {problem}" for name, problem in found.items()))
     return dataclasses.replace(options, logprobs=defaults.logprobs)
+
+
+def structure_problems(tools, tool_choice="auto", response_format=None):
+    """{field: what is wrong} with a request's tools, tool choice and response format (their grammar
+    compiled): decoding/grammar.py."""
+    return grammar.problems(tools, tool_choice, response_format)
 
 
 def preload():

@@ -21,6 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from modelhub import serving
+from modelhub.decoding.parts import ANSWER
 from modelhub.options import ModelhubError, Usage
 
 
@@ -52,7 +53,13 @@ class WorkerRequest:
         self.cancelled = False
 
     async def chunks(self, min_interval=0.0):
-        """The reply's text as the worker sends it (it paces itself); ModelhubError if none answers or it fails."""
+        """The reply's answer as the worker sends it (it paces itself); ModelhubError if none answers or it fails."""
+        async for part, text in self.pieces(min_interval):
+            if part == ANSWER:
+                yield text
+
+    async def pieces(self, min_interval=0.0):
+        """(part, text) as the worker sends them: its reasoning and its answer (decoding/parts.py)."""
         layer = get_channel_layer()
         timeout = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
         reply_to = self.request["reply_to"]
@@ -69,7 +76,7 @@ class WorkerRequest:
             if message["type"] == "prompt.end":
                 self.usage = Usage(**message["usage"])
                 return
-            yield message["text"]
+            yield message.get("part", ANSWER), message["text"]
 
     def cancel(self):
         if not self.cancelled:
@@ -91,8 +98,8 @@ async def answer_try(message):
         )
         request = serving.start(spec, message["messages"], message["overrides"], adapter=adapter)
         cancelling = asyncio.ensure_future(_cancel_on_request(layer, reply_to + ".cancel", request))
-        async for text in request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
-            await layer.send(reply_to, {"type": "prompt.chunk", "text": text})
+        async for part, text in request.pieces(settings.CHAT_STREAM_INTERVAL_SECONDS):
+            await layer.send(reply_to, {"type": "prompt.chunk", "part": part, "text": text})
     except ModelhubError as exc:
         await layer.send(reply_to, {"type": "prompt.error", "code": exc.code, "message": exc.message})
         return

@@ -110,7 +110,8 @@ class ApiKey(models.Model):
         """A new conversation of the key's user that keeps one call: the system prompt, then the call's
         messages (the last one the user's question), on one branch; the reply row comes next (turns.py).
 
-        `prompt`: [{"role": "system" | "user" | "assistant", "content": str}], system messages first."""
+        `prompt`: [{"role": "system" | "user" | "assistant" | "tool", "content": str}], system messages
+        first; an assistant turn may carry `reasoning_content` and `tool_calls`, a tool turn `tool_call_id`."""
         system = "\n\n".join(m["content"] for m in prompt if m["role"] == "system")
         turns = [m for m in prompt if m["role"] != "system"]
         first_question = next(m["content"] for m in turns if m["role"] == "user")
@@ -118,7 +119,13 @@ class ApiKey(models.Model):
         parent = None
         for turn in turns:
             parent = conversation.messages.create(
-                role=turn["role"], content=turn["content"], parent=parent, status=Message.Status.COMPLETE
+                role=turn["role"],
+                content=turn["content"],
+                reasoning=turn.get("reasoning_content", ""),
+                tool_calls=turn.get("tool_calls", []),
+                tool_call_id=turn.get("tool_call_id", ""),
+                parent=parent,
+                status=Message.Status.COMPLETE,
             )
         conversation.system_prompt, conversation.title, conversation.leaf = system, title_from(first_question), parent
         conversation.api_key, conversation.api_key_name = self, self.name

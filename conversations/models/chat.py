@@ -185,11 +185,8 @@ class Conversation(models.Model):
         loaded = list(self.messages.defer(*Message.LARGE_FIELDS)) if loaded is None else loaded
         path = tree.path_to(upto.pk if upto else self.leaf_id, loaded)
         for message in path:
-            if message.status != Message.Status.ERROR and (message.content or message.reasoning):
-                turn = {"role": message.role, "content": message.content}
-                if message.reasoning:  # the template decides what of it the model sees again
-                    turn["reasoning_content"] = message.reasoning
-                messages.append(turn)
+            if message.status != Message.Status.ERROR and (message.content or message.reasoning or message.tool_calls):
+                messages.append(message.as_turn())
         return messages
 
     def _grow(self, message, *changed):

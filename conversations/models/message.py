@@ -191,6 +191,18 @@ class Message(models.Model):
             for token, text, logprob, alts in new
         ]
 
+    def as_turn(self):
+        """The message as a chat template takes it: an assistant turn's reasoning (the template decides what
+        of it the model sees again) and tool calls, a tool turn's call id."""
+        turn = {"role": self.role, "content": self.content}
+        if self.reasoning:
+            turn["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            turn["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
+
     def save_partial(self, content, notice="", reasoning=""):
         """Flush the text streamed so far, so a crash loses at most a few seconds."""
         Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
@@ -222,6 +234,7 @@ class Message(models.Model):
                 duration=usage.duration,
                 finish_reason=usage.finish_reason,
                 reasoning_tokens=usage.reasoning_tokens or None,
+                tool_calls=usage.tool_calls,
             )
             if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
                 fields.update(

@@ -13,12 +13,13 @@
                 model and tokens; never its text), ended by `close()` or, if this process dies,
                 by the heartbeat of any other.
 
-Both: `start()` (ApiError if refused), `async for text in call.chunks()`, then `call.outcome`;
+Both: `start()` (ApiError if refused), `async for part, text in call.chunks()` (its reasoning and its
+answer, modelhub.api.REASONING / ANSWER), then `call.outcome` (with the tool calls it made);
 `stop()` when the client went away (the stored reply ends `stopped`), `close()` always: views.py
 runs it to its end even when the request is cancelled (`finish`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -60,11 +61,13 @@ def refusal(exc):
 @dataclass
 class Outcome:
     status: str  # a Message status: complete, stopped, error…
-    text: str
+    text: str  # the answer
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: ApiError | None = None
+    reasoning: str = ""  # what the model thought before it answered
+    tool_calls: list = field(default_factory=list)  # OpenAI's shape (finish_reason "tool_calls")
 
 
 def start(call):
@@ -103,7 +106,7 @@ class KeptCall:
                 continue
             frame = message.get("frame") or {}
             if frame.get("type") == "chunk" and frame.get("message_id") == self.reply.pk:
-                yield frame["text"]
+                yield frame.get("part", api.ANSWER), frame["text"]
             elif frame.get("type") == "error":
                 self.error = api_error(frame.get("code"), frame.get("message", ""))
             elif frame.get("type") == "done" and frame.get("message_id") == self.reply.pk:
@@ -111,7 +114,14 @@ class KeptCall:
         row = await durable.call(Message.objects.get, pk=self.reply.pk, within=settings.CHAT_SAVE_RETRY_SECONDS)
         error = self.error or api_error("model_error", row.error) if row.status == Message.Status.ERROR else None
         self.outcome = Outcome(
-            row.status, row.content, row.finish_reason, row.prompt_tokens or 0, row.completion_tokens or 0, error
+            row.status,
+            row.content,
+            row.finish_reason,
+            row.prompt_tokens or 0,
+            row.completion_tokens or 0,
+            error,
+            row.reasoning,
+            row.tool_calls,
         )
 
     async def stop(self):
@@ -160,17 +170,26 @@ class UnkeptCall:
             raise api_error(exc.code, exc.message) from None
 
     async def chunks(self):
-        text = []
+        text = {api.REASONING: [], api.ANSWER: []}
         try:
-            async for piece in self.request.chunks(settings.CHAT_STREAM_INTERVAL_SECONDS):
-                text.append(piece)
-                yield piece
+            async for part, piece in self.request.pieces(settings.CHAT_STREAM_INTERVAL_SECONDS):
+                text[part].append(piece)
+                yield part, piece
         except ModelhubError as exc:
-            self.outcome = Outcome(Message.Status.ERROR, "".join(text), error=api_error(exc.code, exc.message))
+            answer = "".join(text[api.ANSWER])
+            self.outcome = Outcome(Message.Status.ERROR, answer, error=api_error(exc.code, exc.message))
             return
         usage = self.request.usage
         status = Message.Status.STOPPED if usage.finish_reason == "cancelled" else Message.Status.COMPLETE
-        self.outcome = Outcome(status, "".join(text), usage.finish_reason, usage.prompt_tokens, usage.completion_tokens)
+        self.outcome = Outcome(
+            status,
+            "".join(text[api.ANSWER]),
+            usage.finish_reason,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            reasoning=usage.reasoning or "".join(text[api.REASONING]),
+            tool_calls=usage.tool_calls,
+        )
 
     async def stop(self):
         if self.request is not None:

@@ -17,10 +17,11 @@ from django.http import JsonResponse
 
 from conversations.chat.protocol import unstorable
 from conversations.forms import ModelChoiceForm
+from modelhub import api
 from modelhub.api import InvalidOptions
 from modelhub.models import ModelSpec
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # OpenAI's name for each option that chatsite's options (modelhub/options.py) know, and extras vLLM also takes.
 OPTIONS = {
     "temperature": "temperature",
@@ -35,15 +36,13 @@ OPTIONS = {
 }
 # Fields whose meaning chatsite cannot honour: refused unless they ask for what it does anyway.
 UNSUPPORTED = {
-    "tools": (None, []),
-    "functions": (None, []),
-    "tool_choice": (None, "none"),
+    "functions": (None, []),  # the old form of `tools`
+    "function_call": (None, "none"),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0),
     "frequency_penalty": (None, 0),
-    "response_format": (None, {"type": "text"}),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -181,15 +180,18 @@ def _refuse_unsupported(data):
 def _messages(messages):
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty list.", param="messages")
-    read_ = []
+    read_, call_ids = [], set()
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ApiError(400, f"`{param}.role` must be one of system, developer, user or assistant.", param=param)
+            raise ApiError(
+                400, f"`{param}.role` must be one of system, developer, user, assistant or tool.", param=param
+            )
         role = ROLES[message["role"]]
         if role == "system" and read_ and read_[-1]["role"] != "system":
             raise ApiError(400, f"`{param}`: system messages must come before the conversation's turns.", param=param)
-        content = _text(message.get("content"), param)
+        calls = _tool_calls(message, param) if role == "assistant" else []
+        content = "" if calls and message.get("content") is None else _text(message.get("content"), param)
         if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
             raise ApiError(
                 400,
@@ -197,13 +199,60 @@ def _messages(messages):
                 param=param,
                 code="message_too_long",
             )
-        read_.append({"role": role, "content": content})
-    if read_[-1]["role"] != "user":
-        raise ApiError(400, "The last message must be the user's: it is what the model answers.", param="messages")
+        turn = {"role": role, "content": content}
+        if calls:
+            turn["tool_calls"] = calls
+            call_ids.update(call["id"] for call in calls)
+        reasoning = message.get("reasoning_content", message.get("reasoning")) if role == "assistant" else None
+        if reasoning:  # what the model thought before this turn: the template decides what of it to keep
+            turn["reasoning_content"] = _text(reasoning, f"{param}.reasoning")
+        if role == "tool":
+            turn["tool_call_id"] = message.get("tool_call_id")
+            if turn["tool_call_id"] not in call_ids:
+                raise ApiError(
+                    400,
+                    f"`{param}.tool_call_id` names no tool call of an earlier assistant message.",
+                    param=f"{param}.tool_call_id",
+                )
+        read_.append(turn)
+    if read_[-1]["role"] not in ("user", "tool"):
+        raise ApiError(
+            400,
+            "The last message must be the user's (or a tool's result): it is what the model answers.",
+            param="messages",
+        )
     if not read_[-1]["content"].strip():
         param = f"messages[{len(read_) - 1}].content"
         raise ApiError(400, f"`{param}` is empty: there is nothing to answer.", param=param, code="empty_message")
     return read_
+
+
+def _tool_calls(message, param):
+    """An assistant turn's tool calls, checked: [{"id", "type": "function", "function": {"name", "arguments"}}]."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise ApiError(400, f"`{param}.tool_calls` must be a list.", param=f"{param}.tool_calls")
+    for index, call in enumerate(calls):
+        where = f"{param}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(call.get("id"), str) or not call["id"]:
+            raise ApiError(400, f"`{where}.id` must be a non-empty string.", param=f"{where}.id")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ApiError(400, f"`{where}.function.name` is required.", param=f"{where}.function.name")
+        if not isinstance(function.get("arguments", ""), str):
+            raise ApiError(
+                400, f"`{where}.function.arguments` must be a JSON string.", param=f"{where}.function.arguments"
+            )
+    return [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": call["function"].get("arguments", "")},
+        }
+        for call in calls
+    ]
 
 
 def _text(content, param):
@@ -232,6 +281,7 @@ def _overrides(data, spec):
         elif isinstance(value, bool) or (option != "stop" and not isinstance(value, (int, float))):
             raise ApiError(400, f"`{name}` must be a number.", param=name)
         overrides[option] = value
+    overrides.update(_structure(data))
     try:
         problems = spec.default_options().merged(overrides).problems(settings.MODELHUB_MAX_NEW_TOKENS_LIMIT)
     except InvalidOptions as exc:
@@ -241,3 +291,19 @@ def _overrides(data, spec):
         param = next((name for name, known in OPTIONS.items() if known == option and name in data), option)
         raise ApiError(400, "; ".join(problems.values()), param=param, code="invalid_value")
     return overrides
+
+
+def _structure(data):
+    """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format`, checked (their grammar compiled:
+    a schema the grammar library cannot compile is refused here, naming the field), as options."""
+    found = api.structure_problems(data.get("tools"), data.get("tool_choice", "auto"), data.get("response_format"))
+    if found:
+        param, problem = next(iter(found.items()))
+        raise ApiError(400, f"`{param}`: {problem}.", param=param, code="invalid_value")
+    options = {}
+    if data.get("tools"):
+        options.update(tools=data["tools"], tool_choice=data.get("tool_choice", "auto"))
+        options["parallel_tool_calls"] = data.get("parallel_tool_calls") is None or _flag(data, "parallel_tool_calls")
+    if data.get("response_format") not in (None, {"type": "text"}):
+        options["response_format"] = data["response_format"]
+    return options

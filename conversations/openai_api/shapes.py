@@ -1,7 +1,8 @@
 """Responses in OpenAI's exact shapes: a completion, its streamed chunks, usage, the model list.
 
 `finish_reason` is OpenAI's: "stop" (the model ended its turn or met a stop sequence),
-"length" (the token limit); a reply stopped because its client went away is never sent.
+"length" (the token limit), "tool_calls" (it called tools); a reply stopped because its client went
+away is never sent. A model's reasoning goes apart from its answer, as `reasoning` (vLLM's field).
 """
 
 import json
@@ -22,7 +23,17 @@ def usage(prompt_tokens, completion_tokens):
 
 
 def finish_reason(reason):
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def message(text, reasoning="", tool_calls=()):
+    """The assistant message: its answer, its reasoning apart (`reasoning`, as vLLM names it), its tool calls."""
+    out = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if reasoning:
+        out["reasoning"] = reasoning
+    if tool_calls:
+        out["tool_calls"] = list(tool_calls)
+    return out
 
 
 class Completion:
@@ -35,14 +46,14 @@ class Completion:
     def _head(self, kind):
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text, reason, prompt_tokens, completion_tokens):
+    def whole(self, text, reason, prompt_tokens, completion_tokens, reasoning="", tool_calls=()):
         """The non-streamed response."""
         return {
             **self._head("chat.completion"),
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message(text, reasoning, tool_calls),
                     "logprobs": None,
                     "finish_reason": finish_reason(reason),
                 }
@@ -62,8 +73,12 @@ class Completion:
     def first(self):
         return self._chunk({"role": "assistant", "content": ""})
 
-    def text(self, text):
-        return self._chunk({"content": text})
+    def text(self, text, reasoning=False):
+        return self._chunk({"reasoning": text} if reasoning else {"content": text})
+
+    def calls(self, tool_calls):
+        """The reply's tool calls, each whole in one delta (OpenAI's tool-call delta shape, with its index)."""
+        return "".join(self._chunk({"tool_calls": [{"index": i, **call}]}) for i, call in enumerate(tool_calls))
 
     def last(self, reason, prompt_tokens, completion_tokens):
         """The chunk with the finish reason, the usage chunk if asked for, and the end of the stream."""

@@ -21,6 +21,7 @@ from conversations.delivery import durable
 from conversations.models import ApiKey
 from conversations.openai_api import calls, shapes
 from conversations.openai_api.requests import ApiError, read, usable_models
+from modelhub.api import REASONING
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,14 @@ async def _whole(call, running):
         return outcome.error.response()
     completion = shapes.Completion(call.model)
     return JsonResponse(
-        completion.whole(outcome.text, outcome.finish_reason, outcome.prompt_tokens, outcome.completion_tokens)
+        completion.whole(
+            outcome.text,
+            outcome.finish_reason,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            outcome.reasoning,
+            outcome.tool_calls,
+        )
     )
 
 
@@ -110,13 +118,15 @@ async def _events(call, running):
     completion = shapes.Completion(call.model, call.include_usage)
     try:
         yield completion.first()
-        async for text in running.chunks():
-            yield completion.text(text)
+        async for part, text in running.chunks():
+            yield completion.text(text, reasoning=part == REASONING)
         await _finish(running)
         outcome = running.outcome
         if outcome.error is not None:
             yield shapes.event(outcome.error.body())
             return
+        if outcome.tool_calls:
+            yield completion.calls(outcome.tool_calls)
         yield completion.last(outcome.finish_reason, outcome.prompt_tokens, outcome.completion_tokens)
     except (asyncio.CancelledError, GeneratorExit):  # the client closed the connection
         await _stop(running)

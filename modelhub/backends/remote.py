@@ -283,8 +283,22 @@ class RemoteWorker:
                     if part == REASONING:
                         usage.reasoning += text
                     request.emit(text, part)
+            for call in delta.get("tool_calls") or ():  # OpenAI's tool-call deltas, gathered by index
+                _gather_call(usage.tool_calls, call)
             finish = choice.get("finish_reason") or finish
         return finish
+
+
+def _gather_call(calls, delta):
+    """Add one streamed tool-call delta ({"index", "id"?, "function": {"name"?, "arguments"?: a piece}})
+    to the calls gathered so far (OpenAI's shape, arguments as a JSON string)."""
+    index = delta.get("index", len(calls))
+    while len(calls) <= index:
+        calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    call, function = calls[index], delta.get("function") or {}
+    call["id"] = delta.get("id") or call["id"]
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def sampling(options):
@@ -300,6 +314,11 @@ def sampling(options):
         fields["seed"] = options.seed
     if options.stop:
         fields["stop"] = list(options.stop)
+    if options.tools:  # never an empty list: vLLM refuses `tools: []`
+        fields.update(tools=list(options.tools), tool_choice=options.tool_choice)
+        fields["parallel_tool_calls"] = options.parallel_tool_calls
+    if options.response_format is not None:
+        fields["response_format"] = options.response_format
     extra = {}
     if options.top_k:
         extra["top_k"] = options.top_k

@@ -12,6 +12,9 @@ Which template a model gets (its tokenizer's own, TRL's for a chat template TRL 
 decided when it is loaded: backends/loading.py `attach_response_template`.
 """
 
+import json
+import secrets
+
 REASONING, ANSWER, TOOL_CALLS = "reasoning", "answer", "tool_calls"
 # The response templates' field names for each part (Qwen3, DeepSeek-R1: reasoning_content; gpt-oss,
 # LFM2: thinking).
@@ -23,10 +26,16 @@ class Parts:
 
     def __init__(self, tokenizer, prompt_text):
         self.parser = tokenizer.get_response_parser(prefix=prompt_text)
+        self.fields = set(tokenizer.response_template.get("fields", {}))
         self.region = None  # the part being written now (a template may open one in the prompt: `<think>`)
         self.closed = {}  # field -> value of each part the parser closed (a list for repeating ones)
         self.open_text = []  # what the part being written has so far
         self._follow(self.parser.initial_events)
+
+    @property
+    def can_reason(self):
+        """Whether the template has a part for reasoning."""
+        return any(FIELDS.get(name) == REASONING for name in self.fields)
 
     @property
     def reasoning(self):
@@ -72,3 +81,25 @@ class Parts:
 
 def _field_of(part):
     return "reasoning_content" if part == REASONING else "content"
+
+
+def openai_calls(calls):
+    """Parsed tool calls ({"type": "function", "function": {"name", "arguments": {...}}}) in OpenAI's shape:
+    each with an id, its arguments as a JSON string."""
+    out = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue  # half a call (a reply cut inside it) is not a call
+        arguments = function.get("arguments", {})
+        out.append(
+            {
+                "id": "call_" + secrets.token_hex(12),
+                "type": "function",
+                "function": {
+                    "name": function["name"],
+                    "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
+                },
+            }
+        )
+    return out

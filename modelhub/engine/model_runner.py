@@ -33,11 +33,12 @@ import time
 import torch
 from transformers import DynamicCache
 
+from modelhub.decoding import grammar
 from modelhub.decoding.logprobs import score
 from modelhub.decoding.parts import Parts
 from modelhub.decoding.sampler import Detokenizer, Sampler
 from modelhub.engine.sequence import Sequence
-from modelhub.options import ModelhubError
+from modelhub.options import InvalidOptions, ModelhubError
 from modelhub.prompts import fit_prompt, template_hash
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,21 @@ class Decoder:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos_ids = sorted(set(eos) | ({loaded.tokenizer.eos_token_id} - {None}))
         self.template_hash = template_hash(loaded.tokenizer)  # the template every prompt here is rendered with
+        self._ll = None  # the grammar library's tokenizer, made when a reply first needs a grammar
 
     def open(self, messages, options, adapter=None, started=None):
         """A new sequence for this reply, its prompt built and matched against stored prefixes."""
         loaded = self.loaded
         tokenizer = loaded.tokenizer
-        prompt = fit_prompt(tokenizer, messages, loaded.context_length, options.max_new_tokens, options.think)
+        tools = options.tools if options.calls_tools else None
+        prompt = fit_prompt(tokenizer, messages, loaded.context_length, options.max_new_tokens, options.think, tools)
         prompt_ids = prompt.ids
         sampler = Sampler(options, self.eos_ids, loaded.model.device)
         parts = Parts(tokenizer, prompt.text) if getattr(tokenizer, "response_template", None) else None
         seq = Sequence(
             prompt_ids, options, adapter, sampler, Detokenizer(tokenizer), started or time.monotonic(), parts
         )
+        seq.constraint = self._constraint(options, parts)
         seq.usage.truncated_messages = prompt.left_out
         seq.usage.prompt_text, seq.usage.template_hash = prompt.text, self.template_hash
         if self.prefix_cache is not None:
@@ -167,6 +171,30 @@ class Decoder:
                 seq.cache = DynamicCache(ddp_cache_data=layers)
                 seq.fed = seq.usage.cached_prompt_tokens = reused
         return seq
+
+    def _constraint(self, options, parts):
+        """The grammar this reply must follow (decoding/grammar.py), or None. A model that thinks in
+        `<think>` blocks may think first (or is inside one already, where its template opens it)."""
+        template = str(self.loaded.tokenizer.chat_template or "")
+        thinks = parts is not None and parts.can_reason and "<think>" in template and options.think is not False
+        lark = grammar.lark_for(
+            options,
+            think="open" if thinks and parts.reasoning else thinks,
+            think_tokens=options.max_new_tokens // 2,
+            tokens=grammar.tag_tokens(self.loaded.tokenizer),
+        )
+        if lark is None:
+            return None
+        if grammar.CALL_OPEN in lark and grammar.CALL_OPEN not in template:
+            raise InvalidOptions(
+                "this model's chat template does not write tool calls as <tool_call> blocks: tool_choice "
+                '"required" or a named function cannot be enforced for it (use "auto")'
+            )
+        if self._ll is None:  # once per loaded model: it reads the whole vocabulary
+            self._ll = grammar.ll_tokenizer(
+                self.loaded.tokenizer, self.loaded.model.get_output_embeddings().weight.shape[0]
+            )
+        return grammar.Constraint(self._ll, lark)
 
     def prefill(self, passes):
         """Run the scheduler's prefill passes (scheduler.py): [[(sequence, tokens)], ...].
@@ -293,6 +321,9 @@ class Decoder:
                     torch.tensor(self.eos_ids, device=logits.device),
                 )
                 logits[rows_at[:, None], eos_at] = float("-inf")
+            constrained = [(i, seq.constraint) for i, seq in enumerate(rows) if seq.constraint is not None]
+            if constrained:  # only these rows' logits are masked: the others sample as they would
+                grammar.mask_rows(logits, constrained)
             greedy = logits.argmax(-1).tolist()
             kept = []  # rows that keep probabilities: (sequence, the scores its token came from, token)
             for i, seq in enumerate(rows):
@@ -330,6 +361,8 @@ class Decoder:
     @staticmethod
     def _accept(seq, logits, context_ids):
         """Sample one sequence's next token with its own settings (and score it, if it keeps probabilities)."""
+        if seq.constraint is not None:
+            grammar.mask_rows(logits[None], [(0, seq.constraint)])
         scores = seq.sampler.scores(logits, context_ids, len(seq.tokens))
         token = seq.sampler.choose(scores)
         seq.accept(token, score(scores, [token], seq.logprobs.k)[0] if seq.logprobs is not None else None)

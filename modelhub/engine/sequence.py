@@ -13,7 +13,7 @@ import time
 from transformers import DynamicCache
 
 from modelhub.decoding.logprobs import TokenLogprobs
-from modelhub.decoding.parts import ANSWER, REASONING
+from modelhub.decoding.parts import ANSWER, REASONING, TOOL_CALLS, openai_calls
 from modelhub.decoding.stopping import StopMatcher
 from modelhub.options import Usage
 
@@ -36,6 +36,7 @@ class Sequence:
         self.tokens = []  # sampled tokens, the end-of-turn token included
         self.parts = parts  # decoding/parts.Parts, for a model whose replies have parts; None: all answer
         self.pieces = []  # (part, text) produced since the caller last took them
+        self.constraint = None  # decoding/grammar.Constraint, for a reply that must follow a grammar
         self.finish_reason = ""
         self.error = None
         self.usage = Usage(prompt_tokens=len(prompt_ids))
@@ -66,6 +67,8 @@ class Sequence:
         if not self.tokens:
             self.usage.time_to_first_token = time.monotonic() - self.started
         self.tokens.append(token)
+        if self.constraint is not None and not self.constraint.take(token):
+            raise ValueError(f"the grammar refused token {token}: {self.constraint.matcher.get_error()}")
         if token in self.sampler.eos_ids:
             if self.logprobs is not None:
                 self.logprobs.add(token, scored, "")
@@ -87,7 +90,11 @@ class Sequence:
             held = self.detokenizer.flush()
             self._release(self.stops.add(held) + self.stops.flush())
             if self.parts is not None:
-                self.usage.reasoning = self.parts.finish().get(REASONING, "")
+                parsed = self.parts.finish()
+                self.usage.reasoning = parsed.get(REASONING, "")
+                self.usage.tool_calls = openai_calls(parsed.get(TOOL_CALLS, []))
+                if self.usage.tool_calls and reason == "stop":
+                    reason = "tool_calls"
             # What the detokenizer held back may complete a stop string: then that is why it ended.
             self.finish_reason = "stop" if self.stops.stopped and reason == "length" else reason
             if self.logprobs is not None:

@@ -11,6 +11,9 @@ from conversations.openai_api import shapes
 from conversations.openai_api.requests import ApiError, read
 from modelhub.models import Adapter, ModelSpec
 from tests.factories import install_scripted
+from tests.thinking import CALL, WEATHER_TOOL
+
+CALLED = {"role": "assistant", "tool_calls": [{"id": "call_x", "type": "function", "function": {"name": CALL["name"]}}]}
 
 
 @pytest.fixture
@@ -54,14 +57,47 @@ def test_system_and_developer_messages_come_first_and_text_parts_are_joined(key)
         ({"messages": []}, "messages", 400),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]}, "messages[1]", 400),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages", 400),
-        ({"messages": [{"role": "tool", "content": "a"}]}, "messages[0]", 400),
+        ({"messages": [{"role": "tool", "content": "a"}]}, "messages[0].tool_call_id", 400),
+        ({"messages": [{"role": "tool", "content": "a", "tool_call_id": "call_x"}]}, "messages[0].tool_call_id", 400),
+        (
+            {"messages": [CALLED, {"role": "tool", "content": "a", "tool_call_id": "call_y"}]},
+            "messages[1].tool_call_id",
+            400,
+        ),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
+            "messages[0].tool_calls[0].function.name",
+            400,
+        ),
+        ({"messages": [{"role": "assistant", "tool_calls": "x"}]}, "messages[0].tool_calls", 400),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
             "messages[0]",
             400,
         ),
         ({"n": 3}, "n", 400),
-        ({"tools": [{"type": "function"}]}, "tools", 400),
+        ({"tools": [{"type": "function"}]}, "tools[0]", 400),
+        ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name", 400),
+        ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools[1].function.name", 400),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "always"}, "tool_choice", 400),
+        ({"tool_choice": "required"}, "tool_choice", 400),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+            "tool_choice",
+            400,
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format", 400),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nonsense"}}}},
+            "response_format.json_schema.schema",
+            400,
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"$ref": "#/nowhere"}}}},
+            "response_format.json_schema.schema",
+            400,
+        ),
+        ({"functions": [{"name": "f"}]}, "functions", 400),
         ({"logprobs": True}, "logprobs", 400),
         ({"temperature": "hot"}, "temperature", 400),
         ({"temperature": True}, "temperature", 400),
@@ -78,6 +114,40 @@ def test_a_bad_field_is_refused_naming_it_with_its_status(key, fields, param, st
     error = refusal(body(**fields), key)
     assert (error.param, error.status) == (param, status), error.message
     assert error.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_tools_their_calls_and_results_and_a_json_schema_are_read_as_the_template_takes_them(key):
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "ask the tool",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": True}}
+    call = read(body(messages=messages, tools=[WEATHER_TOOL], tool_choice="required", response_format=schema), key)
+    assert call.messages[1] == {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "ask the tool",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+    }
+    assert call.messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    assert call.overrides == {
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "parallel_tool_calls": True,
+        "response_format": schema,
+    }
+
+
+def test_an_empty_tool_list_and_a_text_format_ask_for_nothing(key):
+    assert read(body(tools=[], response_format={"type": "text"}), key).overrides == {}
 
 
 def test_a_body_that_is_not_a_json_object_is_a_400(key):

@@ -128,3 +128,32 @@ async def test_the_conversations_thinking_switch_reaches_the_template(owner, cli
     _, reply = await messages_of(conversation)
     assert reply.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert (reply.content, reply.reasoning, reply.generation_options["think"]) == (ANSWER, "", False)
+
+
+def test_an_api_calls_tool_calls_and_results_show_as_collapsed_blocks(owner_client, owner, db):
+    from conversations.models import ApiKey
+    from modelhub.models import ModelSpec
+
+    spec = ModelSpec.objects.create(name="m", source="-", backend="scripted")
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "<b>paris</b>"}'},
+    }
+    conversation = ApiKey.objects.issue(owner, "agent")[0].start_conversation(
+        spec,
+        None,
+        [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "<i>sunny</i>", "tool_call_id": "call_1"},
+        ],
+    )
+    assert [m["role"] for m in conversation.history()] == ["user", "assistant", "tool"]
+    assert conversation.history()[1]["tool_calls"] == [call] and conversation.history()[2]["tool_call_id"] == "call_1"
+
+    page = owner_client.get(reverse("conversations:detail", args=[conversation.pk])).content.decode()
+    assert '<details class="tool-call"><summary>Called <code>get_weather</code>' in page
+    assert "{&quot;city&quot;: &quot;&lt;b&gt;paris&lt;/b&gt;&quot;}" in page
+    assert '<details class="tool-result"><summary>Result of call <code>call_1</code>' in page
+    assert "&lt;i&gt;sunny&lt;/i&gt;" in page and "<i>sunny" not in page

@@ -20,6 +20,7 @@ other row: rows without a constraint are not touched. The grammar covers the who
 what it wrote (parts.py).
 """
 
+import functools
 import json
 import re
 
@@ -190,14 +191,25 @@ class Constraint:
         return self.matcher.consume_token(token)
 
 
+@functools.cache
+def _executor():
+    """llguidance's thread pool, one per process."""
+    import llguidance
+
+    return llguidance.LLExecutor()
+
+
 def mask_rows(logits, rows):
-    """Mask, in place, the logits of the rows that follow a grammar: [(row index, Constraint)]."""
+    """Mask, in place, the logits of the rows that follow a grammar: [(row index, Constraint)]. Several
+    rows' masks are computed at once, in llguidance's own threads (outside the GIL)."""
     import torch
-    from llguidance.torch import allocate_token_bitmask, apply_token_bitmask_inplace
+    from llguidance.torch import allocate_token_bitmask, apply_token_bitmask_inplace, fill_next_token_bitmask_par
 
     bitmask = allocate_token_bitmask(len(rows), logits.shape[-1])
-    for n, (_, constraint) in enumerate(rows):
-        constraint.fill(bitmask, n)
+    if len(rows) == 1:
+        rows[0][1].fill(bitmask, 0)
+    else:
+        fill_next_token_bitmask_par(_executor(), [(c.matcher, n) for n, (_, c) in enumerate(rows)], bitmask)
     at = torch.tensor([i for i, _ in rows], device=logits.device)
     chosen = logits[at].float()
     apply_token_bitmask_inplace(chosen, bitmask.to(logits.device))

@@ -3,7 +3,8 @@ headless Chromium (`browser`), both per module, and a logged-in page on a new co
 
 The server has two models: a scripted one that echoes the user's message word by word (slowly, so a
 test can stop or reload mid-reply; it is how a hostile model is simulated: the reply is exactly what
-the test typed) and a tiny random Llama through the real transformers path."""
+the test typed), a tiny random Llama through the real transformers path, and the tiny Qwen3 that thinks
+before it answers (tests/thinking.py)."""
 
 import os
 import shutil
@@ -35,6 +36,8 @@ User.objects.create_superuser("root", password="{password}")
 ModelSpec.objects.create(name="echo", backend="scripted", source="echo delay=0.04", is_default=True)
 ModelSpec.objects.create(name="tiny", source="{tiny}", dtype="float32", device="cpu", max_new_tokens=48,
                          token_probabilities=True)
+ModelSpec.objects.create(name="thinker", source="{thinker}", dtype="float32", device="cpu", temperature=0,
+                         max_new_tokens=48)
 """
 
 
@@ -45,7 +48,7 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(tiny_model_dir, thinking_model_dir, tmp_path_factory):
     """A daphne process serving chatsite on a free port, with its own database."""
     var = tmp_path_factory.mktemp("browser-var")
     env = {
@@ -61,7 +64,7 @@ def server(tiny_model_dir, tmp_path_factory):
     env.pop("REDIS_URL", None)
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
-    setup = SETUP.format(password=PASSWORD, tiny=tiny_model_dir)
+    setup = SETUP.format(password=PASSWORD, tiny=tiny_model_dir, thinker=thinking_model_dir)
     subprocess.run([*manage, "shell", "-c", setup], env=env, check=True, cwd=ROOT)
     port = _free_port()
     log = open(var / "server.log", "wb")  # shown when a wait times out

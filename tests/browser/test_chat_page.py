@@ -8,6 +8,8 @@ exactly what the test typed) and a tiny random Llama through the real transforme
 Screenshots land in artifacts/ (ignored by git).
 """
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -222,3 +224,30 @@ def test_a_key_made_on_the_keys_page_calls_the_api_and_the_call_shows_in_the_sid
     expect(page.locator("tr", has_text="my notebook")).to_contain_text("revoked")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_a_thinking_models_reasoning_streams_in_a_collapsed_block_above_its_answer(page):
+    choose_model(page, "thinker")
+    page.evaluate("""() => {  // every label the thinking block's summary has had
+        window.__summaries = new Set();
+        new MutationObserver(() => {
+            const open = '.message-assistant:last-child details.reasoning:not([hidden]) summary';
+            const summary = document.querySelector(open);
+            if (summary) window.__summaries.add(summary.textContent.trim());
+        }).observe(document.getElementById('messages'),
+                   {subtree: true, childList: true, characterData: true, attributes: true});
+    }""")
+    send(page, "what is two plus two?")
+    wait_done(page)
+    reply = last_reply(page)
+    block = reply.locator("details.reasoning")
+    summaries = page.evaluate("[...window.__summaries]")
+    assert "Thinking…" in summaries and any(s.startswith("Thought for") for s in summaries), summaries
+    expect(block.locator("summary")).to_have_text(re.compile(r"^Thought for \d+\.\d s$"))
+    expect(reply.locator(".message-text")).to_have_text("four.")
+    expect(block.locator(".reasoning-text")).to_be_hidden()  # collapsed until asked for
+    assert reply.get_attribute("data-raw") == "four."  # what Copy copies: the answer alone
+    block.locator("summary").focus()
+    page.keyboard.press("Enter")  # keyboard-accessible: a <details> summary
+    expect(block.locator(".reasoning-text")).to_have_text("two and two make four.")
+    page.screenshot(path=ARTIFACTS / "browser-thinking.png")

@@ -175,9 +175,11 @@ _recent_attention = collections.OrderedDict()  # the last few passes: a page sho
 _recent_attention_lock = threading.Lock()
 
 
-def attention(spec, messages, reply, adapter=None):
+def attention(spec, messages, reply, adapter=None, prompt_options=None):
     """Attention weights (modelhub.backends.attention.Attention) of one forward pass over `messages`' prompt and
-    `reply` (its token ids, or its text) on this spec's model, with an Adapter of it or none.
+    `reply` (its token ids, its text, or an assistant turn the template writes, its reasoning with it) on this
+    spec's model, with an Adapter of it or none. `prompt_options`: the reply's `think` and `tools`, which
+    change the prompt as they did when it was written.
 
     The model is loaded here if it is not (and waited for): a web process with model workers asks
     one instead (workers.ask_attention). A ModelhubError says why not: a model chatsite does not
@@ -187,14 +189,18 @@ def attention(spec, messages, reply, adapter=None):
             f"{spec} runs outside chatsite ({spec.get_backend_display()}), so its attention weights cannot be read.",
             code="no_attention",
         )
+    prompt_options = {name: value for name, value in (prompt_options or {}).items() if value not in (None, [], ())}
     key = (spec.name, spec.updated_at, adapter.pk if adapter else None, repr(messages), repr(reply))
+    key += (repr(sorted(prompt_options.items())),)
     with _recent_attention_lock:
         if key in _recent_attention:
             _recent_attention.move_to_end(key)
             return _recent_attention[key]
     pair = (adapter.name, str(adapter.local_path)) if adapter is not None else None
     limits = (settings.MODELHUB_ATTENTION_MAX_TOKENS, settings.MODELHUB_ATTENTION_MAX_MB)
-    job = registry.worker(spec).run_job(lambda backend: backend.attention(messages, reply, pair, *limits))
+    job = registry.worker(spec).run_job(
+        lambda backend: backend.attention(messages, reply, pair, *limits, **prompt_options)
+    )
     try:
         result = job.result(timeout=ATTENTION_WAIT_SECONDS)
     except concurrent.futures.TimeoutError:

@@ -116,14 +116,14 @@ async def _cancel_on_request(layer, channel, request):
     request.cancel()
 
 
-def ask_attention(spec, messages, reply, adapter=None):
+def ask_attention(spec, messages, reply, adapter=None, prompt_options=None):
     """The Attention (modelhub/backends/attention.py) of one pass over a finished reply, computed by a worker serving
     `spec`, for a web process that loads no model; ModelhubError if none answers or it fails. From a
     sync view's thread."""
-    return async_to_sync(_ask_attention)(spec.name, messages, reply, adapter.name if adapter else "")
+    return async_to_sync(_ask_attention)(spec.name, messages, reply, adapter.name if adapter else "", prompt_options)
 
 
-async def _ask_attention(model_name, messages, reply, adapter_name):
+async def _ask_attention(model_name, messages, reply, adapter_name, prompt_options):
     layer = get_channel_layer()
     reply_to = f"modelhub.backends.attention.{secrets.token_hex(8)}"
     offered = settings.MODELHUB_WORKER_TIMEOUT_SECONDS
@@ -135,6 +135,7 @@ async def _ask_attention(model_name, messages, reply, adapter_name):
             "messages": messages,
             "reply": reply,
             "adapter": adapter_name,
+            "prompt_options": prompt_options or {},
             "reply_to": reply_to,
             "deadline": time.time() + offered,
         },
@@ -164,7 +165,9 @@ async def answer_attention(message):
             await database_sync_to_async(serving.get_adapter)(spec, message["adapter"]) if message["adapter"] else None
         )
         # Not in the database thread: the pass (and a load) takes a while, and the replies' saves go on meanwhile.
-        attention = await asyncio.to_thread(serving.attention, spec, message["messages"], message["reply"], adapter)
+        attention = await asyncio.to_thread(
+            serving.attention, spec, message["messages"], message["reply"], adapter, message.get("prompt_options")
+        )
     except ModelhubError as exc:
         await layer.send(message["reply_to"], {"type": "attention.error", "code": exc.code, "message": exc.message})
         return

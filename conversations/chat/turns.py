@@ -145,7 +145,13 @@ def _save_turn(user, conversation_id, turn):
             raise ChatError("unknown_message", f"There is no {role} message {turn.message_id!r} here to {turn.kind}.")
         if turn.kind == "continue" and target.finish_reason != "length":
             raise ChatError("cannot_continue", "Only an answer cut by the token limit can be continued.")
-        begins = branch_start(target, *turn.at) if turn.kind == "alternative" else ("", None)
+        if turn.kind == "continue" and target.reasoning and not target.content:
+            raise ChatError(
+                "cannot_continue",
+                "This reply was cut while the model was still thinking, and its chat template would close the "
+                "thought before going on: regenerate it (a higher token limit in the settings gives it room).",
+            )
+        begins = branch_start(target, *turn.at) if turn.kind == "alternative" else None
     try:
         spec, adapter = conversation.model_for(user)
         if spec is None:

@@ -54,17 +54,19 @@ def _attention(request, conversation, message):
         raise ModelhubError(
             "This reply is still being written; its attention can be shown once it ends.", code="no_attention"
         )
-    if message.status == Message.Status.ERROR or not message.content:
+    if message.status == Message.Status.ERROR or not (message.content or message.reasoning):
         raise ModelhubError("This reply has no text to look into.", code="no_attention")
     spec, adapter = _model(request, message)
     history = conversation.history(upto=message.parent)
     record = message.token_probs
-    # The tokens the model wrote, where they were kept (a stop string it wrote but the reply left out is not
-    # shown); otherwise the reply's text, encoded again.
+    # The tokens the model wrote, its thinking included, where they were kept (a stop string it wrote but the
+    # reply left out is not shown); otherwise the reply as its template writes it (with its reasoning).
     shown = next((row.index for row in token_rows(message) if row.cut), len(record)) if record else 0
-    reply = [token for token, *_ in record[:shown]] if record else message.content
+    reply = [token for token, *_ in record[:shown]] if record else message.as_turn()
+    # The prompt as the reply got it: the conversation's thinking switch and an API call's tools change it.
+    prompt_options = {name: message.generation_options.get(name) for name in ("think", "tools")}
     compute = api.ask_attention if settings.MODELHUB_WORKERS else api.attention  # where the models are
-    return compute(spec, history, reply, adapter)
+    return compute(spec, history, reply, adapter, prompt_options)
 
 
 def _choice(request, attention):

@@ -39,21 +39,38 @@ class TokenRow:
     ends: bool = False  # the end-of-turn token, last: it adds no text
     partial: bool = False  # a byte of a character the next token completes: it adds no text by itself
     cut: bool = False  # past the reply's text: a stop sequence the reply was cut before
+    thinking: bool = False  # the model's reasoning (and the tags its template writes around it), before the answer
+    call: bool = False  # past the answer: a tool call the model wrote (the reply keeps it apart, parsed)
 
     @property
     def band(self):
         return next((4 - n for n, floor in enumerate(BANDS) if self.probability >= floor), 0)
 
 
+def answer_span(message):
+    """(start, end): where the answer lies in the text the reply's tokens wrote, joined. Before it, a model
+    that thinks first wrote its reasoning (with its template's tags around it); after it come a stop
+    sequence the reply was cut before, or a tool call's text."""
+    written = "".join(text for _, text, _, _ in message.token_probs or [])
+    start = 0
+    if message.reasoning:
+        found = written.find(message.reasoning)
+        start = found + len(message.reasoning) if found >= 0 else 0
+        start = written.find(message.content, start) if message.content else len(written)
+        start = max(start, 0)
+    return start, start + len(message.content)
+
+
 def token_rows(message):
     """The reply's tokens as the Inspect view lists them, each with its alternatives, best first."""
     rows, at = [], 0
     record = message.token_probs or []
+    start, end = answer_span(message)
     for index, (token, text, logprob, alts) in enumerate(record):
         alternatives = [
             Alternative(n, alt_text, math.exp(alt_lp), alt == token) for n, (alt, alt_text, alt_lp) in enumerate(alts)
         ]
-        cut = at >= len(message.content) and bool(text)
+        past = at >= end and bool(text)
         last = index == len(record) - 1
         rows.append(
             TokenRow(
@@ -63,7 +80,9 @@ def token_rows(message):
                 alternatives,
                 ends=last and not text,
                 partial=not last and not text,
-                cut=cut,
+                cut=past and not message.tool_calls,
+                thinking=at < start,
+                call=past and bool(message.tool_calls),
             )
         )
         at += len(text)
@@ -113,7 +132,8 @@ def why_none(message):
 
 
 def branch_start(message, index, choice):
-    """(text, token probabilities) a branch from alternative `choice` at token `index` begins with."""
+    """The fields a branch from alternative `choice` at token `index` begins with: the answer's text up to that
+    token and the alternative, their token probabilities; a reply that thought first keeps its reasoning."""
     record = message.token_probs
     if message.role != Message.Role.ASSISTANT or record is None:
         raise ChatError("not_inspectable", "This reply kept no token probabilities, so it has no alternatives.")
@@ -125,8 +145,21 @@ def branch_start(message, index, choice):
             "empty_alternative",
             "That alternative adds no text (it ends the reply there), so there is nothing to continue from.",
         )
-    prefix = "".join(text for _, text, _, _ in record[:index])
-    return prefix + alt_text, record[:index] + [[alt, alt_text, alt_lp, record[index][3]]]
+    if token_rows(message)[index].thinking:
+        raise ChatError(
+            "alternative_in_thinking",
+            "That token is part of the model's thinking: a branch starts from a token of the answer (the "
+            "model's template would close an unfinished thought before going on).",
+        )
+    start, _ = answer_span(message)
+    prefix = "".join(text for _, text, _, _ in record[:index])[start:]
+    return {
+        "content": prefix + alt_text,
+        "token_probs": record[:index] + [[alt, alt_text, alt_lp, record[index][3]]],
+        "reasoning": message.reasoning,
+        "reasoning_tokens": message.reasoning_tokens,
+        "reasoning_seconds": message.reasoning_seconds,
+    }
 
 
 @chat_required
@@ -135,10 +168,12 @@ def message_inspect(request, pk, message_id):
     """An answer's tokens coloured by probability, with their alternatives (404 for anyone else's)."""
     conversation, message = reply_for(request, pk, message_id)
     kept = message.token_probs is not None
+    rows = token_rows(message) if kept else []
     context = {
         "conversation": conversation,
         "message": message,
-        "rows": token_rows(message) if kept else [],
+        "thinking_rows": [row for row in rows if row.thinking],
+        "rows": [row for row in rows if not row.thinking],
         "basis": basis(message.generation_options) if kept else "",
         "why_none": "" if kept else why_none(message),
         "in_chat": bool(request.htmx),  # in the chat page, an alternative is a button that branches from it

@@ -226,15 +226,15 @@ class Conversation(models.Model):
         return self._grow(tree.newest_leaf_under(message, list(self.messages.all())))
 
     @transaction.atomic(savepoint=False)
-    def start_reply(self, spec, options, adapter=None, parent=None, locked=False, begins=("", None)):
+    def start_reply(self, spec, options, adapter=None, parent=None, locked=False, begins=None):
         """Create the assistant row, `streaming`, that a generation task will fill.
 
         Its parent is the end of the active branch (or `parent`, to regenerate an
         answer as a sibling). Refuses (returns None) while another reply of this
         conversation streams: one reply at a time keeps the history well defined.
         `locked`: the caller holds this conversation's row lock and found it idle (turns.prepare).
-        `begins`: (text, token probabilities) the reply starts with, which the model continues
-        (a branch from an alternative token: inspection/tokens.py).
+        `begins`: the fields (text, token probabilities, reasoning) the reply starts with, which the model
+        continues (a branch from an alternative token: inspection/tokens.py `branch_start`).
         """
         if not locked and not self._lock_if_idle():
             return None
@@ -248,9 +248,8 @@ class Conversation(models.Model):
         Conversation.objects.select_for_update().filter(pk=self.pk).first()
         return not self.messages.filter(status=Message.Status.STREAMING).exists()
 
-    def new_reply(self, parent_id, model_name, adapter, options, begins=("", None)):
+    def new_reply(self, parent_id, model_name, adapter, options, begins=None):
         """The one way a `streaming` assistant row is made (chat, comparison, arena): written by this process."""
-        content, token_probs = begins
         return self.messages.create(
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
@@ -258,8 +257,7 @@ class Conversation(models.Model):
             model_name=model_name,
             adapter_name=adapter.name if adapter else "",
             generation_options=options,
-            content=content,
-            token_probs=token_probs,
+            **(begins or {}),
         )
 
     @transaction.atomic

@@ -221,7 +221,8 @@ class Message(models.Model):
             "status": status,
             "content": content,
             "reasoning": storable((usage.reasoning if usage is not None else "") or reasoning),
-            "reasoning_seconds": reasoning_seconds,
+            # A continued reply (or a branch that begins with another's reasoning) thought as long as before, and more.
+            "reasoning_seconds": _added(self.reasoning_seconds, reasoning_seconds),
             "error": error,
             "notice": notice,
             "finished_at": timezone.now(),
@@ -233,7 +234,7 @@ class Message(models.Model):
                 time_to_first_token=usage.time_to_first_token,
                 duration=usage.duration,
                 finish_reason=usage.finish_reason,
-                reasoning_tokens=usage.reasoning_tokens or None,
+                reasoning_tokens=_added(self.reasoning_tokens, usage.reasoning_tokens or None),
                 tool_calls=usage.tool_calls,
             )
             if self.role == Message.Role.ASSISTANT:  # exact: the system prompt and history may change later
@@ -256,3 +257,8 @@ class Message(models.Model):
                 transaction.on_commit(lambda: metrics.record_reply(status, self.model_name, usage))
         self.refresh_from_db()
         return bool(updated)
+
+
+def _added(before, now):
+    """A count kept over a reply's parts (a continued reply): None where neither part has one."""
+    return None if before is None and now is None else (before or 0) + (now or 0)

@@ -20,7 +20,7 @@ import torch
 from modelhub.decoding.logprobs import added_texts
 from modelhub.engine.sequence import BASE
 from modelhub.options import ModelhubError
-from modelhub.prompts import encode, fit_prompt
+from modelhub.prompts import encode, fit_prompt, render_text
 
 
 @dataclass
@@ -78,14 +78,18 @@ def size_problem(config, length, max_tokens, max_mb):
     return None
 
 
-def compute(loaded, messages, reply, adapter=None, max_tokens=1024, max_mb=512.0):
-    """The Attention of one pass over `messages`' prompt and `reply` (token ids, or text to encode).
+def compute(loaded, messages, reply, adapter=None, max_tokens=1024, max_mb=512.0, think=None, tools=None):
+    """The Attention of one pass over `messages`' prompt and `reply`: token ids, text to encode, or an assistant
+    turn ({"content", "reasoning_content"}) written as the chat template writes it, reasoning and all.
 
     Runs in the model's worker thread (a Job). `adapter` names a LoRA adapter attached to
-    `loaded`. Raises ModelhubError when the limits refuse it."""
+    `loaded`; `think` and `tools` render the prompt as the reply got it. Raises ModelhubError when the
+    limits refuse it."""
     tokenizer = loaded.tokenizer
+    if isinstance(reply, dict):
+        reply = written_turn(tokenizer, messages, reply, think, tools)
     reply_ids = list(reply) if not isinstance(reply, str) else encode(tokenizer, reply)
-    prompt = fit_prompt(tokenizer, messages, loaded.context_length, max(len(reply_ids), 1)).ids
+    prompt = fit_prompt(tokenizer, messages, loaded.context_length, max(len(reply_ids), 1), think, tools).ids
     ids = prompt + reply_ids
     problem = size_problem(loaded.model.config, len(ids), max_tokens, max_mb)
     if problem:
@@ -110,3 +114,12 @@ def compute(loaded, messages, reply, adapter=None, max_tokens=1024, max_mb=512.0
     before = [ids[max(n - 1, 0) : n] for n in range(len(ids))]
     texts = added_texts(tokenizer, [b + [token] for b, token in zip(before, ids)], before, skip_special_tokens=False)
     return Attention(texts, len(prompt), weights)
+
+
+def written_turn(tokenizer, messages, turn, think=None, tools=None):
+    """The text of an assistant turn after the prompt, as the chat template writes it (a model that thinks
+    first: its reasoning in the template's tags, then the answer); its answer alone where the template
+    writes the turn apart from the prompt it answered."""
+    prompt = render_text(tokenizer, messages, think, tools)
+    whole = render_text(tokenizer, [*messages, {"role": "assistant", **turn}], think, tools)
+    return whole[len(prompt) :] if whole.startswith(prompt) else turn.get("content", "")

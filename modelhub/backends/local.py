@@ -63,7 +63,7 @@ class TransformersBackend:
     def prefill(self, passes):
         self.decoder.prefill(passes)
 
-    def attention(self, messages, reply, adapter, max_tokens, max_mb):
+    def attention(self, messages, reply, adapter, max_tokens, max_mb, think=None, tools=None):
         """Attention weights of one pass over a finished reply (attention.py); a Job in the worker's thread."""
         from modelhub.backends.attention import compute  # torch, as above
 
@@ -72,7 +72,7 @@ class TransformersBackend:
             name, folder = adapter
             if self.loaded.adapters.get(name) != folder:
                 self._attach(name, folder)
-        return compute(self.loaded, messages, reply, name, max_tokens, max_mb)
+        return compute(self.loaded, messages, reply, name, max_tokens, max_mb, think, tools)
 
     def decode(self):
         return self.decoder.decode()

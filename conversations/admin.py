@@ -73,7 +73,19 @@ class FeedbackAdmin(ReadOnlyAdmin):
     list_filter = ["rating", "tags", "message__model_name", "message__adapter_name"]
     list_select_related = ["message", "user"]
     search_fields = ["comment", "correction", "message__content", "user__username"]
-    fields = ["user", "message", "answer", "rating", "tags", "comment", "correction", "created_at", "updated_at"]
+    fields = [
+        "user",
+        "message",
+        "reasoning",
+        "answer",
+        "rating",
+        "tags",
+        "comment",
+        "correction",
+        "correction_keeps_reasoning",
+        "created_at",
+        "updated_at",
+    ]
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -100,6 +112,10 @@ class FeedbackAdmin(ReadOnlyAdmin):
     @admin.display(description="answer rated")
     def answer(self, feedback):
         return format_html('<pre class="feedback-answer">{}</pre>', feedback.message.content)  # admin.css
+
+    @admin.display(description="reasoning (before the answer)")
+    def reasoning(self, feedback):
+        return format_html('<pre class="feedback-answer">{}</pre>', feedback.message.reasoning or "—")
 
 
 @admin.register(Preference)

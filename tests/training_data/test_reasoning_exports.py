@@ -300,3 +300,12 @@ def test_a_turn_that_only_reasoned_is_left_out_of_the_prompt_with_the_reasoning(
     question, well = {"role": "user", "content": "Capital of France?"}, {"role": "user", "content": "Well?"}
     assert full["prompt"] == [question, said("", "Stopped while thinking about Paris."), well]
     assert plain == {"prompt": [question, well], "completion": [said(CORRECTION)], "label": True}
+
+
+def test_the_feedback_admin_shows_the_reasoning_and_whether_the_correction_keeps_it(admin_client, owner, two_turns):
+    feedback = Feedback.record(owner, two_turns, correction=CORRECTION, correction_keeps_reasoning=False)
+
+    page = admin_client.get(reverse("admin:conversations_feedback_change", args=[feedback.pk])).content.decode()
+
+    assert f'<pre class="feedback-answer">{THOUGHT}</pre>' in page
+    assert "Correction keeps reasoning" in page and 'alt="False"' in page

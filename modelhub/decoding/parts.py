@@ -13,7 +13,10 @@ decided when it is loaded: backends/loading.py `attach_response_template`.
 """
 
 import json
+import logging
 import secrets
+
+log = logging.getLogger(__name__)
 
 REASONING, ANSWER, TOOL_CALLS = "reasoning", "answer", "tool_calls"
 # The response templates' field names for each part (Qwen3, DeepSeek-R1: reasoning_content; gpt-oss,
@@ -26,10 +29,14 @@ class Parts:
 
     def __init__(self, tokenizer, prompt_text):
         self.parser = tokenizer.get_response_parser(prefix=prompt_text)
-        self.fields = set(tokenizer.response_template.get("fields", {}))
+        fields = tokenizer.response_template.get("fields", {})
+        self.fields = set(fields)
+        self.call_tag = next((field.get("open", "") for name, field in fields.items() if FIELDS.get(name) == TOOL_CALLS), "")
         self.region = None  # the part being written now (a template may open one in the prompt: `<think>`)
         self.closed = {}  # field -> value of each part the parser closed (a list for repeating ones)
         self.open_text = []  # what the part being written has so far
+        self.written = ""  # the reply's whole text, as fed
+        self.unparsed = False  # a tool call did not parse: the rest of the reply is answer text as written
         self._follow(self.parser.initial_events)
 
     @property
@@ -43,19 +50,43 @@ class Parts:
         return self.region == REASONING
 
     def feed(self, text):
-        """[(part, text)] that `text` adds: reasoning and answer text (tool calls' raw text is not handed out)."""
-        return self._follow(self.parser.feed(text)) if text else []
+        """[(part, text)] that `text` adds: reasoning and answer text (tool calls' raw text is not handed out,
+        unless a call does not parse: then it is the answer's, as written)."""
+        if not text:
+            return []
+        self.written += text
+        if self.unparsed:
+            return [(ANSWER, text)]
+        try:
+            return self._follow(self.parser.feed(text))
+        except ValueError as exc:  # a tool call closed that is not one (no JSON, say)
+            return self._unparsed(exc)
 
     def finish(self):
         """The whole message, parsed: {"reasoning": str, "answer": str, "tool_calls": list}, each part there when
-        written. A reply cut mid-part keeps that part as far as it went (half a tool call's JSON is left out)."""
+        written, and [(part, text)] still to hand out. A reply cut mid-part keeps that part as far as it went;
+        a tool call that does not parse (cut, or not JSON) is handed out as answer text, with a warning."""
+        if self.unparsed:
+            return self._message(self.closed), []
         try:
             message, events = self.parser.finalize()
-        except ValueError:  # the part being written cannot be parsed as it stands (a cut tool call)
+        except ValueError as exc:  # the part being written cannot be parsed as it stands
             message, events = dict(self.closed), []
             if self.region in (REASONING, ANSWER):
                 message[_field_of(self.region)] = "".join(self.open_text).strip()
-        self._follow(events)
+            elif self.region == TOOL_CALLS:
+                return self._message(message), self._unparsed(exc)
+        return self._message(message), self._follow(events)
+
+    def _unparsed(self, exc):
+        """A tool call that does not parse: its text, from its opening tag on, becomes the answer's."""
+        at = self.written.rfind(self.call_tag) if self.call_tag else -1
+        log.warning("a tool call the model wrote did not parse; it is kept as the answer's text (%s)", exc)
+        self.unparsed, self.region = True, ANSWER
+        return [(ANSWER, self.written[at:] if at >= 0 else "".join(self.open_text))]
+
+    @staticmethod
+    def _message(message):
         return {FIELDS[name]: value for name, value in message.items() if name in FIELDS and value}
 
     def _follow(self, events):
@@ -66,9 +97,10 @@ class Parts:
                 self.region, self.open_text = FIELDS.get(field), []
             elif event["type"] == "region_close":
                 self._close(field, event.get("value"))
-            elif FIELDS.get(field) in (REASONING, ANSWER) and event.get("text"):
+            elif event.get("text"):
                 self.open_text.append(event["text"])
-                pieces.append((FIELDS[field], event["text"]))
+                if FIELDS.get(field) in (REASONING, ANSWER):
+                    pieces.append((FIELDS[field], event["text"]))
         return pieces
 
     def _close(self, field, value):

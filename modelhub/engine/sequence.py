@@ -90,7 +90,8 @@ class Sequence:
             held = self.detokenizer.flush()
             self._release(self.stops.add(held) + self.stops.flush())
             if self.parts is not None:
-                parsed = self.parts.finish()
+                parsed, rest = self.parts.finish()
+                self.pieces += rest
                 self.usage.reasoning = parsed.get(REASONING, "")
                 self.usage.tool_calls = openai_calls(parsed.get(TOOL_CALLS, []))
                 if self.usage.tool_calls and reason == "stop":

@@ -30,7 +30,10 @@ def split(tokenizer, pieces, prompt):
     for piece in pieces:
         for part, text in parts.feed(piece):
             out[part] += text
-    return out, parts.finish()
+    whole, rest = parts.finish()
+    for part, text in rest:
+        out[part] += text
+    return out, whole
 
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
@@ -47,6 +50,29 @@ def test_a_tool_call_is_parsed_and_never_handed_out_as_text(tokenizer):
     streamed, whole = split(tokenizer, list(text), prompt)
     assert streamed == {REASONING: "", ANSWER: ""}
     assert whole["tool_calls"] == [{"type": "function", "function": CALL}]
+
+
+BAD_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+GOOD_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "paris"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize(
+    "text, calls",
+    [
+        (BAD_CALL, []),  # closed, but not JSON
+        (BAD_CALL + "\nsorry.", []),  # and the reply goes on after it
+        (GOOD_CALL + "\n" + BAD_CALL, [CALL]),  # a good call, then a bad one
+        (GOOD_CALL + '\n<tool_call>\n{"name": "get_w', [CALL]),  # a good call, then one cut by the token limit
+    ],
+    ids=["not-json", "text-after", "good-then-bad", "good-then-cut"],
+)
+def test_a_tool_call_that_does_not_parse_is_handed_out_as_the_answer_with_a_warning(tokenizer, caplog, text, calls):
+    prompt = render(tokenizer, [{"role": "user", "content": WEATHER_QUESTION}], [WEATHER_TOOL])
+    streamed, whole = split(tokenizer, list(text), prompt)
+    assert [call["function"] for call in whole.get("tool_calls", [])] == calls
+    bad = text[len(GOOD_CALL) + 1 :] if calls else text
+    assert streamed[ANSWER] == bad and streamed[REASONING] == ""
+    assert "did not parse" in caplog.text
 
 
 def test_a_reply_cut_mid_thought_keeps_what_it_thought(tokenizer):

@@ -31,7 +31,8 @@ class Parts:
         self.parser = tokenizer.get_response_parser(prefix=prompt_text)
         fields = tokenizer.response_template.get("fields", {})
         self.fields = set(fields)
-        self.call_tag = next((field.get("open", "") for name, field in fields.items() if FIELDS.get(name) == TOOL_CALLS), "")
+        calls = [field for name, field in fields.items() if FIELDS.get(name) == TOOL_CALLS]
+        self.call_tag = calls[0].get("open", "") if calls else ""  # where a call's text begins: `<tool_call>`
         self.region = None  # the part being written now (a template may open one in the prompt: `<think>`)
         self.closed = {}  # field -> value of each part the parser closed (a list for repeating ones)
         self.open_text = []  # what the part being written has so far

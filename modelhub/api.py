@@ -15,6 +15,7 @@ from modelhub.decoding.parts import ANSWER, REASONING
 from modelhub.models.finetune_job import METHODS as FINETUNE_METHODS
 from modelhub.models.finetune_job import Hyperparameters
 from modelhub.options import (
+    STRUCTURE_OPTIONS,
     GenerationOptions,
     InvalidOptions,
     ModelhubError,
@@ -66,6 +67,7 @@ __all__ = [
     "ANSWER",
     # options and what goes wrong (options.py), and the validator of a model's option limits
     "GenerationOptions",
+    "STRUCTURE_OPTIONS",
     "Usage",
     "ModelhubError",
     "InvalidOptions",

@@ -105,7 +105,8 @@ def _save_call(user, turn):
         options = api.options_for(call.spec, turn.overrides).as_dict()
     except InvalidOptions as exc:
         raise ChatError(exc.code, exc.message) from exc
-    conversation = call.key.start_conversation(call.spec, call.adapter, call.messages)
+    structure = {name: value for name, value in turn.overrides.items() if name in api.STRUCTURE_OPTIONS}
+    conversation = call.key.start_conversation(call.spec, call.adapter, call.messages, structure)
     reply = conversation.start_reply(call.spec, options, call.adapter)
     return conversation, [Plan(reply, call.spec, call.adapter, conversation.history(upto=reply))], []
 

@@ -106,16 +106,19 @@ class ApiKey(models.Model):
             self.last_used_at = now
             ApiKey.objects.filter(pk=self.pk).update(last_used_at=now)
 
-    def start_conversation(self, spec, adapter, prompt):
+    def start_conversation(self, spec, adapter, prompt, structure=None):
         """A new conversation of the key's user that keeps one call: the system prompt, then the call's
         messages (the last one the user's question), on one branch; the reply row comes next (turns.py).
 
         `prompt`: [{"role": "system" | "user" | "assistant" | "tool", "content": str}], system messages
-        first; an assistant turn may carry `reasoning_content` and `tool_calls`, a tool turn `tool_call_id`."""
+        first; an assistant turn may carry `reasoning_content` and `tool_calls`, a tool turn `tool_call_id`.
+        `structure`: the call's tools, tool choice and response format, kept as the conversation's options, so
+        an answer regenerated on its page sees the same tools and keeps to the same format."""
         system = "\n\n".join(m["content"] for m in prompt if m["role"] == "system")
         turns = [m for m in prompt if m["role"] != "system"]
         first_question = next(m["content"] for m in turns if m["role"] == "user")
         conversation = Conversation.objects.start_for(self.user, model=spec, adapter=adapter)
+        conversation.options = dict(structure or {})
         parent = None
         for turn in turns:
             parent = conversation.messages.create(
@@ -129,5 +132,5 @@ class ApiKey(models.Model):
             )
         conversation.system_prompt, conversation.title, conversation.leaf = system, title_from(first_question), parent
         conversation.api_key, conversation.api_key_name = self, self.name
-        conversation.save(update_fields=["system_prompt", "title", "leaf", "api_key", "api_key_name"])
+        conversation.save(update_fields=["system_prompt", "title", "leaf", "api_key", "api_key_name", "options"])
         return conversation

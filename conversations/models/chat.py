@@ -18,6 +18,7 @@ from conversations.models.comparison import Comparison
 from conversations.models.feedback import Feedback, Preference
 from conversations.models.message import Message
 from conversations.models.privacy import PrivacySettings
+from modelhub.api import STRUCTURE_OPTIONS
 from modelhub.models import Adapter, ModelSpec, pick_default
 
 DEFAULT_TITLE = "New conversation"
@@ -95,9 +96,11 @@ class Conversation(models.Model):
         return reverse("conversations:detail", args=[self.pk])
 
     def update_settings(self, system_prompt, options):
-        """Save the system prompt and generation options (validated by the caller's form)."""
+        """Save the system prompt and generation options (validated by the caller's form). The tools and
+        response format an API call was kept with are not settings of the page: they stay."""
         self.system_prompt = system_prompt
-        self.options = {key: value for key, value in options.items() if value is not None}
+        kept = {key: value for key, value in self.options.items() if key in STRUCTURE_OPTIONS}
+        self.options = kept | {key: value for key, value in options.items() if value is not None}
         self.save(update_fields=["system_prompt", "options"])
 
     def set_training_consent(self, allowed):

@@ -157,3 +157,31 @@ def test_an_api_calls_tool_calls_and_results_show_as_collapsed_blocks(owner_clie
     assert "{&quot;city&quot;: &quot;&lt;b&gt;paris&lt;/b&gt;&quot;}" in page
     assert '<details class="tool-result"><summary>Result of call <code>call_1</code>' in page
     assert "&lt;i&gt;sunny&lt;/i&gt;" in page and "<i>sunny" not in page
+
+
+async def test_an_api_calls_answer_regenerated_on_its_page_sees_the_calls_tools(owner, thinking_spec):
+    from conversations.models import ApiKey
+    from tests.thinking import WEATHER_QUESTION, WEATHER_TOOL
+
+    @sync_to_async
+    def kept_call():
+        key = ApiKey.objects.issue(owner, "agent")[0]
+        question = [{"role": "user", "content": WEATHER_QUESTION}]
+        conversation = key.start_conversation(thinking_spec, None, question, {"tools": [WEATHER_TOOL]})
+        answer = add_reply(conversation, "no idea.")
+        conversation.update_settings("", {"temperature": 0.0})  # the page's settings leave the call's tools
+        return conversation, answer
+
+    conversation, answer = await kept_call()
+    socket, connected, _ = await open_socket(owner, conversation)
+    assert connected
+    await socket.send_json_to({"type": "regenerate", "message_id": answer.pk})
+    frames = await frames_until(socket, "done", timeout=60)
+    await socket.disconnect()
+
+    reply = await Message.objects.aget(pk=frames[-1]["message_id"])
+    assert reply.pk != answer.pk and '"name": "get_weather"' in reply.prompt
+    assert [call["function"]["name"] for call in reply.tool_calls] == ["get_weather"]
+    assert reply.finish_reason == "tool_calls"
+    await conversation.arefresh_from_db()
+    assert conversation.options == {"tools": [WEATHER_TOOL], "temperature": 0.0}

@@ -224,7 +224,7 @@ class RemoteWorker:
             "stream_options": {"include_usage": True},
             **sampling(request.options),
         }
-        finish = ""
+        finish, answered = "", []
         async with self._http().sse(settings.endpoint("chat/completions"), method="POST", json=body) as events:
             response = events.response  # leaving the block (the end, a cancel, an error) closes it
             if response.status_code >= 400:
@@ -240,7 +240,7 @@ class RemoteWorker:
             async for event in events:
                 if event.data == "[DONE]":
                     break
-                finish = self._take(event.data, request, usage) or finish
+                finish = self._take(event.data, request, usage, answered) or finish
         if not finish:
             raise ModelhubError(
                 f"the model server at {settings.url} ended the stream before the reply was finished",
@@ -250,8 +250,9 @@ class RemoteWorker:
         usage.duration = time.monotonic() - request.started
         request.finish(usage)
 
-    def _take(self, data, request, usage):
-        """One chunk of the stream: pass its text on, note the usage; its finish reason, if it has one."""
+    def _take(self, data, request, usage, answered):
+        """One chunk of the stream: pass its text on, note the usage; its finish reason, if it has one.
+        `answered`: empty until the answer's first text is passed on."""
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -277,11 +278,17 @@ class RemoteWorker:
                 (REASONING, delta.get("reasoning") or delta.get("reasoning_content")),
                 (ANSWER, delta.get("content")),
             ):
+                if part == ANSWER and usage.reasoning and not answered:
+                    # The blank lines between the thinking and the answer (vLLM's qwen3 parser hands them on as
+                    # the answer's first text) are not the answer's, as the in-process response templates say.
+                    text = (text or "").lstrip()
                 if text:
                     if usage.time_to_first_token is None:
                         usage.time_to_first_token = time.monotonic() - request.started
                     if part == REASONING:
                         usage.reasoning += text
+                    elif not answered:
+                        answered.append(True)
                     request.emit(text, part)
             for call in delta.get("tool_calls") or ():  # OpenAI's tool-call deltas, gathered by index
                 _gather_call(usage.tool_calls, call)

@@ -14,7 +14,7 @@ Writes bench/results/structured.json and prints, last:
   structured_overhead_ratio= the batch's tokens/s with 4 held rows ÷ with none (issue 25's goal: >= 0.85)
 each the median over rounds.
 
-    .venv/bin/python bench/structured.py [--new-tokens 64] [--rounds 7] [--threads 2]
+    .venv/bin/python bench/structured.py [--new-tokens 64] [--rounds 15] [--threads 2]
 """
 
 import argparse
@@ -43,7 +43,7 @@ PROMPTS = [
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2, help="torch's and OpenMP's threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "structured.json"))
     return parser.parse_args()

@@ -191,10 +191,12 @@ class Decoder:
                 '"required" or a named function cannot be enforced for it (use "auto")'
             )
         if self._ll is None:  # once per loaded model: it reads the whole vocabulary
-            self._ll = grammar.ll_tokenizer(
-                self.loaded.tokenizer, self.loaded.model.get_output_embeddings().weight.shape[0]
-            )
+            self._ll = grammar.ll_tokenizer(self.loaded.tokenizer, self._vocab_size())
         return grammar.Constraint(self._ll, lark)
+
+    def _vocab_size(self):
+        """The width of the model's logits (its output embeddings: may exceed the tokenizer's vocabulary)."""
+        return self.loaded.model.get_output_embeddings().weight.shape[0]
 
     def prefill(self, passes):
         """Run the scheduler's prefill passes (scheduler.py): [[(sequence, tokens)], ...].
@@ -297,13 +299,18 @@ class Decoder:
         every row: the batch is emptied (each row's keys and values may be half-written).
         """
         rows = list(self.batch.rows)
+        constrained = [(i, seq.constraint) for i, seq in enumerate(rows) if seq.constraint is not None]
+        # The grammar's masks are computed while the forward pass runs (they depend on the tokens so far only).
+        masks = grammar.start_masks(constrained, self._vocab_size()) if constrained else None
         try:
             with torch.inference_mode():
                 logits = self.batch.step(self.loaded.model, self.loaded.is_peft)
         except Exception as exc:
             error = self._failure(exc)
+            if masks is not None:
+                masks.exception()  # waits for it: a constraint is never used by two threads
         else:
-            self._sample(rows, logits)
+            self._sample(rows, logits, constrained, masks)
             return rows
         self.batch.clear()  # out of the except block, so the failed pass's tensors are gone too
         for seq in rows:
@@ -311,8 +318,9 @@ class Decoder:
         self._recover(error)
         return rows
 
-    def _sample(self, rows, logits):
-        """Each row's next token, with its own settings; a failure fails only that row."""
+    def _sample(self, rows, logits, constrained=(), masks=None):
+        """Each row's next token, with its own settings; a failure fails only that row. `constrained` rows
+        ([(index, Constraint)]) follow a grammar: `masks` (grammar.start_masks) says what each may write."""
         with torch.inference_mode():
             suppress = [i for i, seq in enumerate(rows) if seq.sampler.suppresses_eos(len(seq.tokens))]
             if suppress:  # `ignore_eos` rows, all at once
@@ -321,12 +329,18 @@ class Decoder:
                     torch.tensor(self.eos_ids, device=logits.device),
                 )
                 logits[rows_at[:, None], eos_at] = float("-inf")
-            constrained = [(i, seq.constraint) for i, seq in enumerate(rows) if seq.constraint is not None]
             if constrained:  # only these rows' logits are masked: the others sample as they would
-                grammar.mask_rows(logits, constrained)
+                try:
+                    grammar.apply_masks(logits, constrained, masks.result())
+                except Exception as exc:  # the grammar failed: its rows fail, the others go on
+                    for i, _ in constrained:
+                        rows[i].error = exc
+                    logits[torch.tensor([i for i, _ in constrained], device=logits.device)] = 0.0
             greedy = logits.argmax(-1).tolist()
             kept = []  # rows that keep probabilities: (sequence, the scores its token came from, token)
             for i, seq in enumerate(rows):
+                if seq.error is not None:
+                    continue
                 try:
                     if seq.sampler.greedy:
                         scores, token = logits[i : i + 1], greedy[i]

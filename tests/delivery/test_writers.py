@@ -159,3 +159,13 @@ def test_partial_saves_start_at_the_first_text_and_space_out_up_to_the_interval(
         if flushes.due():
             due_at.append(round(now[0], 2))
     assert due_at == [0.0, 0.25, 0.75, 1.75, 3.75]  # then every 2 s
+
+
+def test_a_reply_whose_writer_died_while_it_thought_keeps_its_reasoning_and_no_answer(conversation, spec, dead_pid):
+    reply = streaming(conversation, spec, f"{HOST}:{dead_pid}:0badf00d")
+    reply.save_partial("", reasoning="first, the question asks")
+
+    Message.objects.interrupt_orphans()
+
+    reply.refresh_from_db()
+    assert (reply.status, reply.content, reply.reasoning) == ("interrupted", "", "first, the question asks")

@@ -167,3 +167,14 @@ def test_a_remote_request_waits_for_replies_being_saved_then_goes_with_them(db, 
         request.cancel()
     finally:
         listener.close()
+
+
+def test_a_remote_request_sends_tools_only_when_it_has_some():
+    """vLLM refuses `tools: []`: a request without tools sends no tools field at all."""
+    from modelhub.backends.remote import sampling
+    from modelhub.options import GenerationOptions
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sampling(GenerationOptions()))
+    sent = sampling(GenerationOptions(tools=[tool], tool_choice="required"))
+    assert (sent["tools"], sent["tool_choice"], sent["parallel_tool_calls"]) == ([tool], "required", True)

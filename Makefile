@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # tests (`not vllm and not live`), which start their own servers and already ran in the first.
 MARKERS ?= not vllm
 
-.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured clean
+.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -51,7 +51,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured
+bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -78,6 +78,9 @@ bench-logprobs: install
 
 bench-structured: install
 	$(PY) bench/structured.py
+
+bench-page: install
+	$(PY) bench/page.py
 
 # Live servers on SQLite (one daphne) and on PostgreSQL + Redis (two daphnes): both must be running
 # at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379; BENCH_ARGS="--backend sqlite" skips them.

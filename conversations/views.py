@@ -12,6 +12,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from conversations.access.permissions import chat_required, conversation_for
 from conversations.chat.frames import path_frame
+from conversations.chat.markdown import store_rendered
 from conversations.delivery.groups import publish
 from conversations.forms import (
     ConsentForm,
@@ -62,13 +63,20 @@ def conversation_new(request):
 def conversation_detail(request, pk):
     conversation = conversation_for(request, pk)
     context = _sidebar(request, conversation)
-    context["messages_list"] = conversation.active_path()
+    context["messages_list"] = messages = conversation.active_path()
+    # Answers rendered by an older renderer (or never), side-by-side ones too: rendered and stored, once.
+    store_rendered({m for message in messages for m in (message, *_sides(message))})
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = model_form = _model_form(request, conversation)
     spec, _ = conversation.model_for(request.user, model_form.specs)
     context["settings_form"] = _settings_form(request, conversation, spec=spec)
     context["consent_form"] = ConsentForm(initial={"allow_training": conversation.allow_training})
     return render(request, "conversations/detail.html", context)
+
+
+def _sides(message):
+    comparison = getattr(message, "comparison", None)
+    return (comparison.left, comparison.right) if comparison is not None else ()
 
 
 def _settings_form(request, conversation, data=None, spec=None):

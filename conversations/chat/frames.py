@@ -6,6 +6,7 @@ Sending them is conversations/delivery/groups.py's.
 from django.db import models
 from django.template.loader import render_to_string
 
+from conversations.chat.markdown import store_rendered
 from conversations.models import Message, tree
 
 
@@ -33,6 +34,7 @@ def message_frames(messages):
         models.Q(parent_id__in=parents - {None}) | nulls, conversation_id=messages[0].conversation_id
     )
     tree.annotate_siblings(messages, list(siblings))
+    store_rendered(messages)  # a reply that just finished: its markdown is rendered here, once
     return [
         {
             "type": "message",

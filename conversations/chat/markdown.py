@@ -10,10 +10,20 @@ by itself and could leak the conversation, so it becomes a plain link.
 
 No `style` attribute either: the Content-Security-Policy blocks inline styles, so a
 table column's alignment becomes one of the ALIGN_CLASSES (static/chatsite/chat.css).
+
+A finished answer is rendered once: its HTML is stored with it (`Message.html`, `reasoning_html`), with
+the name of the renderer that made it (`RENDERER`: this file's own version and its libraries'). A page
+shows the stored HTML; a message rendered by another renderer (or never) is rendered again when shown
+(`html_of`) and stored again by the page (`store_rendered`), so a long conversation's page does not
+render hundreds of answers on every view.
 """
 
+from importlib.metadata import version
+
 import nh3
+import pygments
 from markdown_it import MarkdownIt
+from markdown_it import __version__ as markdown_it_version
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_by_name
@@ -117,3 +127,33 @@ def render_markdown(text):
         allowed_classes=ALLOWED_CLASSES,
         strip_comments=True,
     )
+
+
+# Change the first part whenever what this file renders changes: every stored answer is rendered again.
+RENDERER = f"chatsite-md-1 markdown-it-py-{markdown_it_version} nh3-{version('nh3')} pygments-{pygments.__version__}"
+
+
+def html_of(message):
+    """(answer HTML, reasoning HTML) of a finished message: stored, or rendered now (on the instance, not
+    saved) where the stored ones are another renderer's."""
+    if message.rendered_with != RENDERER:
+        message.html = render_markdown(message.content)
+        message.reasoning_html = render_markdown(message.reasoning) if message.reasoning else ""
+        message.rendered_with = RENDERER
+    return message.html, message.reasoning_html
+
+
+def store_rendered(messages):
+    """Render the finished assistant messages among `messages` whose HTML is not this renderer's, and store it
+    (one query for them all; none when every one is current)."""
+    stale = [
+        message
+        for message in messages
+        if message.role == message.Role.ASSISTANT
+        and message.status != message.Status.STREAMING
+        and message.rendered_with != RENDERER
+    ]
+    for message in stale:
+        html_of(message)
+    if stale:
+        type(stale[0]).objects.bulk_update(stale, ["html", "reasoning_html", "rendered_with"], batch_size=len(stale))

@@ -103,6 +103,11 @@ class Message(models.Model):
     # "arguments": a JSON string}}); a tool turn names the call it answers.
     tool_calls = models.JSONField(default=list, blank=True)
     tool_call_id = models.CharField(max_length=100, blank=True)
+    # A finished answer's markdown (and reasoning's) as sanitized HTML, rendered once (conversations/chat/markdown.py)
+    # by the renderer that `rendered_with` names; blank, or another renderer's: rendered again when shown.
+    html = models.TextField(blank=True)
+    reasoning_html = models.TextField(blank=True)
+    rendered_with = models.CharField(max_length=120, blank=True)
     model_name = models.CharField(max_length=100, blank=True)
     adapter_name = models.CharField(max_length=100, blank=True)
     generation_options = models.JSONField(default=dict, blank=True)

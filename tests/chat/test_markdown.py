@@ -1,8 +1,11 @@
-"""Assistant markdown is rendered, highlighted and sanitized; nothing a model writes can run."""
+"""Assistant markdown is rendered, highlighted and sanitized; nothing a model writes can run. A finished
+answer is rendered once and its HTML stored (with the renderer's name): pages show the stored HTML, and
+render again (and store) only what another renderer made."""
 
 import pytest
 
-from conversations.chat.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
+from conversations.chat.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, RENDERER, render_markdown
+from conversations.models import Message
 from tests.factories import add_reply
 from tests.markup import HOSTILE, Elements
 
@@ -61,3 +64,43 @@ def test_the_page_renders_finished_replies_as_markdown_and_user_text_as_text(own
     page = owner_client.get(conversation.get_absolute_url()).content.decode()
     assert "**not bold** &lt;b&gt;raw&lt;/b&gt;" in page
     assert "<strong>bold</strong>" in page and "<script>x()" not in page
+
+
+def test_an_answer_is_rendered_once_and_the_page_shows_what_was_stored(owner_client, conversation):
+    conversation.add_user_message("hi")
+    reply = add_reply(conversation, "**bold** and *reasoned*", reasoning="a _thought_")
+    owner_client.get(conversation.get_absolute_url())  # the first view renders it and stores it
+    reply.refresh_from_db()
+    assert reply.rendered_with == RENDERER and reply.html == render_markdown(reply.content)
+    assert reply.reasoning_html == render_markdown("a _thought_")
+
+    Message.objects.filter(pk=reply.pk).update(html="<p>as stored</p>")  # what a later view shows
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+    assert "<p>as stored</p>" in page and "<strong>bold</strong>" not in page
+
+
+def test_answers_another_renderer_made_are_rendered_again_and_stored(owner_client, conversation):
+    conversation.add_user_message("hi")
+    reply = add_reply(conversation, "**bold**")
+    Message.objects.filter(pk=reply.pk).update(html="<p>old</p>", rendered_with="chatsite-md-0")
+
+    page = owner_client.get(conversation.get_absolute_url()).content.decode()
+
+    assert "<strong>bold</strong>" in page and "<p>old</p>" not in page
+    reply.refresh_from_db()
+    assert (reply.html, reply.rendered_with) == (render_markdown("**bold**"), RENDERER)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_reply_is_rendered_and_stored_when_it_finishes(owner, conversation):
+    from tests.sockets import frames_until, messages_of, open_socket, scripted
+
+    await scripted(["**done**"])
+    socket, _, _ = await open_socket(owner, conversation)
+    await socket.send_json_to({"type": "send", "content": "hi"})
+    done = (await frames_until(socket, "done"))[-1]
+    await socket.disconnect()
+
+    _, reply = await messages_of(conversation)
+    assert (reply.html, reply.rendered_with) == ("<p><strong>done</strong></p>\n", RENDERER)
+    assert reply.html in done["html"]

@@ -5,7 +5,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 # Which tests `make test` runs (pytest -m): CI's second pass, on PostgreSQL + Redis, leaves out the live
-# tests (`not vllm and not live`), which start their own servers and already ran in the first.
+# tests (`not vllm and not live`), which start their own servers and already ran in the first, and modelhub's
+# own (PYTEST_ARGS="--ignore=tests/modelhub": no web layer there).
 MARKERS ?= not vllm
 
 .PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean

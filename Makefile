@@ -26,7 +26,7 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 test: install browser lint
-	$(PY) -m pytest tests -m "$(MARKERS)" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "$(MARKERS)" --durations=15 $(PYTEST_ARGS)
 
 # The style (ruff) and the architecture's import rules (import-linter): both configured in pyproject.toml.
 lint: install

@@ -62,7 +62,9 @@ def test_the_attention_page_draws_both_heatmaps(page, server):
     images = page.locator("img.attention-image")
     expect(images).to_have_count(2)
     for n in range(2):
-        expect(images.nth(n)).to_have_js_property("complete", True)
+        # Each image is a forward pass and a matplotlib figure, the first of them importing matplotlib in the
+        # server: on a busy 2-core machine that has taken more than expect's 5 s default.
+        expect(images.nth(n)).to_have_js_property("complete", True, timeout=30000)
         assert images.nth(n).evaluate("img => img.naturalWidth") > 100
     assert "layer 1, head 0" in page.locator("h2").nth(1).inner_text()
     page.screenshot(path=ARTIFACTS / "browser-attention.png", full_page=True)

@@ -39,7 +39,7 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations.models import writers
+import conversations.models.writers as writers
 from conversations.models.chat import Conversation, Message
 from conversations.models.datasets import DatasetSnapshot, SnapshotChanged
 from conversations.models.feedback import Preference, Verdict

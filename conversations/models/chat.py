@@ -13,7 +13,8 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations.models import tree, writers
+import conversations.models.tree as tree
+import conversations.models.writers as writers
 from conversations.models.comparison import Comparison
 from conversations.models.feedback import Feedback, Preference
 from conversations.models.message import Message

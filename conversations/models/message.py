@@ -10,8 +10,8 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+import conversations.models.writers as writers
 from conversations import metrics
-from conversations.models import writers
 from conversations.models.feedback import Preference
 
 WRITER_GONE = "The server writing this reply stopped; this is the text it had saved."

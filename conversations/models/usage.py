@@ -20,7 +20,7 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
-from conversations.models import writers
+import conversations.models.writers as writers
 
 LIMIT_HELP = "Empty: the group's or the site's limit; 0: no limit."
 

@@ -334,8 +334,7 @@ class Decoder:
                     grammar.apply_masks(logits, constrained, masks.result())
                 except Exception as exc:  # the grammar failed: its rows fail, the others go on
                     for i, _ in constrained:
-                        rows[i].error = exc
-                    logits[torch.tensor([i for i, _ in constrained], device=logits.device)] = 0.0
+                        rows[i].error = exc  # (such a row samples nothing: the loop below skips it)
             greedy = logits.argmax(-1).tolist()
             kept = []  # rows that keep probabilities: (sequence, the scores its token came from, token)
             for i, seq in enumerate(rows):

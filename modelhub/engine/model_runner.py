@@ -8,10 +8,11 @@ Each request becomes a `Sequence` (sequence.py). Its prompt is prefilled into a 
 own, starting from the longest stored prefix of earlier turns when there is one
 (kv_reuse.py). New prompts the scheduler puts together go through the model in one
 left-padded pass; a prompt alone (one that continues a stored prefix, or is longer
-than the step's budget) goes a chunk at a time. Then it joins the `Batch`: one KV
-cache for every running sequence, left-padded to a common length, with an attention
-mask that hides the padding and position ids that count only each row's real
-tokens, so a row computes exactly what it would compute alone. Every decode step
+than the step's budget) goes a chunk at a time. Then it joins the `Batch` (batch.py):
+one KV cache for every running sequence, in buffers allocated ahead and written in
+place, left-padded to a common length, with an attention mask that hides the padding
+and position ids that count only each row's real tokens, so a row computes exactly
+what it would compute alone. Every decode step
 feeds each row its last token and samples its next one with that request's own
 settings; a request that keeps token probabilities gets them from the same scores
 (logprobs.py: every row that keeps them, scored together in one batched pass). A finished, stopped or
@@ -37,103 +38,12 @@ from modelhub.decoding import grammar
 from modelhub.decoding.logprobs import score
 from modelhub.decoding.parts import Parts
 from modelhub.decoding.sampler import Detokenizer, Sampler
+from modelhub.engine.batch import Batch
 from modelhub.engine.sequence import Sequence
 from modelhub.options import InvalidOptions, ModelhubError
 from modelhub.prompts import fit_prompt, template_hash
 
 log = logging.getLogger(__name__)
-
-
-def _left_pad(tensor, length, dim):
-    """`tensor` grown to `length` along `dim` with zeros in front."""
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-class Batch:
-    """The running sequences' shared cache: row i of every layer's keys/values is rows[i]'s."""
-
-    def __init__(self):
-        self.rows = []
-        self.cache = None
-        self.mask = None  # [rows, length]: 1 for a real token, 0 for left padding
-        self.peak = 0  # the most rows ever decoded together
-
-    def add(self, seq):
-        """Move a prefilled sequence's own cache into the batch as a new last row.
-
-        If that fails (out of memory, say), the batch is left as it was: the others run on."""
-        own = torch.ones(1, seq.fed, dtype=torch.long, device=seq.cache.layers[0].keys.device)
-        if not self.rows:
-            self.cache, self.mask = seq.cache, own
-        else:
-            length, grown = max(self.mask.shape[1], seq.fed), []
-            try:
-                for mine, theirs in zip(self.cache.layers, seq.cache.layers):
-                    keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
-                    values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
-                    mine.keys, mine.values = keys, values
-                    grown.append(mine)
-                mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(own, length, 1)])
-            except Exception:
-                old = self.mask.shape[1]
-                for mine in grown:  # the rows and columns the batch had
-                    mine.keys, mine.values = mine.keys[:-1, :, -old:], mine.values[:-1, :, -old:]
-                raise
-            self.mask = mask
-        self.rows.append(seq)
-        self.peak = max(self.peak, len(self.rows))
-        seq.cache = None
-
-    def clear(self):
-        """Drop every row (after a failed step, whose keys and values may be half-written)."""
-        self.rows, self.cache, self.mask = [], None, None
-
-    def remove(self, seq, copy=True):
-        """Take a sequence's row out; with `copy`, return its keys and values (real tokens only)."""
-        i = self.rows.index(seq)
-        real = int(self.mask[i].sum())
-        layers = None
-        if copy:
-            layers = [
-                (lay.keys[i : i + 1, :, -real:].clone(), lay.values[i : i + 1, :, -real:].clone())
-                for lay in self.cache.layers
-            ]
-        del self.rows[i]
-        if not self.rows:
-            self.cache = self.mask = None
-            return layers
-        keep = torch.tensor([j for j in range(len(self.rows) + 1) if j != i], device=self.mask.device)
-        self.mask = self.mask.index_select(0, keep)
-        # Columns that are padding in every remaining row are dropped.
-        pad = self.mask.shape[1] - int(self.mask.sum(1).max())
-        self.mask = self.mask[:, pad:]
-        for lay in self.cache.layers:
-            lay.keys = lay.keys.index_select(0, keep)[:, :, pad:]
-            lay.values = lay.values.index_select(0, keep)[:, :, pad:]
-        return layers
-
-    def step(self, model, is_peft):
-        """One decode step for every row: feed each its last token; the next-token logits, [rows, vocab]."""
-        device = self.mask.device
-        input_ids = torch.tensor([[seq.tokens[-1]] for seq in self.rows], device=device)
-        positions = self.mask.sum(1, keepdim=True)  # each row's count of real tokens so far
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        extra = {"adapter_names": [seq.adapter for seq in self.rows]} if is_peft else {}
-        out = model(
-            input_ids=input_ids,
-            attention_mask=self.mask,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **extra,
-        )
-        return out.logits[:, -1]
 
 
 class Decoder:

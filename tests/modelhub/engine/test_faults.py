@@ -144,29 +144,35 @@ def test_a_failure_in_one_rows_sampling_fails_that_row_alone(tiny_spec, monkeypa
 
 
 def test_a_request_that_runs_out_of_memory_joining_the_batch_fails_alone(tiny_spec, monkeypatch):
-    from modelhub.engine import model_runner
+    from modelhub.engine import batch
 
     served = Served(tiny_spec)
     served.open()
     prompts = ("hi", "read books")
     alone = [read(served.start(ask(p), max_new_tokens=40, ignore_eos=True)) for p in prompts]
-    pad, countdown = model_runner._left_pad, []
+    short = []
 
-    def short_of_memory(tensor, length, dim):  # only joining the batch pads caches
-        if countdown and countdown.pop() == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return pad(tensor, length, dim)
+    class ShortOfMemory:  # the batch's torch, whose `zeros` fails while `short` says so
+        def __getattr__(self, name):
+            return getattr(torch, name)
 
-    monkeypatch.setattr(model_runner, "_left_pad", short_of_memory)
+        @staticmethod
+        def zeros(*args, **kwargs):
+            if short and short.pop():
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+            return torch.zeros(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "torch", ShortOfMemory())
     running = [served.start(ask(p), max_new_tokens=40, ignore_eos=True) for p in prompts]
     first = iter(running[0])
     head = next(first)  # both decode together now
-    countdown.extend(range(1, 6))  # the next join fails in its second layer, the first one grown
-    late = served.start(ask("that sounds fun"), max_new_tokens=20)
+    short.append(True)  # the next new buffers fail half-made: the layers' are allocated, the mask's is not
+    late = served.start(ask("that sounds fun, " * 15), max_new_tokens=20)  # longer than both: new buffers
 
     with pytest.raises(ModelhubError, match="ran out of memory") as failure:
         read(late)
     assert failure.value.code == "out_of_memory"
+    assert not short  # it was the joining that failed
     assert [head + read(first), read(running[1])] == alone  # the batch ran on, untouched
 
 

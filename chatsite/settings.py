@@ -196,8 +196,12 @@ LOGGING = {
 # Longest user message accepted over the websocket, in characters.
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Replies one user may have being written at once, over all their conversations (a side-by-side
-# comparison writes two): more are refused, so one user cannot take every seat of a batch.
+# comparison writes two): more are refused, so one user cannot take every seat of a batch. The default
+# of the quota "replies at once" (Admin → Quotas per group and user; Admin → API keys per key).
 CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 4, minimum=1)
+# An API call at its limit of replies at once waits up to this many seconds for a place before it is
+# answered 429 with Retry-After (benchmark and batch clients rarely retry); 0: refused at once.
+CHAT_API_QUEUE_SECONDS = env_float("CHAT_API_QUEUE_SECONDS", 10.0, minimum=0)
 # Quotas (conversations/access/quotas.py), the defaults that Admin → Quotas overrides per group and per user; 0: no
 # limit. Tokens (prompt + completion) of one user's replies from midnight (TIME_ZONE), and replies asked for
 # in any 60 seconds; over either, a turn or an API call is refused, saying when the count resets.

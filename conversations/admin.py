@@ -127,10 +127,20 @@ class PreferenceAdmin(ReadOnlyAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are made by their users (the API keys page); staff read and revoke them, superusers may delete them.
-    The digest is never shown, nor editable: it is what a call proves it holds the key with."""
+    """Keys are made by their users (the API keys page); staff read and revoke them, set how many calls each may
+    have answered at once, and superusers may delete them. The digest is never shown, nor editable: it is what a
+    call proves it holds the key with."""
 
-    list_display = ["name", "user", "shown_prefix", "keep_calls", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "name",
+        "user",
+        "shown_prefix",
+        "keep_calls",
+        "replies_at_once",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     list_filter = ["keep_calls", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
     search_fields = ["user__username", "name", "prefix"]

@@ -1,7 +1,9 @@
-"""Quotas: tokens per day and replies per minute, per user and per group, counted from stored usage.
+"""Quotas: tokens per day and replies per minute, per user and per group, counted from stored usage;
+and the limit of replies at once, which limits.py checks against what is in flight.
 
-    limits       the site's defaults (CHAT_TOKENS_PER_DAY, CHAT_REPLIES_PER_MINUTE), overridden by the
-                 most generous quota of the user's groups, overridden by the user's own (`Quota`); 0: none
+    limits       the site's defaults (CHAT_TOKENS_PER_DAY, CHAT_REPLIES_PER_MINUTE, CHAT_MAX_REPLIES_PER_USER),
+                 overridden by the most generous quota of the user's groups, overridden by the user's own
+                 (`Quota`); 0: none
     counted      every reply of the user's conversations (`Message`, its prompt + completion tokens)
                  and every API call that kept nothing (`UnkeptCallUsage`): rows in the database, so the
                  counts hold in every process
@@ -29,7 +31,11 @@ from conversations.models import Message
 from conversations.models.usage import Quota, UnkeptCallUsage
 
 MINUTE = timedelta(seconds=60)
-DEFAULTS = {"tokens_per_day": "CHAT_TOKENS_PER_DAY", "replies_per_minute": "CHAT_REPLIES_PER_MINUTE"}
+DEFAULTS = {
+    "tokens_per_day": "CHAT_TOKENS_PER_DAY",
+    "replies_per_minute": "CHAT_REPLIES_PER_MINUTE",
+    "replies_at_once": "CHAT_MAX_REPLIES_PER_USER",
+}
 DIMENSIONS = {  # usage by: (the field naming it on a reply, on an unkept call); a user in two groups counts in both
     "user": ("conversation__owner__username", "user__username"),
     "group": ("conversation__owner__groups__name", "user__groups__name"),
@@ -54,9 +60,11 @@ class QuotaExceeded(ChatError):
 class Limits:
     tokens_per_day: int  # 0: no limit
     replies_per_minute: int
+    replies_at_once: int  # checked by limits.py against what is in flight
 
     @property
     def any(self):
+        """Whether a limit counted from stored usage applies (replies at once are counted in flight)."""
         return bool(self.tokens_per_day or self.replies_per_minute)
 
 
@@ -118,11 +126,11 @@ def standing(user, limits=None, now=None):
     return Standing(limits, tokens_since(user, start), asked_since(user, now - MINUTE), start + timedelta(days=1))
 
 
-def check(user, replies=1):
+def check(user, replies=1, limits=None):
     """Refuse `replies` more replies if they would pass one of the user's quotas (QuotaExceeded).
 
-    Called by cap.admit, in the transaction that saves them, with the user's row locked."""
-    limits = limits_for(user)
+    Called by limits.admit, in the transaction that saves them, with the user's row locked."""
+    limits = limits or limits_for(user)
     if not limits.any:
         return
     now = timezone.now()

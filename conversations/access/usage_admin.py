@@ -28,7 +28,7 @@ class UsageForm(forms.Form):
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "user", "group", "tokens_per_day", "replies_per_minute"]
+    list_display = ["__str__", "user", "group", "tokens_per_day", "replies_per_minute", "replies_at_once"]
     list_select_related = ["user", "group"]
     search_fields = ["user__username", "group__name"]
     autocomplete_fields = ["user"]

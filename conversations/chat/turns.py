@@ -100,7 +100,7 @@ def _save_call(user, turn):
     """An API call kept as a new conversation of the key's user: its messages, then the streaming reply."""
     call = turn.call
     limits.lock_user(user)
-    limits.admit(user)
+    limits.admit(user, key=call.key)
     try:
         options = api.options_for(call.spec, turn.overrides).as_dict()
     except InvalidOptions as exc:

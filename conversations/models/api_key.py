@@ -77,6 +77,15 @@ class ApiKey(models.Model):
     keep_calls = models.BooleanField(
         default=True, help_text="Calls with this key are kept as conversations of its user (consent as set there)."
     )
+    replies_at_once = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Calls with this key answered at the same time (set by staff; e.g. higher for a batch job). A call "
+            "past it waits briefly for a place (CHAT_API_QUEUE_SECONDS), then gets 429 with Retry-After. "
+            "Empty: the user's limit of replies at once; 0: no limit."
+        ),
+    )
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

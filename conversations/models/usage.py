@@ -1,7 +1,8 @@
 """Quotas an admin set, and the usage of API calls that keep no conversation.
 
-A `Quota` overrides the defaults (settings CHAT_TOKENS_PER_DAY, CHAT_REPLIES_PER_MINUTE) for one
-user or one group; an empty field leaves the limit to the next level, 0 means no limit. What counts
+A `Quota` overrides the defaults (settings CHAT_TOKENS_PER_DAY, CHAT_REPLIES_PER_MINUTE,
+CHAT_MAX_REPLIES_PER_USER) for one user or one group; an empty field leaves the limit to the next
+level, 0 means no limit. An API key may carry its own limit of replies at once (`ApiKey.replies_at_once`). What counts
 against them is stored usage (conversations/access/quotas.py): the replies of the user's conversations
 (`Message`), and `UnkeptCallUsage`, one row per API call made with a key that keeps nothing (its
 time, model and token counts; never its text).
@@ -41,6 +42,15 @@ class Quota(models.Model):
         help_text=(
             "Replies asked for in any 60 seconds: a message, an edit, a regenerate, an API call (a comparison "
             "asks for two). " + LIMIT_HELP
+        ),
+    )
+
+    replies_at_once = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Replies being written at the same time, in chats and API calls together (a comparison writes "
+            "two). An API key may have a limit of its own. " + LIMIT_HELP
         ),
     )
 

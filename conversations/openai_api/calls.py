@@ -13,12 +13,15 @@
                 model and tokens; never its text), ended by `close()` or, if this process dies,
                 by the heartbeat of any other.
 
-Both: `start()` (ApiError if refused), `async for part, text in call.chunks()` (its reasoning and its
+Both: `start()` (ApiError if refused; a call at its limit of replies at once first waits up to
+CHAT_API_QUEUE_SECONDS for a place: `queued`), `async for part, text in call.chunks()` (its reasoning and its
 answer, modelhub.api.REASONING / ANSWER), then `call.outcome` (with the tool calls it made);
 `stop()` when the client went away (the stored reply ends `stopped`), `close()` always: views.py
 runs it to its end even when the request is cancelled (`finish`).
 """
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 from channels.layers import get_channel_layer
@@ -26,6 +29,7 @@ from django.conf import settings
 from django.db import transaction
 
 from conversations.access import limits
+from conversations.access.limits import TooManyReplies
 from conversations.chat import replies
 from conversations.chat.turns import Turn
 from conversations.delivery import durable
@@ -58,6 +62,27 @@ def refusal(exc):
     return api_error(exc.code, exc.message, getattr(exc, "retry_after", None))
 
 
+async def queued(admit):
+    """`await admit()`, tried again while it is refused only for the limit of replies at once, until
+    CHAT_API_QUEUE_SECONDS have passed (then the refusal stands: 429 with Retry-After).
+
+    A batch or benchmark client sends as many calls as it likes and rarely retries a 429; the engine
+    batches every reply that is admitted, so a call that waits a moment for a place is answered
+    soon after, where refusing it would fail it. Waiting calls look again every 50 to 250 ms
+    (each look one short transaction), in no particular order: a place goes to whoever looks first."""
+    deadline = time.monotonic() + settings.CHAT_API_QUEUE_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return await admit()
+        except TooManyReplies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+        await asyncio.sleep(min(pause, left))  # (the last look is at the deadline)
+        pause = min(2 * pause, 0.25)
+
+
 @dataclass
 class Outcome:
     status: str  # a Message status: complete, stopped, error…
@@ -84,10 +109,9 @@ class KeptCall:
 
     async def start(self):
         self.channel = await get_channel_layer().new_channel()
+        turn = Turn("call", overrides=self.call.overrides, call=self.call)
         try:
-            self.reply = await replies.begin(
-                self.user, None, Turn("call", overrides=self.call.overrides, call=self.call), follow=self._follow
-            )
+            self.reply = await queued(lambda: replies.begin(self.user, None, turn, follow=self._follow))
         except ChatError as exc:
             raise refusal(exc) from None
 
@@ -152,8 +176,8 @@ class UnkeptCall:
 
     async def start(self):
         try:
-            self.usage_id = await durable.call(
-                _take_place, self.user, self.call.model, within=settings.CHAT_DB_RETRY_SECONDS
+            self.usage_id = await queued(
+                lambda: durable.call(_take_place, self.user, self.call, within=settings.CHAT_DB_RETRY_SECONDS)
             )
         except ChatError as exc:
             raise refusal(exc) from None
@@ -210,10 +234,10 @@ class UnkeptCall:
         )
 
 
-def _take_place(user, model_name):
-    """Admit the call (the reply cap, the quotas) and record its running row, in one transaction with the
+def _take_place(user, call):
+    """Admit the call (replies at once, the quotas) and record its running row, in one transaction with the
     user's row locked; the row's id. Its end and tokens are written when the call ends."""
     with transaction.atomic():
         limits.lock_user(user)
-        limits.admit(user)
-        return UnkeptCallUsage.begin(user, model_name).pk
+        limits.admit(user, key=call.key)
+        return UnkeptCallUsage.begin(user, call.model).pk

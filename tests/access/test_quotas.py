@@ -36,17 +36,17 @@ def used(conversation, tokens, ago=timedelta(0)):
 
 
 def test_the_limits_are_the_sites_then_the_most_generous_group_then_the_users_own(owner, team, settings):
-    settings.CHAT_TOKENS_PER_DAY, settings.CHAT_REPLIES_PER_MINUTE = 1000, 5
-    assert quotas.limits_for(owner) == quotas.Limits(1000, 5)
+    settings.CHAT_TOKENS_PER_DAY, settings.CHAT_REPLIES_PER_MINUTE, settings.CHAT_MAX_REPLIES_PER_USER = 1000, 5, 4
+    assert quotas.limits_for(owner) == quotas.Limits(1000, 5, 4)
     Quota.objects.create(group=team, tokens_per_day=5000)
     other = Group.objects.create(name="other")
     owner.groups.add(other)
-    Quota.objects.create(group=other, tokens_per_day=8000, replies_per_minute=2)
-    assert quotas.limits_for(owner) == quotas.Limits(8000, 2)
+    Quota.objects.create(group=other, tokens_per_day=8000, replies_per_minute=2, replies_at_once=8)
+    assert quotas.limits_for(owner) == quotas.Limits(8000, 2, 8)
     Quota.objects.filter(group=team).update(replies_per_minute=0)  # 0: no limit, the most generous of all
-    assert quotas.limits_for(owner) == quotas.Limits(8000, 0)
-    Quota.objects.create(user=owner, tokens_per_day=100)
-    assert quotas.limits_for(owner) == quotas.Limits(100, 0)
+    assert quotas.limits_for(owner) == quotas.Limits(8000, 0, 8)
+    Quota.objects.create(user=owner, tokens_per_day=100, replies_at_once=2)
+    assert quotas.limits_for(owner) == quotas.Limits(100, 0, 2)
 
 
 def test_a_quota_is_for_one_user_or_one_group(owner, team):

@@ -1,5 +1,7 @@
-"""The reply cap for API calls that keep no conversation: each holds a running `UnkeptCallUsage` row while it is
-answered (limits.py), freed when the call ends however it ends, and by the heartbeat when its process is gone.
+"""The limit of replies at once for API calls that keep no conversation: each holds a running `UnkeptCallUsage` row
+while it is answered (limits.py), freed when the call ends however it ends, and by the heartbeat when its process is
+gone. A call at the limit waits a while for a place (CHAT_API_QUEUE_SECONDS), then gets 429 with Retry-After; a key
+may have a limit of its own.
 
 The calls go through the whole ASGI application (chatsite.asgi), as daphne drives it, on a scripted model."""
 
@@ -49,10 +51,12 @@ def completion_call(key, stream):
     return call, json.dumps(body).encode()
 
 
-async def response_of(call, body):
-    """(status, body) of a whole response."""
+async def response_of(call, body, headers=None):
+    """(status, body) of a whole response; its headers are put in `headers`, if given."""
     await call.send_input({"type": "http.request", "body": body})
     start = await call.receive_output(10)
+    if headers is not None:
+        headers.update((name.decode().lower(), value.decode()) for name, value in start["headers"])
     content = b""
     while True:
         part = await call.receive_output(10)
@@ -80,12 +84,16 @@ async def test_a_stream_its_client_leaves_right_after_done_gives_its_place_back(
 
 
 async def test_a_call_being_answered_holds_its_place_and_another_is_refused(unkept_key, owner, settings):
+    settings.CHAT_API_QUEUE_SECONDS = 0.3
     await database_sync_to_async(install_scripted)(chunks=["slow "] * 50, delay=0.05)
     first, body = completion_call(unkept_key, stream=True)
     await first.send_input({"type": "http.request", "body": body})
     assert (await first.receive_output(10))["status"] == 200
-    status, content = await response_of(*completion_call(unkept_key, stream=False))
+    headers, asked = {}, time.monotonic()
+    status, content = await response_of(*completion_call(unkept_key, stream=False), headers)
     assert status == 429 and json.loads(content)["error"]["code"] == "too_many_replies"
+    assert headers["retry-after"] == "1"
+    assert time.monotonic() - asked >= 0.3  # it waited for a place first
     assert await database_sync_to_async(limits.in_flight)(owner) == [None]
     await first.send_input({"type": "http.disconnect"})
     await first.wait(5)
@@ -107,3 +115,48 @@ def test_the_heartbeat_ends_calls_whose_process_is_gone_and_keeps_its_own(owner,
         assert limits.in_flight(owner) == [None]
     finally:
         writers.calling.discard(own.pk)
+
+
+async def test_a_call_at_the_limit_waits_for_a_place_and_is_answered_when_one_frees(unkept_key, owner, settings):
+    settings.CHAT_API_QUEUE_SECONDS = 20
+    await database_sync_to_async(install_scripted)(chunks=["slow "] * 20, delay=0.05)
+    first, body = completion_call(unkept_key, stream=False)
+    await first.send_input({"type": "http.request", "body": body})
+    while await database_sync_to_async(limits.in_flight)(owner) == []:
+        await asyncio.sleep(0.02)
+
+    status, content = await response_of(*completion_call(unkept_key, stream=False))  # waits for the first
+
+    assert status == 200, content
+    assert (await first.receive_output(10))["status"] == 200
+    ended = await database_sync_to_async(list)(
+        UnkeptCallUsage.objects.order_by("ended_at").values_list("pk", "ended_at")
+    )
+    started = await database_sync_to_async(list)(UnkeptCallUsage.objects.order_by("started_at").values_list("pk"))
+    assert [pk for pk, _ in ended] == [pk for (pk,) in started]  # one after the other, never two at once
+    assert json.loads(content)["choices"][0]["message"]["content"] == "slow " * 20
+
+
+async def test_a_keys_own_limit_lets_its_calls_past_the_users_and_the_users_chats_still_count_them(
+    unkept_key, owner, settings
+):
+    settings.CHAT_API_QUEUE_SECONDS = 0
+    await database_sync_to_async(install_scripted)(chunks=["slow "] * 60, delay=0.05)
+    batch_key = await database_sync_to_async(ApiKey.objects.issue)(owner, "batch", keep_calls=False)
+    await database_sync_to_async(ApiKey.objects.filter(pk=batch_key[0].pk).update)(replies_at_once=2)
+    running = []
+    for _ in range(2):  # the user's limit is 1; the batch key's is 2
+        call, body = completion_call(batch_key[1], stream=True)
+        await call.send_input({"type": "http.request", "body": body})
+        assert (await call.receive_output(10))["status"] == 200
+        running.append(call)
+
+    over_key = await response_of(*completion_call(batch_key[1], stream=False))
+    over_user = await response_of(*completion_call(unkept_key, stream=False))
+
+    assert over_key[0] == over_user[0] == 429
+    assert "calls with the key 'batch': at most 2 at once" in json.loads(over_key[1])["error"]["message"]
+    assert "at most 1 at once" in json.loads(over_user[1])["error"]["message"]
+    for call in running:
+        await call.send_input({"type": "http.disconnect"})
+        await call.wait(5)

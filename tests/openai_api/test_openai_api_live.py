@@ -57,11 +57,16 @@ def adapter(tmp_path_factory):
 def site(request, tmp_path_factory, adapter):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "embedded":
-        site = Site(folder, CHAT_MAX_REPLIES_PER_USER=2)
+        site = Site(folder, CHAT_MAX_REPLIES_PER_USER=2, CHAT_API_QUEUE_SECONDS=0.5)
     else:
         workers = {"MODELHUB_WORKERS": 1} if request.param == "workers" else {}
         site = Site(
-            folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=2, **workers
+            folder,
+            database=PostgresDatabase(),
+            redis=RedisServer(folder),
+            CHAT_MAX_REPLIES_PER_USER=2,
+            CHAT_API_QUEUE_SECONDS=0.5,
+            **workers,
         )
     try:
         site.keys = site.setup(SETUP.format(adapter=str(adapter)))
@@ -248,7 +253,7 @@ def test_closing_a_stream_stops_the_reply_and_it_is_stored_stopped_with_its_text
     assert content.startswith(received) and len(content) < 1200  # cut well before its 400 tokens
 
 
-def test_past_the_reply_cap_a_call_gets_429_and_nothing_is_stored(site):
+def test_past_the_limit_of_replies_at_once_a_call_waits_then_gets_429_and_nothing_is_stored(site):
     api = client(site)
     long = dict(
         model="chitchat", messages=QUESTION, stream=True, temperature=0, max_tokens=400, extra_body={"ignore_eos": True}
@@ -261,6 +266,7 @@ def test_past_the_reply_cap_a_call_gets_429_and_nothing_is_stored(site):
             with pytest.raises(openai.RateLimitError) as caught:
                 client(site, key).chat.completions.create(model="chitchat", messages=QUESTION, **GREEDY)
             assert caught.value.status_code == 429 and caught.value.code == "too_many_replies"
+            assert caught.value.response.headers["retry-after"] == "1"  # after waiting half a second for a place
         assert site.rows("SELECT count(*) FROM conversations_message") == before
     finally:
         first.close()

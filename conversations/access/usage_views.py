@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from conversations.access import quotas
+from conversations.access import limits, quotas
 from conversations.models import UnkeptCallUsage
 
 DAYS = 30
@@ -50,6 +50,7 @@ def account(request):
     context = {
         "roles": list(user.groups.values_list("name", flat=True)),
         "where": where,
+        "writing": len(limits.in_flight(user)),
         "resets_in": quotas.human(where.day_resets_at - timezone.now()),
         "chart": chart(quotas.daily_tokens(mine, unkept, since), since.date(), DAYS),
         "by_model": quotas.usage_rows(mine, unkept, since, "model"),

@@ -152,12 +152,13 @@ def test_the_api_counts_its_calls_and_refuses_past_a_quota_with_429_and_retry_af
 
 
 def test_the_account_page_shows_the_users_limits_usage_and_days(owner_client, owner, conversation, settings):
-    settings.CHAT_TOKENS_PER_DAY = 1000
+    settings.CHAT_TOKENS_PER_DAY, settings.CHAT_MAX_REPLIES_PER_USER = 1000, 3
     used(conversation, 40)
     used(conversation, 60, ago=timedelta(days=2))
     page = owner_client.get(reverse("conversations:account")).content.decode()
     assert "roles: user" in page
     assert "<td>40</td>" in page and "<td>1000</td>" in page and "no limit" in page  # replies a minute: none
+    assert "<td>0</td>\n          <td>3 at once</td>" in page  # replies being written now
     assert page.count('<rect class="bar"') == 30
     assert "100 in all, at most 60 in a day" in page
     assert "<td>m</td><td>2</td><td>100</td>" in page  # by model

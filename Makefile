@@ -4,10 +4,10 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
-# Which tests `make test` runs (pytest -m): CI's second pass, on PostgreSQL + Redis, leaves out the live
-# tests (`not vllm and not live`), which start their own servers and already ran in the first, and modelhub's
-# own (PYTEST_ARGS="--ignore=tests/modelhub": no web layer there).
+# Which tests `make test` runs (pytest -m), in how many processes (pytest-xdist; a test file stays in one).
+# With DATABASE_URL and REDIS_URL set, the in-process tests run on that PostgreSQL and Redis (CI does so).
 MARKERS ?= not vllm
+TEST_PROCESSES ?= 2
 
 .PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean
 
@@ -26,7 +26,7 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 test: install browser lint
-	$(PY) -m pytest tests -m "$(MARKERS)" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "$(MARKERS)" -n $(TEST_PROCESSES) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The style (ruff) and the architecture's import rules (import-linter): both configured in pyproject.toml.
 lint: install

@@ -32,6 +32,10 @@ TINY_CORPUS = [
 def _fresh_registry(settings):
     settings.CHAT_ORPHAN_GRACE_SECONDS = 0
     settings.CHAT_FLUSH_SECONDS = 0.1
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # `make test` runs the suite in two processes (pytest-xdist)
+    if worker and settings.REDIS_URL:  # each process's test database counts conversations from 1: its own groups
+        layer = settings.CHANNEL_LAYERS["default"]
+        settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "prefix": f"asgi-{worker}"}}}
     yield
     registry.stop_reaper()  # it reads the database: not after this test's database is gone
     registry.unload_all()

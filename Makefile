@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 MARKERS ?= not vllm
 TEST_PROCESSES ?= 2
 
-.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean
+.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-engine bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -52,11 +52,14 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-bench: bench-stream bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
+bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
 	$(PY) bench/memory.py
 
 bench-stream: install
 	$(PY) bench/stream.py
+
+bench-engine: install
+	$(PY) bench/engine.py
 
 bench-scale: install
 	bash tests/vllm_env.sh

@@ -31,9 +31,9 @@ from pathlib import Path
 
 os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # before torch is imported
 
-import models  # noqa: E402
-from serve import PROMPTS, generate_padded  # noqa: E402
-from stream import ROOT, setup_django  # noqa: E402
+import models
+from serve import PROMPTS, generate_padded
+from stream import ROOT, setup_django
 
 HISTORY = " ".join(["We talked about hiking, books, music and the weather, and then about food."] * 24)
 

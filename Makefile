@@ -44,7 +44,7 @@ docs-build: install
 # chatsite in front of a real vLLM (CPU build, its own cached venv: tests/vllm_env.sh, 3.4 GB).
 test-vllm: install
 	bash tests/vllm_env.sh
-	$(PY) -m pytest tests -m vllm $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m vllm -n $(TEST_PROCESSES) --dist loadfile --durations=8 $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not used);
 # the live tests of the deployed setup start redis-servers of their own.

@@ -47,10 +47,13 @@ test-vllm: install
 	$(PY) -m pytest tests -m vllm -n $(TEST_PROCESSES) --dist loadfile --durations=8 $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not used);
-# the live tests of the deployed setup start redis-servers of their own.
+# the live tests of the deployed setup start redis-servers of their own, and a PostgreSQL cluster
+# of their own where none answers on 127.0.0.1:5432 (installed here, before the two test processes
+# could both reach for apt).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
 	$(PY) bench/memory.py

@@ -7,6 +7,7 @@ hangs or where nothing listens."""
 import os
 import socket
 import threading
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; set before huggingface_hub loads
 
@@ -102,12 +103,22 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def thinking_model_dir(tmp_path_factory):
+def thinking_model_dir(tmp_path_factory, worker_id):
     """A tiny Qwen3 with TRL's qwen3 template, trained to think before it answers and to call a tool
-    (tests/thinking.py)."""
+    (tests/thinking.py). Its training takes half a minute: the test processes of one run (pytest-xdist)
+    share it, the first to need it training it in their common folder while the others wait."""
+    from filelock import FileLock
+
     from tests.thinking import make_thinking_model
 
-    return make_thinking_model(tmp_path_factory.mktemp("tiny-qwen3"))
+    if worker_id == "master":  # one process
+        return make_thinking_model(tmp_path_factory.mktemp("tiny-qwen3"))
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-qwen3"
+    with FileLock(f"{shared}.lock"):
+        if not shared.exists():
+            partial = make_thinking_model(Path(f"{shared}.partial"))
+            partial.rename(shared)
+    return shared
 
 
 @pytest.fixture

@@ -82,7 +82,6 @@ def engine_wave(spec, messages, n):
 
 
 def measure(name, folder, args):
-    import torch
 
     from modelhub.backends.loading import LoadSettings, load
     from modelhub.models import ModelSpec
@@ -110,8 +109,6 @@ def measure(name, folder, args):
             "engine_vs_padded_by_round": [round(r, 3) for r in ratios],
             "engine_vs_padded": round(statistics.median(ratios), 3),
         }
-    del loaded
-    torch.set_num_threads(1)
     return out
 
 

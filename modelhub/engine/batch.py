@@ -45,8 +45,9 @@ class SlotLayer(CacheLayerMixin):
         self.is_initialized = True
         self.view()
 
-    def view(self):
-        rows, start, end = self.span.rows, self.span.start, self.span.end
+    def view(self, end=None):
+        """Point `keys` and `values` at the live rows' columns from `start` to `end` (the span's, by default)."""
+        rows, start, end = self.span.rows, self.span.start, self.span.end if end is None else end
         self.keys = self.buffers[0][:rows, :, start:end]
         self.values = self.buffers[1][:rows, :, start:end]
 
@@ -55,11 +56,10 @@ class SlotLayer(CacheLayerMixin):
 
     def update(self, key_states, value_states, *args, **kwargs):
         """Write this step's keys and values at column `end` (in place); the columns attention reads."""
-        rows, start, end = self.span.rows, self.span.start, self.span.end + key_states.shape[-2]
-        self.buffers[0][:rows, :, self.span.end : end] = key_states
-        self.buffers[1][:rows, :, self.span.end : end] = value_states
-        self.keys = self.buffers[0][:rows, :, start:end]
-        self.values = self.buffers[1][:rows, :, start:end]
+        rows, at, end = self.span.rows, self.span.end, self.span.end + key_states.shape[-2]
+        self.buffers[0][:rows, :, at:end] = key_states
+        self.buffers[1][:rows, :, at:end] = value_states
+        self.view(end)
         return self.keys, self.values
 
     def get_seq_length(self):

@@ -195,6 +195,9 @@ LOGGING = {
 # --- Chat -------------------------------------------------------------------
 # Longest user message accepted over the websocket, in characters.
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# Messages a conversation's page shows at first, its newest: older ones load a window at a time
+# ("Show earlier messages"), so a long conversation's page costs what a short one's does.
+CHAT_PAGE_MESSAGES = env_int("CHAT_PAGE_MESSAGES", 100, minimum=2)
 # Replies one user may have being written at once, over all their conversations (a side-by-side
 # comparison writes two): more are refused, so one user cannot take every seat of a batch. The default
 # of the quota "replies at once" (Admin → Quotas per group and user; Admin → API keys per key).

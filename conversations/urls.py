@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.conversation_list, name="list"),
     path("c/new/", views.conversation_new, name="new"),
     path("c/<int:pk>/", views.conversation_detail, name="detail"),
+    path("c/<int:pk>/earlier/", views.conversation_earlier, name="earlier"),
     path("c/<int:pk>/rename/", views.conversation_rename, name="rename"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="delete"),
     path("c/<int:pk>/model/", views.conversation_model, name="model"),

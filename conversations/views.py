@@ -23,7 +23,7 @@ from conversations.forms import (
     RenameForm,
     SettingsForm,
 )
-from conversations.models import Conversation, Feedback, Preference, PrivacySettings, Verdict, tree
+from conversations.models import Conversation, Feedback, Message, Preference, PrivacySettings, Verdict, tree
 from modelhub.models import ModelSpec
 
 
@@ -63,15 +63,35 @@ def conversation_new(request):
 def conversation_detail(request, pk):
     conversation = conversation_for(request, pk)
     context = _sidebar(request, conversation)
-    context["messages_list"] = messages = conversation.active_path()
-    # Answers rendered by an older renderer (or never), side-by-side ones too: rendered and stored, once.
-    store_rendered({m for message in messages for m in (message, *_sides(message))})
+    context["messages_list"], context["earlier"] = _window(conversation)
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = model_form = _model_form(request, conversation)
     spec, _ = conversation.model_for(request.user, model_form.specs)
     context["settings_form"] = _settings_form(request, conversation, spec=spec)
     context["consent_form"] = ConsentForm(initial={"allow_training": conversation.allow_training})
     return render(request, "conversations/detail.html", context)
+
+
+@chat_required
+@require_GET
+def conversation_earlier(request, pk):
+    """The messages of the active branch before message `?before=`: a page's "Show earlier messages"."""
+    conversation = conversation_for(request, pk)
+    try:
+        messages, earlier = _window(conversation, before=int(request.GET["before"]))
+    except (KeyError, ValueError):
+        return HttpResponse("Say which message the earlier ones come before: ?before=<message id>.", status=400)
+    except Message.DoesNotExist:
+        return HttpResponse("The conversation's branch changed since this page was loaded: reload it.", status=409)
+    return render(request, "conversations/_path.html", {"messages_list": messages, "earlier": earlier})
+
+
+def _window(conversation, before=None):
+    """The messages a page shows (conversation.path_window), their answers' HTML rendered and stored once
+    where an older renderer (or none) made it, side-by-side answers too."""
+    messages, earlier = conversation.path_window(before=before)
+    store_rendered({m for message in messages for m in (message, *_sides(message))})
+    return messages, earlier
 
 
 def _sides(message):
@@ -180,7 +200,8 @@ def _path_changed(request, conversation):
     """After a branch change: redraw every open tab of the conversation, and answer this request."""
     async_to_sync(publish)(conversation.pk, path_frame(conversation))
     if request.htmx:
-        return render(request, "conversations/_path.html", {"messages_list": conversation.active_path()})
+        messages, earlier = _window(conversation)
+        return render(request, "conversations/_path.html", {"messages_list": messages, "earlier": earlier})
     return redirect(conversation)
 
 

@@ -68,7 +68,9 @@ def loading_text(model_name, seconds, progress=""):
 
 
 def path_frame(conversation):
-    """The whole active branch, rendered, for watchers to redraw after a branch change or a lost socket."""
+    """The active branch as a page shows it (its newest messages), rendered, for watchers to redraw after a
+    branch change or a lost socket."""
     conversation.refresh_from_db(fields=["leaf"])
-    html = render_to_string("conversations/_path.html", {"messages_list": conversation.active_path()})
+    messages, earlier = conversation.path_window()
+    html = render_to_string("conversations/_path.html", {"messages_list": messages, "earlier": earlier})
     return {"type": "path", "html": html}

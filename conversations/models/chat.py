@@ -148,20 +148,62 @@ class Conversation(models.Model):
 
         An answer that is half of a side-by-side comparison carries `comparison`, whose
         other answer is shown beside it. Every answer shown carries the owner's feedback
-        (`owner_feedback`, `preferred_by_owner`). Four queries, however long the path: the
-        messages with their comparisons, the feedback, its tags (only if there is feedback) and
-        the sibling preferences.
+        (`owner_feedback`, `preferred_by_owner`). Five queries at most, however long the path: the tree, then
+        those of `_load`.
         """
-        messages = list(self.messages.light().select_related("comparison_as_left"))  # prompts: O(n²) text
-        by_id = {message.pk: message for message in messages}
-        path = tree.annotate_siblings(tree.path_to(self.leaf_id, messages), messages)
-        comparisons = {}
-        for message in messages:
-            comparison = getattr(message, "comparison_as_left", None)  # None: not the left answer of one
-            if comparison is not None:
-                comparison.left, comparison.right = message, by_id[comparison.right_id]
-                comparisons[comparison.left_id] = comparisons[comparison.right_id] = comparison
-        shown = path + [answer for c in set(comparisons.values()) for answer in (c.left, c.right)]
+        nodes = self._nodes()
+        return self._load(tree.path_to(self.leaf_id, nodes), nodes)
+
+    def path_window(self, before=None, size=None):
+        """What a page shows of the active branch: (its newest `size` messages, how many come before them).
+
+        A long conversation's page shows its end and loads the rest a window at a time on demand: only the
+        window's rows are loaded whole, the rest of the tree as four columns. With `before` (a message id on
+        the branch), the window ends just before that message. A window starts at a question where it can,
+        so an answer is not shown without it. Raises Message.DoesNotExist if `before` is not on the active
+        branch (it changed meanwhile).
+        """
+        size = size or settings.CHAT_PAGE_MESSAGES
+        nodes = self._nodes()
+        path = tree.path_to(self.leaf_id, nodes)
+        end = len(path)
+        if before is not None:
+            end = next((i for i, node in enumerate(path) if node.pk == before), None)
+            if end is None:
+                raise Message.DoesNotExist(f"message {before} is not on the active branch")
+        start = max(0, end - size)
+        if start and path[start].role != Message.Role.USER:
+            start -= 1
+        return self._load(path[start:end], nodes), start
+
+    def _nodes(self):
+        """Every message of the conversation without its text: the tree, in one small query."""
+        return [tree.Node(*row) for row in self.messages.values_list(*tree.NODE_FIELDS)]
+
+    def _load(self, shown, nodes):
+        """The messages of `shown` (tree nodes), loaded with the other answer of each comparison among them,
+        with their sibling positions among `nodes`, their comparisons and their owner's feedback and
+        preferences. Queries: the rows; the feedback, its tags (if any); the preferences."""
+        partner = {}
+        for node in nodes:
+            if node.compared_with is not None:
+                partner[node.pk], partner[node.compared_with] = node.compared_with, node.pk
+        ids = [node.pk for node in shown]
+        wanted = ids + [partner[pk] for pk in ids if pk in partner]
+        rows = self.messages.light().select_related("comparison_as_left", "comparison_as_right").in_bulk(wanted)
+        path = tree.annotate_siblings([rows[pk] for pk in ids if pk in rows], nodes)
+        for message in path:  # None: not half of a comparison
+            message.comparison = getattr(message, "comparison_as_left", None) or getattr(
+                message, "comparison_as_right", None
+            )
+        compared = [
+            m.comparison
+            for m in path
+            if m.comparison is not None and {m.comparison.left_id, m.comparison.right_id} <= rows.keys()
+        ]
+        for comparison in compared:
+            comparison.left, comparison.right = rows[comparison.left_id], rows[comparison.right_id]
+        shown = path + [side for c in compared for side in (c.left, c.right)]
         feedback = {
             f.message_id: f
             for f in Feedback.objects.filter(user_id=self.owner_id, message__in=shown).prefetch_related("tags")
@@ -170,8 +212,6 @@ class Conversation(models.Model):
         for message in shown:
             message.owner_feedback = feedback.get(message.pk)
             message.preferred_by_owner = message.pk in preferred
-        for message in path:
-            message.comparison = comparisons.get(message.pk)
         return path
 
     def history(self, upto=None, loaded=None):

@@ -165,6 +165,11 @@ class Message(models.Model):
         """The conversation owner's feedback on this answer (`active_path` fills it for a whole page)."""
         return self.feedback.filter(user_id=self.conversation.owner_id).prefetch_related("tags").first()
 
+    @property
+    def owner_rating(self):
+        """The owner's rating: up, down, or the empty string for none."""
+        return self.owner_feedback.rating if self.owner_feedback else ""
+
     @cached_property
     def preferred_by_owner(self):
         return self.pk in Preference.objects.preferred_ids(self.conversation.owner_id, [self])

@@ -3,8 +3,23 @@
 Regenerating an answer adds a sibling of it (same parent); editing a question adds
 a sibling of the question; both make the new message's branch the active one.
 `Conversation.leaf` marks the end of the active path. These helpers work on the
-conversation's messages loaded in one query.
+conversation's messages loaded in one query, whole or as `Node`s (the tree without the text).
 """
+
+from typing import NamedTuple
+
+
+class Node(NamedTuple):
+    """A message as the tree needs it: a long conversation's page loads only its shown messages whole."""
+
+    pk: int
+    parent_id: int | None
+    created_at: object
+    role: str
+    compared_with: int | None  # a side-by-side comparison's left answer: its right one
+
+
+NODE_FIELDS = ("pk", "parent_id", "created_at", "role", "comparison_as_left__right_id")  # Node's, as lookups
 
 
 def path_to(leaf_id, messages):

@@ -293,6 +293,21 @@
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
   });
 
+  // What htmx brings in (earlier messages, another version of an answer) gets its copy buttons; a request
+  // it could not do says why in the banner.
+  list.addEventListener("htmx:load", function (event) {
+    addCopyButtons(event.detail.elt);
+    if (fromBottom !== null) {  // earlier messages came in above: the ones being read stay where they were
+      list.scrollTop = list.scrollHeight - fromBottom;
+      setTimeout(function () { fromBottom = null; });
+    }
+  });
+  let fromBottom = null;
+  list.addEventListener("htmx:beforeSwap", function (event) {
+    if (event.detail.target.classList.contains("earlier")) fromBottom = list.scrollHeight - list.scrollTop;
+  });
+  list.addEventListener("htmx:responseError", function (event) { showError(event.detail.xhr.responseText); });
+
   activate(list);
   scrollDown();
   connect();

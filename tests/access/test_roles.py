@@ -35,6 +35,14 @@ TABLE = {
         ("get", "conversations:detail", "other's"),
         (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING),
     ),
+    "own conversation's earlier messages": (
+        ("get", "conversations:earlier", "own, before its answer"),
+        (LOGIN, DENIED, OK, DENIED, DENIED, OK),
+    ),
+    "other's conversation's earlier messages": (
+        ("get", "conversations:earlier", "other's, before its answer"),
+        (LOGIN, DENIED, MISSING, DENIED, DENIED, MISSING),
+    ),
     "new conversation": (("post", "conversations:new"), (LOGIN, DENIED, OK, DENIED, DENIED, OK)),
     "rate own answer": (
         ("post", "conversations:rate", "own answer", {"rating": "up"}),
@@ -105,6 +113,8 @@ class Place:
         mine = self.accounts.get(who) or self.accounts[roles.USER]
         other = self.stranger_of_user if who == roles.USER else self.stranger
         account = other if what.startswith("other's") else mine
+        if what.endswith("before its answer"):  # a query string: ?before=<the answer>
+            return [account["conversation"].pk], {"before": account["answer"].pk}
         if what.endswith("answer"):
             return [account["conversation"].pk, account["answer"].pk]
         return [account["conversation"].pk]
@@ -123,7 +133,10 @@ async def outcome(place, who, how):
         data = {**data, "_selected_action": [place.adapter.pk]}
         url = reverse(name)
     else:
-        url = reverse(name, args=place.target(who, target) if target else None)
+        args = place.target(who, target) if target else None
+        if isinstance(args, tuple):
+            args, data = args
+        url = reverse(name, args=args)
     client = AsyncClient()
     if who != "anonymous":
         await client.aforce_login(place.accounts[who]["user"])

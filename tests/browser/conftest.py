@@ -59,6 +59,7 @@ def server(tiny_model_dir, thinking_model_dir, tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "PYTHONUNBUFFERED": "1",
+        "CHAT_PAGE_MESSAGES": "6",  # a conversation of four turns already has earlier messages to load
     }
     env.pop("DATABASE_URL", None)  # the live server always has its own SQLite file
     env.pop("REDIS_URL", None)

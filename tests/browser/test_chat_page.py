@@ -93,6 +93,33 @@ def test_a_code_block_renders_highlighted_with_a_copy_button_and_a_table_keeps_i
     page.screenshot(path=ARTIFACTS / "browser-code.png")
 
 
+def test_a_long_conversation_shows_its_end_and_loads_the_earlier_messages_on_demand(page):
+    """The server shows 6 messages at first (CHAT_PAGE_MESSAGES, conftest.py): after four turns and a
+    reload the first turn is behind "Show earlier messages", which brings it in place, above, with its
+    code's copy button, and leaves the reader where they were."""
+    send(page, "first turn:\n```python\nprint('from the start')\n```")
+    wait_done(page)
+    for n in range(2, 5):
+        send(page, f"turn {n}")
+        expect(page.locator(".message-assistant")).to_have_count(n)
+        wait_done(page)
+    page.reload()
+    page.wait_for_selector("#send-button:not([disabled])")
+    expect(page.locator(".message")).to_have_count(6)
+    button = page.get_by_role("button", name="Show earlier messages (2)")
+    button.scroll_into_view_if_needed()
+    read = page.locator(".message").first  # what the reader has in view, under the button
+    top_before = read.bounding_box()["y"]
+    button.click()
+    expect(page.locator(".message")).to_have_count(8)
+    expect(page.locator(".earlier")).to_have_count(0)
+    assert page.locator(".message-user").first.get_attribute("data-raw").startswith("first turn")
+    assert abs(page.locator(".message").nth(2).bounding_box()["y"] - top_before) < 60  # it stayed in view
+    page.locator(".message").first.scroll_into_view_if_needed()
+    expect(page.locator(".message-assistant").first.locator(".code-block button.copy")).to_have_count(1)
+    page.screenshot(path=ARTIFACTS / "browser-earlier-messages.png")
+
+
 def test_reloading_mid_reply_shows_it_still_streaming_then_finished(page):
     send(page, " ".join(f"w{i}" for i in range(40)))
     page.wait_for_selector(".message-assistant:last-child .message-text:has-text('w2')")

@@ -53,12 +53,31 @@ def test_a_conversation_page_costs_the_same_queries_at_4_and_500_messages(owner_
     for conversation in (small, large):
         owner_client.get(conversation.get_absolute_url())
     few, many = queries(owner_client, small.get_absolute_url()), queries(owner_client, large.get_absolute_url())
-    page = owner_client.get(large.get_absolute_url()).content.decode()
-    assert page.count('data-raw="one of two"') == 2 and "answer 249" in page and "2/2" in page  # all of it is shown
+    page = owner_client.get(small.get_absolute_url()).content.decode()
+    assert page.count('data-raw="one of two"') == 2 and "answer 1" in page and "2/2" in page  # all of it is shown
+    assert "Show earlier messages" not in page
     assert few == many
-    assert many <= 12  # session, user, the user's permissions and their groups' (access.chat_required); the
-    # conversation, its messages (with their comparisons), feedback, their tags, preferences; the model menu
-    # (models, adapters); the sidebar
+    assert many <= 13  # session, user, the user's permissions and their groups' (access.chat_required); the
+    # conversation, its messages' tree (four columns), the shown ones (with their comparisons), feedback, their
+    # tags, preferences; the model menu (models, adapters); the sidebar
+
+
+def test_earlier_messages_cost_the_same_queries_wherever_the_window_is(owner_client, owner, spec, settings):
+    settings.CHAT_PAGE_MESSAGES = 40
+    conversation = grow(Conversation.objects.create(owner=owner), spec, 250)
+    owner_client.get(conversation.get_absolute_url())
+    shown = conversation.path_window()[0]
+    windows = []
+    while True:
+        first = shown[0]
+        url = reverse("conversations:earlier", args=[conversation.pk]) + f"?before={first.pk}"
+        windows.append(queries(owner_client, url))
+        shown, earlier = conversation.path_window(before=first.pk)
+        if not earlier:
+            break
+    assert len(windows) >= 10 and len(set(windows)) == 1
+    assert windows[0] <= 11  # session, user, permissions (2), the conversation, the tree, the shown messages,
+    # feedback, tags, preferences; and here, where these answers were never shown, storing their HTML
 
 
 def test_the_sidebar_costs_the_same_queries_for_2_and_60_conversations(owner_client, owner, spec):

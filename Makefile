@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 MARKERS ?= not vllm
 TEST_PROCESSES ?= 2
 
-.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-engine bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page clean
+.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-engine bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page bench-vllm-client clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -55,7 +55,7 @@ browser:
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
-bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
+bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-vllm-client bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -66,7 +66,8 @@ bench-engine: install
 
 bench-scale: install
 	bash tests/vllm_env.sh
-	$(PY) bench/scale.py
+	$(PY) bench/scale.py --model builtin
+	$(PY) bench/scale.py --model smol135m
 
 bench-serve: install
 	$(PY) bench/serve.py
@@ -88,6 +89,11 @@ bench-structured: install
 
 bench-page: install
 	$(PY) bench/page.py
+
+# vLLM's own benchmark client against chatsite's API and against vLLM (the cached vLLM venv's).
+bench-vllm-client: install
+	bash tests/vllm_env.sh
+	$(PY) bench/vllm_client.py
 
 # Live servers on SQLite (one daphne) and on PostgreSQL + Redis (two daphnes): both must be running
 # at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379; BENCH_ARGS="--backend sqlite" skips them.

@@ -13,7 +13,11 @@ Writes bench/results/logprobs.json and prints `logprobs_overhead_ratio=<on/off>`
 the median over rounds of on ÷ off output tokens/s, the lower of the two decodings (issue
 15's target: >= 0.9).
 
-    .venv/bin/python bench/logprobs.py [--new-tokens 128] [--rounds 9] [--threads 2]
+On --model builtin (the 6M built-in model, whose default keeps them) or smol135m (a random-weight
+model of SmolLM2-135M's shape, bench/models.py, float32): a fixed cost per step is a larger share
+of a small model's step.
+
+    .venv/bin/python bench/logprobs.py [--model builtin|smol135m] [--new-tokens 128] [--rounds 9] [--threads 2]
 """
 
 import argparse
@@ -26,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from models import builtin, smol_shape
 from serve import PROMPTS, Bench, Client, fixed, summarize
 from stream import ROOT, free_port, setup_django, start_server
 
@@ -34,11 +39,15 @@ SAMPLED = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repetition_penalty": 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["builtin", "smol135m"], default="builtin")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2, help="the server's torch threads")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "logprobs.json"))
-    return parser.parse_args()
+    parser.add_argument("--out", default=None, help="default: bench/results/logprobs[-smol135m].json")
+    args = parser.parse_args()
+    suffix = "" if args.model == "builtin" else f"-{args.model}"
+    args.out = args.out or str(ROOT / "bench" / "results" / f"logprobs{suffix}.json")
+    return args
 
 
 def switch(spec, on):
@@ -91,8 +100,18 @@ def main():
 
         from modelhub.models import ModelSpec
 
-        call_command("ensure_builtin_model", verbosity=0)
-        spec = ModelSpec.objects.get(name="chitchat")
+        if args.model == "builtin":
+            call_command("ensure_builtin_model", verbosity=0)
+            spec = ModelSpec.objects.get(name="chitchat")
+        else:
+            spec = ModelSpec.objects.create(
+                name=args.model,
+                source=str(smol_shape("float32")),
+                dtype="float32",
+                device="cpu",
+                max_new_tokens=args.new_tokens,
+                is_default=True,
+            )
         user = get_user_model().objects.create_user("bench", password="bench-pass-123")
         django_client = DjangoClient()
         django_client.force_login(user)
@@ -109,7 +128,7 @@ def main():
             server.terminate()
             server.wait(10)
     out.update(
-        model="modelhub/builtin/chitchat",
+        model=str(builtin().relative_to(ROOT)) if args.model == "builtin" else f"{args.model} (float32)",
         clients=len(PROMPTS),
         new_tokens=args.new_tokens,
         rounds=args.rounds,

@@ -6,30 +6,43 @@
     c  chatsite in front of vLLM: one daphne whose model is a remote spec on a vLLM (CPU) server
     d  vLLM alone: the official openai AsyncOpenAI client, 8 streamed chat completions straight to it
 
-a, b and c share one PostgreSQL database (made for the run) and a redis-server of the run's own,
-so b/a isolates the channel-layer hop. Every reply is the built-in model's (float32) greedy answer
-of exactly --new-tokens tokens. Every server runs one torch and OpenMP thread (with both cores
-busy, torch's default two threads made one 16-row decode step take 342 ms instead of 20 ms).
-Everything starts once; each setup is warmed up, then rounds alternate a, b, c, d, a wave starting
-once every process of the run is idle (vLLM's engine spins a core for a second after its last
-request). Tokens/s: a wave's completion tokens over the seconds from the sends to the last reply's
-end; TTFT: a send to its first chunk; TPOT: the rest of a reply over its other tokens. Each wave
-also records when the turns were saved and the model's own TTFT (the saved rows), every process's
-CPU seconds, and vLLM's own step time and steps (its /metrics). Medians over rounds; a ratio is
-the median of the per-round ones.
+on one of two models (--model): the built-in one (6M parameters) or a random-weight model of
+SmolLM2-135M's shape (bench/models.py), both in float32 in both engines (this machine's CPU has no
+AVX-512: bfloat16 would be emulated). a, b and c share one PostgreSQL database (made for the run) and a
+redis-server of the run's own, so b/a isolates the channel-layer hop. Every reply is a greedy answer of
+exactly --new-tokens tokens. Every server runs one torch and OpenMP thread (with both cores busy,
+torch's default two threads made one 16-row decode step take 342 ms instead of 20 ms).
+
+Two core layouts, alternated in every round (processes re-pinned with taskset between them):
+    shared  every process may run on both cores (one box doing everything)
+    pinned  the engine on core 0 (vLLM's processes; b's model worker), the web tier and the clients on
+            core 1 (c's and b's daphnes, this process): a GPU host's layout, where the engine does not
+            share the web tier's cores. a's daphne, engine and web tier in one, keeps both cores.
+Everything starts once; each setup is warmed up, then rounds alternate a, b, c, d in each layout, a wave
+starting once every process of the run is idle (vLLM's engine spins a core for a second after its last
+request), then single turns through c and d. Tokens/s: a wave's completion tokens over the seconds from
+the sends to the last reply's end; TTFT: a send to its first chunk; TPOT: the rest of a reply over its
+other tokens. Each wave also records when the turns were saved and the model's own TTFT (the saved rows),
+every process's CPU seconds, and vLLM's own step time and steps (its /metrics). Medians over rounds; a
+ratio is the median of the per-round ones. For sizing web processes: the TTFT chatsite adds in front of
+vLLM (c - d, p50/p99, a single turn and the 8-turn burst) and c's daphne's CPU milliseconds per 1,000
+tokens it relays (from /proc).
 
 Where a step's time goes (bench/step_profile.py): the same 8 prompts, the same steps of a reply (80
 to 111 by default) in chatsite's model runner (timed in parts, and under torch.profiler) and in
 vLLM's engine (its own torch profiler), grouped into the same kinds of work.
 
-Goals (issue 13): b/a >= 0.9, c/d >= 0.9. Writes bench/results/scale.json and prints
-`inprocess_vs_vllm=` (a/d), `worker_vs_inprocess=` (b/a) and, last, `chatsite_vs_vllm=` (c/d).
+Goals (issue 26): b/a >= 0.9, c/d >= 0.9 pinned, a/d >= 0.9. Writes bench/results/scale-<model>.json and
+prints `inprocess_vs_vllm=` (a/d, shared), `worker_vs_inprocess=` (b/a, shared),
+`chatsite_vs_vllm_pinned=` (c/d, pinned) and, last, `chatsite_vs_vllm=` (c/d, shared).
 
-    .venv/bin/python bench/scale.py [--rounds 5] [--new-tokens 128] [--profile-steps 32] [--pin]
+    .venv/bin/python bench/scale.py [--model builtin|smol135m] [--rounds 5] [--new-tokens 128]
+                                    [--profile-steps 32]
 """
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -45,6 +58,7 @@ THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MODELHUB_TORCH_THREA
 os.environ.update(THREADS)  # before torch is imported here, and for every server started from here
 
 from live import environment, ms, turn  # noqa: E402
+from models import builtin, smol_shape  # noqa: E402
 from serve import PROMPTS, percentile  # noqa: E402
 from stream import ROOT  # noqa: E402
 
@@ -55,7 +69,11 @@ from tests.live import SHELL_PRELUDE, RedisServer, Site, open_socket  # noqa: E4
 from tests.postgres import PostgresDatabase  # noqa: E402
 from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
 
-BUILTIN = ROOT / "modelhub" / "builtin" / "chitchat"
+MODELS = {  # --model: (its folder, made on demand; the name both engines serve it under)
+    "builtin": (builtin, "chitchat"),
+    "smol135m": (lambda: smol_shape("float32"), "smol135m"),
+}
+LAYOUTS = ("shared", "pinned")
 SETUPS = {
     "a": "in-process: one daphne running the model",
     "b": "worker: two daphnes (MODELHUB_WORKERS=1) + one modelhub_worker, over Redis",
@@ -67,13 +85,19 @@ import io
 from django.core.management import call_command
 from conversations.models import Conversation
 from modelhub.models import ModelSpec
-call_command("ensure_builtin_model", stdout=io.StringIO())
-local = ModelSpec.objects.get(name="chitchat")
-remote = ModelSpec.objects.create(name="chitchat-vllm", backend="openai", server_url=P["url"],
-                                  served_model_name="chitchat", source=P["source"])
+if P["name"] == "chitchat":
+    call_command("ensure_builtin_model", stdout=io.StringIO())
+    local = ModelSpec.objects.get(name="chitchat")
+else:
+    local = ModelSpec.objects.create(name=P["name"], source=P["source"], dtype="float32", device="cpu",
+                                     max_new_tokens=P["new_tokens"], is_default=True)
+remote = ModelSpec.objects.create(name=P["name"] + "-vllm", backend="openai", server_url=P["url"],
+                                  served_model_name=P["name"], source=P["source"])
 users = [User.objects.create_user(f"scale{i}", password="live-pass-123") for i in range(P["clients"])]
 conversations = {setup: [[Conversation.objects.create(owner=user, model=spec).pk for user in users]
                          for _ in range(P["waves"])] for setup, spec in (("a", local), ("b", local), ("c", remote))}
+conversations["c1"] = [[Conversation.objects.create(owner=users[0], model=remote).pk for _ in range(P["singles"])]
+                       for _ in range(P["waves"])]
 print(json.dumps({"cookies": [session_for(user.username) for user in users], "conversations": conversations}))
 """
 TICK = os.sysconf("SC_CLK_TCK")
@@ -81,18 +105,17 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="builtin")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--singles", type=int, default=3, help="single turns through c and through d, per round and layout"
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled (0: no profile)")
     parser.add_argument("--profile-from", type=int, default=80, help="the first profiled decode step")
-    parser.add_argument(
-        "--pin",
-        action="store_true",
-        help="vLLM's processes on CPU 0, c's daphne and this process "
-        "(the clients) on CPU 1: chatsite's own cost in c, without the two sharing cores",
-    )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    parser.add_argument("--out", default=None, help="default: bench/results/scale-<model>.json")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "results" / f"scale-{args.model}.json")
     if args.profile_steps and args.profile_from + args.profile_steps >= args.new_tokens:
         parser.error("the profiled steps must end before the reply does (--new-tokens)")
     return args
@@ -146,13 +169,13 @@ async def chat_wave(site, servers, cookies, conversations, n):
     }
 
 
-async def vllm_wave(client, n):
+async def vllm_wave(client, n, model="chitchat", prompts=PROMPTS):
     """The same prompts as user messages, straight to vLLM, streamed."""
 
     async def one(prompt):
         sent = time.perf_counter()
         stream = await client.chat.completions.create(
-            model="chitchat",
+            model=model,
             messages=[{"role": "user", "content": prompt}],
             stream=True,
             stream_options={"include_usage": True},
@@ -171,7 +194,7 @@ async def vllm_wave(client, n):
         return ttft, time.perf_counter(), usage
 
     started = time.perf_counter()
-    done = await asyncio.gather(*(one(prompt) for prompt in PROMPTS))
+    done = await asyncio.gather(*(one(prompt) for prompt in prompts))
     return {
         "ttft": [ttft for ttft, _, _ in done],
         "e2e": [end - started for _, end, _ in done],
@@ -254,31 +277,60 @@ async def measured(wave, roles, vllm):
     return figures
 
 
-async def run_rounds(args, site, servers, info, vllm, roles):
-    """A warm-up wave of each setup, then rounds a, b, c, d: {setup: [wave figures]} (warm-ups left out)."""
+def lay_out(layout, pins):
+    """Pin each process (every thread of it) as `layout` says: `pins` maps a core list to its processes."""
+    for cores, pids in pins.items():
+        for pid in pids:
+            cpus = cores if layout == "pinned" else f"0-{os.cpu_count() - 1}"
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
+
+
+async def run_rounds(args, site, servers, info, vllm, roles, pins):
+    """A warm-up wave of each setup, then rounds: in each layout a, b, c, d, then single turns through c
+    and d. {layout: {setup: [wave figures]}} (warm-ups left out); "c1"/"d1" are the single turns."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=vllm.base_url, api_key="none", max_retries=0, timeout=300)
+    model = MODELS[args.model][1]
 
     def wave(setup, index):
         if setup == "d":
-            return vllm_wave(client, args.new_tokens)
+            return vllm_wave(client, args.new_tokens, model)
         return chat_wave(site, servers[setup], info["cookies"], info["conversations"][setup][index], args.new_tokens)
 
-    waves = {setup: [] for setup in SETUPS}
+    async def singles(index):
+        done = {"c1": [], "d1": []}
+        for conversation in info["conversations"]["c1"][index]:
+            c1 = chat_wave(site, servers["c"], info["cookies"][:1], [conversation], args.new_tokens)
+            done["c1"].append(await measured(c1, roles, vllm))
+            d1 = vllm_wave(client, args.new_tokens, model, prompts=PROMPTS[:1])
+            done["d1"].append(await measured(d1, roles, vllm))
+        return done
+
+    waves = {layout: {setup: [] for setup in (*SETUPS, "c1", "d1")} for layout in LAYOUTS}
     try:
         for index in range(args.rounds + 1):
-            for setup in SETUPS:
-                figures = await measured(wave(setup, index), roles, vllm)
+            for number, layout in enumerate(LAYOUTS if index % 2 == 0 else LAYOUTS[::-1]):
+                lay_out(layout, pins)
+                at = 2 * index + number
+                for setup in SETUPS:
+                    figures = await measured(wave(setup, at), roles, vllm)
+                    if index:
+                        waves[layout][setup].append(figures)
+                for setup, figures in (await singles(at)).items():
+                    if index:
+                        waves[layout][setup].extend(figures)
                 if index:
-                    waves[setup].append(figures)
-            if index:
-                print(
-                    f"round {index}: "
-                    + ", ".join(f"{s} {w[-1]['tokens'] / w[-1]['wall']:.0f} tok/s" for s, w in waves.items()),
-                    flush=True,
-                )
+                    print(
+                        f"round {index} {layout}: "
+                        + ", ".join(
+                            f"{s} {waves[layout][s][-1]['tokens'] / waves[layout][s][-1]['wall']:.0f}" for s in SETUPS
+                        )
+                        + " tok/s",
+                        flush=True,
+                    )
     finally:
+        lay_out("shared", pins)
         await client.close()
     return waves
 
@@ -315,7 +367,15 @@ def ratio(waves, top, bottom):
 def start(args, folder, vllm):
     """The site (PostgreSQL, Redis), its users and conversations, and the servers of a, b and c."""
     site = Site(folder, database=PostgresDatabase(), redis=RedisServer(folder), CHAT_MAX_REPLIES_PER_USER=16, **THREADS)
-    params = {"url": vllm.base_url, "source": str(BUILTIN), "clients": len(PROMPTS), "waves": args.rounds + 1}
+    params = {
+        "url": vllm.base_url,
+        "source": str(args.model_dir),
+        "name": MODELS[args.model][1],
+        "new_tokens": args.new_tokens,
+        "clients": len(PROMPTS),
+        "singles": args.singles,
+        "waves": (args.rounds + 1) * len(LAYOUTS),
+    }
     info = site.setup(SHELL_PRELUDE + f"P = json.loads({json.dumps(params)!r})\n" + SETUP)
     redis = {setup: {"REDIS_URL": f"redis://127.0.0.1:{site.redis.port}/{db}"} for db, setup in enumerate("abc", 1)}
     workers = {**redis["b"], "MODELHUB_WORKERS": "1"}
@@ -324,10 +384,11 @@ def start(args, folder, vllm):
         "b": [site.server(**workers), site.server(**workers)],
         "c": [site.server(**redis["c"], MODELHUB_PRELOAD="0")],
     }
-    worker = site.worker("chitchat", **workers)
-    for cpu, pids in enumerate([vllm.group_pids(), [servers["c"][0].process.pid, os.getpid()]] if args.pin else []):
-        for pid in pids:  # every thread of it
-            subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+    worker = site.worker(MODELS[args.model][1], **workers)
+    pins = {  # the pinned layout (lay_out): the engines on core 0, the web tier and the clients on core 1
+        "0": [*vllm.group_pids(), worker.pid],
+        "1": [servers["c"][0].process.pid, *(s.process.pid for s in servers["b"]), os.getpid()],
+    }
     roles = {
         "a: daphne": [servers["a"][0].process.pid],
         "b: daphnes": [s.process.pid for s in servers["b"]],
@@ -337,7 +398,7 @@ def start(args, folder, vllm):
         "redis": [site.redis.process.pid],
         "bench clients": [os.getpid()],
     }
-    return site, servers, info, roles
+    return site, servers, info, roles, pins
 
 
 def close(site, failed):
@@ -361,23 +422,24 @@ def measure(args, folder):
         }
     )
     vllm = VllmServer(
-        BUILTIN,
-        "chitchat",
+        args.model_dir,
+        MODELS[args.model][1],
         omp_threads=1,
         venv=venv,
         log_path=Path(folder) / "vllm" / "server.log",
         extra_args=["--profiler-config", profiler],
     )
     with vllm:
-        site, servers, info, roles = start(args, folder, vllm)
+        site, servers, info, roles, pins = start(args, folder, vllm)
         failed = True
         try:
-            waves = asyncio.run(run_rounds(args, site, servers, info, vllm, roles))
+            waves = asyncio.run(run_rounds(args, site, servers, info, vllm, roles, pins))
             profile = {}
             if args.profile_steps:
                 args.sampling = fixed(args.new_tokens)
+                wave = functools.partial(vllm_wave, model=MODELS[args.model][1])
                 profile = {
-                    "vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", vllm_wave),
+                    "vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", wave),
                     "chatsite": profile_chatsite(args),
                 }
             tracebacks = {Path(s.log_path).name: s.log.count("Traceback") for s in site.servers}
@@ -402,46 +464,79 @@ def measure(args, folder):
     )
 
 
+def added_ttft(waves, chatsite, vllm):
+    """The TTFT chatsite adds in front of vLLM: c's p50 and p99 minus d's, pooled over the rounds."""
+    pooled = {setup: [x for w in waves[setup] for x in w["ttft"]] for setup in (chatsite, vllm)}
+    return {f"p{q}_ms": ms(percentile(pooled[chatsite], q) - percentile(pooled[vllm], q)) for q in (50, 99)}
+
+
+def relay_cpu(waves, setup, role):
+    """The web processes' CPU milliseconds per 1,000 tokens they relayed: median over the waves."""
+    return round(statistics.median(1e6 * w["cpu_s"][role] / w["tokens"] for w in waves[setup]), 1)
+
+
+def layout_figures(waves, n):
+    setups = {setup: {"what": SETUPS.get(setup, "single turns"), **summarize(waves[setup], n)} for setup in waves}
+    return {
+        "ratios": {
+            "worker_vs_inprocess (b/a)": ratio(waves, "b", "a"),
+            "chatsite_vs_vllm (c/d)": ratio(waves, "c", "d"),
+            "inprocess_vs_vllm (a/d)": ratio(waves, "a", "d"),
+            "worker_vs_vllm (b/d)": ratio(waves, "b", "d"),
+        },
+        "ttft_added_by_chatsite": {
+            "single turn": added_ttft(waves, "c1", "d1"),
+            "8-turn burst": added_ttft(waves, "c", "d"),
+        },
+        "web_cpu_ms_per_1000_tokens": {
+            "c: daphne (in front of vLLM)": relay_cpu(waves, "c", "c: daphne"),
+            "b: daphnes (in front of the model worker)": relay_cpu(waves, "b", "b: daphnes"),
+        },
+        "setups": setups,
+    }
+
+
 def main():
     args = parse_args()
+    args.model_dir = MODELS[args.model][0]()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         waves, profile, run = measure(args, folder)
     import torch
     import transformers
 
-    setups = {setup: {"what": SETUPS[setup], **summarize(waves[setup], args.new_tokens)} for setup in SETUPS}
-    ratios = {
-        "worker_vs_inprocess (b/a)": ratio(waves, "b", "a"),
-        "chatsite_vs_vllm (c/d)": ratio(waves, "c", "d"),
-        "inprocess_vs_vllm (a/d)": ratio(waves, "a", "d"),
-    }
+    layouts = {layout: layout_figures(waves[layout], args.new_tokens) for layout in LAYOUTS}
     result = {
         **environment(),
         "what": __doc__.split("\n\n")[0],
+        "model": args.model,
+        "model_dir": str(args.model_dir),
+        "dtype": "float32",
         "cpu_count": os.cpu_count(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "run_s": round(time.monotonic() - started),
         "chatsite": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS},
         **run,
-        "pinned": args.pin,
         "clients": len(PROMPTS),
         "rounds": args.rounds,
+        "singles_per_round": args.singles,
         "sampling": fixed(args.new_tokens),
-        "goals": {"worker_vs_inprocess": ">= 0.9", "chatsite_vs_vllm": ">= 0.9"},
-        "ratios": ratios,
-        "setups": setups,
+        "goals": {"worker_vs_inprocess": ">= 0.9", "chatsite_vs_vllm_pinned": ">= 0.9", "inprocess_vs_vllm": ">= 0.9"},
+        "layouts": layouts,
         "step_profile": profile,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {os.path.relpath(out, ROOT)} ({result['run_s']} s)")
-    for setup, figures in setups.items():
-        print(
-            f"{setup}: {figures['tokens_per_s']} tok/s, TTFT p50 {figures['ttft']['p50_ms']} ms, p99 "
-            f"{figures['ttft']['p99_ms']} ms, TPOT {figures['tpot_ms']} ms ({SETUPS[setup]})"
-        )
+    for layout, figures in layouts.items():
+        for setup, f in figures["setups"].items():
+            print(
+                f"{layout} {setup}: {f['tokens_per_s']} tok/s, TTFT p50 {f['ttft']['p50_ms']} ms, p99 "
+                f"{f['ttft']['p99_ms']} ms, TPOT {f['tpot_ms']} ms ({f['what']})"
+            )
+        print(f"{layout}: TTFT added by chatsite {figures['ttft_added_by_chatsite']}")
+        print(f"{layout}: web CPU ms per 1,000 tokens relayed {figures['web_cpu_ms_per_1000_tokens']}")
     if profile:
         print(
             f"where a step goes (8 rows, steps {profile['chatsite']['steps']}): chatsite's runner, no profiler: "
@@ -452,12 +547,14 @@ def main():
         print(
             f"vLLM's engine under its profiler: {profile['vllm']['profiled_step_ms']} ms a step: "
             + ", ".join(f"{kind} {v}" for kind, v in kinds)
-            + f" ms (its step in d: "
-            f"{statistics.median(w['vllm']['step_ms'] for w in waves['d'])} ms)"
+            + " ms"
         )
-    print(f"inprocess_vs_vllm={ratios['inprocess_vs_vllm (a/d)']['median']}")
-    print(f"worker_vs_inprocess={ratios['worker_vs_inprocess (b/a)']['median']}")
-    print(f"chatsite_vs_vllm={ratios['chatsite_vs_vllm (c/d)']['median']}")
+    shared, pinned = layouts["shared"]["ratios"], layouts["pinned"]["ratios"]
+    print(f"model={args.model}")
+    print(f"inprocess_vs_vllm={shared['inprocess_vs_vllm (a/d)']['median']}")
+    print(f"worker_vs_inprocess={shared['worker_vs_inprocess (b/a)']['median']}")
+    print(f"chatsite_vs_vllm_pinned={pinned['chatsite_vs_vllm (c/d)']['median']}")
+    print(f"chatsite_vs_vllm={shared['chatsite_vs_vllm (c/d)']['median']}")
     return 0
 
 

@@ -170,7 +170,7 @@ def profile_chatsite(args):
     from modelhub.backends.loading import LoadSettings, load
 
     torch.set_num_threads(1)
-    loaded = load(LoadSettings(str(BUILTIN), dtype="float32", device="cpu"))
+    loaded = load(LoadSettings(str(getattr(args, "model_dir", BUILTIN)), dtype="float32", device="cpu"))
     steps = args.profile_steps
     parts = timed_parts(loaded, *decoding(loaded, args), steps)
     decoder, rows = decoding(loaded, args)

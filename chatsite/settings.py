@@ -78,6 +78,19 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Under ASGI every request and every database call of a consumer runs in a thread of its own, so a
+    # connection kept by its thread is never used again nor closed: at 16 API calls at once PostgreSQL
+    # ran out of connections ("too many clients"). Django's advice for ASGI: no persistent connections,
+    # the backend's pool instead. psycopg's pool, per process: connections are handed back after each
+    # request and each consumer's database call, and a call waits up to DATABASE_POOL_TIMEOUT seconds
+    # for one when all DATABASE_POOL_SIZE are busy.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # CONN_HEALTH_CHECKS: the pool checks a connection it hands out
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets the page views read while a reply is being written; with WAL, synchronous=NORMAL
     # stays consistent after a crash of the app (only an OS crash can lose the last commits).

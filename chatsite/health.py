@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import load_backend
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
 
@@ -67,8 +68,11 @@ def metrics_view(request):
 
 
 def check_database():
-    """A `SELECT 1` on a connection of its own, closed after: can a connection be had now?"""
-    connection = connections.create_connection(DEFAULT_DB_ALIAS)
+    """A `SELECT 1` on a connection of its own, closed after: can a connection be had now? Not one of the
+    pool's (PostgreSQL's, settings.py): a pooled connection would say nothing of a new one."""
+    entry = connections.settings[DEFAULT_DB_ALIAS]
+    own = {**entry, "OPTIONS": {key: value for key, value in entry.get("OPTIONS", {}).items() if key != "pool"}}
+    connection = load_backend(own["ENGINE"]).DatabaseWrapper(own, DEFAULT_DB_ALIAS)
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 MARKERS ?= not vllm
 TEST_PROCESSES ?= 2
 
-.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-engine bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page bench-vllm-client clean
+.PHONY: install run test lint docs docs-build test-vllm browser bench bench-api bench-engine bench-stream bench-scale bench-serve bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page bench-vllm-client bench-compile clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -55,7 +55,7 @@ browser:
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
-bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-vllm-client bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page
+bench: bench-stream bench-engine bench-serve bench-api bench-scale bench-vllm-client bench-finetune bench-load bench-storm bench-fuzz bench-first-reply bench-logprobs bench-structured bench-page bench-compile
 	$(PY) bench/memory.py
 
 bench-stream: install
@@ -89,6 +89,10 @@ bench-structured: install
 
 bench-page: install
 	$(PY) bench/page.py
+
+# torch.compile of a CPU decode step, eager against compiled.
+bench-compile: install
+	$(PY) bench/compile.py
 
 # vLLM's own benchmark client against chatsite's API and against vLLM (the cached vLLM venv's).
 bench-vllm-client: install

@@ -45,18 +45,17 @@ import asyncio
 import functools
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MODELHUB_TORCH_THREADS": "1"}
 os.environ.update(THREADS)  # before torch is imported here, and for every server started from here
 
+from costs import lay_out, measured  # noqa: E402
 from live import environment, ms, turn  # noqa: E402
 from models import builtin, smol_shape  # noqa: E402
 from serve import PROMPTS, percentile  # noqa: E402
@@ -100,7 +99,6 @@ conversations["c1"] = [[Conversation.objects.create(owner=users[0], model=remote
                        for _ in range(P["waves"])]
 print(json.dumps({"cookies": [session_for(user.username) for user in users], "conversations": conversations}))
 """
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args():
@@ -201,88 +199,6 @@ async def vllm_wave(client, n, model="chitchat", prompts=PROMPTS):
         "tokens": sum(u.completion_tokens for _, _, u in done),
         "prompt_tokens": sorted(u.prompt_tokens for _, _, u in done),
     }
-
-
-# --- what each wave cost: CPU seconds of every process, vLLM's own counters ----------
-
-
-def _read(path):
-    try:
-        return Path(path).read_text()
-    except OSError:  # the process is gone
-        return ""
-
-
-def cpu_snapshot(roles):
-    """CPU seconds so far of each role's processes, of PostgreSQL's (the whole server's) and of the machine."""
-
-    def seconds(pid):
-        stat = _read(f"/proc/{pid}/stat")
-        fields = stat[stat.rindex(")") + 2 :].split() if stat else [0] * 13
-        return (int(fields[11]) + int(fields[12])) / TICK
-
-    postgres = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _read(p / "comm") == "postgres\n"]
-    snapshot = {role: sum(map(seconds, pids)) for role, pids in {**roles, "postgres": postgres}.items()}
-    times = [int(x) for x in _read("/proc/stat").split("\n")[0].split()[1:9]]
-    snapshot["machine"] = (sum(times) - times[3] - times[4]) / TICK  # all but idle and iowait
-    return snapshot
-
-
-def vllm_counters(server):
-    names = (
-        "inter_token_latency_seconds_sum",
-        "inter_token_latency_seconds_count",
-        "iteration_tokens_total_count",
-        "time_to_first_token_seconds_sum",
-        "time_to_first_token_seconds_count",
-    )
-    with urllib.request.urlopen(server.base_url.removesuffix("/v1") + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    found = dict.fromkeys(names, 0.0)
-    for name, value in re.findall(r"^vllm:(\w+)\{[^}]*\} (\S+)$", text, re.M):
-        if name in found:
-            found[name] += float(value)
-    return found
-
-
-async def quiet(roles, limit=10.0):
-    """Wait until the run's processes are idle (at most `limit` seconds): after its last request vLLM's
-    engine spins a core for about a second, which the next wave must not share."""
-    deadline, before = time.monotonic() + limit, cpu_snapshot(roles)
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        now = cpu_snapshot(roles)
-        if sum(now[role] - before[role] for role in roles) < 0.03:
-            return
-        before = now
-
-
-async def measured(wave, roles, vllm):
-    """Run a wave once all is quiet; add its wall time, what every process spent meanwhile, vLLM's step time."""
-    await quiet(roles)
-    cpu, counters = cpu_snapshot(roles), vllm_counters(vllm)
-    figures = await wave
-    after, later = cpu_snapshot(roles), vllm_counters(vllm)
-    figures["wall"] = max(figures["e2e"])
-    spent = {role: round(after[role] - cpu[role], 2) for role in cpu}
-    spent["rest of the machine"] = round(spent.pop("machine") - sum(spent.values()), 2)
-    figures["cpu_s"] = spent
-    delta = {name: later[name] - counters[name] for name in later}
-    per = lambda name: ms(delta[f"{name}_sum"] / max(delta[f"{name}_count"], 1))  # noqa: E731
-    figures["vllm"] = {
-        "steps": int(delta["iteration_tokens_total_count"]),
-        "step_ms": per("inter_token_latency_seconds"),
-        "ttft_ms": per("time_to_first_token_seconds"),
-    }
-    return figures
-
-
-def lay_out(layout, pins):
-    """Pin each process (every thread of it) as `layout` says: `pins` maps a core list to its processes."""
-    for cores, pids in pins.items():
-        for pid in pids:
-            cpus = cores if layout == "pinned" else f"0-{os.cpu_count() - 1}"
-            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
 
 
 async def run_rounds(args, site, servers, info, vllm, roles, pins):

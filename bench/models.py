@@ -44,6 +44,14 @@ def builtin():
     return BUILTIN
 
 
+# The serving benches' --model choices: (a function that gives its folder, made on demand; the name both
+# engines serve it under). float32 in both engines: this machine's CPU has no AVX-512 (bfloat16 is emulated).
+SERVED = {
+    "builtin": (builtin, "chitchat"),
+    "smol135m": (lambda: smol_shape("float32"), "smol135m"),
+}
+
+
 def smol_shape(dtype="bfloat16"):
     """The folder of the 135M-shape model (made and saved the first time)."""
     folder = CACHE / f"smollm2-135m-shape-{dtype}"

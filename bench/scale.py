@@ -57,7 +57,7 @@ os.environ.update(THREADS)  # before torch is imported here, and for every serve
 
 from costs import lay_out, measured  # noqa: E402
 from live import environment, ms, turn  # noqa: E402
-from models import builtin, smol_shape  # noqa: E402
+from models import SERVED  # noqa: E402
 from serve import PROMPTS, percentile  # noqa: E402
 from stream import ROOT  # noqa: E402
 
@@ -68,10 +68,6 @@ from tests.live import SHELL_PRELUDE, RedisServer, Site, open_socket  # noqa: E4
 from tests.postgres import PostgresDatabase  # noqa: E402
 from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
 
-MODELS = {  # --model: (its folder, made on demand; the name both engines serve it under)
-    "builtin": (builtin, "chitchat"),
-    "smol135m": (lambda: smol_shape("float32"), "smol135m"),
-}
 LAYOUTS = ("shared", "pinned")
 SETUPS = {
     "a": "in-process: one daphne running the model",
@@ -103,7 +99,7 @@ print(json.dumps({"cookies": [session_for(user.username) for user in users], "co
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="builtin")
+    parser.add_argument("--model", choices=sorted(SERVED), default="builtin")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--singles", type=int, default=3, help="single turns through c and through d, per round and layout"
@@ -207,7 +203,7 @@ async def run_rounds(args, site, servers, info, vllm, roles, pins):
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=vllm.base_url, api_key="none", max_retries=0, timeout=300)
-    model = MODELS[args.model][1]
+    model = SERVED[args.model][1]
 
     def wave(setup, index):
         if setup == "d":
@@ -286,7 +282,7 @@ def start(args, folder, vllm):
     params = {
         "url": vllm.base_url,
         "source": str(args.model_dir),
-        "name": MODELS[args.model][1],
+        "name": SERVED[args.model][1],
         "new_tokens": args.new_tokens,
         "clients": len(PROMPTS),
         "singles": args.singles,
@@ -300,7 +296,7 @@ def start(args, folder, vllm):
         "b": [site.server(**workers), site.server(**workers)],
         "c": [site.server(**redis["c"], MODELHUB_PRELOAD="0")],
     }
-    worker = site.worker(MODELS[args.model][1], **workers)
+    worker = site.worker(SERVED[args.model][1], **workers)
     pins = {  # the pinned layout (lay_out): the engines on core 0, the web tier and the clients on core 1
         "0": [*vllm.group_pids(), worker.pid],
         "1": [servers["c"][0].process.pid, *(s.process.pid for s in servers["b"]), os.getpid()],
@@ -339,7 +335,7 @@ def measure(args, folder):
     )
     vllm = VllmServer(
         args.model_dir,
-        MODELS[args.model][1],
+        SERVED[args.model][1],
         omp_threads=1,
         venv=venv,
         log_path=Path(folder) / "vllm" / "server.log",
@@ -353,7 +349,7 @@ def measure(args, folder):
             profile = {}
             if args.profile_steps:
                 args.sampling = fixed(args.new_tokens)
-                wave = functools.partial(vllm_wave, model=MODELS[args.model][1])
+                wave = functools.partial(vllm_wave, model=SERVED[args.model][1])
                 profile = {
                     "vllm": profile_vllm(args, vllm, Path(folder) / "vllm-profile", wave),
                     "chatsite": profile_chatsite(args),
@@ -414,7 +410,7 @@ def layout_figures(waves, n):
 
 def main():
     args = parse_args()
-    args.model_dir = MODELS[args.model][0]()
+    args.model_dir = SERVED[args.model][0]()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         waves, profile, run = measure(args, folder)

@@ -34,8 +34,9 @@ from pathlib import Path
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MODELHUB_TORCH_THREADS": "1"}
 os.environ.update(THREADS)
 
+from costs import lay_out  # noqa: E402
 from live import environment  # noqa: E402
-from models import builtin, smol_shape  # noqa: E402
+from models import SERVED  # noqa: E402
 from stream import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -43,7 +44,6 @@ from tests.live import SHELL_PRELUDE, RedisServer, Site  # noqa: E402
 from tests.postgres import PostgresDatabase  # noqa: E402
 from tests.vllm_server import VllmServer, ensure_venv  # noqa: E402
 
-MODELS = {"builtin": (builtin, "chitchat"), "smol135m": (lambda: smol_shape("float32"), "smol135m")}
 TARGETS = ("vllm", "remote", "embedded")
 KEPT = (
     "completed", "failed", "duration", "output_throughput", "request_goodput",
@@ -81,7 +81,7 @@ main(parser.parse_args(sys.argv[1:]))
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="builtin")
+    parser.add_argument("--model", choices=sorted(SERVED), default="builtin")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--input-len", type=int, default=256)
@@ -91,11 +91,6 @@ def parse_args():
     args = parser.parse_args()
     args.out = args.out or str(ROOT / "bench" / "results" / f"vllm-client-{args.model}.json")
     return args
-
-
-def pin(core, pids):
-    for pid in pids:
-        subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
 
 
 def bench_serve(venv, args, folder, target, concurrency, base_url, model, key):
@@ -125,7 +120,7 @@ def bench_serve(venv, args, folder, target, concurrency, base_url, model, key):
 
 def measure(args, folder):
     venv = ensure_venv()
-    name = MODELS[args.model][1]
+    name = SERVED[args.model][1]
     positions = json.loads((Path(args.model_dir) / "config.json").read_text())["max_position_embeddings"]
     vllm = VllmServer(args.model_dir, name, omp_threads=1, venv=venv, log_path=Path(folder) / "vllm.log",
                       max_model_len=min(positions, 2048))  # fmt: skip
@@ -138,9 +133,7 @@ def measure(args, folder):
             redis = f"redis://127.0.0.1:{site.redis.port}/1"
             embedded = site.server(REDIS_URL=redis)
             remote = site.server(REDIS_URL=f"redis://127.0.0.1:{site.redis.port}/2", MODELHUB_PRELOAD="0")
-            pin(0, vllm.group_pids())
-            pin(0, [embedded.process.pid])
-            pin(1, [remote.process.pid])
+            lay_out("pinned", {"0": [*vllm.group_pids(), embedded.process.pid], "1": [remote.process.pid]})
             where = {
                 "vllm": (vllm.base_url.removesuffix("/v1"), name, None),
                 "remote": (remote.url, name + "-vllm", key),
@@ -166,7 +159,7 @@ def measure(args, folder):
 
 def main():
     args = parse_args()
-    args.model_dir = MODELS[args.model][0]()
+    args.model_dir = SERVED[args.model][0]()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         runs = measure(args, folder)

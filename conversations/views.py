@@ -63,7 +63,7 @@ def conversation_new(request):
 def conversation_detail(request, pk):
     conversation = conversation_for(request, pk)
     context = _sidebar(request, conversation)
-    context["messages_list"], context["earlier"] = _window(conversation)
+    context.update(_window(conversation))
     context["rename_form"] = RenameForm(initial={"title": conversation.title})
     context["model_form"] = model_form = _model_form(request, conversation)
     spec, _ = conversation.model_for(request.user, model_form.specs)
@@ -78,20 +78,20 @@ def conversation_earlier(request, pk):
     """The messages of the active branch before message `?before=`: a page's "Show earlier messages"."""
     conversation = conversation_for(request, pk)
     try:
-        messages, earlier = _window(conversation, before=int(request.GET["before"]))
+        window = _window(conversation, before=int(request.GET["before"]))
     except (KeyError, ValueError):
         return HttpResponse("Say which message the earlier ones come before: ?before=<message id>.", status=400)
     except Message.DoesNotExist:
         return HttpResponse("The conversation's branch changed since this page was loaded: reload it.", status=409)
-    return render(request, "conversations/_path.html", {"messages_list": messages, "earlier": earlier})
+    return render(request, "conversations/_path.html", window)
 
 
 def _window(conversation, before=None):
-    """The messages a page shows (conversation.path_window), their answers' HTML rendered and stored once
-    where an older renderer (or none) made it, side-by-side answers too."""
+    """What `_path.html` shows (conversation.path_window), its answers' HTML rendered and stored once where
+    an older renderer (or none) made it, side-by-side answers too."""
     messages, earlier = conversation.path_window(before=before)
     store_rendered({m for message in messages for m in (message, *_sides(message))})
-    return messages, earlier
+    return {"messages_list": messages, "earlier": earlier}
 
 
 def _sides(message):
@@ -200,8 +200,7 @@ def _path_changed(request, conversation):
     """After a branch change: redraw every open tab of the conversation, and answer this request."""
     async_to_sync(publish)(conversation.pk, path_frame(conversation))
     if request.htmx:
-        messages, earlier = _window(conversation)
-        return render(request, "conversations/_path.html", {"messages_list": messages, "earlier": earlier})
+        return render(request, "conversations/_path.html", _window(conversation))
     return redirect(conversation)
 
 

@@ -154,8 +154,8 @@ class Conversation(models.Model):
         nodes = self._nodes()
         return self._load(tree.path_to(self.leaf_id, nodes), nodes)
 
-    def path_window(self, before=None, size=None):
-        """What a page shows of the active branch: (its newest `size` messages, how many come before them).
+    def path_window(self, before=None):
+        """What a page shows of the active branch: (its newest CHAT_PAGE_MESSAGES, how many come before them).
 
         A long conversation's page shows its end and loads the rest a window at a time on demand: only the
         window's rows are loaded whole, the rest of the tree as four columns. With `before` (a message id on
@@ -163,7 +163,6 @@ class Conversation(models.Model):
         so an answer is not shown without it. Raises Message.DoesNotExist if `before` is not on the active
         branch (it changed meanwhile).
         """
-        size = size or settings.CHAT_PAGE_MESSAGES
         nodes = self._nodes()
         path = tree.path_to(self.leaf_id, nodes)
         end = len(path)
@@ -171,7 +170,7 @@ class Conversation(models.Model):
             end = next((i for i, node in enumerate(path) if node.pk == before), None)
             if end is None:
                 raise Message.DoesNotExist(f"message {before} is not on the active branch")
-        start = max(0, end - size)
+        start = max(0, end - settings.CHAT_PAGE_MESSAGES)
         if start and path[start].role != Message.Role.USER:
             start -= 1
         return self._load(path[start:end], nodes), start

@@ -295,6 +295,7 @@
 
   // What htmx brings in (earlier messages, another version of an answer) gets its copy buttons; a request
   // it could not do says why in the banner.
+  let fromBottom = null;  // earlier messages coming in: the distance of the view from the list's end
   list.addEventListener("htmx:load", function (event) {
     addCopyButtons(event.detail.elt);
     if (fromBottom !== null) {  // earlier messages came in above: the ones being read stay where they were
@@ -302,7 +303,6 @@
       setTimeout(function () { fromBottom = null; });
     }
   });
-  let fromBottom = null;
   list.addEventListener("htmx:beforeSwap", function (event) {
     if (event.detail.target.classList.contains("earlier")) fromBottom = list.scrollHeight - list.scrollTop;
   });
